@@ -1,0 +1,19 @@
+# ncil workflow: data -> split -> one training job per task -> evaluation -> summary -> tables.
+# The grid (datasets x settings x methods x seeds x tasks) comes from params.yaml through
+# ncil/workflow.py, the same module that generates dvc.yaml. Run: snakemake --cores all [target]
+
+configfile: "params.yaml"
+
+
+include: "rules/common.smk"
+
+
+rule all:
+    input:
+        TABLES,
+    default_target: True
+
+
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/report.smk"

@@ -1,0 +1,254 @@
+"""Command line: ``python -m ncil <verb> ...``. One table maps each verb to its function.
+
+Every Snakemake rule and every DVC stage calls these verbs with named paths, exactly as a person
+would; only these functions (through ``ncil.io``) touch disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _params(path: str):
+    from ncil.config import load_params
+
+    return load_params(path)
+
+
+def cmd_prepare(args) -> None:
+    from ncil.data.prepare import prepare
+
+    p, _ = _params(args.params)
+    counts = prepare(p.dataset)
+    print(f"prepared {p.dataset.name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def cmd_split(args) -> None:
+    from ncil import io
+    from ncil.data.scenario import class_order, task_classes
+
+    p, _ = _params(args.params)
+    order = class_order(p.dataset.n_classes, p.order_seed)
+    tasks = task_classes(order, args.initial, args.increment) if args.increment else [order[: args.initial]]
+    io.write_json(
+        args.out,
+        {
+            "dataset": p.dataset.name,
+            "order_seed": p.order_seed,
+            "class_order": order,
+            "initial_increment": args.initial,
+            "increment": args.increment,
+            "tasks": tasks,
+        },
+    )
+
+
+def _read_split(path: str) -> dict:
+    from ncil import io
+
+    split = io.read_json(path, "split file")
+    for key in ("class_order", "tasks"):
+        if key not in split:
+            raise io.ArtifactError(f"{path}: {key}: missing from the split file")
+    return split
+
+
+def cmd_train(args) -> None:
+    from ncil import io
+    from ncil.data.arrays import load_split
+    from ncil.progress import get_logger
+    from ncil.train import TaskJob, train_task
+
+    p, _ = _params(args.params)
+    split = _read_split(args.split)
+    if args.task >= len(split["tasks"]):
+        raise SystemExit(f"error: --task {args.task}: {args.split} has only {len(split['tasks'])} tasks")
+    if args.task == 0:
+        recipes = {m.base_recipe for m in p.method.values()}
+        if args.method not in recipes:
+            raise SystemExit(f"error: --method {args.method}: task 0 takes a base recipe ({sorted(recipes)})")
+        method = None
+    else:
+        if args.method not in p.method:
+            raise SystemExit(f"error: --method {args.method}: not in {args.params} (methods: {sorted(p.method)})")
+        method = p.method[args.method]
+        if not (args.prev_checkpoint and args.prev_centers):
+            raise SystemExit("error: tasks after the first need --prev-checkpoint and --prev-centers")
+    logger = get_logger(args.log)
+    logger.info("train %s task %d (method %s, seed %d)", args.split, args.task, args.method, args.seed)
+    job = TaskJob(
+        task=args.task,
+        seed=args.seed,
+        class_order=split["class_order"],
+        tasks=split["tasks"],
+        method_name=args.method,
+        method=method,
+        identity={"dataset": p.dataset.name, "split": str(Path(args.split).parent.name), "method": args.method,
+                  "seed": args.seed, "task": args.task},
+    )
+    previous = io.load_checkpoint(args.prev_checkpoint) if args.task else None
+    previous_centers = io.read_centers(args.prev_centers) if args.task else None
+    if previous is not None and previous["task"] != args.task - 1:
+        raise io.ArtifactError(f"{args.prev_checkpoint}: task: expected {args.task - 1}, found {previous['task']}")
+    train_data = load_split(p.dataset.name, "train")
+    payload, centers = train_task(p, job, train_data, previous, previous_centers, logger)
+    io.save_checkpoint(args.checkpoint, payload)
+    io.write_centers(args.centers, centers, task=args.task, feature_dim=centers["center"].shape[1])
+    logger.info("wrote %s and %s", args.checkpoint, args.centers)
+
+
+def cmd_evaluate(args) -> None:
+    from ncil import io
+    from ncil.data.arrays import load_split
+    from ncil.evaluate import evaluate_checkpoint
+    from ncil.progress import get_logger
+
+    if len(args.checkpoints) != len(args.out):
+        raise SystemExit("error: --checkpoints and --out need the same number of paths")
+    p, _ = _params(args.params)
+    split = _read_split(args.split)
+    logger = get_logger(args.log)
+    test = load_split(p.dataset.name, "test")
+    for task, (ckpt_path, out) in enumerate(zip(args.checkpoints, args.out)):
+        ckpt = io.load_checkpoint(ckpt_path)
+        if ckpt["task"] != task:
+            raise io.ArtifactError(f"{ckpt_path}: task: expected {task}, found {ckpt['task']}")
+        columns = evaluate_checkpoint(p, ckpt, test, split["tasks"])
+        io.write_predictions(out, columns, task=task)
+        acc = 100.0 * (columns["prediction"] == columns["label"]).mean()
+        logger.info("task %d: %d test images, accuracy %.2f%% -> %s", task, len(columns["label"]), acc, out)
+
+
+def cmd_summarize(args) -> None:
+    from ncil import io, metrics
+    from ncil.provenance import code_version, setting_label
+
+    p, _ = _params(args.params)
+    split = _read_split(args.split)
+    evaluations = [io.read_predictions(path) for path in args.evals]
+    for task, (path, ev) in enumerate(zip(args.evals, evaluations)):
+        if ev["task"] != task:
+            raise io.ArtifactError(f"{path}: ncil.task: expected {task}, found {ev['task']}")
+    acc, counts = metrics.accuracy_matrix(evaluations)
+    summary = metrics.summarize(acc, counts)
+    n_tasks = len(split["tasks"])
+    result = {
+        "run": {"dataset": p.dataset.name, "setting": args.setting, "method": args.method, "seed": args.seed,
+                "label": setting_label(split["initial_increment"], split["increment"], n_tasks)},
+        "provenance": {"preset": p.preset, "metric_convention": metrics.CONVENTION, "order_seed": p.order_seed,
+                       "seed": args.seed, "code_version": code_version(), "class_order": split["class_order"]},
+        "acc_matrix": [[None if v != v else float(v) for v in row] for row in acc],
+        "test_counts": [int(c) for c in counts],
+        **summary,
+    }
+    io.write_json(args.out, result)
+
+
+def cmd_tables(args) -> None:
+    from ncil import io, tables
+    from ncil.metrics import CONVENTION
+
+    p, _ = _params(args.params)
+    metrics = [io.read_json(path, "metrics file") for path in args.metrics]
+    rows = tables.aggregate(metrics)
+    context = {"preset": p.preset, "convention": CONVENTION, "order_seed": p.order_seed, "seeds": list(p.seeds)}
+    io.write_text(args.markdown, tables.to_markdown(rows, p.dataset.name, context))
+    io.write_text(args.csv, tables.to_csv(rows))
+
+
+def cmd_params(args) -> None:
+    from ncil.hydra_conf import write_params
+
+    write_params(args.overrides, params_path=args.out, dvc_path=args.dvc_yaml)
+
+
+def cmd_dvc_yaml(args) -> None:
+    from ncil import io
+    from ncil.config import load_params
+    from ncil.dvcgen import render_dvc_yaml
+
+    _, raw = load_params(args.params)
+    text = render_dvc_yaml(raw, args.params)
+    if args.check:
+        current = Path(args.out).read_text() if Path(args.out).exists() else ""
+        if current != text:
+            raise SystemExit(f"error: {args.out} is out of date with {args.params}: run `python -m ncil dvc-yaml`")
+        return
+    io.write_text(args.out, text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ncil", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    def verb(name, func, help_text):
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(func=func)
+        if name not in ("params",):
+            sp.add_argument("--params", default="params.yaml", help="composed configuration (default params.yaml)")
+        if name not in ("params", "dvc-yaml"):
+            sp.add_argument("--log", help="log file (one line per event; default: stderr only)")
+        return sp
+
+    sp = verb("prepare", cmd_prepare, "write the data set under data/<name>/ with a checksum manifest")
+    sp = verb("split", cmd_split, "write the class order and the classes of each task")
+    sp.add_argument("--initial", type=int, required=True, help="F: classes of the base task")
+    sp.add_argument("--increment", type=int, default=0, help="C: classes per later task (0: base task only)")
+    sp.add_argument("--out", required=True)
+
+    sp = verb("train", cmd_train, "train one task and write its checkpoint and class centers")
+    sp.add_argument("--split", required=True)
+    sp.add_argument("--task", type=int, required=True)
+    sp.add_argument("--seed", type=int, required=True)
+    sp.add_argument("--method", required=True, help="incremental method (task 0: its base recipe)")
+    sp.add_argument("--prev-checkpoint")
+    sp.add_argument("--prev-centers")
+    sp.add_argument("--checkpoint", required=True)
+    sp.add_argument("--centers", required=True)
+
+    sp = verb("evaluate", cmd_evaluate, "predict the test images seen after each task")
+    sp.add_argument("--split", required=True)
+    sp.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints of tasks 0..T-1")
+    sp.add_argument("--out", nargs="+", required=True, help="one predictions table per checkpoint")
+
+    sp = verb("summarize", cmd_summarize, "accuracy matrix, Avg, Last and forgetting of one run")
+    sp.add_argument("--split", required=True)
+    sp.add_argument("--evals", nargs="+", required=True)
+    sp.add_argument("--setting", required=True)
+    sp.add_argument("--method", required=True)
+    sp.add_argument("--seed", type=int, required=True)
+    sp.add_argument("--out", required=True)
+
+    sp = verb("tables", cmd_tables, "results table (mean and std over seeds) of a data set")
+    sp.add_argument("--metrics", nargs="+", required=True)
+    sp.add_argument("--markdown", required=True)
+    sp.add_argument("--csv", required=True)
+
+    sp = verb("params", cmd_params, "compose conf/ with Hydra overrides into params.yaml and regenerate dvc.yaml")
+    sp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.epochs=3 'method=[finetune]'")
+    sp.add_argument("--out", default="params.yaml")
+    sp.add_argument("--dvc-yaml", default="dvc.yaml")
+
+    sp = verb("dvc-yaml", cmd_dvc_yaml, "generate dvc.yaml (one stage per job) from params.yaml")
+    sp.add_argument("--out", default="dvc.yaml")
+    sp.add_argument("--check", action="store_true", help="fail if the file differs instead of writing it")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ncil.config import ConfigError
+    from ncil.io import ArtifactError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, ArtifactError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

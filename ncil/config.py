@@ -1,0 +1,267 @@
+"""Typed, frozen configuration: ``params.yaml`` validated once, then passed as plain values.
+
+Every section is a frozen dataclass with per-field documentation. ``load_params`` rejects unknown
+keys and wrong values with an error naming the file and the dotted key, so a typo in
+``params.yaml`` or a ``-S`` override never runs silently with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ncil.data.scenario import task_sizes
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, missing or has an invalid value."""
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str  # registry name of the data set (digits, ...)
+    n_classes: int  # number of classes in the full data set
+    image_size: int  # side of the (square) images fed to the model
+    channels: int  # colour channels
+    mean: tuple[float, ...]  # per-channel normalisation mean (on [0, 1] pixels)
+    std: tuple[float, ...]  # per-channel normalisation std
+    test_fraction: float = 0.2  # share of each class held out as test set (datasets without one)
+    val_fraction: float = 0.1  # share of each class's training images carved out for validation
+    split_seed: int = 0  # seed of the stratified train/val/test split
+    crop_padding: int = 0  # random-crop augmentation: zero padding in pixels (0 = off)
+    hflip: bool = False  # random horizontal flip augmentation
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str  # backbone: vit (method-spec 3.2)
+    img_size: int  # input side in pixels
+    patch_size: int  # patch side in pixels
+    embed_dim: int  # token dimension d
+    depth: int  # number of GPSA blocks (the encoder); one class-attention block follows
+    num_heads: int  # attention heads
+    mlp_ratio: float = 4.0  # MLP hidden size / embed_dim
+    drop_path: float = 0.1  # stochastic depth, linearly spaced over the blocks
+    locality_strength: float = 1.0  # GPSA locality initialisation
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int  # epochs per task (base task included)
+    batch_size: int  # images per optimisation step
+    lr: float  # Adam learning rate
+    weight_decay: float = 0.0  # Adam (coupled L2) weight decay
+    lr_step: int = 0  # StepLR step size in epochs (0 = constant learning rate)
+    lr_gamma: float = 0.1  # StepLR decay factor
+    eval_batch_size: int = 256  # images per evaluation forward pass
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    initial_increment: int  # F: classes of the base task
+    increment: int  # C: classes of every later task
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    base_recipe: str  # name of the task-0 recipe; methods with the same recipe share task 0
+    train_on: str = "current"  # current: only task t's classes (NECIL); seen: all classes so far (joint)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N
+    threads: int = 1  # torch intra-op threads; pinned because it changes floating-point results
+    gpus_per_job: int = 0  # Snakemake `gpu` resource each training job claims
+
+
+@dataclass(frozen=True)
+class Params:
+    preset: str  # paper (method-spec Section 0) or official (later)
+    order_seed: int  # seed of the class order (1993 in every paper of the field)
+    seeds: tuple[int, ...]  # initialisation seeds of the runs
+    dataset: DatasetConfig
+    model: ModelConfig
+    train: TrainConfig
+    runtime: RuntimeConfig
+    scenario: dict[str, ScenarioConfig] = field(default_factory=dict)
+    method: dict[str, MethodConfig] = field(default_factory=dict)
+
+
+PRESETS = ("paper",)
+BACKBONES = ("vit",)
+TRAIN_ON = ("current", "seen")
+
+
+def _fail(source: str, key: str, message: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {message}")
+
+
+def _coerce(value, annotation, source: str, key: str):
+    """Check ``value`` against a (simple) type annotation and return it in that type."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise _fail(source, key, f"expected a list, got {value!r}")
+        return tuple(_coerce(v, item_type, source, f"{key}[{i}]") for i, v in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise _fail(source, key, f"expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(source, key, f"expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(source, key, f"expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise _fail(source, key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # programming error
+
+
+def _section(cls, data, source: str, prefix: str):
+    """Build dataclass ``cls`` from mapping ``data``, rejecting unknown and missing keys."""
+    if not isinstance(data, dict):
+        raise _fail(source, prefix, f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise _fail(source, f"{prefix}.{unknown[0]}", f"unknown key (expected one of: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}"
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _fail(source, key, "missing required key")
+            continue
+        values[name] = _coerce(data[name], hints[name], source, key)
+    return cls(**values)
+
+
+def _positive(source: str, key: str, value) -> None:
+    if value <= 0:
+        raise _fail(source, key, f"expected a positive value, got {value!r}")
+
+
+def _choice(source: str, key: str, value, choices) -> None:
+    if value not in choices:
+        raise _fail(source, key, f"expected one of {list(choices)}, got {value!r}")
+
+
+def _fraction(source: str, key: str, value) -> None:
+    if not 0.0 <= value < 1.0:
+        raise _fail(source, key, f"expected a fraction in [0, 1), got {value!r}")
+
+
+def parse_params(data: dict, source: str = "params.yaml") -> Params:
+    """Validate a params mapping (as composed by Hydra) into a frozen ``Params``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    top = {f.name for f in dataclasses.fields(Params)}
+    unknown = sorted(set(data) - top)
+    if unknown:
+        raise _fail(source, unknown[0], f"unknown key (expected one of: {', '.join(sorted(top))})")
+    for name in top:
+        if name not in data:
+            raise _fail(source, name, "missing required key")
+    dataset = _section(DatasetConfig, data["dataset"], source, "dataset")
+    model = _section(ModelConfig, data["model"], source, "model")
+    train = _section(TrainConfig, data["train"], source, "train")
+    runtime = _section(RuntimeConfig, data["runtime"], source, "runtime")
+    for mapping in ("scenario", "method"):
+        if not isinstance(data[mapping], dict) or not data[mapping]:
+            raise _fail(source, mapping, f"expected a non-empty mapping of named {mapping}s, got {data[mapping]!r}")
+    scenario = {
+        name: _section(ScenarioConfig, spec, source, f"scenario.{name}") for name, spec in data["scenario"].items()
+    }
+    method = {name: _section(MethodConfig, spec, source, f"method.{name}") for name, spec in data["method"].items()}
+    seeds = _coerce(data["seeds"], tuple[int, ...], source, "seeds")
+    params = Params(
+        preset=_coerce(data["preset"], str, source, "preset"),
+        order_seed=_coerce(data["order_seed"], int, source, "order_seed"),
+        seeds=seeds,
+        dataset=dataset,
+        model=model,
+        train=train,
+        runtime=runtime,
+        scenario=scenario,
+        method=method,
+    )
+    _validate(params, source)
+    return params
+
+
+def _validate(p: Params, source: str) -> None:
+    _choice(source, "preset", p.preset, PRESETS)
+    if not p.seeds:
+        raise _fail(source, "seeds", "expected at least one seed")
+    if len(set(p.seeds)) != len(p.seeds):
+        raise _fail(source, "seeds", f"expected distinct seeds, got {list(p.seeds)}")
+    for key in ("n_classes", "image_size", "channels"):
+        _positive(source, f"dataset.{key}", getattr(p.dataset, key))
+    for key in ("mean", "std"):
+        if len(getattr(p.dataset, key)) != p.dataset.channels:
+            raise _fail(source, f"dataset.{key}", f"expected {p.dataset.channels} values (one per channel)")
+    if any(s <= 0 for s in p.dataset.std):
+        raise _fail(source, "dataset.std", f"expected positive values, got {list(p.dataset.std)}")
+    _fraction(source, "dataset.test_fraction", p.dataset.test_fraction)
+    _fraction(source, "dataset.val_fraction", p.dataset.val_fraction)
+    if p.dataset.crop_padding < 0:
+        raise _fail(source, "dataset.crop_padding", f"expected >= 0, got {p.dataset.crop_padding}")
+    _choice(source, "model.name", p.model.name, BACKBONES)
+    for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio"):
+        _positive(source, f"model.{key}", getattr(p.model, key))
+    if p.model.img_size != p.dataset.image_size:
+        raise _fail(
+            source, "model.img_size", f"expected the data set's image_size {p.dataset.image_size}, got {p.model.img_size}"
+        )
+    if p.model.img_size % p.model.patch_size:
+        raise _fail(source, "model.patch_size", f"expected a divisor of img_size {p.model.img_size}, got {p.model.patch_size}")
+    if p.model.embed_dim % p.model.num_heads:
+        raise _fail(source, "model.num_heads", f"expected a divisor of embed_dim {p.model.embed_dim}, got {p.model.num_heads}")
+    if not 0.0 <= p.model.drop_path < 1.0:
+        raise _fail(source, "model.drop_path", f"expected a rate in [0, 1), got {p.model.drop_path}")
+    for key in ("epochs", "batch_size", "lr", "eval_batch_size"):
+        _positive(source, f"train.{key}", getattr(p.train, key))
+    if p.train.weight_decay < 0 or p.train.lr_step < 0:
+        raise _fail(source, "train", "weight_decay and lr_step must be >= 0")
+    if p.runtime.threads < 1:
+        raise _fail(source, "runtime.threads", f"expected a positive integer, got {p.runtime.threads}")
+    if not (p.runtime.device in ("auto", "cpu", "cuda") or p.runtime.device.startswith("cuda:")):
+        raise _fail(source, "runtime.device", f"expected auto, cpu, cuda or cuda:N, got {p.runtime.device!r}")
+    for name, sc in p.scenario.items():
+        try:
+            task_sizes(p.dataset.n_classes, sc.initial_increment, sc.increment)
+        except ValueError as err:
+            field_name, message = str(err).split(": ", 1)
+            raise _fail(source, f"scenario.{name}.{field_name}", message) from None
+    for name, m in p.method.items():
+        _choice(source, f"method.{name}.train_on", m.train_on, TRAIN_ON)
+
+
+def load_params(path: str | Path = "params.yaml") -> tuple[Params, dict]:
+    """Read and validate ``params.yaml``; return the typed config and the raw mapping."""
+    from ncil import io
+
+    raw = io.read_yaml(path)
+    return parse_params(raw, source=str(path)), raw
+
+
+def to_dict(obj) -> dict:
+    """A frozen config (or part of it) as plain, YAML/JSON-ready Python values."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return [to_dict(v) for v in obj]
+    return obj
+

@@ -1,0 +1,1 @@
+"""Data sets, class orders and task splits."""

@@ -1,0 +1,49 @@
+"""Task-agnostic evaluation after a task: predict over every class seen so far (method-spec 6.1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ncil import runtime
+from ncil.config import Params
+from ncil.data import arrays
+from ncil.data.scenario import remap_labels
+from ncil.models.network import load_network
+
+
+@torch.no_grad()
+def predict(net, x: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
+    """Argmax class over the head's outputs for images x (N, C, H, W)."""
+    net.eval()
+    preds = []
+    for start in range(0, len(x), batch_size):
+        with runtime.autocast(device):
+            logits = net(x[start : start + batch_size].to(device))["logits"]  # (b, n_seen)
+        preds.append(logits.float().argmax(1).cpu())
+    return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
+
+
+def evaluate_checkpoint(p: Params, checkpoint: dict, test_split: arrays.Split, tasks: list[list[int]]) -> dict:
+    """Predictions of one checkpoint on the test images of every class it has seen.
+
+    Returns int columns: sample (row in the test split), label (incremental), original_label,
+    label_task (the task that introduced the label) and prediction.
+    """
+    torch.set_num_threads(p.runtime.threads)
+    device = runtime.resolve_device(p.runtime.device)
+    task = int(checkpoint["task"])
+    order = list(checkpoint["class_order"])
+    label_map = remap_labels(order)
+    seen = [c for t in tasks[: task + 1] for c in t]
+    rows, images, labels = arrays.select_classes(test_split, seen, label_map)
+    task_of = {c: t for t, classes in enumerate(tasks[: task + 1]) for c in classes}
+    net = load_network(p.model, p.dataset.channels, checkpoint["model"]).to(device)
+    x = arrays.to_tensor(images, p.dataset.mean, p.dataset.std)
+    return {
+        "sample": rows,
+        "label": labels,
+        "original_label": test_split.labels[rows],
+        "label_task": np.asarray([task_of[int(o)] for o in test_split.labels[rows]]),
+        "prediction": predict(net, x, p.train.eval_batch_size, device),
+    }

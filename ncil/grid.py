@@ -1,0 +1,119 @@
+"""The experiment grid: which runs and which jobs a params dict asks for (no I/O).
+
+Both the Snakefile and the dvc.yaml generator expand the grid through this module, so the two
+workflow engines cannot disagree on what exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ncil import paths
+from ncil.data.scenario import task_sizes
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (dataset, setting, method, seed) cell of the grid: a chain of tasks 0..n_tasks-1."""
+
+    dataset: str
+    setting: str
+    method: str
+    seed: int
+    initial: int
+    increment: int
+    n_tasks: int
+    base_recipe: str
+
+    @property
+    def run_id(self) -> str:
+        return paths.run_id(self.setting, self.method, self.seed)
+
+    @property
+    def base_run_id(self) -> str:
+        return paths.base_run_id(self.initial, self.base_recipe, self.seed)
+
+    def task_run_id(self, task: int) -> str:
+        """Run id that owns task ``task``'s checkpoint (task 0 is shared)."""
+        return self.base_run_id if task == 0 else self.run_id
+
+    def checkpoint(self, task: int) -> str:
+        return paths.checkpoint(self.dataset, self.task_run_id(task), task)
+
+    def centers(self, task: int) -> str:
+        return paths.centers(self.dataset, self.task_run_id(task), task)
+
+    def eval_file(self, task: int) -> str:
+        return paths.eval_file(self.dataset, self.run_id, task)
+
+    @property
+    def metrics_file(self) -> str:
+        return paths.metrics_file(self.dataset, self.run_id)
+
+    @property
+    def split_file(self) -> str:
+        return paths.split_file(self.dataset, self.setting)
+
+    @property
+    def base_split_file(self) -> str:
+        return paths.split_file(self.dataset, paths.base_split_id(self.initial))
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One training job: task ``task`` of ``run`` (for task 0, the shared base run)."""
+
+    run: Run
+    task: int
+
+    @property
+    def run_id(self) -> str:
+        return self.run.task_run_id(self.task)
+
+    @property
+    def name(self) -> str:
+        return f"{self.run.dataset}/{self.run_id}/task_{self.task}"
+
+
+def runs(params: dict) -> list[Run]:
+    """Every run of the grid, in a stable order (setting, method, seed)."""
+    dataset = params["dataset"]["name"]
+    n_classes = int(params["dataset"]["n_classes"])
+    out = []
+    for setting, scenario in params["scenario"].items():
+        initial, increment = int(scenario["initial_increment"]), int(scenario["increment"])
+        n_tasks = len(task_sizes(n_classes, initial, increment))
+        for method, spec in params["method"].items():
+            for seed in params["seeds"]:
+                out.append(
+                    Run(dataset, setting, method, int(seed), initial, increment, n_tasks, spec["base_recipe"])
+                )
+    return out
+
+
+def train_jobs(params: dict) -> list[TrainJob]:
+    """Every training job, each shared task-0 job listed once."""
+    jobs, seen = [], set()
+    for run in runs(params):
+        for task in range(run.n_tasks):
+            job = TrainJob(run, task)
+            key = (run.dataset, job.run_id, task)
+            if key not in seen:
+                seen.add(key)
+                jobs.append(job)
+    return jobs
+
+
+def find_run(params: dict, setting: str, method: str, seed: int) -> Run:
+    for run in runs(params):
+        if (run.setting, run.method, run.seed) == (setting, method, seed):
+            return run
+    raise KeyError(
+        f"params.yaml: no run with setting={setting!r}, method={method!r}, seed={seed} in the grid "
+        f"(settings {sorted(params['scenario'])}, methods {sorted(params['method'])}, seeds {params['seeds']})"
+    )
+
+
+def base_splits(params: dict) -> list[tuple[str, int]]:
+    """(dataset, F) of every base split used by the grid."""
+    return sorted({(r.dataset, r.initial) for r in runs(params)})

@@ -1,0 +1,33 @@
+"""Compose ``conf/`` with Hydra's compose API into ``params.yaml`` (never ``@hydra.main``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+HEADER = "# Generated from conf/ by `python -m ncil params` (or `dvc exp run -S ...`); edit conf/ or override.\n"
+
+
+def compose(overrides: list[str] | None = None, conf_dir: str | Path = CONF_DIR) -> dict:
+    """The composed configuration as plain Python values; Hydra names a bad key or value."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def write_params(overrides: list[str], params_path: str = "params.yaml", dvc_path: str | None = "dvc.yaml") -> dict:
+    """Compose, validate, write params.yaml and (optionally) the dvc.yaml generated from it."""
+    from ncil import io
+    from ncil.config import parse_params
+    from ncil.dvcgen import render_dvc_yaml
+
+    data = compose(overrides)
+    parse_params(data, source=f"conf/ with overrides {list(overrides)}")
+    io.write_yaml(params_path, data, header=HEADER)
+    if dvc_path:
+        io.write_text(dvc_path, render_dvc_yaml(data, params_path))
+    return data

@@ -1,0 +1,1 @@
+"""Training objectives as pure tensor functions, and the method recipes that combine them."""

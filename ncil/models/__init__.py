@@ -1,0 +1,1 @@
+"""Backbones (returning the [CLS] embedding and patch tokens) and the growing classifier head."""

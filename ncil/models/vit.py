@@ -1,0 +1,84 @@
+"""The paper's vision transformer (method-spec 3.2; paper Section "Implementation Details").
+
+Five GPSA blocks (ConViT) form the encoder over the patch tokens; one CaiT class-attention block is
+the decoder that updates only the [CLS] token; a final LayerNorm is applied to [CLS]. ``forward``
+returns the [CLS] embedding (the prototype space, ``P_{t,cls}`` of Eq. 2) and the patch tokens after
+the encoder (``P_{t,i}``, the patches PKS distils).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ncil.config import ModelConfig
+
+
+class ViT(nn.Module):
+    def __init__(self, cfg: ModelConfig, in_chans: int):
+        super().__init__()
+        from timm.layers import trunc_normal_
+        from timm.models.cait import LayerScaleBlockClassAttn
+        from timm.models.convit import Block
+
+        self.embed_dim = cfg.embed_dim
+        self.num_patches = (cfg.img_size // cfg.patch_size) ** 2
+        self.patch_embed = nn.Conv2d(in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, cfg.embed_dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        rates = torch.linspace(0, cfg.drop_path, cfg.depth + 1).tolist()  # one rate per block, CA block last
+        self.blocks = nn.ModuleList(
+            Block(
+                cfg.embed_dim,
+                cfg.num_heads,
+                mlp_ratio=cfg.mlp_ratio,
+                qkv_bias=False,
+                drop_path=rates[i],
+                use_gpsa=True,
+                locality_strength=cfg.locality_strength,
+            )
+            for i in range(cfg.depth)
+        )
+        self.class_attn = LayerScaleBlockClassAttn(
+            cfg.embed_dim, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=False, drop_path=rates[-1]
+        )
+        self.norm = nn.LayerNorm(cfg.embed_dim)
+        trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        for module in [*self.blocks, self.class_attn, self.norm]:
+            module.apply(_init_linear_and_norm)
+        for block in self.blocks:  # timm's GPSA locality init (identity values, local positional heads)
+            block.attn.local_init()
+
+    @property
+    def feature_dim(self) -> int:
+        return self.embed_dim
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C, H, W) -> ([CLS] (B, D), patch tokens after the encoder (B, N, D))."""
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D), row-major patches
+        tokens = tokens + self.pos_embed
+        for block in self.blocks:
+            tokens = block(tokens)  # (B, N, D)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
+        cls = self.class_attn(tokens, cls)  # (B, 1, D): attends over [CLS; patches]
+        cls = self.norm(cls).squeeze(1)  # (B, D)
+        return cls, tokens
+
+
+def _init_linear_and_norm(module: nn.Module) -> None:
+    from timm.layers import trunc_normal_
+
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def build_backbone(cfg: ModelConfig, in_chans: int) -> nn.Module:
+    if cfg.name == "vit":
+        return ViT(cfg, in_chans)
+    raise ValueError(f"model.name: unknown backbone {cfg.name!r} (available: vit)")

@@ -1,0 +1,102 @@
+"""The one owner of path templates (stdlib only, so the Snakefile can import it).
+
+Layout (all paths relative to the repository root):
+
+    data/<dataset>/                                   prepared arrays + manifest.json (DVC)
+    results/<dataset>/<split_id>/split.json           class order and classes of each task (git)
+    runs/<dataset>/<run_id>/task_<t>/model.pt         checkpoint after task t (DVC cache)
+    runs/<dataset>/<run_id>/task_<t>/centers.parquet  class centers after task t (DVC cache)
+    results/<dataset>/<setting>/<method>/seed<s>/eval/task_<t>.parquet   per-task predictions (git)
+    results/<dataset>/<setting>/<method>/seed<s>/metrics.json            summary (git, DVC metric)
+    results/tables/<dataset>_results.{md,csv}                            results table (git)
+
+Task 0 does not depend on the increment or on the incremental method, so its run id is
+``base<F>/<base_recipe>/seed<s>`` and every setting with the same F and every method with the same
+base recipe reads the same task-0 checkpoint.
+"""
+
+from __future__ import annotations
+
+DATA_ROOT = "data"
+RESULTS_ROOT = "results"
+RUNS_ROOT = "runs"
+LOGS_ROOT = "logs"
+BENCH_ROOT = "benchmarks"
+TABLES_DIR = f"{RESULTS_ROOT}/tables"
+
+CHECKPOINT_NAME = "model.pt"
+CENTERS_NAME = "centers.parquet"
+MANIFEST_NAME = "manifest.json"
+DATA_SPLITS = ("train", "val", "test")
+
+
+def data_dir(dataset: str) -> str:
+    return f"{DATA_ROOT}/{dataset}"
+
+
+def data_manifest(dataset: str) -> str:
+    return f"{data_dir(dataset)}/{MANIFEST_NAME}"
+
+
+def data_arrays(dataset: str, split: str) -> tuple[str, str]:
+    """(images, labels) NPY files of one data split."""
+    return (f"{data_dir(dataset)}/{split}_images.npy", f"{data_dir(dataset)}/{split}_labels.npy")
+
+
+def data_files(dataset: str) -> list[str]:
+    files = [data_manifest(dataset)]
+    for split in DATA_SPLITS:
+        files.extend(data_arrays(dataset, split))
+    return files
+
+
+def base_split_id(initial: int) -> str:
+    return f"base{initial}"
+
+
+def split_file(dataset: str, split_id: str) -> str:
+    return f"{RESULTS_ROOT}/{dataset}/{split_id}/split.json"
+
+
+def base_run_id(initial: int, base_recipe: str, seed: int) -> str:
+    return f"{base_split_id(initial)}/{base_recipe}/seed{seed}"
+
+
+def run_id(setting: str, method: str, seed: int) -> str:
+    return f"{setting}/{method}/seed{seed}"
+
+
+def task_dir(dataset: str, run: str, task: int) -> str:
+    return f"{RUNS_ROOT}/{dataset}/{run}/task_{task}"
+
+
+def checkpoint(dataset: str, run: str, task: int) -> str:
+    return f"{task_dir(dataset, run, task)}/{CHECKPOINT_NAME}"
+
+
+def centers(dataset: str, run: str, task: int) -> str:
+    return f"{task_dir(dataset, run, task)}/{CENTERS_NAME}"
+
+
+def result_dir(dataset: str, run: str) -> str:
+    return f"{RESULTS_ROOT}/{dataset}/{run}"
+
+
+def eval_file(dataset: str, run: str, task: int) -> str:
+    return f"{result_dir(dataset, run)}/eval/task_{task}.parquet"
+
+
+def metrics_file(dataset: str, run: str) -> str:
+    return f"{result_dir(dataset, run)}/metrics.json"
+
+
+def table_files(dataset: str) -> tuple[str, str]:
+    return (f"{TABLES_DIR}/{dataset}_results.md", f"{TABLES_DIR}/{dataset}_results.csv")
+
+
+def log_file(kind: str, name: str) -> str:
+    return f"{LOGS_ROOT}/{kind}/{name}.log"
+
+
+def benchmark_file(kind: str, name: str) -> str:
+    return f"{BENCH_ROOT}/{kind}/{name}.tsv"

@@ -1,0 +1,135 @@
+"""Every step of the grid as data: command, inputs, outputs, params keys, log and benchmark.
+
+Snakemake's rules look their steps up here by output path, and ``dvcgen`` writes one DVC stage per
+step, so both engines run the same commands on the same files (design.md 4).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from ncil import grid, paths
+
+CODE_DEP = "ncil"  # the package: any code change invalidates the steps that run it
+RUN_KEYS = ["preset", "order_seed", "dataset", "model", "train", "runtime.threads"]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # unique, DVC-safe stage name
+    kind: str  # prepare | split | train | evaluate | summarize | tables
+    cmd: tuple[str, ...]  # argv after `python -m ncil`
+    deps: dict[str, str]  # named inputs (data/artifacts)
+    outs: dict[str, str]  # named outputs
+    params: tuple[str, ...]  # params.yaml keys the step reads
+    log: str
+    benchmark: str
+    cached: bool = True  # DVC cache (False: small result files committed to git)
+    metric: bool = False  # a DVC metrics file
+    out_dirs: tuple[str, ...] = field(default=())  # outputs that are directories
+
+    @property
+    def shell(self) -> str:
+        return "python -m ncil " + " ".join(shlex.quote(a) for a in self.cmd)
+
+
+def stage_name(*parts) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", "_".join(str(p) for p in parts)).strip("_")
+
+
+def steps(params: dict, params_file: str = "params.yaml") -> list[Step]:
+    """All steps of the grid defined by ``params`` (a composed params.yaml mapping)."""
+    dataset = params["dataset"]["name"]
+    p = ["--params", params_file]
+    out: list[Step] = []
+    data = paths.data_files(dataset)
+    out.append(Step(
+        name=stage_name("prepare", dataset), kind="prepare",
+        cmd=("prepare", *p, "--log", paths.log_file("prepare", dataset)), deps={},
+        outs={f"f{i}": f for i, f in enumerate(data)}, params=("dataset",),
+        log=paths.log_file("prepare", dataset), benchmark=paths.benchmark_file("prepare", dataset),
+    ))
+    manifest = paths.data_manifest(dataset)
+
+    runs = grid.runs(params)
+    split_ids = {paths.base_split_id(r.initial): (r.initial, 0) for r in runs}
+    split_ids.update({r.setting: (r.initial, r.increment) for r in runs})
+    for split_id, (initial, increment) in sorted(split_ids.items()):
+        target = paths.split_file(dataset, split_id)
+        out.append(Step(
+            name=stage_name("split", dataset, split_id), kind="split",
+            cmd=("split", *p, "--initial", str(initial), "--increment", str(increment), "--out", target,
+                 "--log", paths.log_file("split", f"{dataset}/{split_id}")),
+            deps={}, outs={"split": target}, params=("dataset.n_classes", "order_seed"),
+            log=paths.log_file("split", f"{dataset}/{split_id}"),
+            benchmark=paths.benchmark_file("split", f"{dataset}/{split_id}"), cached=False,
+        ))
+
+    for job in grid.train_jobs(params):
+        run, t = job.run, job.task
+        split = run.base_split_file if t == 0 else run.split_file
+        method = run.base_recipe if t == 0 else run.method
+        deps = {"manifest": manifest, "split": split}
+        cmd = ["train", *p, "--split", split, "--task", str(t), "--seed", str(run.seed), "--method", method]
+        if t > 0:
+            deps.update(prev_checkpoint=run.checkpoint(t - 1), prev_centers=run.centers(t - 1))
+            cmd += ["--prev-checkpoint", run.checkpoint(t - 1), "--prev-centers", run.centers(t - 1)]
+        outs = {"checkpoint": run.checkpoint(t), "centers": run.centers(t)}
+        log = paths.log_file("train", f"{dataset}/{job.run_id}/task_{t}")
+        cmd += ["--checkpoint", outs["checkpoint"], "--centers", outs["centers"], "--log", log]
+        keys = RUN_KEYS + ([f"method.{run.method}"] if t > 0 else [])
+        out.append(Step(
+            name=stage_name("train", dataset, job.run_id, f"task{t}"), kind="train", cmd=tuple(cmd),
+            deps=deps, outs=outs, params=tuple(keys), log=log,
+            benchmark=paths.benchmark_file("train", f"{dataset}/{job.run_id}/task_{t}"),
+        ))
+
+    metrics_files = []
+    for run in runs:
+        tag = f"{dataset}/{run.run_id}"
+        checkpoints = [run.checkpoint(t) for t in range(run.n_tasks)]
+        evals = [run.eval_file(t) for t in range(run.n_tasks)]
+        eval_dir = evals[0].rsplit("/", 1)[0]
+        log = paths.log_file("evaluate", tag)
+        out.append(Step(
+            name=stage_name("evaluate", dataset, run.run_id), kind="evaluate",
+            cmd=("evaluate", *p, "--split", run.split_file, "--checkpoints", *checkpoints, "--out", *evals,
+                 "--log", log),
+            deps={"manifest": manifest, "split": run.split_file, **{f"checkpoint{t}": c for t, c in enumerate(checkpoints)}},
+            outs={"evals": eval_dir}, params=tuple(RUN_KEYS), log=log,
+            benchmark=paths.benchmark_file("evaluate", tag), cached=False, out_dirs=(eval_dir,),
+        ))
+        out.append(Step(
+            name=stage_name("summarize", dataset, run.run_id), kind="summarize",
+            cmd=("summarize", *p, "--split", run.split_file, "--evals", *evals, "--setting", run.setting,
+                 "--method", run.method, "--seed", str(run.seed), "--out", run.metrics_file,
+                 "--log", paths.log_file("summarize", tag)),
+            deps={"split": run.split_file, "evals": eval_dir}, outs={"metrics": run.metrics_file},
+            params=("preset", "order_seed"), log=paths.log_file("summarize", tag),
+            benchmark=paths.benchmark_file("summarize", tag), cached=False, metric=True,
+        ))
+        metrics_files.append(run.metrics_file)
+
+    markdown, csv = paths.table_files(dataset)
+    out.append(Step(
+        name=stage_name("tables", dataset), kind="tables",
+        cmd=("tables", *p, "--metrics", *metrics_files, "--markdown", markdown, "--csv", csv,
+             "--log", paths.log_file("tables", dataset)),
+        deps={f"metrics{i}": m for i, m in enumerate(metrics_files)}, outs={"markdown": markdown, "csv": csv},
+        params=("preset", "order_seed", "seeds"), log=paths.log_file("tables", dataset),
+        benchmark=paths.benchmark_file("tables", dataset), cached=False,
+    ))
+    return out
+
+
+def lookup_params(params: dict, keys) -> dict:
+    """The values of dotted ``keys`` in ``params`` (what a step depends on), for change detection."""
+    values = {}
+    for key in keys:
+        node = params
+        for part in key.split("."):
+            node = node[part]
+        values[key] = node
+    return values
