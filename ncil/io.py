@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -158,8 +159,9 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     import torch
 
     payload = {"format_version": CHECKPOINT_FORMAT, **payload}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    buffer = BytesIO()  # saved in memory: torch names the archive after a file, and the temp name is random
+    torch.save(payload, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> dict:

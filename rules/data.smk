@@ -15,6 +15,8 @@ rule prepare:
     threads: 1
     resources:
         gpu=0,
+    conda:
+        "../envs/ncil.yaml"
     shell:
         "{params.cmd}"
 
@@ -32,5 +34,7 @@ rule split:
     threads: 1
     resources:
         gpu=0,
+    conda:
+        "../envs/ncil.yaml"
     shell:
         "{params.cmd}"

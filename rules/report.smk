@@ -16,6 +16,8 @@ rule summarize:
     threads: 1
     resources:
         gpu=0,
+    conda:
+        "../envs/ncil.yaml"
     shell:
         "{params.cmd}"
 
@@ -36,5 +38,7 @@ rule tables:
     threads: 1
     resources:
         gpu=0,
+    conda:
+        "../envs/ncil.yaml"
     shell:
         "{params.cmd}"

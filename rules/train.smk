@@ -20,6 +20,8 @@ rule train:
     resources:
         gpu=config["runtime"]["gpus_per_job"],
         mem_mb=2000,
+    conda:
+        "../envs/ncil.yaml"
     shell:
         "{params.cmd}"
 
@@ -40,5 +42,7 @@ rule evaluate:
     resources:
         gpu=config["runtime"]["gpus_per_job"],
         mem_mb=2000,
+    conda:
+        "../envs/ncil.yaml"
     shell:
         "{params.cmd}"

@@ -11,9 +11,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ["ncil", "conf", "rules", "profiles", "Snakefile", ".dvcignore", "pyproject.toml"]
+PROJECT_FILES = ["ncil", "conf", "rules", "profiles", "envs", "Snakefile", ".dvcignore", "pyproject.toml"]
 # A grid that runs in seconds: one setting (4 + 2 x 3), both methods, one seed, one epoch, tiny ViT.
-TINY_OVERRIDES = ["model=vit_digits_tiny", "scenario=[base4_inc2]", "seeds=[1]", "train.epochs=1"]
+TINY_OVERRIDES = ["model=vit_digits_tiny", "train=smoke", "scenario=[base4_inc2]", "seeds=[1]"]
+TINY_CONFIG = """\
+defaults:
+  - dataset: digits
+  - model: vit_digits_tiny
+  - train: smoke
+  - runtime: cpu
+  - scenario: [base4_inc2]
+  - method: [finetune, joint]
+  - _self_
+preset: paper
+order_seed: 1993
+seeds: [1]
+"""
 
 
 def env() -> dict:
@@ -35,8 +48,12 @@ def ncil(args: list[str], cwd: Path, check: bool = True) -> subprocess.Completed
     return run([sys.executable, "-m", "ncil", *args], cwd, check=check)
 
 
-def copy_project(dest: Path, overrides: list[str] | None = None) -> Path:
-    """Copy the project's code and configuration to ``dest`` and compose params.yaml there."""
+def copy_project(dest: Path, tiny: bool = True) -> Path:
+    """Copy the project's code and configuration to ``dest`` and compose params.yaml there.
+
+    With ``tiny``, the copy's conf/config.yaml defaults are the tiny grid (so Hydra, DVC's
+    composition and `python -m ncil params` all agree on it); otherwise the real default grid.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         src = ROOT / name
@@ -44,7 +61,9 @@ def copy_project(dest: Path, overrides: list[str] | None = None) -> Path:
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(src, dest / name)
-    ncil(["params", *(overrides if overrides is not None else TINY_OVERRIDES)], dest)
+    if tiny:
+        (dest / "conf" / "config.yaml").write_text(TINY_CONFIG)
+    ncil(["params"], dest)
     return dest
 
 

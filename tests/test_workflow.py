@@ -1,0 +1,139 @@
+"""Workflow tier: lint, the default grid's job graph, real tiny runs, exact reruns, kill and resume."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, copy_project, env, run
+
+ARTIFACT_DIRS = ("runs", "results", "data")
+
+
+def snakemake(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "snakemake", "--cores", "2", *args], project, check=check)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    stats = output.split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
+
+
+def artifacts(project: Path) -> dict[str, bytes]:
+    """Every produced artifact (not logs or benchmarks) by relative path."""
+    out = {}
+    for top in ARTIFACT_DIRS:
+        for f in sorted((project / top).rglob("*")):
+            if f.is_file():
+                out[str(f.relative_to(project))] = f.read_bytes()
+    return out
+
+
+def test_snakemake_lint_is_clean():
+    proc = run([sys.executable, "-m", "snakemake", "--lint"], ROOT)
+    assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+
+
+def test_default_grid_job_graph(tmp_path):
+    project = copy_project(tmp_path / "default", tiny=False)
+    proc = snakemake(project, "--dry-run")
+    counts = job_counts(proc.stdout)
+    # 2 settings (4+2x3: 4 tasks, 5+1x5: 6 tasks) x 2 methods x 3 seeds; task 0 shared by both methods
+    # (same base recipe): 2 base sizes x 3 seeds = 6 base jobs + 3 x (3 + 5) x 2 incremental jobs.
+    assert counts["train"] == 6 + 2 * 3 * (3 + 5)
+    assert counts["evaluate"] == counts["summarize"] == 12
+    assert counts["split"] == 4 and counts["prepare"] == 1 and counts["tables"] == 1
+    assert "runs/digits/base4/plain/seed1/task_0/model.pt" in proc.stdout
+
+
+def test_named_target_builds_only_what_it_needs(tmp_path):
+    project = copy_project(tmp_path / "p")
+    proc = snakemake(project, "--dry-run", "results/digits/base4_inc2/finetune/seed1/metrics.json")
+    counts = job_counts(proc.stdout)
+    assert counts["train"] == 4 and counts["summarize"] == 1 and "tables" not in counts
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    project = copy_project(tmp_path_factory.mktemp("reference") / "p")
+    snakemake(project)
+    return project
+
+
+@pytest.mark.slow
+def test_tiny_grid_runs_end_to_end(reference_run):
+    files = artifacts(reference_run)
+    assert "results/tables/digits_results.md" in files
+    table = files["results/tables/digits_results.md"].decode()
+    assert "| 4+2x3 | finetune |" in table and "| 4+2x3 | joint |" in table
+    for method in ("finetune", "joint"):
+        for t in range(4):
+            assert f"results/digits/base4_inc2/{method}/seed1/eval/task_{t}.parquet" in files
+    for t in range(1, 4):
+        assert f"runs/digits/base4_inc2/joint/seed1/task_{t}/centers.parquet" in files
+    bench = reference_run / "benchmarks/train/digits/base4/plain/seed1/task_0.tsv"
+    assert bench.read_text().startswith("s\th:m:s")
+
+
+@pytest.mark.slow
+def test_rerun_from_scratch_is_bit_identical(reference_run, tmp_path):
+    again = copy_project(tmp_path / "again")
+    snakemake(again)
+    first, second = artifacts(reference_run), artifacts(again)
+    assert sorted(first) == sorted(second)
+    different = [name for name in first if first[name] != second[name]]
+    assert different == []
+
+
+@pytest.mark.slow
+def test_killed_workflow_resumes_at_the_first_missing_task(reference_run, tmp_path):
+    from ncil import io
+
+    project = copy_project(tmp_path / "killed")
+    running = "runs/digits/base4_inc2/finetune/seed1/task_2"
+    marker = project / "logs/train/digits/base4_inc2/finetune/seed1/task_2.log"  # task 1 is done
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1"], cwd=project, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert marker.exists(), "the workflow did not reach task 2 in time"
+    os.killpg(proc.pid, signal.SIGKILL)  # the scheduler and its running job die at once
+    proc.wait()
+
+    # Jobs that finished before the kill (one core: every job but the one that was running).
+    finished = {p: p.stat().st_mtime_ns for p in (project / "runs").rglob("*.*") if running not in str(p)}
+    assert project / "runs/digits/base4_inc2/finetune/seed1/task_1/model.pt" in finished
+    assert not (project / running / "centers.parquet").exists()
+    for path in finished:  # no complete-looking partial artifact: every finished file loads
+        io.load_checkpoint(path) if path.suffix == ".pt" else io.read_centers(path)
+    snakemake(project, "--unlock")
+    snakemake(project)
+    for path, mtime in finished.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was redone"
+    assert artifacts(project) == artifacts(reference_run)
+
+
+@pytest.mark.slow
+def test_parameter_change_reruns_only_its_dependents(reference_run, tmp_path):
+    import shutil
+
+    project = tmp_path / "changed"
+    shutil.copytree(reference_run, project, symlinks=True)
+    snakemake(project, "--dry-run")  # nothing to do
+    params = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(params.replace("train_on: seen", "train_on: current"))
+    proc = snakemake(project, "--dry-run")
+    counts = job_counts(proc.stdout)
+    # Only joint's three incremental tasks, its evaluation and summary, and the table.
+    assert counts == {"train": 3, "evaluate": 1, "summarize": 1, "tables": 1, "all": 1, "total": 7}
+    outputs = [line for line in proc.stdout.splitlines() if line.strip().startswith("output:")]
+    assert len(outputs) == 6
+    assert not [line for line in outputs if "finetune" in line or "base4/plain" in line]
