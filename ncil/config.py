@@ -126,7 +126,7 @@ def _coerce(value, annotation, source: str, key: str):
     raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # programming error
 
 
-def _section(cls, data, source: str, prefix: str):
+def parse_section(cls, data, source: str, prefix: str):
     """Build dataclass ``cls`` from mapping ``data``, rejecting unknown and missing keys."""
     if not isinstance(data, dict):
         raise _fail(source, prefix, f"expected a mapping, got {data!r}")
@@ -172,17 +172,17 @@ def parse_params(data: dict, source: str = "params.yaml") -> Params:
     for name in top:
         if name not in data:
             raise _fail(source, name, "missing required key")
-    dataset = _section(DatasetConfig, data["dataset"], source, "dataset")
-    model = _section(ModelConfig, data["model"], source, "model")
-    train = _section(TrainConfig, data["train"], source, "train")
-    runtime = _section(RuntimeConfig, data["runtime"], source, "runtime")
+    dataset = parse_section(DatasetConfig, data["dataset"], source, "dataset")
+    model = parse_section(ModelConfig, data["model"], source, "model")
+    train = parse_section(TrainConfig, data["train"], source, "train")
+    runtime = parse_section(RuntimeConfig, data["runtime"], source, "runtime")
     for mapping in ("scenario", "method"):
         if not isinstance(data[mapping], dict) or not data[mapping]:
             raise _fail(source, mapping, f"expected a non-empty mapping of named {mapping}s, got {data[mapping]!r}")
     scenario = {
-        name: _section(ScenarioConfig, spec, source, f"scenario.{name}") for name, spec in data["scenario"].items()
+        name: parse_section(ScenarioConfig, spec, source, f"scenario.{name}") for name, spec in data["scenario"].items()
     }
-    method = {name: _section(MethodConfig, spec, source, f"method.{name}") for name, spec in data["method"].items()}
+    method = {name: parse_section(MethodConfig, spec, source, f"method.{name}") for name, spec in data["method"].items()}
     seeds = _coerce(data["seeds"], tuple[int, ...], source, "seeds")
     params = Params(
         preset=_coerce(data["preset"], str, source, "preset"),

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ncil import runtime
-from ncil.config import Params
+from ncil.config import ModelConfig, Params, parse_section
 from ncil.data import arrays
 from ncil.data.scenario import remap_labels
 from ncil.models.network import load_network
@@ -38,7 +38,8 @@ def evaluate_checkpoint(p: Params, checkpoint: dict, test_split: arrays.Split, t
     seen = [c for t in tasks[: task + 1] for c in t]
     rows, images, labels = arrays.select_classes(test_split, seen, label_map)
     task_of = {c: t for t, classes in enumerate(tasks[: task + 1]) for c in classes}
-    net = load_network(p.model, p.dataset.channels, checkpoint["model"]).to(device)
+    model_cfg = parse_section(ModelConfig, checkpoint["config"]["model"], "checkpoint", "config.model")
+    net = load_network(model_cfg, p.dataset.channels, checkpoint["model"]).to(device)
     x = arrays.to_tensor(images, p.dataset.mean, p.dataset.std)
     return {
         "sample": rows,
