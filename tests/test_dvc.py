@@ -127,3 +127,14 @@ def test_hydra_experiment_with_key_and_group_overrides(reproduced, tmp_path):
     assert lock["params"]["params.yaml"]["train"]["epochs"] == 2
     bad = dvc(clone, "exp", "run", "-S", "train.epoch=3", check=False)
     assert bad.returncode != 0 and "train.epoch" in bad.stdout + bad.stderr
+
+
+@pytest.mark.slow
+def test_snakemake_run_matches_the_dvc_lock(reproduced, tmp_path):
+    """What CI's check-reproduction relies on: a from-scratch Snakemake run hashes to dvc repro's lock."""
+    clone = tmp_path / "smk"
+    run(["git", "clone", "-q", str(reproduced), str(clone)], tmp_path)
+    run([sys.executable, "-m", "snakemake", "--cores", "2"], clone)
+    assert json.loads(dvc(clone, "status", "--json").stdout) == {}
+    dvc(clone, "commit", "--force")
+    assert git(clone, "status", "--porcelain").stdout == ""
