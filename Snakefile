@@ -14,6 +14,22 @@ rule all:
     default_target: True
 
 
+# Named targets: `snakemake --cores 2 <name>`.
+rule tables:
+    input:
+        TABLES,
+
+
+rule metrics:
+    input:
+        METRICS,
+
+
+rule models:
+    input:
+        CHECKPOINTS,
+
+
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/report.smk"

@@ -66,10 +66,10 @@ def cmd_train(args) -> None:
     if args.task >= len(split["tasks"]):
         raise SystemExit(f"error: --task {args.task}: {args.split} has only {len(split['tasks'])} tasks")
     if args.task == 0:
-        recipes = {m.base_recipe for m in p.method.values()}
+        recipes = {m.base_recipe: m for m in reversed(p.method.values())}  # validated to agree per recipe
         if args.method not in recipes:
             raise SystemExit(f"error: --method {args.method}: task 0 takes a base recipe ({sorted(recipes)})")
-        method = None
+        method = recipes[args.method]
     else:
         if args.method not in p.method:
             raise SystemExit(f"error: --method {args.method}: not in {args.params} (methods: {sorted(p.method)})")
@@ -158,6 +158,24 @@ def cmd_tables(args) -> None:
     io.write_text(args.csv, tables.to_csv(rows))
 
 
+def cmd_bench(args) -> None:
+    from ncil.bench import bench_step
+    from ncil.config import parse_params
+    from ncil.hydra_conf import compose
+
+    overrides = list(args.override)
+    if args.paper_size:
+        overrides += ["model=vit_paper", "dataset.image_size=32", "dataset.channels=3",
+                      "dataset.mean=[0.5071,0.4867,0.4408]", "dataset.std=[0.2675,0.2565,0.2761]"]
+    p = parse_params(compose([f"method=[{args.method}]", *overrides]), source=f"conf/ with {overrides}")
+    result = bench_step(p, p.method[args.method], args.batch_size or p.train.batch_size, args.steps)
+    print(
+        f"{args.method}: {result['rows']} rows/step ({result['parameters']:,} backbone parameters, "
+        f"{result['threads']} thread(s)): step {result['step_ms']:.1f} ms, floor {result['floor_ms']:.1f} ms "
+        f"(student fwd+bwd + old-model fwd), ratio {result['ratio']:.3f}, {result['images_per_s']:.0f} images/s"
+    )
+
+
 def cmd_params(args) -> None:
     from ncil.hydra_conf import write_params
 
@@ -186,9 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     def verb(name, func, help_text):
         sp = sub.add_parser(name, help=help_text, description=help_text)
         sp.set_defaults(func=func)
-        if name not in ("params",):
+        if name not in ("params", "bench"):
             sp.add_argument("--params", default="params.yaml", help="composed configuration (default params.yaml)")
-        if name not in ("params", "dvc-yaml"):
+        if name not in ("params", "dvc-yaml", "bench"):
             sp.add_argument("--log", help="log file (one line per event; default: stderr only)")
         return sp
 
@@ -225,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--metrics", nargs="+", required=True)
     sp.add_argument("--markdown", required=True)
     sp.add_argument("--csv", required=True)
+
+    sp = verb("bench", cmd_bench, "time one training step of a method against its backbone floor")
+    sp.add_argument("--method", default="ours")
+    sp.add_argument("--batch-size", type=int, default=0, help="images per step (default: train.batch_size)")
+    sp.add_argument("--steps", type=int, default=20, help="timed steps (median reported)")
+    sp.add_argument("--paper-size", action="store_true", help="the paper's ViT on 32x32 RGB inputs")
+    sp.add_argument("-o", "--override", action="append", default=[], help="Hydra override (repeatable)")
 
     sp = verb("params", cmd_params, "compose conf/ with Hydra overrides into params.yaml and regenerate dvc.yaml")
     sp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.epochs=3 'method=[finetune]'")

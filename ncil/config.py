@@ -66,8 +66,21 @@ class ScenarioConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
+    """One method: its task-0 recipe and the loss terms of tasks t >= 1 (weights 0 = term off)."""
+
     base_recipe: str  # name of the task-0 recipe; methods with the same recipe share task 0
     train_on: str = "current"  # current: only task t's classes (NECIL); seen: all classes so far (joint)
+    backbone: str = "vit"  # vit (the `model` section) or resnet18 (torchvision, CIFAR stem; PASS)
+    rotation: bool = False  # PASS self-supervision: 4 rotations, labels 4y+k (method-spec 2.3)
+    ce_temperature: float = 1.0  # logits / temperature in the cross-entropy (PASS uses 0.1)
+    feature_kd: float = 0.0  # lambda_fkd: PASS feature distillation, Frobenius norm (4.3)
+    proto_aug: float = 0.0  # lambda_proto: PASS prototype augmentation (4.5)
+    pks: float = 0.0  # lambda_pks: patch-level knowledge selection, Eq. 2-3
+    pks_weighting: str = "inverse"  # inverse (Eq. 2), uniform (W_i = 1), direct (W_i ~ distance); Table 5
+    pks_p: int = 2  # norm of the CLS-to-patch distance: 2 (paper), 1 (released code)
+    pks_detach: bool = False  # stop the gradient through the PKS weights
+    pr: float = 0.0  # lambda_pr: prototype restoration, Eq. 4-6
+    pr_centers: str = "task_start"  # class centers mu of Eq. 4: task_start (code, D8) or epoch (recomputed)
 
 
 @dataclass(frozen=True)
@@ -92,7 +105,12 @@ class Params:
 
 PRESETS = ("paper",)
 BACKBONES = ("vit",)
+METHOD_BACKBONES = ("vit", "resnet18")
 TRAIN_ON = ("current", "seen")
+PKS_WEIGHTINGS = ("inverse", "uniform", "direct")
+PR_CENTERS = ("task_start", "epoch")
+# Method fields that shape task 0: methods sharing a base recipe must agree on them.
+BASE_RECIPE_FIELDS = ("backbone", "rotation", "ce_temperature")
 
 
 def _fail(source: str, key: str, message: str) -> ConfigError:
@@ -243,8 +261,26 @@ def _validate(p: Params, source: str) -> None:
         except ValueError as err:
             field_name, message = str(err).split(": ", 1)
             raise _fail(source, f"scenario.{name}.{field_name}", message) from None
+    recipes: dict[str, tuple[str, tuple]] = {}
     for name, m in p.method.items():
-        _choice(source, f"method.{name}.train_on", m.train_on, TRAIN_ON)
+        key = f"method.{name}"
+        _choice(source, f"{key}.train_on", m.train_on, TRAIN_ON)
+        _choice(source, f"{key}.backbone", m.backbone, METHOD_BACKBONES)
+        _choice(source, f"{key}.pks_weighting", m.pks_weighting, PKS_WEIGHTINGS)
+        _choice(source, f"{key}.pks_p", m.pks_p, (1, 2))
+        _choice(source, f"{key}.pr_centers", m.pr_centers, PR_CENTERS)
+        _positive(source, f"{key}.ce_temperature", m.ce_temperature)
+        for weight in ("feature_kd", "proto_aug", "pks", "pr"):
+            if getattr(m, weight) < 0:
+                raise _fail(source, f"{key}.{weight}", f"expected a weight >= 0, got {getattr(m, weight)}")
+        base = tuple(getattr(m, f) for f in BASE_RECIPE_FIELDS)
+        other = recipes.setdefault(m.base_recipe, (name, base))
+        if other[1] != base:
+            raise _fail(
+                source, f"{key}.base_recipe",
+                f"{m.base_recipe!r} is shared with method {other[0]!r}, which differs in "
+                f"{', '.join(BASE_RECIPE_FIELDS)}: give one of them another base_recipe name",
+            )
 
 
 def load_params(path: str | Path = "params.yaml") -> tuple[Params, dict]:

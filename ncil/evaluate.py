@@ -13,14 +13,14 @@ from ncil.models.network import load_network
 
 
 @torch.no_grad()
-def predict(net, x: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
-    """Argmax class over the head's outputs for images x (N, C, H, W)."""
+def predict(net, x: torch.Tensor, batch_size: int, device: torch.device, rotations: int = 1) -> np.ndarray:
+    """Argmax class for images x (N, C, H, W) over the rotation-0 columns ``logits[:, ::rotations]``."""
     net.eval()
     preds = []
     for start in range(0, len(x), batch_size):
         with runtime.autocast(device):
-            logits = net(x[start : start + batch_size].to(device))["logits"]  # (b, n_seen)
-        preds.append(logits.float().argmax(1).cpu())
+            logits = net(x[start : start + batch_size].to(device))["logits"]  # (b, rotations * n_seen)
+        preds.append(logits[:, ::rotations].float().argmax(1).cpu())  # (b, n_seen) -> (b,)
     return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
 
 
@@ -39,12 +39,13 @@ def evaluate_checkpoint(p: Params, checkpoint: dict, test_split: arrays.Split, t
     rows, images, labels = arrays.select_classes(test_split, seen, label_map)
     task_of = {c: t for t, classes in enumerate(tasks[: task + 1]) for c in classes}
     model_cfg = parse_section(ModelConfig, checkpoint["config"]["model"], "checkpoint", "config.model")
-    net = load_network(model_cfg, p.dataset.channels, checkpoint["model"]).to(device)
+    backbone = checkpoint.get("backbone", "vit")
+    net = load_network(model_cfg, p.dataset.channels, checkpoint["model"], backbone).to(device)
     x = arrays.to_tensor(images, p.dataset.mean, p.dataset.std)
     return {
         "sample": rows,
         "label": labels,
         "original_label": test_split.labels[rows],
         "label_task": np.asarray([task_of[int(o)] for o in test_split.labels[rows]]),
-        "prediction": predict(net, x, p.train.eval_batch_size, device),
+        "prediction": predict(net, x, p.train.eval_batch_size, device, int(checkpoint.get("rotations", 1))),
     }

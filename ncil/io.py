@@ -210,7 +210,8 @@ def _read_table(path: str | Path, what: str, required: dict):
 def write_centers(path: str | Path, rows: dict, task: int, feature_dim: int) -> None:
     """Class centers (design.md 2): one row per class seen so far.
 
-    ``rows`` holds equal-length sequences ``class_id``, ``original_class``, ``task``, ``n_samples``
+    ``rows`` holds equal-length sequences ``class_id``, ``original_class``, ``task``, ``n_samples``,
+    ``spread`` (the class's mean per-dimension feature variance, trace(Sigma)/d, for PASS's radius)
     and ``center`` (an (n, feature_dim) float32 array).
     """
     import pyarrow as pa
@@ -224,6 +225,7 @@ def write_centers(path: str | Path, rows: dict, task: int, feature_dim: int) -> 
             ("original_class", pa.int32()),
             ("task", pa.int32()),
             ("n_samples", pa.int64()),
+            ("spread", pa.float32()),
             ("center", pa.list_(pa.float32(), feature_dim)),
         ],
         metadata={
@@ -239,6 +241,7 @@ def write_centers(path: str | Path, rows: dict, task: int, feature_dim: int) -> 
             pa.array(rows["original_class"], type=pa.int32()),
             pa.array(rows["task"], type=pa.int32()),
             pa.array(rows["n_samples"], type=pa.int64()),
+            pa.array(rows["spread"], type=pa.float32()),
             pa.FixedSizeListArray.from_arrays(flat, feature_dim),
         ],
         schema=schema,
@@ -258,6 +261,7 @@ def read_centers(path: str | Path) -> dict:
             "original_class": pa.types.is_integer,
             "task": pa.types.is_integer,
             "n_samples": pa.types.is_integer,
+            "spread": pa.types.is_floating,
             "center": pa.types.is_fixed_size_list,
         },
     )
@@ -274,6 +278,7 @@ def read_centers(path: str | Path) -> dict:
         "original_class": table.column("original_class").to_numpy(),
         "task": table.column("task").to_numpy(),
         "n_samples": table.column("n_samples").to_numpy(),
+        "spread": table.column("spread").to_numpy().astype(np.float32),
         "center": values.reshape(len(table), dim),
         "producing_task": task,
         "feature_dim": dim,

@@ -1,4 +1,4 @@
-"""One task's training, readable top to bottom (design.md 5; method-spec 5.2).
+"""One task's training, readable top to bottom (design.md 5; method-spec 5.2; paper Algorithm 1).
 
 ``train_task`` takes loaded objects (config, split, data, the previous task's checkpoint and
 centers) and returns the new checkpoint payload and centers rows; only the CLI touches disk.
@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ncil import runtime
-from ncil.config import MethodConfig, Params, to_dict
+from ncil.config import BASE_RECIPE_FIELDS, MethodConfig, Params, to_dict
 from ncil.data import arrays
 from ncil.data.scenario import remap_labels
-from ncil.methods.prototypes import class_centers
+from ncil.methods.objective import OldKnowledge, needs_teacher, rotations, step_loss
+from ncil.methods.prototypes import class_centers, gaussian_radius, global_radius
 from ncil.models.network import IncrementalNet, build_network, load_network
 from ncil.progress import EpochProgress
 
@@ -30,14 +30,21 @@ class TaskJob:
     seed: int
     class_order: list[int]  # original class ids in learning order
     tasks: list[list[int]]  # original class ids of tasks 0..task (at least)
-    method_name: str  # incremental method (or the base recipe for task 0)
-    method: MethodConfig | None  # None for task 0 (the base recipe is shared)
-    identity: dict  # who this job is: dataset, run, seed, ... (stored in the checkpoint)
+    method_name: str  # incremental method (the base recipe's name for task 0)
+    method: MethodConfig  # for task 0: any method of the base recipe (only its recipe fields matter)
+    identity: dict  # who this job is: dataset, split, method, seed, task (stored in the checkpoint)
+
+
+def method_snapshot(job: TaskJob) -> dict:
+    """The method settings that shaped this task: the base recipe's fields only, for task 0."""
+    if job.task == 0:
+        return {"base_recipe": job.method_name, **{f: getattr(job.method, f) for f in BASE_RECIPE_FIELDS}}
+    return to_dict(job.method)
 
 
 def run_config_snapshot(p: Params, job: TaskJob) -> dict:
     """The resolved configuration a checkpoint carries (everything that shaped its weights)."""
-    snapshot = {
+    return {
         "preset": p.preset,
         "order_seed": p.order_seed,
         "seed": job.seed,
@@ -46,17 +53,29 @@ def run_config_snapshot(p: Params, job: TaskJob) -> dict:
         "train": to_dict(p.train),
         "runtime": {"threads": p.runtime.threads},
         "method": job.method_name,
+        "method_config": method_snapshot(job),
     }
-    if job.method is not None:
-        snapshot["method_config"] = to_dict(job.method)
-    return snapshot
 
 
 def training_classes(job: TaskJob) -> list[int]:
     """Original ids of the classes whose training images task ``job.task`` may use."""
-    if job.method is not None and job.method.train_on == "seen":
+    if job.task > 0 and job.method.train_on == "seen":
         return [c for t in job.tasks[: job.task + 1] for c in t]
     return list(job.tasks[job.task])
+
+
+def old_knowledge(previous: dict, previous_centers: dict, method: MethodConfig, p: Params, device) -> OldKnowledge:
+    """The frozen old model F_{t-1} (eval mode, no gradients) and the stored class centers."""
+    teacher = None
+    if needs_teacher(method):
+        teacher = load_network(p.model, p.dataset.channels, previous["model"], method.backbone).to(device)
+        teacher.eval().requires_grad_(False)
+    spreads = torch.from_numpy(previous_centers["spread"])
+    return OldKnowledge(
+        teacher=teacher,
+        centers=torch.from_numpy(previous_centers["center"]).to(device),  # (K_old, D)
+        radius=float(global_radius(spreads)) if len(spreads) else 0.0,
+    )
 
 
 def train_task(
@@ -69,23 +88,28 @@ def train_task(
 ) -> tuple[dict, dict]:
     """Train task ``job.task``; return (checkpoint payload, centers rows)."""
     device, generator = runtime.setup(p.runtime, job.seed, job.task)
+    method = job.method
+    rot = rotations(method)
     label_map = remap_labels(job.class_order)
     seen = [c for t in job.tasks[: job.task + 1] for c in t]
-    n_seen = len(seen)
+    n_seen, n_old = len(seen), len(seen) - len(job.tasks[job.task])
 
-    # 1. The model: fresh for task 0; otherwise task t-1's weights with the head grown to n_seen.
-    in_chans = p.dataset.channels
+    # 1. The model: fresh for task 0; otherwise task t-1's weights with the head grown to n_seen classes.
     if job.task == 0:
-        net = build_network(p.model, in_chans, n_seen)
+        net = build_network(p.model, p.dataset.channels, rot * n_seen, method.backbone)
     else:
-        net = load_network(p.model, in_chans, previous["model"])
-        net.head.grow(n_seen)
+        net = load_network(p.model, p.dataset.channels, previous["model"], method.backbone)
+        net.head.grow(rot * n_seen)
     net.to(device)
+    old = old_knowledge(previous, previous_centers, method, p, device) if job.task > 0 else None
 
     # 2. The task's training data, normalised, on the device: images (N, C, H, W), labels (N,).
     _, images, labels = arrays.select_classes(train_split, training_classes(job), label_map)
     x_all = arrays.to_tensor(images, p.dataset.mean, p.dataset.std).to(device)
     y_all = torch.from_numpy(labels).to(device)
+    new_classes = job.tasks[job.task]
+    _, new_images, new_labels = arrays.select_classes(train_split, new_classes, label_map)
+    x_new = arrays.to_tensor(new_images, p.dataset.mean, p.dataset.std)
 
     # 3. Optimiser and schedule: a fresh Adam and StepLR per task (method-spec 5.1).
     optimizer = torch.optim.Adam(net.parameters(), lr=p.train.lr, weight_decay=p.train.weight_decay)
@@ -95,53 +119,58 @@ def train_task(
         else None
     )
 
-    # 4. Epochs.
+    # 4. Epochs. PR's class centers mu (Eq. 4): stored ones for old classes, the model's for new ones.
     steps = -(-len(y_all) // p.train.batch_size)
     progress = EpochProgress(logger, f"task {job.task}", p.train.epochs, steps)
     history = []
+    pr_centers = None
     for epoch in range(p.train.epochs):
+        if old is not None and method.pr > 0 and (epoch == 0 or method.pr_centers == "epoch"):
+            features = extract_features(net, x_new, p.train.eval_batch_size, device)
+            pr_centers = torch.cat([old.centers, class_centers(features, torch.from_numpy(new_labels))[1].to(device)])
         net.train()
         progress.start_epoch()
         for idx in arrays.batches(len(y_all), p.train.batch_size, torch_cpu_generator(generator)):
             idx = idx.to(device)
             x = arrays.augment(x_all[idx], p.dataset.crop_padding, p.dataset.hflip, generator)  # (B, C, H, W)
-            y = y_all[idx]  # (B,)
             with runtime.autocast(device):
-                logits = net(x)["logits"]  # (B, n_seen)
-            loss = F.cross_entropy(logits.float(), y)
+                loss, terms, logits, targets = step_loss(net, x, y_all[idx], method, old, pr_centers, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            progress.step(loss.item(), len(y), int((logits.argmax(1) == y).sum()))
+            progress.step(float(loss), len(targets), int((logits.argmax(1) == targets).sum()))
         history.append(progress.end_epoch(epoch, optimizer.param_groups[0]["lr"]))
         if scheduler is not None:
             scheduler.step()
     progress.close()
 
-    # 5. Class centers of the new classes (eval mode, no augmentation), appended to task t-1's rows.
-    new_classes = job.tasks[job.task]
-    _, new_images, new_labels = arrays.select_classes(train_split, new_classes, label_map)
-    features = extract_features(net, arrays.to_tensor(new_images, p.dataset.mean, p.dataset.std),
-                                p.train.eval_batch_size, device)
-    class_ids, centers = class_centers(features, torch.from_numpy(new_labels))
+    # 5. Class centers and spreads of the new classes (eval mode, no augmentation), after task t-1's rows.
+    features = extract_features(net, x_new, p.train.eval_batch_size, device)
+    new_labels_t = torch.from_numpy(new_labels)
+    class_ids, centers = class_centers(features, new_labels_t)
+    spreads = [float(gaussian_radius(features[new_labels_t == c])) for c in class_ids.tolist()]
     counts = np.bincount(new_labels, minlength=n_seen)
-    inverse = {label: original for original, label in label_map.items()}
-    rows = empty_centers(net.feature_dim) if previous_centers is None else dict(previous_centers)
+    original = {label: o for o, label in label_map.items()}
+    rows = empty_centers(net.feature_dim) if previous_centers is None else previous_centers
     rows = {
         "class_id": np.concatenate([rows["class_id"], class_ids.numpy()]).astype(np.int32),
-        "original_class": np.concatenate([rows["original_class"], [inverse[int(c)] for c in class_ids]]).astype(np.int32),
+        "original_class": np.concatenate([rows["original_class"], [original[int(c)] for c in class_ids]]).astype(np.int32),
         "task": np.concatenate([rows["task"], np.full(len(class_ids), job.task)]).astype(np.int32),
         "n_samples": np.concatenate([rows["n_samples"], counts[class_ids.numpy()]]).astype(np.int64),
+        "spread": np.concatenate([rows["spread"], spreads]).astype(np.float32),
         "center": np.concatenate([rows["center"], centers.numpy()]).astype(np.float32),
     }
+    assert n_old == len(rows["class_id"]) - len(class_ids)
 
     payload = {
         "task": job.task,
         "identity": job.identity,
         "class_order": list(job.class_order),
         "seen_classes": seen,
-        "n_outputs": n_seen,
-        "head_layout": "plain",  # one logit per class
+        "n_outputs": rot * n_seen,
+        "rotations": rot,  # head columns per class: logits[:, ::rotations] are the class scores
+        "head_layout": "rotation4" if rot == 4 else "plain",
+        "backbone": method.backbone,
         "config": run_config_snapshot(p, job),
         "history": history_without_timing(history),
         "model": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
@@ -169,13 +198,14 @@ def empty_centers(dim: int) -> dict:
         "original_class": np.zeros(0, np.int32),
         "task": np.zeros(0, np.int32),
         "n_samples": np.zeros(0, np.int64),
+        "spread": np.zeros(0, np.float32),
         "center": np.zeros((0, dim), np.float32),
     }
 
 
 @torch.no_grad()
 def extract_features(net: IncrementalNet, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """[CLS] features (N, D) in eval mode, on the CPU."""
+    """[CLS] features (N, D) in eval mode, on the CPU; leaves the network in eval mode."""
     net.eval()
     out = []
     for start in range(0, len(x), batch_size):
@@ -183,3 +213,5 @@ def extract_features(net: IncrementalNet, x: torch.Tensor, batch_size: int, devi
             cls, _ = net.backbone(x[start : start + batch_size].to(device))
         out.append(cls.float().cpu())
     return torch.cat(out) if out else torch.zeros(0, net.feature_dim)
+
+

@@ -22,7 +22,7 @@ rule summarize:
         "{params.cmd}"
 
 
-rule tables:
+rule results_table:
     output:
         markdown="results/tables/{dataset}_results.md",
         csv="results/tables/{dataset}_results.csv",

@@ -109,3 +109,31 @@ def test_corrupt_data_fails_naming_the_file(trained):
 def test_unknown_method_fails_clearly(trained):
     proc = _train(trained, 1, method="ours", check=False)
     assert proc.returncode != 0 and "--method ours: not in params.yaml" in proc.stderr
+
+
+def test_rotation_method_chain(tiny_project):
+    """`ours` (rotation head, PKS, PR) through train -> evaluate with the tiny ViT."""
+    p = tiny_project
+    ncil(["params", "method=[ours]"], p)
+    ncil(["prepare"], p)
+    ncil(["split", "--initial", "4", "--out", "results/digits/base4/split.json"], p)
+    ncil(["split", "--initial", "4", "--increment", "2", "--out", "results/digits/base4_inc2/split.json"], p)
+    base, inc = "runs/digits/base4/rotation/seed1/task_0", "runs/digits/base4_inc2/ours/seed1/task_1"
+    ncil(["train", "--split", "results/digits/base4/split.json", "--task", "0", "--seed", "1", "--method", "rotation",
+          "--checkpoint", f"{base}/model.pt", "--centers", f"{base}/centers.parquet"], p)
+    ncil(["train", "--split", "results/digits/base4_inc2/split.json", "--task", "1", "--seed", "1", "--method", "ours",
+          "--prev-checkpoint", f"{base}/model.pt", "--prev-centers", f"{base}/centers.parquet",
+          "--checkpoint", f"{inc}/model.pt", "--centers", f"{inc}/centers.parquet", "--log", "ours.log"], p)
+    ckpt = io.load_checkpoint(p / inc / "model.pt")
+    assert ckpt["rotations"] == 4 and ckpt["model"]["head.weight"].shape == (24, 16)
+    assert ckpt["config"]["method_config"]["pks"] == 10.0 and ckpt["config"]["method_config"]["pr"] == 10.0
+    base_ckpt = io.load_checkpoint(p / base / "model.pt")
+    assert base_ckpt["config"]["method_config"] == {"base_recipe": "rotation", "backbone": "vit", "rotation": True,
+                                                   "ce_temperature": 0.1}
+    # Old head rows (4 classes x 4 rotations) are task 0's rows until training moves them: same shape kept.
+    centers = io.read_centers(p / inc / "centers.parquet")
+    assert (centers["spread"] > 0).all() and len(centers["spread"]) == 6
+    ncil(["evaluate", "--split", "results/digits/base4_inc2/split.json",
+          "--checkpoints", f"{base}/model.pt", f"{inc}/model.pt", "--out", "e0.parquet", "e1.parquet"], p)
+    e1 = io.read_predictions(p / "e1.parquet")
+    assert set(e1["prediction"]) <= set(range(6))

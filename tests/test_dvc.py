@@ -135,6 +135,6 @@ def test_snakemake_run_matches_the_dvc_lock(reproduced, tmp_path):
     clone = tmp_path / "smk"
     run(["git", "clone", "-q", str(reproduced), str(clone)], tmp_path)
     run([sys.executable, "-m", "snakemake", "--cores", "2"], clone)
+    dvc(clone, "commit", "--force")  # Snakemake's outputs into the DVC cache, hashes into dvc.lock
+    assert git(clone, "status", "--porcelain").stdout == ""  # the same hashes dvc repro recorded
     assert json.loads(dvc(clone, "status", "--json").stdout) == {}
-    dvc(clone, "commit", "--force")
-    assert git(clone, "status", "--porcelain").stdout == ""

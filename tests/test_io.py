@@ -56,7 +56,7 @@ def test_missing_checkpoint_names_the_file(tmp_path):
 def _centers(tmp_path):
     path = tmp_path / "centers.parquet"
     rows = {"class_id": [0, 1], "original_class": [7, 2], "task": [0, 0], "n_samples": [10, 12],
-            "center": np.arange(8, dtype=np.float32).reshape(2, 4)}
+            "spread": [0.5, 0.25], "center": np.arange(8, dtype=np.float32).reshape(2, 4)}
     io.write_centers(path, rows, task=0, feature_dim=4)
     return path
 

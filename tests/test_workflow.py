@@ -49,7 +49,7 @@ def test_default_grid_job_graph(tmp_path):
     # (same base recipe): 2 base sizes x 3 seeds = 6 base jobs + 3 x (3 + 5) x 2 incremental jobs.
     assert counts["train"] == 6 + 2 * 3 * (3 + 5)
     assert counts["evaluate"] == counts["summarize"] == 12
-    assert counts["split"] == 4 and counts["prepare"] == 1 and counts["tables"] == 1
+    assert counts["split"] == 4 and counts["prepare"] == 1 and counts["results_table"] == 1
     assert "runs/digits/base4/plain/seed1/task_0/model.pt" in proc.stdout
 
 
@@ -57,7 +57,15 @@ def test_named_target_builds_only_what_it_needs(tmp_path):
     project = copy_project(tmp_path / "p")
     proc = snakemake(project, "--dry-run", "results/digits/base4_inc2/finetune/seed1/metrics.json")
     counts = job_counts(proc.stdout)
-    assert counts["train"] == 4 and counts["summarize"] == 1 and "tables" not in counts
+    assert counts["train"] == 4 and counts["summarize"] == 1 and "results_table" not in counts
+
+
+@pytest.mark.parametrize("target, rule, jobs", [("tables", "results_table", 1), ("metrics", "summarize", 2),
+                                                ("models", "train", 7)])
+def test_named_targets(tmp_path, target, rule, jobs):
+    project = copy_project(tmp_path / "p")
+    counts = job_counts(snakemake(project, "--dry-run", target).stdout)
+    assert counts[rule] == jobs and counts[target] == 1
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +141,7 @@ def test_parameter_change_reruns_only_its_dependents(reference_run, tmp_path):
     proc = snakemake(project, "--dry-run")
     counts = job_counts(proc.stdout)
     # Only joint's three incremental tasks, its evaluation and summary, and the table.
-    assert counts == {"train": 3, "evaluate": 1, "summarize": 1, "tables": 1, "all": 1, "total": 7}
+    assert counts == {"train": 3, "evaluate": 1, "summarize": 1, "results_table": 1, "all": 1, "total": 7}
     outputs = [line for line in proc.stdout.splitlines() if line.strip().startswith("output:")]
     assert len(outputs) == 6
     assert not [line for line in outputs if "finetune" in line or "base4/plain" in line]

@@ -7,13 +7,13 @@ from torch import nn
 
 from ncil.config import ModelConfig
 from ncil.models.head import GrowingHead
-from ncil.models.vit import build_backbone
+from ncil.models.vit import ViT
 
 
 class IncrementalNet(nn.Module):
-    def __init__(self, cfg: ModelConfig, in_chans: int, n_outputs: int = 0):
+    def __init__(self, cfg: ModelConfig, in_chans: int, n_outputs: int = 0, backbone: str = "vit"):
         super().__init__()
-        self.backbone = build_backbone(cfg, in_chans)
+        self.backbone = build_backbone(cfg, in_chans, backbone)
         self.head = GrowingHead(self.backbone.feature_dim, n_outputs)
 
     @property
@@ -26,12 +26,25 @@ class IncrementalNet(nn.Module):
         return {"cls": cls, "patches": patches, "logits": self.head(cls)}
 
 
-def build_network(cfg: ModelConfig, in_chans: int, n_outputs: int = 0) -> IncrementalNet:
-    return IncrementalNet(cfg, in_chans, n_outputs)
+def build_backbone(cfg: ModelConfig, in_chans: int, backbone: str = "vit") -> nn.Module:
+    """``vit``: the paper's ViT sized by ``cfg``; ``resnet18``: PASS's CIFAR-stem ResNet-18."""
+    if backbone == "vit":
+        return ViT(cfg, in_chans)
+    if backbone == "resnet18":
+        from ncil.models.resnet import ResNet18
+
+        return ResNet18(in_chans)
+    raise ValueError(f"backbone: expected vit or resnet18, got {backbone!r}")
 
 
-def load_network(cfg: ModelConfig, in_chans: int, state: dict[str, torch.Tensor]) -> IncrementalNet:
+def build_network(cfg: ModelConfig, in_chans: int, n_outputs: int = 0, backbone: str = "vit") -> IncrementalNet:
+    return IncrementalNet(cfg, in_chans, n_outputs, backbone)
+
+
+def load_network(
+    cfg: ModelConfig, in_chans: int, state: dict[str, torch.Tensor], backbone: str = "vit"
+) -> IncrementalNet:
     """Rebuild a network from a checkpoint's state dict (the head size is read from it)."""
-    net = IncrementalNet(cfg, in_chans, n_outputs=int(state["head.weight"].shape[0]))
+    net = IncrementalNet(cfg, in_chans, n_outputs=int(state["head.weight"].shape[0]), backbone=backbone)
     net.load_state_dict(state)
     return net

@@ -14,12 +14,19 @@ from torch import nn
 from ncil.config import ModelConfig
 
 
+def import_timm_blocks():
+    """timm's ConViT block (GPSA), CaiT class-attention block and truncated-normal initialiser."""
+    from timm.layers import trunc_normal_
+    from timm.models.cait import LayerScaleBlockClassAttn
+    from timm.models.convit import Block
+
+    return Block, LayerScaleBlockClassAttn, trunc_normal_
+
+
 class ViT(nn.Module):
     def __init__(self, cfg: ModelConfig, in_chans: int):
         super().__init__()
-        from timm.layers import trunc_normal_
-        from timm.models.cait import LayerScaleBlockClassAttn
-        from timm.models.convit import Block
+        Block, LayerScaleBlockClassAttn, trunc_normal_ = import_timm_blocks()
 
         self.embed_dim = cfg.embed_dim
         self.num_patches = (cfg.img_size // cfg.patch_size) ** 2
@@ -67,8 +74,7 @@ class ViT(nn.Module):
 
 
 def _init_linear_and_norm(module: nn.Module) -> None:
-    from timm.layers import trunc_normal_
-
+    trunc_normal_ = import_timm_blocks()[2]
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
@@ -76,9 +82,3 @@ def _init_linear_and_norm(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
-
-
-def build_backbone(cfg: ModelConfig, in_chans: int) -> nn.Module:
-    if cfg.name == "vit":
-        return ViT(cfg, in_chans)
-    raise ValueError(f"model.name: unknown backbone {cfg.name!r} (available: vit)")

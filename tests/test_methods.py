@@ -1,0 +1,126 @@
+"""The methods as configured: which loss terms each uses, the frozen old model, recipes, backbones."""
+
+import copy
+
+import pytest
+import torch
+
+from ncil.config import ConfigError, MethodConfig, ModelConfig, parse_params
+from ncil.hydra_conf import compose
+from ncil.methods.objective import OldKnowledge, step_loss
+from ncil.models.network import build_network
+
+ALL_METHODS = ["finetune", "joint", "lwf", "baseline", "pks", "pr", "ours", "ours_w_uniform", "ours_w_direct",
+               "pass_resnet18"]
+TINY = ModelConfig("vit", img_size=8, patch_size=2, embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0, drop_path=0.0)
+
+
+def _methods() -> dict:
+    return parse_params(compose([f"method=[{','.join(ALL_METHODS)}]"])).method
+
+
+def _setup(method: MethodConfig, n_old=2, n_new=2):
+    torch.manual_seed(0)
+    rot = 4 if method.rotation else 1
+    net = build_network(TINY, 1, rot * (n_old + n_new), method.backbone)
+    teacher = copy.deepcopy(net).eval().requires_grad_(False)
+    centers = torch.randn(n_old, net.feature_dim)
+    old = OldKnowledge(teacher=teacher, centers=centers, radius=0.5)
+    pr_centers = torch.cat([centers, torch.randn(n_new, net.feature_dim)])
+    x = torch.randn(6, 1, 8, 8)
+    y = torch.tensor([2, 3, 2, 3, 3, 2])
+    return net, teacher, old, pr_centers, x, y
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("finetune", {"ce"}),
+        ("joint", {"ce"}),
+        ("lwf", {"ce", "fkd"}),
+        ("baseline", {"ce", "fkd", "proto"}),
+        ("pks", {"ce", "fkd", "proto", "pks"}),
+        ("pr", {"ce", "fkd", "proto", "pr"}),
+        ("ours", {"ce", "fkd", "proto", "pks", "pr"}),
+        ("ours_w_uniform", {"ce", "fkd", "proto", "pks", "pr"}),
+        ("ours_w_direct", {"ce", "fkd", "proto", "pks", "pr"}),
+        ("pass_resnet18", {"ce", "fkd", "proto"}),
+    ],
+)
+def test_each_method_uses_its_loss_terms(name, expected):
+    method = _methods()[name]
+    net, _, old, pr_centers, x, y = _setup(method)
+    gen = torch.Generator().manual_seed(0)
+    loss, terms, logits, targets = step_loss(net, x, y, method, old, pr_centers, gen)
+    assert set(terms) == expected
+    assert loss.item() == pytest.approx(sum(terms.values()), rel=1e-5)
+    rows = 24 if method.rotation else 6
+    assert logits.shape[0] == rows and targets.shape == (rows,)
+    # In task 0 there is no old knowledge: the cross-entropy alone.
+    _, terms0, _, _ = step_loss(net, x, y, method, None, None, gen)
+    assert set(terms0) == {"ce"}
+
+
+def test_identical_student_and_teacher_give_zero_distillation():
+    method = _methods()["ours"]
+    net, _, old, pr_centers, x, y = _setup(method)
+    net.eval()  # no drop-path: student and teacher compute the same function
+    _, terms, _, _ = step_loss(net, x, y, method, old, pr_centers, torch.Generator().manual_seed(0))
+    assert terms["fkd"] == 0.0 and terms["pks"] == 0.0 and terms["pr"] > 0.0  # PR pairs different rows
+
+
+def test_old_model_never_changes_and_stays_in_eval_mode():
+    method = _methods()["ours"]
+    net, teacher, old, pr_centers, x, y = _setup(method)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        net.train()
+        loss, *_ = step_loss(net, x, y, method, old, pr_centers, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not teacher.training and all(not m.training for m in teacher.modules())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(teacher.parameters(), net.parameters()))
+
+
+def test_step_loss_is_deterministic_given_the_generator():
+    method = _methods()["ours"]
+    net, _, old, pr_centers, x, y = _setup(method)
+    net.eval()
+    a = step_loss(net, x, y, method, old, pr_centers, torch.Generator().manual_seed(5))[1]
+    b = step_loss(net, x, y, method, old, pr_centers, torch.Generator().manual_seed(5))[1]
+    assert a == b
+
+
+def test_resnet18_backbone_contract():
+    net = build_network(TINY, 1, 8, "resnet18")
+    out = net(torch.randn(2, 1, 8, 8))
+    assert out["cls"].shape == (2, 512) and out["patches"].shape == (2, 1, 512) and out["logits"].shape == (2, 8)
+    assert torch.allclose(out["cls"], out["patches"].mean(1))
+
+
+def test_methods_sharing_a_base_recipe_must_agree_on_it():
+    data = compose(["method=[baseline,ours]"])
+    data["method"]["ours"]["ce_temperature"] = 1.0
+    with pytest.raises(ConfigError, match=r"method.ours.base_recipe: 'rotation' is shared with method 'baseline'"):
+        parse_params(data)
+
+
+def test_method_options_are_validated():
+    data = compose(["method=[ours]"])
+    data["method"]["ours"]["pks_weighting"] = "softmax"
+    with pytest.raises(ConfigError, match=r"method.ours.pks_weighting: expected one of"):
+        parse_params(data)
+
+
+def test_bench_step_of_ours_stays_close_to_the_backbone_floor():
+    from ncil.bench import bench_step
+
+    p = parse_params(compose(["method=[ours]"]))
+    result = bench_step(p, p.method["ours"], batch_size=32, steps=7, warmup=2)
+    assert result["rows"] == 128  # 4 rotations of 32 images
+    assert 0.9 < result["ratio"] <= 1.25, result
