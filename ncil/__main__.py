@@ -110,7 +110,7 @@ def cmd_evaluate(args) -> None:
     p, _ = _params(args.params)
     split = _read_split(args.split)
     logger = get_logger(args.log)
-    test = load_split(p.dataset.name, "test")
+    test = load_split(p.dataset.name, args.data_split)
     for task, (ckpt_path, out) in enumerate(zip(args.checkpoints, args.out)):
         ckpt = io.load_checkpoint(ckpt_path)
         if ckpt["task"] != task:
@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--split", required=True)
     sp.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints of tasks 0..T-1")
     sp.add_argument("--out", nargs="+", required=True, help="one predictions table per checkpoint")
+    sp.add_argument("--data-split", choices=("test", "val"), default="test",
+                    help="images to predict: test (reported numbers) or val (carved from train; for tuning)")
 
     sp = verb("summarize", cmd_summarize, "accuracy matrix, Avg, Last and forgetting of one run")
     sp.add_argument("--split", required=True)

@@ -79,6 +79,11 @@ def test_train_evaluate_summarize_chain(trained):
     e1 = io.read_predictions(p / "e1.parquet")
     assert e1["task"] == 1 and set(e1["label"]) == set(range(6))
     assert set(e1["label_task"]) == {0, 1}
+    ncil(["evaluate", "--split", "results/digits/base4_inc2/split.json", "--data-split", "val",
+          "--checkpoints", f"{BASE}/model.pt", f"{INC}/model.pt", "--out", "v0.parquet", "v1.parquet"], p)
+    v1 = io.read_predictions(p / "v1.parquet")
+    val_labels = io.read_array(p / "data/digits/val_labels.npy")
+    assert len(v1["label"]) == int(np.isin(val_labels, order[:6]).sum()) != len(e1["label"])
     ncil(["summarize", "--split", "results/digits/base4_inc2/split.json", "--evals", "e0.parquet", "e1.parquet",
           "--setting", "base4_inc2", "--method", "finetune", "--seed", "1", "--out", "m.json"], p)
     m = json.loads((p / "m.json").read_text())

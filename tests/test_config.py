@@ -87,3 +87,15 @@ def test_params_cli_rejects_invalid_values(tmp_path):
     assert proc.returncode != 0
     assert "train.epochs: expected a positive value, got 0" in proc.stderr
     assert not (tmp_path / "p.yaml").exists()
+
+
+def test_methods_experiment_composes_the_full_method_grid():
+    from ncil import grid
+
+    data = compose(["+experiment=digits_methods"])
+    parse_params(data)
+    assert len(data["method"]) == 10
+    jobs = grid.train_jobs(data)
+    # 3 base recipes (plain, rotation, rotation_resnet18) x 2 base sizes x 3 seeds shared task-0 jobs,
+    # plus 10 methods x 3 seeds x (3 + 5) incremental tasks.
+    assert sum(j.task == 0 for j in jobs) == 18 and len(jobs) == 18 + 10 * 3 * 8

@@ -121,6 +121,6 @@ def test_bench_step_of_ours_stays_close_to_the_backbone_floor():
     from ncil.bench import bench_step
 
     p = parse_params(compose(["method=[ours]"]))
-    result = bench_step(p, p.method["ours"], batch_size=32, steps=7, warmup=2)
-    assert result["rows"] == 128  # 4 rotations of 32 images
+    result = bench_step(p, p.method["ours"], batch_size=64, steps=15, warmup=3)
+    assert result["rows"] == 256  # 4 rotations of 64 images
     assert 0.9 < result["ratio"] <= 1.25, result
