@@ -171,8 +171,10 @@ def cmd_bench(args) -> None:
     result = bench_step(p, p.method[args.method], args.batch_size or p.train.batch_size, args.steps)
     print(
         f"{args.method}: {result['rows']} rows/step ({result['parameters']:,} backbone parameters, "
-        f"{result['threads']} thread(s)): step {result['step_ms']:.1f} ms, floor {result['floor_ms']:.1f} ms "
-        f"(student fwd+bwd + old-model fwd), ratio {result['ratio']:.3f}, {result['images_per_s']:.0f} images/s"
+        f"{result['threads']} thread(s), {args.steps} alternating rounds): fastest step {result['step_ms']:.1f} ms, "
+        f"fastest floor {result['floor_ms']:.1f} ms (student fwd+bwd + old-model fwd), ratio {result['ratio']:.3f}; "
+        f"medians {result['step_median_ms']:.1f} / {result['floor_median_ms']:.1f} ms, ratio {result['median_ratio']:.3f}; "
+        f"{result['images_per_s']:.0f} images/s"
     )
 
 
@@ -249,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = verb("bench", cmd_bench, "time one training step of a method against its backbone floor")
     sp.add_argument("--method", default="ours")
     sp.add_argument("--batch-size", type=int, default=0, help="images per step (default: train.batch_size)")
-    sp.add_argument("--steps", type=int, default=20, help="timed steps (median reported)")
+    sp.add_argument("--steps", type=int, default=20, help="timed rounds, each one step and one floor (default 20)")
     sp.add_argument("--paper-size", action="store_true", help="the paper's ViT on 32x32 RGB inputs")
     sp.add_argument("-o", "--override", action="append", default=[], help="Hydra override (repeatable)")
 

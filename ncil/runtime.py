@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import random
 
 import numpy as np
@@ -15,12 +17,35 @@ def derive_seeds(seed: int, task: int, n: int = 4) -> list[int]:
     return [int(s) & 0x7FFFFFFF for s in np.random.SeedSequence([seed, task]).generate_state(n)]
 
 
+# glibc mallopt parameters (malloc.h): M_TRIM_THRESHOLD and M_MMAP_THRESHOLD.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's upper limit on 64-bit systems
+_TRIM_THRESHOLD = 1024 * 1024 * 1024
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed CPU memory for reuse instead of returning it to the system at once.
+
+    By default glibc hands large freed blocks back to the kernel, so every training step faults its
+    activation memory in again (measured: ~20,000 page faults and +20% time per step of ``ours`` on
+    the digits model). Only speed changes, never a result. Returns False where malloc is not glibc's.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+
+
 def setup(runtime: RuntimeConfig, seed: int, task: int) -> tuple[torch.device, torch.Generator]:
     """Pin threads, seed Python/NumPy/torch from (seed, task) and return (device, data generator).
 
     The data generator owns the data order and every augmentation draw of the task.
     """
     torch.set_num_threads(runtime.threads)
+    keep_freed_memory()
     py_seed, np_seed, torch_seed, data_seed = derive_seeds(seed, task)
     random.seed(py_seed)
     np.random.seed(np_seed)

@@ -124,3 +124,13 @@ def test_bench_step_of_ours_stays_close_to_the_backbone_floor():
     result = bench_step(p, p.method["ours"], batch_size=64, steps=15, warmup=3)
     assert result["rows"] == 256  # 4 rotations of 64 images
     assert 0.9 < result["ratio"] <= 1.25, result
+
+
+def test_freed_memory_is_kept_for_reuse_on_glibc():
+    import platform
+
+    from ncil.runtime import keep_freed_memory
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert keep_freed_memory() is True
