@@ -30,8 +30,13 @@ class DatasetConfig:
     test_fraction: float = 0.2  # share of each class held out as test set (datasets without one)
     val_fraction: float = 0.1  # share of each class's training images carved out for validation
     split_seed: int = 0  # seed of the stratified train/val/test split
-    crop_padding: int = 0  # random-crop augmentation: zero padding in pixels (0 = off)
-    hflip: bool = False  # random horizontal flip augmentation
+    crop_padding: int = 0  # RandomCrop augmentation: padding in pixels on every side (0 = off)
+    crop_fill: str = "black"  # crop padding value: black (torchvision's fill=0) or mean (0 after normalising)
+    hflip: bool = False  # RandomHorizontalFlip(0.5) augmentation
+    jitter_brightness: float = 0.0  # ColorJitter brightness: factor uniform in [max(0, 1-b), 1+b] (0 = off)
+    jitter_contrast: float = 0.0  # ColorJitter contrast, same range rule
+    jitter_saturation: float = 0.0  # ColorJitter saturation, same range rule (RGB data sets only)
+    jitter_hue: float = 0.0  # ColorJitter hue: shift uniform in [-h, h] turns, h <= 0.5 (RGB data sets only)
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ class RuntimeConfig:
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N
     threads: int = 1  # torch intra-op threads; pinned because it changes floating-point results
     gpus_per_job: int = 0  # Snakemake `gpu` resource each training job claims
+    compile: bool = False  # torch.compile the backbone for training (slow to start; pays off on a GPU)
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,7 @@ METHOD_BACKBONES = ("vit", "resnet18")
 TRAIN_ON = ("current", "seen")
 PKS_WEIGHTINGS = ("inverse", "uniform", "direct")
 PR_CENTERS = ("task_start", "epoch")
+CROP_FILLS = ("black", "mean")  # as ncil.data.augment.CROP_FILLS
 # Method fields that shape task 0: methods sharing a base recipe must agree on them.
 BASE_RECIPE_FIELDS = ("backbone", "rotation", "ce_temperature")
 
@@ -234,6 +241,15 @@ def _validate(p: Params, source: str) -> None:
     _fraction(source, "dataset.val_fraction", p.dataset.val_fraction)
     if p.dataset.crop_padding < 0:
         raise _fail(source, "dataset.crop_padding", f"expected >= 0, got {p.dataset.crop_padding}")
+    _choice(source, "dataset.crop_fill", p.dataset.crop_fill, CROP_FILLS)
+    for key in ("jitter_brightness", "jitter_contrast", "jitter_saturation", "jitter_hue"):
+        if getattr(p.dataset, key) < 0:
+            raise _fail(source, f"dataset.{key}", f"expected a strength >= 0, got {getattr(p.dataset, key)}")
+    if p.dataset.jitter_hue > 0.5:
+        raise _fail(source, "dataset.jitter_hue", f"expected at most 0.5 (half a turn), got {p.dataset.jitter_hue}")
+    for key in ("jitter_saturation", "jitter_hue"):
+        if getattr(p.dataset, key) > 0 and p.dataset.channels != 3:
+            raise _fail(source, f"dataset.{key}", f"needs RGB images (channels 3), got channels {p.dataset.channels}")
     _choice(source, "model.name", p.model.name, BACKBONES)
     for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio"):
         _positive(source, f"model.{key}", getattr(p.model, key))

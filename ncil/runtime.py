@@ -65,6 +65,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """``torch.compile`` ``module`` in place (``runtime.compile``); its state_dict keys do not change."""
+    if enabled:
+        module.compile()
+    return module
+
+
 def autocast(device: torch.device):
     """bf16 autocast on CUDA; a no-op context on CPU (keeps CPU results exact and reproducible)."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

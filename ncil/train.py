@@ -14,7 +14,7 @@ import torch
 
 from ncil import runtime
 from ncil.config import BASE_RECIPE_FIELDS, MethodConfig, Params, to_dict
-from ncil.data import arrays
+from ncil.data import arrays, augment
 from ncil.data.scenario import remap_labels
 from ncil.methods.objective import OldKnowledge, needs_teacher, rotations, step_loss
 from ncil.methods.prototypes import class_centers, gaussian_radius, global_radius
@@ -101,11 +101,14 @@ def train_task(
         net = load_network(p.model, p.dataset.channels, previous["model"], method.backbone)
         net.head.grow(rot * n_seen)
     net.to(device)
+    runtime.maybe_compile(net.backbone, p.runtime.compile)
     old = old_knowledge(previous, previous_centers, method, p, device) if job.task > 0 else None
 
-    # 2. The task's training data, normalised, on the device: images (N, C, H, W), labels (N,).
+    # 2. The task's training data as uint8 on the device: images (N, C, H, W), labels (N,); each batch
+    #    is augmented and normalised there (ncil.data.augment), with no per-image work on the host.
     _, images, labels = arrays.select_classes(train_split, training_classes(job), label_map)
-    x_all = arrays.to_tensor(images, p.dataset.mean, p.dataset.std).to(device)
+    x_all = arrays.to_uint8_tensor(images).to(device)
+    augment_spec = augment.spec_from_dataset(p.dataset)
     y_all = torch.from_numpy(labels).to(device)
     new_classes = job.tasks[job.task]
     _, new_images, new_labels = arrays.select_classes(train_split, new_classes, label_map)
@@ -132,7 +135,7 @@ def train_task(
         progress.start_epoch()
         for idx in arrays.batches(len(y_all), p.train.batch_size, torch_cpu_generator(generator)):
             idx = idx.to(device)
-            x = arrays.augment(x_all[idx], p.dataset.crop_padding, p.dataset.hflip, generator)  # (B, C, H, W)
+            x = augment.augment_batch(x_all[idx], augment_spec, generator)  # (B, C, H, W) float32
             with runtime.autocast(device):
                 loss, terms, logits, targets = step_loss(net, x, y_all[idx], method, old, pr_centers, generator)
             optimizer.zero_grad(set_to_none=True)

@@ -1,7 +1,7 @@
 """Prepared data in memory: checksum-verified loading, class selection, normalisation, batches.
 
-Augmentation runs batched on tensors, each random draw from a ``torch.Generator`` owned by the
-caller and seeded from the run's config, so a run's data order and augmentation are reproducible.
+The data order is drawn from a ``torch.Generator`` owned by the caller and seeded from the run's
+config; augmentation lives in ``ncil.data.augment`` (batched, same generator).
 """
 
 from __future__ import annotations
@@ -52,32 +52,9 @@ def to_tensor(images: np.ndarray, mean, std) -> torch.Tensor:
     return (x - mean_t) / std_t
 
 
-def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Batched RandomCrop(size, padding): zero-pad by ``padding`` then crop at a random offset per image."""
-    if padding == 0:
-        return x
-    n, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))  # (N, C, H+2p, W+2p)
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=x.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=x.device)
-    rows = (dy.view(n, 1) + torch.arange(h, device=x.device).view(1, h))  # (N, H)
-    cols = (dx.view(n, 1) + torch.arange(w, device=x.device).view(1, w))  # (N, W)
-    batch = torch.arange(n, device=x.device).view(n, 1, 1)
-    out = padded.permute(0, 2, 3, 1)[batch, rows.view(n, h, 1), cols.view(n, 1, w)]  # (N, H, W, C)
-    return out.permute(0, 3, 1, 2).contiguous()
-
-
-def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Batched RandomHorizontalFlip(0.5)."""
-    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-
-
-def augment(x: torch.Tensor, crop_padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
-    x = random_crop(x, crop_padding, generator)
-    if hflip:
-        x = random_hflip(x, generator)
-    return x
+def to_uint8_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> uint8 (N, C, H, W), the layout the batched augmentation takes."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None):

@@ -1,0 +1,232 @@
+"""Batched, seeded image augmentation on tensors (method-spec 2.1), on any device.
+
+Every function takes a batch ``x`` of shape (B, C, H, W) and a ``torch.Generator`` and returns the
+augmented batch; each random parameter is drawn for the whole batch in one call (one value per
+image), so a batch costs a handful of tensor operations however large it is, and the same generator
+state gives the same result. Nothing here touches PIL or loops over images.
+
+The transforms follow torchvision's definitions, in torchvision's order for CIFAR-100
+(RandomCrop(32, padding=4) -> RandomHorizontalFlip -> ColorJitter(brightness=63/255) -> ToTensor ->
+Normalize):
+
+* ``random_crop`` and ``random_hflip`` only move pixels, so they accept uint8 or float input and give
+  the same pixels either way;
+* the colour operations (``color_jitter``) work on float pixels in [0, 1], as torchvision's tensor
+  functional ops do (``adjust_brightness``, ``adjust_contrast``, ``adjust_saturation``, ``adjust_hue``);
+* ``normalize`` is last.
+
+``augment_batch`` chains them as configured by an ``AugmentSpec`` (built from the data set's config).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+CROP_FILLS = ("black", "mean")
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """The training-time augmentation of one data set (the ``dataset`` section of the config)."""
+
+    mean: tuple[float, ...]  # per-channel normalisation mean (pixels in [0, 1])
+    std: tuple[float, ...]  # per-channel normalisation std
+    crop_padding: int = 0  # RandomCrop padding in pixels (0 = no crop)
+    crop_fill: str = "black"  # padding value: black (torchvision's fill=0) or mean (0 after normalisation)
+    hflip: bool = False  # RandomHorizontalFlip(0.5)
+    brightness: float = 0.0  # ColorJitter strengths (torchvision semantics; 0 = off)
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+
+    @property
+    def jitter(self) -> bool:
+        return any(v > 0 for v in (self.brightness, self.contrast, self.saturation, self.hue))
+
+
+def spec_from_dataset(dataset) -> AugmentSpec:
+    """The ``AugmentSpec`` of a ``DatasetConfig``."""
+    return AugmentSpec(
+        mean=tuple(dataset.mean), std=tuple(dataset.std), crop_padding=dataset.crop_padding,
+        crop_fill=dataset.crop_fill, hflip=dataset.hflip, brightness=dataset.jitter_brightness,
+        contrast=dataset.jitter_contrast, saturation=dataset.jitter_saturation, hue=dataset.jitter_hue,
+    )
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0, 1] (the division ToTensor does); float input is returned as is."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """(x - mean) / std per channel, for float pixels in [0, 1] of shape (B, C, H, W)."""
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator, fill=0) -> torch.Tensor:
+    """RandomCrop(size=(H, W), padding): pad every side by ``padding`` with ``fill``, crop at a random offset.
+
+    ``fill`` is a number or one value per channel, in the units of ``x``. The offsets are drawn as
+    ``dy`` then ``dx``, each uniform in [0, 2 * padding] with one ``randint`` call of B values.
+    """
+    if padding == 0:
+        return x
+    n, c, h, w = x.shape
+    fill_t = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)  # (1, 1 or C, 1, 1)
+    padded = fill_t.expand(n, c, h + 2 * padding, w + 2 * padding).clone()  # (B, C, H+2p, W+2p)
+    padded[:, :, padding : padding + h, padding : padding + w] = x
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=x.device)
+    rows = dy.view(n, 1) + torch.arange(h, device=x.device).view(1, h)  # (B, H) padded row of each output row
+    cols = dx.view(n, 1) + torch.arange(w, device=x.device).view(1, w)  # (B, W)
+    out = padded.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w + 2 * padding))  # (B, C, H, W+2p)
+    return out.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))  # (B, C, H, W)
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """RandomHorizontalFlip(p): mirror each image along W with probability ``p`` (one ``rand`` of B values)."""
+    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < p
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def _factors(strength: float, n: int, generator: torch.Generator, device, centre: float = 1.0) -> torch.Tensor:
+    """n factors uniform in [max(0, centre - strength), centre + strength] (torchvision's ColorJitter ranges)."""
+    low = max(0.0, centre - strength) if centre else -strength
+    high = centre + strength
+    return low + (high - low) * torch.rand(n, generator=generator, device=device)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma (B, 1, H, W) of RGB float images (B, 3, H, W); grey input is returned as is."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(1)
+    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """clamp(factor * x + (1 - factor) * other, 0, 1) with one factor per image (torchvision's _blend)."""
+    f = factor.view(-1, 1, 1, 1)
+    return (f * x + (1.0 - f) * other).clamp_(0.0, 1.0)
+
+
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend with black: clamp(factor * x, 0, 1), factor (B,)."""
+    return (x * factor.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend with each image's mean grey level, factor (B,)."""
+    mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+    return _blend(x, mean, factor)
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend with each image's grey version, factor (B,); grey images are unchanged."""
+    if x.shape[1] == 1:
+        return x
+    return _blend(x, grayscale(x), factor)
+
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """RGB (B, 3, H, W) in [0, 1] -> HSV (B, 3, H, W), hue in [0, 1) (torchvision's _rgb2hsv)."""
+    r, g, b = x.unbind(1)
+    maxc, minc = x.amax(1), x.amin(1)  # (B, H, W)
+    equal = maxc == minc
+    chroma = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = chroma / torch.where(equal, ones, maxc)
+    divisor = torch.where(equal, ones, chroma)
+    rc, gc, bc = (maxc - r) / divisor, (maxc - g) / divisor, (maxc - b) / divisor
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    return torch.stack((h, s, maxc), dim=1)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """HSV (B, 3, H, W) -> RGB (B, 3, H, W) (torchvision's _hsv2rgb)."""
+    h, s, v = x.unbind(1)
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.to(torch.int64) % 6  # (B, H, W) sector of the colour wheel
+    p = (v * (1.0 - s)).clamp_(0.0, 1.0)
+    q = (v * (1.0 - s * f)).clamp_(0.0, 1.0)
+    t = (v * (1.0 - s * (1.0 - f))).clamp_(0.0, 1.0)
+    table = torch.stack([  # (3, 6, B, H, W): the RGB value of each sector
+        torch.stack((v, q, p, p, t, v)), torch.stack((t, v, v, q, p, p)), torch.stack((p, p, t, v, v, q))
+    ])
+    index = i.unsqueeze(0).unsqueeze(0).expand(3, 1, *i.shape)  # (3, 1, B, H, W)
+    return table.gather(1, index).squeeze(1).permute(1, 0, 2, 3)  # (B, 3, H, W)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue of each image by ``shift`` (B,) turns, in [-0.5, 0.5]; grey images are unchanged."""
+    if x.shape[1] == 1:
+        return x
+    hsv = rgb_to_hsv(x)
+    h = torch.remainder(hsv[:, 0] + shift.view(-1, 1, 1), 1.0)
+    return hsv_to_rgb(torch.stack((h, hsv[:, 1], hsv[:, 2]), dim=1))
+
+
+_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+_IDENTITY = (1.0, 1.0, 1.0, 0.0)  # the factor of each op that leaves an image unchanged
+
+
+def color_jitter(x: torch.Tensor, generator: torch.Generator, brightness: float = 0.0, contrast: float = 0.0,
+                 saturation: float = 0.0, hue: float = 0.0) -> torch.Tensor:
+    """ColorJitter(brightness, contrast, saturation, hue) on float pixels (B, C, H, W) in [0, 1].
+
+    As in torchvision, each image gets its own factors (brightness, contrast and saturation uniform in
+    [max(0, 1 - s), 1 + s], hue shift uniform in [-hue, hue]) and applies the active operations in its
+    own random order. Draws, in this order: one ``rand`` of (B, n_active) for the order (only when
+    more than one operation is active), then one ``rand`` of B values per active operation.
+    The per-image order is realised without data-dependent shapes: at each position every active
+    operation runs on the whole batch, with the identity factor for the images that do not pick it.
+    """
+    strengths = (brightness, contrast, saturation, hue)
+    active = [k for k, s in enumerate(strengths) if s > 0]
+    if not active:
+        return x
+    n = x.shape[0]
+    order = None
+    if len(active) > 1:
+        order = torch.rand(n, len(active), generator=generator, device=x.device).argsort(1)  # (B, n_active)
+    factors = {
+        k: _factors(strengths[k], n, generator, x.device, centre=_IDENTITY[k]) for k in active
+    }  # each (B,)
+    if order is None:
+        (k,) = active
+        return _OPS[k](x, factors[k])
+    for position in range(len(active)):
+        for slot, k in enumerate(active):
+            chosen = order[:, position] == slot  # (B,) images whose operation at this position is k
+            if k == 3:  # the HSV round trip is not exact, so unchosen images keep their pixels
+                x = torch.where(chosen.view(-1, 1, 1, 1), adjust_hue(x, factors[k]), x)
+            else:
+                x = _OPS[k](x, torch.where(chosen, factors[k], torch.full_like(factors[k], _IDENTITY[k])))
+    return x
+
+
+def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator) -> torch.Tensor:
+    """The training view of a batch (B, C, H, W), uint8 or float pixels in [0, 1] -> normalised float32.
+
+    Crop (padding filled with black or with the normalisation mean) -> horizontal flip -> colour
+    jitter -> normalise, drawing from ``generator`` in that order. With black fill and uint8 input the
+    crop and flip move uint8 pixels (4x less memory traffic) before the conversion to float.
+    """
+    if spec.crop_fill == "mean" or x.dtype != torch.uint8:
+        x = to_unit(x)
+    fill = spec.mean if spec.crop_fill == "mean" else 0
+    x = random_crop(x, spec.crop_padding, generator, fill=fill)  # (B, C, H, W)
+    if spec.hflip:
+        x = random_hflip(x, generator)
+    x = to_unit(x)
+    if spec.jitter:
+        x = color_jitter(x, generator, spec.brightness, spec.contrast, spec.saturation, spec.hue)
+    return normalize(x, spec.mean, spec.std)
