@@ -178,6 +178,22 @@ def cmd_bench(args) -> None:
     )
 
 
+def cmd_bench_data(args) -> None:
+    from ncil.bench import bench_augment
+
+    jitter = (args.brightness, args.contrast, args.saturation, args.hue)
+    r = bench_augment(args.batch_size, args.images, args.pil_images, args.rounds, args.threads, jitter=jitter)
+    print(
+        f"CIFAR training view (crop 32 pad 4, flip, colour jitter {jitter}, normalise) on 32x32x3 uint8 images, "
+        f"batch {r['batch_size']}, {r['threads']} thread(s), fastest of {r['rounds']} alternating rounds:\n"
+        f"  batched (ncil.data.augment):      {r['batched_images_per_s']:10,.0f} images/s "
+        f"(median {r['batched_median_images_per_s']:,.0f})\n"
+        f"  per image (torchvision v1 + PIL): {r['pil_images_per_s']:10,.0f} images/s "
+        f"(median {r['pil_median_images_per_s']:,.0f})\n"
+        f"  ratio {r['ratio']:.1f}x"
+    )
+
+
 def cmd_params(args) -> None:
     from ncil.hydra_conf import write_params
 
@@ -206,9 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     def verb(name, func, help_text):
         sp = sub.add_parser(name, help=help_text, description=help_text)
         sp.set_defaults(func=func)
-        if name not in ("params", "bench"):
+        if name not in ("params", "bench", "bench-data"):
             sp.add_argument("--params", default="params.yaml", help="composed configuration (default params.yaml)")
-        if name not in ("params", "dvc-yaml", "bench"):
+        if name not in ("params", "dvc-yaml", "bench", "bench-data"):
             sp.add_argument("--log", help="log file (one line per event; default: stderr only)")
         return sp
 
@@ -254,6 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=int, default=20, help="timed rounds, each one step and one floor (default 20)")
     sp.add_argument("--paper-size", action="store_true", help="the paper's ViT on 32x32 RGB inputs")
     sp.add_argument("-o", "--override", action="append", default=[], help="Hydra override (repeatable)")
+
+    sp = verb("bench-data", cmd_bench_data,
+              "images/s of the batched augmentation against a per-image torchvision + PIL pipeline (CPU)")
+    sp.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64, the paper's)")
+    sp.add_argument("--images", type=int, default=4096, help="images per round, batched path (default 4096)")
+    sp.add_argument("--pil-images", type=int, default=512, help="images per round, per-image path (default 512)")
+    sp.add_argument("--rounds", type=int, default=5, help="alternating timed rounds (default 5)")
+    sp.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one loader worker's worth)")
+    sp.add_argument("--brightness", type=float, default=63 / 255, help="ColorJitter brightness (default 63/255)")
+    sp.add_argument("--contrast", type=float, default=0.0)
+    sp.add_argument("--saturation", type=float, default=0.0)
+    sp.add_argument("--hue", type=float, default=0.0)
 
     sp = verb("params", cmd_params, "compose conf/ with Hydra overrides into params.yaml and regenerate dvc.yaml")
     sp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.epochs=3 'method=[finetune]'")

@@ -89,3 +89,72 @@ def bench_step(p: Params, method: MethodConfig, batch_size: int, steps: int = 20
         "threads": p.runtime.threads,
         "parameters": sum(q.numel() for q in net.backbone.parameters()),
     }
+
+
+# CIFAR-100's training view (method-spec 2.1): RandomCrop(32, padding=4) -> RandomHorizontalFlip ->
+# ColorJitter(brightness=63/255) -> ToTensor -> Normalize.
+CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
+
+
+def cifar_view(brightness: float = 63 / 255, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0):
+    """The CIFAR-100 training view as an ``AugmentSpec`` (batched) and as a torchvision v1 Compose (per image)."""
+    from torchvision import transforms as T
+
+    from ncil.data.augment import AugmentSpec
+
+    spec = AugmentSpec(mean=CIFAR_MEAN, std=CIFAR_STD, crop_padding=4, crop_fill="black", hflip=True,
+                       brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
+    per_image = T.Compose([
+        T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(),
+        T.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue),
+        T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD),
+    ])
+    return spec, per_image
+
+
+def bench_augment(batch_size: int = 64, batched_images: int = 4096, pil_images: int = 512, rounds: int = 5,
+                  threads: int = 1, seed: int = 0, jitter: tuple[float, float, float, float] = (63 / 255, 0, 0, 0)) -> dict:
+    """Images/s of the batched augmentation (``ncil.data.augment``) against torchvision + PIL per image.
+
+    Both produce the normalised training view of synthetic 32x32x3 uint8 images, starting from the
+    images held in memory: the batched path gathers a batch of a uint8 (N, 3, 32, 32) tensor and
+    augments it in one call per batch (as ``train`` does on its device); the per-image path does what a
+    PyTorch ``Dataset.__getitem__`` of CIFAR does for every image (``Image.fromarray`` -> Compose) and
+    then collates the batch with ``torch.stack``, in one process (one loader worker). The two take turns
+    within every round and the ratio compares the fastest round of each (see the module docstring).
+    """
+    from PIL import Image
+
+    from ncil.data.augment import augment_batch
+
+    torch.set_num_threads(threads)
+    rng = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (batched_images, 32, 32, 3), generator=rng, dtype=torch.uint8)  # (N, H, W, C)
+    x_all = pixels.permute(0, 3, 1, 2).contiguous()  # (N, C, H, W), as train keeps it
+    arrays_hwc = pixels[:pil_images].numpy()
+    spec, per_image = cifar_view(*jitter)
+    order = torch.randperm(batched_images, generator=rng)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # torchvision's transforms draw from the global generator
+
+    def batched():
+        for start in range(0, batched_images, batch_size):
+            augment_batch(x_all[order[start : start + batch_size]], spec, generator)
+
+    def pil():
+        for start in range(0, pil_images, batch_size):
+            torch.stack([per_image(Image.fromarray(a)) for a in arrays_hwc[start : start + batch_size]])
+
+    times = _interleaved_seconds({"batched": batched, "pil": pil}, rounds, warmup=1)
+    batched_rate = batched_images / min(times["batched"])
+    pil_rate = pil_images / min(times["pil"])
+    return {
+        "batched_images_per_s": batched_rate,
+        "pil_images_per_s": pil_rate,
+        "ratio": batched_rate / pil_rate,
+        "batched_median_images_per_s": batched_images / statistics.median(times["batched"]),
+        "pil_median_images_per_s": pil_images / statistics.median(times["pil"]),
+        "batch_size": batch_size,
+        "threads": threads,
+        "rounds": rounds,
+    }

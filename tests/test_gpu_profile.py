@@ -1,0 +1,39 @@
+"""The GPU workstation profile: one `gpu` unit, and every train/evaluate job claims it."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from ncil.config import parse_params
+from ncil.hydra_conf import compose
+from tests.conftest import copy_project, ncil, run
+
+
+def _resources(output: str) -> dict[str, set[int]]:
+    """gpu claimed per rule, from a dry run's job listing."""
+    claims: dict[str, set[int]] = {}
+    for rule, gpu in re.findall(r"^(?:local)?rule (\w+):.*?resources: [^\n]*?gpu=(\d+)", output, re.M | re.S):
+        claims.setdefault(rule, set()).add(int(gpu))
+    return claims
+
+
+def test_gpu_profile_gives_each_gpu_job_the_whole_gpu(tmp_path):
+    project = copy_project(tmp_path / "p")
+    target = ["results/digits/base4_inc2/finetune/seed1/metrics.json"]
+    default = run([sys.executable, "-m", "snakemake", "-n", *target], project).stdout
+    gpu = run([sys.executable, "-m", "snakemake", "-n", "--workflow-profile", "profiles/gpu", *target], project).stdout
+    assert _resources(default)["train"] == {0}  # CPU machine: runtime.gpus_per_job 0
+    claims = _resources(gpu)
+    # one unit in total (profile), one per job: train/evaluate jobs run one at a time, data jobs beside them
+    assert claims["train"] == {1} and claims["evaluate"] == {1}
+    assert claims["prepare"] == {0} and claims["split"] == {0}
+    # without the profile's set-resources, the claim comes from runtime.gpus_per_job (rules/train.smk);
+    # Snakemake clips each claim to what the machine offers, so offer more than one unit here
+    offer = ["--resources", "gpu=4"]
+    assert _resources(run([sys.executable, "-m", "snakemake", "-n", *target, *offer], project).stdout)["train"] == {0}
+    ncil(["params", "runtime=gpu"], project)
+    from_config = _resources(run([sys.executable, "-m", "snakemake", "-n", *target, *offer], project).stdout)
+    assert from_config["train"] == {1} and from_config["evaluate"] == {1} and from_config["split"] == {0}
+    p = parse_params(compose(["runtime=gpu"]))
+    assert (p.runtime.device, p.runtime.gpus_per_job, p.runtime.compile) == ("cuda", 1, False)
