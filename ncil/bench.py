@@ -139,7 +139,7 @@ def bench_augment(batch_size: int = 64, batched_images: int = 4096, pil_images: 
 
     def batched():
         for start in range(0, batched_images, batch_size):
-            augment_batch(x_all[order[start : start + batch_size]], spec, generator)
+            augment_batch(x_all.index_select(0, order[start : start + batch_size]), spec, generator)
 
     def pil():
         for start in range(0, pil_images, batch_size):

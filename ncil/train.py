@@ -135,7 +135,7 @@ def train_task(
         progress.start_epoch()
         for idx in arrays.batches(len(y_all), p.train.batch_size, torch_cpu_generator(generator)):
             idx = idx.to(device)
-            x = augment.augment_batch(x_all[idx], augment_spec, generator)  # (B, C, H, W) float32
+            x = augment.augment_batch(x_all.index_select(0, idx), augment_spec, generator)  # (B, C, H, W) float32
             with runtime.autocast(device):
                 loss, terms, logits, targets = step_loss(net, x, y_all[idx], method, old, pr_centers, generator)
             optimizer.zero_grad(set_to_none=True)

@@ -20,6 +20,7 @@ from ncil.data.augment import (
     augment_batch,
     color_jitter,
     random_crop,
+    random_crop_flip,
     random_hflip,
     spec_from_dataset,
 )
@@ -70,6 +71,15 @@ def test_flip_mirrors_the_drawn_images_only():
     flip = torch.rand(100, generator=gen(5)) < 0.5
     assert torch.equal(out[flip], x[flip].flip(3)) and torch.equal(out[~flip], x[~flip])
     assert 30 < int(flip.sum()) < 70
+
+
+@pytest.mark.parametrize("padding", [0, 2])
+def test_fused_crop_and_flip_equal_crop_then_flip(padding):
+    x = images(50, size=6)
+    fused = random_crop_flip(x, padding, gen(8), fill=7, flip_p=0.5)
+    g = gen(8)
+    assert torch.equal(fused, random_hflip(random_crop(x, padding, g, fill=7), g))
+    assert not torch.equal(fused, x)
 
 
 def _legacy_augment(x_normalised, padding, generator):
@@ -216,3 +226,22 @@ def test_compile_flag_is_plumbed(monkeypatch):
     assert runtime.maybe_compile(net, True) is net and calls == ["Linear"]
     assert parse_params(compose(["runtime.compile=true"])).runtime.compile is True
     assert parse_params(compose([])).runtime.compile is False
+
+
+# --- measured speed ------------------------------------------------------------------------------
+
+def test_batched_augmentation_is_at_least_10x_the_per_image_pil_pipeline():
+    """Fastest of alternating rounds (noise on a shared machine only adds time); measured about 25x here."""
+    from ncil.bench import bench_augment
+
+    r = bench_augment(batch_size=64, batched_images=2048, pil_images=256, rounds=7, threads=1)
+    assert r["ratio"] >= 10, r
+
+
+def test_bench_data_cli_reports_both_rates_and_the_ratio(capsys):
+    from ncil.__main__ import main
+
+    assert main(["bench-data", "--images", "256", "--pil-images", "64", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "batched (ncil.data.augment)" in out and "per image (torchvision v1 + PIL)" in out
+    assert float(out.rsplit("ratio ", 1)[1].rstrip().rstrip("x")) > 1

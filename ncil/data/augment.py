@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 CROP_FILLS = ("black", "mean")
 
@@ -67,24 +68,55 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x - mean_t) / std_t
 
 
-def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator, fill=0) -> torch.Tensor:
-    """RandomCrop(size=(H, W), padding): pad every side by ``padding`` with ``fill``, crop at a random offset.
-
-    ``fill`` is a number or one value per channel, in the units of ``x``. The offsets are drawn as
-    ``dy`` then ``dx``, each uniform in [0, 2 * padding] with one ``randint`` call of B values.
-    """
-    if padding == 0:
-        return x
+def pad(x: torch.Tensor, padding: int, fill=0) -> torch.Tensor:
+    """Pad (B, C, H, W) by ``padding`` on every side with ``fill`` (a number or one value per channel)."""
+    values = [float(v) for v in torch.as_tensor(fill, dtype=torch.float64).reshape(-1)]
+    if len(set(values)) == 1:
+        return F.pad(x, (padding,) * 4, value=values[0])  # (B, C, H+2p, W+2p)
     n, c, h, w = x.shape
-    fill_t = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)  # (1, 1 or C, 1, 1)
-    padded = fill_t.expand(n, c, h + 2 * padding, w + 2 * padding).clone()  # (B, C, H+2p, W+2p)
-    padded[:, :, padding : padding + h, padding : padding + w] = x
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=x.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=x.device)
-    rows = dy.view(n, 1) + torch.arange(h, device=x.device).view(1, h)  # (B, H) padded row of each output row
-    cols = dx.view(n, 1) + torch.arange(w, device=x.device).view(1, w)  # (B, W)
-    out = padded.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w + 2 * padding))  # (B, C, H, W+2p)
-    return out.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))  # (B, C, H, W)
+    fill_t = torch.tensor(values, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+    out = fill_t.expand(n, c, h + 2 * padding, w + 2 * padding).clone()  # (B, C, H+2p, W+2p)
+    out[:, :, padding : padding + h, padding : padding + w] = x
+    return out
+
+
+def random_crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator, fill=0,
+                     flip_p: float = 0.0) -> torch.Tensor:
+    """RandomCrop(size=(H, W), padding) followed by RandomHorizontalFlip(flip_p), as one gather.
+
+    The crop pads every side by ``padding`` with ``fill`` (a number or one value per channel, in the
+    units of ``x``) and keeps the H x W window at a random offset; the flip then mirrors the window.
+    Draws, in this order (each one call of B values): row offsets ``dy`` and column offsets ``dx``,
+    uniform in [0, 2 * padding] (only if padding > 0), then ``rand`` < flip_p (only if flip_p > 0),
+    the same draws and pixels as ``random_crop`` followed by ``random_hflip``.
+    """
+    n, c, h, w = x.shape
+    if padding == 0 and flip_p <= 0:
+        return x
+    device = x.device
+    src = pad(x, padding, fill) if padding else x  # (B, C, Hp, Wp)
+    hp, wp = src.shape[2:]
+    if padding:
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device)
+    else:
+        dy = dx = torch.zeros(n, dtype=torch.int64, device=device)
+    j = torch.arange(w, device=device)
+    cols = dx.view(n, 1) + j  # (B, W) source column of each output column
+    if flip_p > 0:
+        flip = torch.rand(n, generator=generator, device=device) < flip_p
+        cols = torch.where(flip.view(n, 1), dx.view(n, 1) + (w - 1 - j), cols)
+    rows = dy.view(n, 1) + torch.arange(h, device=device)  # (B, H)
+    index = (rows.view(n, h, 1) * wp + cols.view(n, 1, w)).view(n, 1, h * w)  # (B, 1, H*W) into Hp*Wp
+    return src.reshape(n, c, hp * wp).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator, fill=0) -> torch.Tensor:
+    """RandomCrop(size=(H, W), padding): pad every side with ``fill``, keep the window at a random offset.
+
+    Draws ``dy`` then ``dx``, each uniform in [0, 2 * padding], one ``randint`` call of B values each.
+    """
+    return random_crop_flip(x, padding, generator, fill=fill)
 
 
 def random_hflip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
@@ -218,15 +250,14 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator
 
     Crop (padding filled with black or with the normalisation mean) -> horizontal flip -> colour
     jitter -> normalise, drawing from ``generator`` in that order. With black fill and uint8 input the
-    crop and flip move uint8 pixels (4x less memory traffic) before the conversion to float.
+    crop and flip move uint8 pixels (4x less memory traffic) before the conversion to float; crop and
+    flip share one gather (``random_crop_flip``).
     """
     if spec.crop_fill == "mean" or x.dtype != torch.uint8:
         x = to_unit(x)
     fill = spec.mean if spec.crop_fill == "mean" else 0
-    x = random_crop(x, spec.crop_padding, generator, fill=fill)  # (B, C, H, W)
-    if spec.hflip:
-        x = random_hflip(x, generator)
-    x = to_unit(x)
+    x = random_crop_flip(x, spec.crop_padding, generator, fill=fill, flip_p=0.5 if spec.hflip else 0.0)
+    x = to_unit(x)  # (B, C, H, W) float in [0, 1]
     if spec.jitter:
         x = color_jitter(x, generator, spec.brightness, spec.contrast, spec.saturation, spec.hue)
     return normalize(x, spec.mean, spec.std)
