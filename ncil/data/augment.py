@@ -164,46 +164,50 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend(x, grayscale(x), factor)
 
 
-def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    """RGB (B, 3, H, W) in [0, 1] -> HSV (B, 3, H, W), hue in [0, 1) (torchvision's _rgb2hsv)."""
+def rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RGB (B, 3, H, W) in [0, 1] -> hue in sextants [0, 6), saturation, value, each (B, H, W).
+
+    The hue is torchvision's ``_rgb2hsv`` hue times 6 (red 0, yellow 1, green 2, ..., magenta 5).
+    Per-pixel choices are masks multiplied in, as torchvision does: ``torch.where`` with a condition
+    that changes from pixel to pixel is many times slower on the CPU (branch misprediction).
+    """
     r, g, b = x.unbind(1)
-    maxc, minc = x.amax(1), x.amin(1)  # (B, H, W)
-    equal = maxc == minc
-    chroma = maxc - minc
-    ones = torch.ones_like(maxc)
-    s = chroma / torch.where(equal, ones, maxc)
-    divisor = torch.where(equal, ones, chroma)
-    rc, gc, bc = (maxc - r) / divisor, (maxc - g) / divisor, (maxc - b) / divisor
-    hr = (maxc == r) * (bc - gc)
-    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
-    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
-    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
-    return torch.stack((h, s, maxc), dim=1)
+    value, low = x.amax(1), x.amin(1)  # (B, H, W)
+    chroma = value - low
+    grey = (chroma == 0).to(x.dtype)  # 1 where r = g = b
+    saturation = chroma / (value + grey)  # 0 for grey pixels (value 0 included)
+    d = chroma + grey
+    is_r = (value == r).to(x.dtype)
+    is_g = (value == g).to(x.dtype) * (1.0 - is_r)
+    is_b = 1.0 - is_r - is_g
+    hue = is_r * ((g - b) / d) + is_g * (2.0 + (b - r) / d) + is_b * (4.0 + (r - g) / d)  # in [-1, 5]
+    return _wrap6(hue), saturation, value
 
 
-def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """HSV (B, 3, H, W) -> RGB (B, 3, H, W) (torchvision's _hsv2rgb)."""
-    h, s, v = x.unbind(1)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.to(torch.int64) % 6  # (B, H, W) sector of the colour wheel
-    p = (v * (1.0 - s)).clamp_(0.0, 1.0)
-    q = (v * (1.0 - s * f)).clamp_(0.0, 1.0)
-    t = (v * (1.0 - s * (1.0 - f))).clamp_(0.0, 1.0)
-    table = torch.stack([  # (3, 6, B, H, W): the RGB value of each sector
-        torch.stack((v, q, p, p, t, v)), torch.stack((t, v, v, q, p, p)), torch.stack((p, p, t, v, v, q))
-    ])
-    index = i.unsqueeze(0).unsqueeze(0).expand(3, 1, *i.shape)  # (3, 1, B, H, W)
-    return table.gather(1, index).squeeze(1).permute(1, 0, 2, 3)  # (B, 3, H, W)
+def _wrap6(h: torch.Tensor) -> torch.Tensor:
+    """h mod 6 for h in [-6, 12) (mask arithmetic, exact)."""
+    return h + 6.0 * (h < 0).to(h.dtype) - 6.0 * (h >= 6.0).to(h.dtype)
+
+
+def hsv_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Hue in sextants [0, 6), saturation, value (B, H, W) -> RGB (B, 3, H, W).
+
+    Channel n of (R, G, B) is v - v s clamp(min(k, 4 - k), 0, 1) with k = (5, 3, 1)[n] + hue mod 6,
+    the closed form of torchvision's six-sector ``_hsv2rgb``.
+    """
+    offsets = torch.tensor([5.0, 3.0, 1.0], dtype=hue.dtype, device=hue.device).view(1, 3, 1, 1)
+    k = _wrap6(offsets + hue.unsqueeze(1))  # (B, 3, H, W)
+    v = value.unsqueeze(1)
+    return v - v * saturation.unsqueeze(1) * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the hue of each image by ``shift`` (B,) turns, in [-0.5, 0.5]; grey images are unchanged."""
     if x.shape[1] == 1:
         return x
-    hsv = rgb_to_hsv(x)
-    h = torch.remainder(hsv[:, 0] + shift.view(-1, 1, 1), 1.0)
-    return hsv_to_rgb(torch.stack((h, hsv[:, 1], hsv[:, 2]), dim=1))
+    hue, saturation, value = rgb_to_hsv(x)
+    hue = _wrap6(hue + 6.0 * shift.view(-1, 1, 1))  # (B, H, W)
+    return hsv_to_rgb(hue, saturation, value)
 
 
 _OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
