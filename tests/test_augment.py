@@ -245,3 +245,23 @@ def test_bench_data_cli_reports_both_rates_and_the_ratio(capsys):
     out = capsys.readouterr().out
     assert "batched (ncil.data.augment)" in out and "per image (torchvision v1 + PIL)" in out
     assert float(out.rsplit("ratio ", 1)[1].rstrip().rstrip("x")) > 1
+
+
+def test_train_task_compiles_the_backbone_only_when_asked(monkeypatch):
+    """runtime.compile reaches train_task (compiling itself is slow on the CPU, so it is stubbed)."""
+    import logging
+
+    from ncil import train
+
+    calls = []
+    monkeypatch.setattr(runtime, "maybe_compile", lambda module, enabled: calls.append((type(module).__name__, enabled)))
+    rng = np.random.RandomState(0)
+    split = arrays.Split(rng.randint(0, 256, (40, 8, 8, 1)).astype(np.uint8), np.repeat(np.arange(4), 10))
+    for flag in (False, True):
+        p = parse_params(compose(["model=vit_digits_tiny", "train=smoke", "method=[finetune]",
+                                  f"runtime.compile={str(flag).lower()}", "runtime.device=cpu"]))
+        job = train.TaskJob(task=0, seed=1, class_order=list(range(10)), tasks=[[0, 1, 2, 3]], method_name="plain",
+                            method=p.method["finetune"], identity={})
+        payload, _ = train.train_task(p, job, split, None, None, logging.getLogger("test"))
+        assert payload["task"] == 0
+    assert [enabled for _, enabled in calls] == [False, True] and calls[0][0] != "IncrementalNet"
