@@ -20,6 +20,7 @@ Normalize):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -61,10 +62,16 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
+@functools.lru_cache(maxsize=64)
+def _channel_constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(1, C, 1, 1) constant, made once per device: a host-to-GPU copy every batch would stall the GPU."""
+    return torch.tensor(values, dtype=dtype, device=device).view(1, -1, 1, 1)
+
+
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """(x - mean) / std per channel, for float pixels in [0, 1] of shape (B, C, H, W)."""
-    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    mean_t = _channel_constant(tuple(float(v) for v in mean), x.dtype, x.device)
+    std_t = _channel_constant(tuple(float(v) for v in std), x.dtype, x.device)
     return (x - mean_t) / std_t
 
 
@@ -74,7 +81,7 @@ def pad(x: torch.Tensor, padding: int, fill=0) -> torch.Tensor:
     if len(set(values)) == 1:
         return F.pad(x, (padding,) * 4, value=values[0])  # (B, C, H+2p, W+2p)
     n, c, h, w = x.shape
-    fill_t = torch.tensor(values, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+    fill_t = _channel_constant(tuple(values), x.dtype, x.device)  # (1, C, 1, 1)
     out = fill_t.expand(n, c, h + 2 * padding, w + 2 * padding).clone()  # (B, C, H+2p, W+2p)
     out[:, :, padding : padding + h, padding : padding + w] = x
     return out
@@ -195,7 +202,7 @@ def hsv_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor)
     Channel n of (R, G, B) is v - v s clamp(min(k, 4 - k), 0, 1) with k = (5, 3, 1)[n] + hue mod 6,
     the closed form of torchvision's six-sector ``_hsv2rgb``.
     """
-    offsets = torch.tensor([5.0, 3.0, 1.0], dtype=hue.dtype, device=hue.device).view(1, 3, 1, 1)
+    offsets = _channel_constant((5.0, 3.0, 1.0), hue.dtype, hue.device)  # (1, 3, 1, 1)
     k = _wrap6(offsets + hue.unsqueeze(1))  # (B, 3, H, W)
     v = value.unsqueeze(1)
     return v - v * saturation.unsqueeze(1) * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
