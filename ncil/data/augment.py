@@ -15,6 +15,9 @@ Normalize):
   functional ops do (``adjust_brightness``, ``adjust_contrast``, ``adjust_saturation``, ``adjust_hue``);
 * ``normalize`` is last.
 
+The rotation self-supervision (PASS, method-spec 2.3) is batched as well, in
+``ncil.methods.baseline.rotate_batch``; it runs on the normalised views inside the training step.
+
 ``augment_batch`` chains them as configured by an ``AugmentSpec`` (built from the data set's config).
 """
 
@@ -132,11 +135,15 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) ->
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
 
 
-def _factors(strength: float, n: int, generator: torch.Generator, device, centre: float = 1.0) -> torch.Tensor:
-    """n factors uniform in [max(0, centre - strength), centre + strength] (torchvision's ColorJitter ranges)."""
-    low = max(0.0, centre - strength) if centre else -strength
-    high = centre + strength
+def _uniform(low: float, high: float, n: int, generator: torch.Generator, device) -> torch.Tensor:
+    """n values uniform in [low, high): one ``rand`` call."""
     return low + (high - low) * torch.rand(n, generator=generator, device=device)
+
+
+def jitter_range(op: int, strength: float) -> tuple[float, float]:
+    """torchvision's ColorJitter range: [max(0, 1 - s), 1 + s] for brightness, contrast, saturation
+    (op 0, 1, 2) and [-s, s] for the hue shift (op 3)."""
+    return (-strength, strength) if op == 3 else (max(0.0, 1.0 - strength), 1.0 + strength)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -240,9 +247,7 @@ def color_jitter(x: torch.Tensor, generator: torch.Generator, brightness: float 
     order = None
     if len(active) > 1:
         order = torch.rand(n, len(active), generator=generator, device=x.device).argsort(1)  # (B, n_active)
-    factors = {
-        k: _factors(strengths[k], n, generator, x.device, centre=_IDENTITY[k]) for k in active
-    }  # each (B,)
+    factors = {k: _uniform(*jitter_range(k, strengths[k]), n, generator, x.device) for k in active}  # each (B,)
     if order is None:
         (k,) = active
         return _OPS[k](x, factors[k])
