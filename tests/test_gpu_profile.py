@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 import sys
+from datetime import datetime
+
+import pytest
 
 from ncil.config import parse_params
 from ncil.hydra_conf import compose
@@ -37,3 +40,23 @@ def test_gpu_profile_gives_each_gpu_job_the_whole_gpu(tmp_path):
     assert from_config["train"] == {1} and from_config["evaluate"] == {1} and from_config["split"] == {0}
     p = parse_params(compose(["runtime=gpu"]))
     assert (p.runtime.device, p.runtime.gpus_per_job, p.runtime.compile) == ("cuda", 1, False)
+
+
+def _log_span(path) -> tuple[datetime, datetime]:
+    stamps = [datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S") for line in path.read_text().splitlines()
+              if line[:4].isdigit()]
+    return stamps[0], stamps[-1]
+
+
+@pytest.mark.slow
+def test_gpu_jobs_never_overlap_under_the_gpu_profile(tmp_path):
+    """A real run of the tiny grid's models with 2 cores: the finetune and joint chains could run side by
+    side after the shared task 0 (they do under profiles/default), but under the GPU profile every train
+    job waits for the GPU."""
+    project = copy_project(tmp_path / "p")
+    run([sys.executable, "-m", "snakemake", "--workflow-profile", "profiles/gpu", "--cores", "2", "models"], project)
+    logs = sorted((project / "logs/train").rglob("*.log"))
+    assert len(logs) == 7  # shared task 0 + 3 tasks x 2 methods
+    spans = sorted(_log_span(p) for p in logs)
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert end <= start, spans
