@@ -225,7 +225,6 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 _OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-_IDENTITY = (1.0, 1.0, 1.0, 0.0)  # the factor of each op that leaves an image unchanged
 
 
 def color_jitter(x: torch.Tensor, generator: torch.Generator, brightness: float = 0.0, contrast: float = 0.0,
@@ -236,8 +235,10 @@ def color_jitter(x: torch.Tensor, generator: torch.Generator, brightness: float 
     [max(0, 1 - s), 1 + s], hue shift uniform in [-hue, hue]) and applies the active operations in its
     own random order. Draws, in this order: one ``rand`` of (B, n_active) for the order (only when
     more than one operation is active), then one ``rand`` of B values per active operation.
-    The per-image order is realised without data-dependent shapes: at each position every active
-    operation runs on the whole batch, with the identity factor for the images that do not pick it.
+    The per-image order is realised position by position: the images are grouped by the operation
+    they apply at that position (a stable sort), each operation runs once on its group, and the
+    images go back to their places, so the work is one pass of each operation over the batch.
+    The group sizes are read back to the host once per batch (one synchronisation on a GPU).
     """
     strengths = (brightness, contrast, saturation, hue)
     active = [k for k, s in enumerate(strengths) if s > 0]
@@ -251,13 +252,19 @@ def color_jitter(x: torch.Tensor, generator: torch.Generator, brightness: float 
     if order is None:
         (k,) = active
         return _OPS[k](x, factors[k])
+    # counts[p][slot]: images applying operation active[slot] at position p
+    counts = torch.nn.functional.one_hot(order, len(active)).sum(0).tolist()  # (n_active, n_active)
     for position in range(len(active)):
+        group = torch.sort(order[:, position], stable=True).indices  # (B,) images grouped by operation
+        xs = x.index_select(0, group)
+        parts, start = [], 0
         for slot, k in enumerate(active):
-            chosen = order[:, position] == slot  # (B,) images whose operation at this position is k
-            if k == 3:  # the HSV round trip is not exact, so unchosen images keep their pixels
-                x = torch.where(chosen.view(-1, 1, 1, 1), adjust_hue(x, factors[k]), x)
-            else:
-                x = _OPS[k](x, torch.where(chosen, factors[k], torch.full_like(factors[k], _IDENTITY[k])))
+            size = counts[position][slot]
+            if size:
+                rows = group[start : start + size]
+                parts.append(_OPS[k](xs[start : start + size], factors[k].index_select(0, rows)))
+            start += size
+        x = torch.empty_like(x).index_copy_(0, group, torch.cat(parts))  # back in batch order
     return x
 
 
