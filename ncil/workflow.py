@@ -47,7 +47,7 @@ def steps(params: dict, params_file: str = "params.yaml") -> list[Step]:
     data = paths.data_files(dataset)
     out.append(Step(
         name=stage_name("prepare", dataset), kind="prepare",
-        cmd=("prepare", *p, "--log", paths.log_file("prepare", dataset)), deps={},
+        cmd=("prepare", *p, "--log", paths.log_file("prepare", dataset)), deps=raw_inputs(params["dataset"]),
         outs={f"f{i}": f for i, f in enumerate(data)}, params=("dataset",),
         log=paths.log_file("prepare", dataset), benchmark=paths.benchmark_file("prepare", dataset),
     ))
@@ -122,6 +122,21 @@ def steps(params: dict, params_file: str = "params.yaml") -> list[Step]:
         benchmark=paths.benchmark_file("tables", dataset), cached=False,
     ))
     return out
+
+
+def raw_inputs(dataset: dict) -> dict[str, str]:
+    """What the prepare step reads from disk besides its parameters (digits: nothing, it is bundled).
+
+    The raw folder where it is small enough to hash (CIFAR-100, TinyImageNet, an image folder),
+    except when a download is allowed (the folder may not exist yet); ImageNet-Subset depends on its
+    class list only, since its root may be a whole ImageNet tree (~150 GB to hash).
+    """
+    deps = {}
+    if dataset.get("root") and not dataset.get("download") and dataset["name"] != "imagenet_subset":
+        deps["raw"] = dataset["root"]
+    if dataset.get("class_list"):
+        deps["class_list"] = dataset["class_list"]
+    return deps
 
 
 def lookup_params(params: dict, keys) -> dict:
