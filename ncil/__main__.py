@@ -188,7 +188,7 @@ def cmd_grid(args) -> None:
     from ncil import paths
     from ncil.hydra_conf import render_grid, write_grid
 
-    names = args.name or list(paths.GRID_NAMES)
+    names = [args.name] if args.name else list(paths.GRID_NAMES)
     if args.check:
         stale = []
         for name in names:

@@ -62,7 +62,7 @@ def _jpeg(path: Path, array: np.ndarray) -> None:
 
 
 def write_tinyimagenet(root: Path, n_classes: int = 6, train_per_class: int = 8, val_per_class: int = 3,
-                       size: int = 16) -> Path:
+                       size: int = 64) -> Path:
     folder = root / "tiny-imagenet-200"
     rng = np.random.default_rng(1)
     wnids = [f"n{1000000 + 7919 * c:08d}" for c in range(n_classes)]

@@ -64,7 +64,8 @@ def imagenet_missing_message(root: Path) -> str:
         f"{root}: ImageNet not found (expected {root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG, the "
         f"ILSVRC2012 training set and its validation set sorted into class folders; a folder holding only the "
         f"100 classes, such as seed_1993_subset_100_imagenet/data, works too). ImageNet needs an account at "
-        f"https://image-net.org; put or link the tree there, or set dataset.root=PATH"
+        f"https://image-net.org; put or link the tree there, or point dataset.root at it "
+        f"(python -m ncil grid imagenet_subset dataset.root=PATH)"
     )
 
 

@@ -41,6 +41,19 @@ def _raw_loaders() -> dict:
 
 
 RAW_DATASETS = ("cifar100", "tinyimagenet", "imagenet_subset", "folder")
+
+
+def missing_message(name: str, root: str) -> str:
+    """Where to put data set ``name`` (or how to fetch it) when its folder ``root`` is missing."""
+    from pathlib import Path
+
+    from ncil.data import cifar, imagefolder, tinyimagenet
+
+    messages = {"cifar100": cifar.missing_message, "tinyimagenet": tinyimagenet.missing_message,
+                "imagenet_subset": imagefolder.imagenet_missing_message}
+    if name in messages:
+        return messages[name](Path(root))
+    return f"{root}: raw data of {name} not found (expected {root}/train/<class>/ and {root}/test/<class>/); set dataset.root"
 CHUNK = 512  # images decoded and written per block
 
 

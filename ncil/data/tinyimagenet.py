@@ -24,7 +24,8 @@ def missing_message(root: Path) -> str:
     return (
         f"{root}: TinyImageNet not found (expected the folder tiny-imagenet-200/ with wnids.txt, "
         f"train/<wnid>/images/ and val/images/ + val/val_annotations.txt). Fetch it with "
-        f"curl -O {URL} && unzip tiny-imagenet-200.zip -d {root.parent}, or set dataset.root=PATH"
+        f"curl -O {URL} && unzip tiny-imagenet-200.zip -d {root.parent}, or point dataset.root at it "
+        f"(python -m ncil grid tinyimagenet dataset.root=PATH)"
     )
 
 
