@@ -25,6 +25,7 @@ test-fast: $(BIN)/.installed
 lint: $(BIN)/.installed
 	snakemake --lint
 	python -m ncil dvc-yaml --check
+	python -m ncil grid --check
 
 # Rerun the default grid from scratch (Snakemake, in parallel), record its outputs the way `dvc repro`
 # would, and fail unless dvc.lock and every committed result file are unchanged.
