@@ -286,14 +286,24 @@ def test_default_grid_is_still_digits_only():
 def test_named_target_runs_a_smoke_grid_with_snakemake(tmp_path):
     """`python -m ncil grid tinyimagenet +smoke=cpu ...` then `snakemake tinyimagenet` (real jobs)."""
     project = copy_project(tmp_path / "p")
-    root = fx.write_tinyimagenet(project / "data/raw")
     run([sys.executable, "-m", "ncil", "grid", "tinyimagenet", "+smoke=cpu", "dataset.n_classes=6",
          "dataset.max_classes=6", "dataset.max_train_per_class=6", "dataset.max_test_per_class=2",
          "model.patch_size=16"], project)
-    assert f"- {root.relative_to(project)}" in (project / "grids/tinyimagenet/dvc.yaml").read_text()
+    dvc_yaml = (project / "grids/tinyimagenet/dvc.yaml").read_text()
+    assert "    - data/raw/tiny-imagenet-200\n" in dvc_yaml  # the raw folder is a dependency of prepare
+    missing = run([sys.executable, "-m", "snakemake", "--cores", "2", "-n", "tinyimagenet"], project, check=False)
+    assert missing.returncode != 0 and "data/raw/tiny-imagenet-200: TinyImageNet not found" in missing.stdout + missing.stderr
+    fx.write_tinyimagenet(project / "data/raw")
     proc = run([sys.executable, "-m", "snakemake", "--cores", "2", "tinyimagenet"], project)
     table = project / "results/tables/tinyimagenet_results.md"
     assert table.is_file(), proc.stdout[-2000:]
     metrics = json.loads((project / "results/tinyimagenet/base4_inc2/ours/seed1/metrics.json").read_text())
     assert metrics["test_counts"] == [8, 4] and metrics["run"]["dataset"] == "tinyimagenet"
     assert not (project / "data/digits").exists()  # the default grid was not touched
+    import yaml
+
+    stages = yaml.safe_load(dvc_yaml)["stages"]  # DVC's stages name exactly the files Snakemake made
+    outputs = [next(iter(o)) if isinstance(o, dict) else o for st in stages.values()
+               for o in st.get("outs", []) + st.get("metrics", [])]
+    assert len(outputs) == 7 + 2 + 2 * 2 + 1 + 1 + 2  # data, splits, 2 tasks x (model, centers), eval, metrics, table
+    assert all((project / o).exists() for o in outputs), [o for o in outputs if not (project / o).exists()]
