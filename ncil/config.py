@@ -42,7 +42,7 @@ class DatasetConfig:
     max_train_per_class: int = 0  # smoke runs: keep the first N training images of each class; 0 = all
     max_test_per_class: int = 0  # smoke runs: keep the first N test images of each class; 0 = all
     # --- training-time transforms beyond crop/flip (method-spec 2.1), read by the augmentation code ---
-    brightness: float = 0.0  # ColorJitter brightness factor (CIFAR-100: 63/255); 0 = off
+    jitter_brightness: float = 0.0  # ColorJitter brightness: factor uniform in [max(0, 1-b), 1+b] (CIFAR-100: 63/255; 0 = off)
     random_resized_crop: bool = False  # RandomResizedCrop(image_size) instead of a padded crop (ImageNet-Subset)
 
 
@@ -261,8 +261,8 @@ def _validate(p: Params, source: str) -> None:
             source, "dataset.n_classes",
             f"expected dataset.max_classes ({p.dataset.max_classes}) when max_classes is set, got {p.dataset.n_classes}",
         )
-    if not 0.0 <= p.dataset.brightness < 1.0:
-        raise _fail(source, "dataset.brightness", f"expected a factor in [0, 1), got {p.dataset.brightness}")
+    if p.dataset.jitter_brightness < 0:
+        raise _fail(source, "dataset.jitter_brightness", f"expected a strength >= 0, got {p.dataset.jitter_brightness}")
     if p.dataset.random_resized_crop and p.dataset.crop_padding:
         raise _fail(source, "dataset.crop_padding", "expected 0 with random_resized_crop (one crop per image)")
     if p.dataset.name != "digits" and not p.dataset.root and not p.dataset.download:

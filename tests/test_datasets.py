@@ -216,7 +216,7 @@ def test_class_list_and_class_count_are_checked(project, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("override, key", [
-    ("dataset.brightness=1.5", "dataset.brightness"),
+    ("dataset.jitter_brightness=-0.5", "dataset.jitter_brightness"),
     ("dataset.max_classes=10", "dataset.n_classes"),
     ("dataset.train_resize=-1", "dataset.train_resize"),
     ("dataset.root=''", "dataset.root"),
