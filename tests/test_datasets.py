@@ -80,6 +80,7 @@ def test_format_runs_prepare_split_two_tasks_evaluate_summarize(name, shape, n_t
     # 8 training images per class: round(0.1 * 8) = 1 to val; the source's own test set is the test split
     assert manifest["counts"] == {"train": 42, "val": 6, "test": n_test}
     assert manifest["image_shape"] == list(shape) and manifest["test_set"] == "the data set's own test set"
+    assert str(tmp_path) not in json.dumps(manifest)  # no machine-specific path: moving the data changes nothing
     train = io.read_array(f"data/{name}/train_images.npy")
     assert train.dtype == np.uint8 and train.shape == (42, *shape)
     assert np.bincount(io.read_array(f"data/{name}/train_labels.npy")).tolist() == [7] * 6
@@ -276,6 +277,20 @@ def test_the_seven_paper_settings_are_experiments():
 def test_grid_files_are_up_to_date():
     """grids/<name>/{params,dvc}.yaml equal the composition of conf/experiment/<name>.yaml."""
     assert main(["grid", "--check"]) == 0
+
+
+def test_moving_the_raw_data_reruns_prepare_only():
+    """Training and evaluation do not read dataset.root / dataset.download (only prepare does)."""
+    from ncil.workflow import steps
+
+    by_kind = {}
+    for step in steps(compose(["+experiment=tinyimagenet_b100_inc20"]), "grids/tinyimagenet/params.yaml"):
+        by_kind.setdefault(step.kind, step)
+    assert by_kind["prepare"].params == ("dataset",)
+    for kind in ("train", "evaluate"):
+        assert "dataset.root" not in by_kind[kind].params and "dataset.mean" in by_kind[kind].params
+    digits_train = next(s for s in steps(compose([])) if s.kind == "train")
+    assert "dataset" in digits_train.params  # the default grid's stages are unchanged
 
 
 def test_default_grid_is_still_digits_only():

@@ -178,7 +178,7 @@ def prepare_raw(cfg: DatasetConfig, out_dir: str | None = None) -> dict:
         written,
         {"counts": counts, "n_classes": cfg.n_classes, "image_shape": list(shape),
          "split_seed": cfg.split_seed, "test_fraction": 0.0 if raw.test is not None else cfg.test_fraction,
-         "val_fraction": cfg.val_fraction, "classes": list(raw.classes), "source": raw.source,
+         "val_fraction": cfg.val_fraction, "classes": list(raw.classes),
          "test_set": "the data set's own test set" if raw.test is not None else "held out from train",
          "train_resize": cfg.train_resize, "test_resize": cfg.test_resize,
          "limits": {"max_classes": cfg.max_classes, "max_train_per_class": cfg.max_train_per_class,
