@@ -32,7 +32,7 @@ class DatasetConfig:
     split_seed: int = 0  # seed of the stratified train/val/test split
     crop_padding: int = 0  # random-crop augmentation: zero padding in pixels (0 = off)
     hflip: bool = False  # random horizontal flip augmentation
-    # --- raw inputs and prepare-time geometry (ncil/data/sources.py; unused by digits) ---
+    # --- raw inputs and prepare-time geometry (ncil/data/{cifar,tinyimagenet,imagefolder}.py; unused by digits) ---
     root: str = ""  # folder holding the raw data set (e.g. data/raw/cifar-100-python)
     download: bool = False  # CIFAR-100 only: let torchvision download into root's parent folder when absent
     class_list: str = ""  # file of class folder names to keep, one a line (ImageNet-Subset's 100 wnids)
@@ -265,7 +265,7 @@ def _validate(p: Params, source: str) -> None:
         raise _fail(source, "dataset.jitter_brightness", f"expected a strength >= 0, got {p.dataset.jitter_brightness}")
     if p.dataset.random_resized_crop and p.dataset.crop_padding:
         raise _fail(source, "dataset.crop_padding", "expected 0 with random_resized_crop (one crop per image)")
-    if p.dataset.name != "digits" and not p.dataset.root and not p.dataset.download:
+    if p.dataset.name != "digits" and not p.dataset.root:
         raise _fail(source, "dataset.root", f"expected the folder of the raw {p.dataset.name} data, got an empty path")
     _choice(source, "model.name", p.model.name, BACKBONES)
     for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio"):

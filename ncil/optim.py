@@ -31,8 +31,9 @@ class Recipe:
 
 def task_recipe(train: TrainConfig, task: int) -> Recipe:
     """The recipe of task ``task``: the ``base_*`` keys for task 0, the common keys otherwise."""
-    if task > 0 or train.base_optimizer == "adam" and not (train.base_epochs or train.base_lr) \
-            and train.base_weight_decay < 0:
+    base_as_others = (train.base_optimizer == "adam" and not train.base_epochs and not train.base_lr
+                      and train.base_weight_decay < 0)
+    if task > 0 or base_as_others:
         return Recipe("adam", train.epochs, train.lr, train.weight_decay, 0.0, (), train.lr_step, train.lr_gamma)
     return Recipe(
         optimizer=train.base_optimizer,

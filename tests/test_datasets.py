@@ -322,3 +322,18 @@ def test_named_target_runs_a_smoke_grid_with_snakemake(tmp_path):
                for o in st.get("outs", []) + st.get("metrics", [])]
     assert len(outputs) == 7 + 2 + 2 * 2 + 1 + 1 + 2  # data, splits, 2 tasks x (model, centers), eval, metrics, table
     assert all((project / o).exists() for o in outputs), [o for o in outputs if not (project / o).exists()]
+
+
+@pytest.mark.parametrize("size, resize, shape", [(16, 18, (20, 28)), (16, 18, (28, 20)), (16, 0, (20, 28)),
+                                                 (24, 0, (20, 28)), (16, 16, (16, 16))])
+def test_prepare_geometry_equals_torchvision_resize_then_center_crop(size, resize, shape):
+    """fit_image = torchvision Resize(resize) (PIL bilinear, shorter side) + CenterCrop(size), padding included."""
+    from PIL import Image
+    from torchvision import transforms
+
+    from ncil.data.images import fit_image
+
+    img = Image.fromarray(fx.class_image(np.random.default_rng(5), 3, *shape))
+    steps = ([transforms.Resize(resize)] if resize else []) + [transforms.CenterCrop(size)]
+    expected = np.asarray(transforms.Compose(steps)(img))
+    assert np.array_equal(fit_image(img, size, resize), expected)
