@@ -193,9 +193,11 @@ def cmd_grid(args) -> None:
         stale = []
         for name in names:
             _, params_text, dvc_text = render_grid(name, args.override)
-            for path, text in ((paths.grid_params(name), params_text), (paths.grid_dvc_yaml(name), dvc_text)):
-                if not Path(path).exists() or Path(path).read_text() != text:
-                    stale.append(path)
+            if not Path(paths.grid_params(name)).exists() or Path(paths.grid_params(name)).read_text() != params_text:
+                stale.append(paths.grid_params(name))
+            dvc_yaml = Path(paths.grid_dvc_yaml(name))  # written on first use, then committed with its dvc.lock
+            if dvc_yaml.exists() and dvc_yaml.read_text() != dvc_text:
+                stale.append(str(dvc_yaml))
         if stale:
             raise SystemExit(f"error: out of date with conf/: {', '.join(stale)}: run `python -m ncil grid`")
         return

@@ -38,7 +38,9 @@ def render_grid(name: str, overrides: list[str] | None = None) -> tuple[dict, st
 
     Its dvc.yaml lives in ``grids/<name>/`` and runs from the repository root (``wdir: ../..``), so
     ``dvc repro`` at the root keeps reproducing the default grid only, and
-    ``dvc repro grids/<name>/dvc.yaml`` reproduces this one.
+    ``dvc repro grids/<name>/dvc.yaml`` reproduces this one. Only params.yaml is committed before a
+    grid is used: DVC collects every dvc.yaml of the repository for untargeted commands (``dvc commit``,
+    ``dvc status``, ``dvc metrics show``), which would otherwise list ~100 outputs nobody has made.
     """
     import yaml
 

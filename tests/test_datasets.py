@@ -275,8 +275,28 @@ def test_the_seven_paper_settings_are_experiments():
 
 
 def test_grid_files_are_up_to_date():
-    """grids/<name>/{params,dvc}.yaml equal the composition of conf/experiment/<name>.yaml."""
+    """grids/<name>/params.yaml equal the composition of conf/experiment/<name>.yaml; no grid's dvc.yaml
+    is committed before the grid is used (untargeted DVC commands would see its missing outputs)."""
     assert main(["grid", "--check"]) == 0
+    root = Path(__file__).resolve().parent.parent
+    for name in ("cifar100", "tinyimagenet", "imagenet_subset"):
+        assert (root / "grids" / name / "params.yaml").is_file()
+    tracked = run(["git", "ls-files", "grids"], root).stdout.split()
+    assert not [f for f in tracked if f.endswith("dvc.yaml")], tracked
+
+
+def test_grid_verb_writes_a_dvc_pipeline_that_runs_from_the_root(tmp_path, monkeypatch):
+    from ncil import hydra_conf
+
+    data, params_text, dvc_text = hydra_conf.render_grid("cifar100", ["seeds=[1]"])
+    import yaml
+
+    stages = yaml.safe_load(dvc_text)["stages"]
+    assert all(stage["wdir"] == "../.." for stage in stages.values())
+    assert stages["prepare_cifar100"]["deps"] == ["ncil", "data/raw/cifar-100-python"]
+    assert stages["prepare_cifar100"]["params"] == [{"grids/cifar100/params.yaml": ["dataset"]}]
+    assert "--params grids/cifar100/params.yaml" in stages["prepare_cifar100"]["cmd"]
+    assert yaml.safe_load(params_text) == data and data["seeds"] == [1]
 
 
 def test_moving_the_raw_data_reruns_prepare_only():
