@@ -25,12 +25,13 @@ test-fast: $(BIN)/.installed
 lint: $(BIN)/.installed
 	snakemake --lint
 	python -m ncil dvc-yaml --check
+	python -m ncil grid --check
 
 # Rerun the default grid from scratch (Snakemake, in parallel), record its outputs the way `dvc repro`
 # would, and fail unless dvc.lock and every committed result file are unchanged.
 check-reproduction: $(BIN)/.installed
 	snakemake --cores $(CORES)
-	dvc commit --force --quiet
+	dvc commit --force --quiet dvc.yaml
 	@changed="$$(git status --porcelain -- dvc.lock results/)"; \
 	if [ -n "$$changed" ]; then echo "not reproduced:"; echo "$$changed"; git diff --stat; exit 1; fi
 	@echo "reproduced: every output hashes to the committed dvc.lock, results/ unchanged"

@@ -30,6 +30,23 @@ rule models:
         CHECKPOINTS,
 
 
+# The paper's data sets (grids/<name>/params.yaml, from `python -m ncil grid <name> [+smoke=cpu]`):
+# `snakemake --cores N cifar100` runs that data set's whole grid, up to its results table.
+rule cifar100:
+    input:
+        GRID_TABLES.get("cifar100", []),
+
+
+rule tinyimagenet:
+    input:
+        GRID_TABLES.get("tinyimagenet", []),
+
+
+rule imagenet_subset:
+    input:
+        GRID_TABLES.get("imagenet_subset", []),
+
+
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/report.smk"

@@ -200,6 +200,29 @@ def cmd_params(args) -> None:
     write_params(args.overrides, params_path=args.out, dvc_path=args.dvc_yaml)
 
 
+def cmd_grid(args) -> None:
+    from ncil import paths
+    from ncil.hydra_conf import render_grid, write_grid
+
+    names = [args.name] if args.name else list(paths.GRID_NAMES)
+    if args.check:
+        stale = []
+        for name in names:
+            _, params_text, dvc_text = render_grid(name, args.override)
+            if not Path(paths.grid_params(name)).exists() or Path(paths.grid_params(name)).read_text() != params_text:
+                stale.append(paths.grid_params(name))
+            dvc_yaml = Path(paths.grid_dvc_yaml(name))  # written on first use, then committed with its dvc.lock
+            if dvc_yaml.exists() and dvc_yaml.read_text() != dvc_text:
+                stale.append(str(dvc_yaml))
+        if stale:
+            raise SystemExit(f"error: out of date with conf/: {', '.join(stale)}: run `python -m ncil grid`")
+        return
+    for name in names:
+        data = write_grid(name, args.override)
+        print(f"wrote {paths.grid_params(name)} and {paths.grid_dvc_yaml(name)}: {len(data['scenario'])} settings x "
+              f"{len(data['method'])} methods x {len(data['seeds'])} seeds; run: snakemake --cores N {name}")
+
+
 def cmd_dvc_yaml(args) -> None:
     from ncil import io
     from ncil.config import load_params
@@ -222,9 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     def verb(name, func, help_text):
         sp = sub.add_parser(name, help=help_text, description=help_text)
         sp.set_defaults(func=func)
-        if name not in ("params", "bench", "bench-data"):
+        if name not in ("params", "bench", "bench-data", "grid"):
             sp.add_argument("--params", default="params.yaml", help="composed configuration (default params.yaml)")
-        if name not in ("params", "dvc-yaml", "bench", "bench-data"):
+        if name not in ("params", "dvc-yaml", "bench", "bench-data", "grid"):
             sp.add_argument("--log", help="log file (one line per event; default: stderr only)")
         return sp
 
@@ -287,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.epochs=3 'method=[finetune]'")
     sp.add_argument("--out", default="params.yaml")
     sp.add_argument("--dvc-yaml", default="dvc.yaml")
+
+    sp = verb("grid", cmd_grid, "compose a paper data set's grid into grids/<name>/{params,dvc}.yaml")
+    sp.add_argument("name", nargs="?", choices=("cifar100", "tinyimagenet", "imagenet_subset"),
+                    help="data set (default: all three)")
+    sp.add_argument("override", nargs="*", help="Hydra overrides after +experiment=<name>, e.g. +smoke=cpu")
+    sp.add_argument("--check", action="store_true", help="fail if a grid file differs from conf/ instead of writing")
 
     sp = verb("dvc-yaml", cmd_dvc_yaml, "generate dvc.yaml (one stage per job) from params.yaml")
     sp.add_argument("--out", default="dvc.yaml")

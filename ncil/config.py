@@ -37,6 +37,16 @@ class DatasetConfig:
     jitter_contrast: float = 0.0  # ColorJitter contrast, same range rule
     jitter_saturation: float = 0.0  # ColorJitter saturation, same range rule (RGB data sets only)
     jitter_hue: float = 0.0  # ColorJitter hue: shift uniform in [-h, h] turns, h <= 0.5 (RGB data sets only)
+    random_resized_crop: bool = False  # RandomResizedCrop(image_size) instead of a padded crop (ImageNet-Subset; not yet applied by training)
+    # --- raw inputs and prepare-time geometry (ncil/data/{cifar,tinyimagenet,imagefolder}.py; unused by digits) ---
+    root: str = ""  # folder holding the raw data set (e.g. data/raw/cifar-100-python)
+    download: bool = False  # CIFAR-100 only: let torchvision download into root's parent folder when absent
+    class_list: str = ""  # file of class folder names to keep, one a line (ImageNet-Subset's 100 wnids)
+    train_resize: int = 0  # prepare: shorter side of training images resized to this, then centre crop image_size (0: crop only)
+    test_resize: int = 0  # prepare: the same for test images (ImageNet-Subset: 256 -> CenterCrop 224)
+    max_classes: int = 0  # smoke runs: keep only the first N classes (sorted names); 0 = all
+    max_train_per_class: int = 0  # smoke runs: keep the first N training images of each class; 0 = all
+    max_test_per_class: int = 0  # smoke runs: keep the first N test images of each class; 0 = all
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,13 @@ class TrainConfig:
     lr_step: int = 0  # StepLR step size in epochs (0 = constant learning rate)
     lr_gamma: float = 0.1  # StepLR decay factor
     eval_batch_size: int = 256  # images per evaluation forward pass
+    # Task 0 may use its own optimiser (method-spec 5.6: ImageNet-Subset's SGD base task; ncil/optim.py).
+    base_optimizer: str = "adam"  # adam (as every other task) or sgd (momentum, MultiStepLR at base_milestones)
+    base_epochs: int = 0  # epochs of task 0 (0 = train.epochs)
+    base_lr: float = 0.0  # learning rate of task 0 (0 = train.lr)
+    base_weight_decay: float = -1.0  # weight decay of task 0 (negative = train.weight_decay)
+    base_momentum: float = 0.9  # SGD momentum of task 0 (sgd only)
+    base_milestones: tuple[int, ...] = ()  # sgd: MultiStepLR epochs of task 0 (adam: StepLR lr_step as other tasks)
 
 
 @dataclass(frozen=True)
@@ -111,6 +128,7 @@ class Params:
 
 PRESETS = ("paper",)
 BACKBONES = ("vit",)
+OPTIMIZERS = ("adam", "sgd")
 METHOD_BACKBONES = ("vit", "resnet18")
 TRAIN_ON = ("current", "seen")
 PKS_WEIGHTINGS = ("inverse", "uniform", "direct")
@@ -239,9 +257,11 @@ def _validate(p: Params, source: str) -> None:
         raise _fail(source, "dataset.std", f"expected positive values, got {list(p.dataset.std)}")
     _fraction(source, "dataset.test_fraction", p.dataset.test_fraction)
     _fraction(source, "dataset.val_fraction", p.dataset.val_fraction)
-    if p.dataset.crop_padding < 0:
-        raise _fail(source, "dataset.crop_padding", f"expected >= 0, got {p.dataset.crop_padding}")
     _choice(source, "dataset.crop_fill", p.dataset.crop_fill, CROP_FILLS)
+    for key in ("crop_padding", "train_resize", "test_resize", "max_classes", "max_train_per_class",
+                "max_test_per_class"):
+        if getattr(p.dataset, key) < 0:
+            raise _fail(source, f"dataset.{key}", f"expected >= 0, got {getattr(p.dataset, key)}")
     for key in ("jitter_brightness", "jitter_contrast", "jitter_saturation", "jitter_hue"):
         if getattr(p.dataset, key) < 0:
             raise _fail(source, f"dataset.{key}", f"expected a strength >= 0, got {getattr(p.dataset, key)}")
@@ -250,6 +270,15 @@ def _validate(p: Params, source: str) -> None:
     for key in ("jitter_saturation", "jitter_hue"):
         if getattr(p.dataset, key) > 0 and p.dataset.channels != 3:
             raise _fail(source, f"dataset.{key}", f"needs RGB images (channels 3), got channels {p.dataset.channels}")
+    if p.dataset.max_classes and p.dataset.max_classes != p.dataset.n_classes:
+        raise _fail(
+            source, "dataset.n_classes",
+            f"expected dataset.max_classes ({p.dataset.max_classes}) when max_classes is set, got {p.dataset.n_classes}",
+        )
+    if p.dataset.random_resized_crop and p.dataset.crop_padding:
+        raise _fail(source, "dataset.crop_padding", "expected 0 with random_resized_crop (one crop per image)")
+    if p.dataset.name != "digits" and not p.dataset.root:
+        raise _fail(source, "dataset.root", f"expected the folder of the raw {p.dataset.name} data, got an empty path")
     _choice(source, "model.name", p.model.name, BACKBONES)
     for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio"):
         _positive(source, f"model.{key}", getattr(p.model, key))
@@ -267,6 +296,17 @@ def _validate(p: Params, source: str) -> None:
         _positive(source, f"train.{key}", getattr(p.train, key))
     if p.train.weight_decay < 0 or p.train.lr_step < 0:
         raise _fail(source, "train", "weight_decay and lr_step must be >= 0")
+    _choice(source, "train.base_optimizer", p.train.base_optimizer, OPTIMIZERS)
+    for key in ("base_epochs", "base_lr"):
+        if getattr(p.train, key) < 0:
+            raise _fail(source, f"train.{key}", f"expected >= 0 (0 = as the other tasks), got {getattr(p.train, key)}")
+    if not 0.0 <= p.train.base_momentum < 1.0:
+        raise _fail(source, "train.base_momentum", f"expected a momentum in [0, 1), got {p.train.base_momentum}")
+    milestones = p.train.base_milestones
+    if any(m <= 0 for m in milestones) or list(milestones) != sorted(set(milestones)):
+        raise _fail(source, "train.base_milestones", f"expected increasing positive epochs, got {list(milestones)}")
+    if milestones and p.train.base_optimizer != "sgd":
+        raise _fail(source, "train.base_milestones", "expected [] unless train.base_optimizer is sgd")
     if p.runtime.threads < 1:
         raise _fail(source, "runtime.threads", f"expected a positive integer, got {p.runtime.threads}")
     if not (p.runtime.device in ("auto", "cpu", "cuda") or p.runtime.device.startswith("cuda:")):

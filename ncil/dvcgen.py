@@ -10,10 +10,12 @@ HEADER = (
 )
 
 
-def stages(params: dict, params_file: str = "params.yaml") -> dict:
+def stages(params: dict, params_file: str = "params.yaml", wdir: str | None = None) -> dict:
+    """One stage per step; ``wdir`` (e.g. ``../..``) when the dvc.yaml lives below the repository root."""
     out = {}
     for step in steps(params, params_file):
-        stage = {"cmd": step.shell, "deps": [CODE_DEP, *step.deps.values()]}
+        stage = {"cmd": step.shell, "wdir": wdir} if wdir else {"cmd": step.shell}
+        stage["deps"] = [CODE_DEP, *step.deps.values()]
         stage["deps"] = list(dict.fromkeys(stage["deps"]))
         stage["params"] = list(step.params) if params_file == "params.yaml" else [{params_file: list(step.params)}]
         outs = []
@@ -29,7 +31,7 @@ def stages(params: dict, params_file: str = "params.yaml") -> dict:
     return out
 
 
-def render_dvc_yaml(params: dict, params_file: str = "params.yaml") -> str:
+def render_dvc_yaml(params: dict, params_file: str = "params.yaml", wdir: str | None = None) -> str:
     import yaml
 
-    return HEADER + yaml.safe_dump({"stages": stages(params, params_file)}, sort_keys=False, width=10_000)
+    return HEADER + yaml.safe_dump({"stages": stages(params, params_file, wdir)}, sort_keys=False, width=10_000)

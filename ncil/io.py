@@ -116,10 +116,29 @@ def write_array(path: str | Path, array: np.ndarray) -> None:
             np.lib.format.write_array(fh, np.ascontiguousarray(array), version=(1, 0), allow_pickle=False)
 
 
-def read_array(path: str | Path) -> np.ndarray:
+def write_array_chunks(path: str | Path, shape: tuple, dtype, chunks) -> None:
+    """NPY 1.0 file of ``shape`` filled row block by row block from ``chunks`` (an iterable of arrays).
+
+    Byte-identical to ``write_array`` of the concatenated rows, without holding them all in memory
+    (ImageNet-Subset's training images are about 19 GB as uint8).
+    """
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=tuple(shape), version=(1, 0))
+        start = 0
+        for chunk in chunks:
+            out[start : start + len(chunk)] = chunk
+            start += len(chunk)
+        if start != shape[0]:
+            raise ValueError(f"{path}: expected {shape[0]} rows, the chunks gave {start}")
+        out.flush()
+        del out
+
+
+def read_array(path: str | Path, mmap: bool = False) -> np.ndarray:
+    """An NPY array; ``mmap`` maps it read-only instead of reading it (rows load when indexed)."""
     path = _require(path, "array file")
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (ValueError, OSError, EOFError) as err:
         raise ArtifactError(f"{path}: corrupt or truncated NPY array ({err})") from None
 

@@ -9,6 +9,7 @@ Layout (all paths relative to the repository root):
     results/<dataset>/<setting>/<method>/seed<s>/eval/task_<t>.parquet   per-task predictions (git)
     results/<dataset>/<setting>/<method>/seed<s>/metrics.json            summary (git, DVC metric)
     results/tables/<dataset>_results.{md,csv}                            results table (git)
+    grids/<name>/params.yaml, grids/<name>/dvc.yaml   a paper data set's grid (Snakemake target <name>)
 
 Task 0 does not depend on the increment or on the incremental method, so its run id is
 ``base<F>/<base_recipe>/seed<s>`` and every setting with the same F and every method with the same
@@ -23,6 +24,10 @@ RUNS_ROOT = "runs"
 LOGS_ROOT = "logs"
 BENCH_ROOT = "benchmarks"
 TABLES_DIR = f"{RESULTS_ROOT}/tables"
+GRIDS_ROOT = "grids"
+# The paper's data sets: each has a Hydra experiment conf/experiment/<name>.yaml composed into
+# grids/<name>/params.yaml (`python -m ncil grid <name>`) and a Snakemake target of the same name.
+GRID_NAMES = ("cifar100", "tinyimagenet", "imagenet_subset")
 
 CHECKPOINT_NAME = "model.pt"
 CENTERS_NAME = "centers.parquet"
@@ -100,3 +105,11 @@ def log_file(kind: str, name: str) -> str:
 
 def benchmark_file(kind: str, name: str) -> str:
     return f"{BENCH_ROOT}/{kind}/{name}.tsv"
+
+
+def grid_params(name: str) -> str:
+    return f"{GRIDS_ROOT}/{name}/params.yaml"
+
+
+def grid_dvc_yaml(name: str) -> str:
+    return f"{GRIDS_ROOT}/{name}/dvc.yaml"

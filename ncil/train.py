@@ -141,7 +141,7 @@ def train_task(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            progress.step(float(loss), len(targets), int((logits.argmax(1) == targets).sum()))
+            progress.step(float(loss.detach()), len(targets), int((logits.argmax(1) == targets).sum()))
         history.append(progress.end_epoch(epoch, optimizer.param_groups[0]["lr"]))
         if scheduler is not None:
             scheduler.step()

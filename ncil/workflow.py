@@ -14,6 +14,20 @@ from ncil import grid, paths
 
 CODE_DEP = "ncil"  # the package: any code change invalidates the steps that run it
 RUN_KEYS = ["preset", "order_seed", "dataset", "model", "train", "runtime.threads"]
+# Where the raw data lives and whether it may be downloaded: only the prepare step reads these, so
+# moving a data set's folder reruns prepare (whose unchanged arrays then stop the cascade), not training.
+LOCATION_KEYS = ("root", "download")
+
+
+def run_keys(params: dict) -> list[str]:
+    """The params keys a training or evaluation job reads: RUN_KEYS without the data location."""
+    dataset = params["dataset"]
+    if not any(key in dataset for key in LOCATION_KEYS):
+        return list(RUN_KEYS)  # digits: the whole section, as before
+    keys = []
+    for key in RUN_KEYS:
+        keys += [f"dataset.{k}" for k in dataset if k not in LOCATION_KEYS] if key == "dataset" else [key]
+    return keys
 
 
 @dataclass(frozen=True)
@@ -47,7 +61,7 @@ def steps(params: dict, params_file: str = "params.yaml") -> list[Step]:
     data = paths.data_files(dataset)
     out.append(Step(
         name=stage_name("prepare", dataset), kind="prepare",
-        cmd=("prepare", *p, "--log", paths.log_file("prepare", dataset)), deps={},
+        cmd=("prepare", *p, "--log", paths.log_file("prepare", dataset)), deps=raw_inputs(params["dataset"]),
         outs={f"f{i}": f for i, f in enumerate(data)}, params=("dataset",),
         log=paths.log_file("prepare", dataset), benchmark=paths.benchmark_file("prepare", dataset),
     ))
@@ -79,7 +93,7 @@ def steps(params: dict, params_file: str = "params.yaml") -> list[Step]:
         outs = {"checkpoint": run.checkpoint(t), "centers": run.centers(t)}
         log = paths.log_file("train", f"{dataset}/{job.run_id}/task_{t}")
         cmd += ["--checkpoint", outs["checkpoint"], "--centers", outs["centers"], "--log", log]
-        keys = RUN_KEYS + ([f"method.{run.method}"] if t > 0 else [])
+        keys = run_keys(params) + ([f"method.{run.method}"] if t > 0 else [])
         out.append(Step(
             name=stage_name("train", dataset, job.run_id, f"task{t}"), kind="train", cmd=tuple(cmd),
             deps=deps, outs=outs, params=tuple(keys), log=log,
@@ -98,7 +112,7 @@ def steps(params: dict, params_file: str = "params.yaml") -> list[Step]:
             cmd=("evaluate", *p, "--split", run.split_file, "--checkpoints", *checkpoints, "--out", *evals,
                  "--log", log),
             deps={"manifest": manifest, "split": run.split_file, **{f"checkpoint{t}": c for t, c in enumerate(checkpoints)}},
-            outs={"evals": eval_dir}, params=tuple(RUN_KEYS), log=log,
+            outs={"evals": eval_dir}, params=tuple(run_keys(params)), log=log,
             benchmark=paths.benchmark_file("evaluate", tag), cached=False, out_dirs=(eval_dir,),
         ))
         out.append(Step(
@@ -122,6 +136,21 @@ def steps(params: dict, params_file: str = "params.yaml") -> list[Step]:
         benchmark=paths.benchmark_file("tables", dataset), cached=False,
     ))
     return out
+
+
+def raw_inputs(dataset: dict) -> dict[str, str]:
+    """What the prepare step reads from disk besides its parameters (digits: nothing, it is bundled).
+
+    The raw folder where it is small enough to hash (CIFAR-100, TinyImageNet, an image folder),
+    except when a download is allowed (the folder may not exist yet); ImageNet-Subset depends on its
+    class list only, since its root may be a whole ImageNet tree (~150 GB to hash).
+    """
+    deps = {}
+    if dataset.get("root") and not dataset.get("download") and dataset["name"] != "imagenet_subset":
+        deps["raw"] = dataset["root"]
+    if dataset.get("class_list"):
+        deps["class_list"] = dataset["class_list"]
+    return deps
 
 
 def lookup_params(params: dict, keys) -> dict:

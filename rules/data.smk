@@ -5,6 +5,8 @@ rule prepare:
     output:
         manifest="data/{dataset}/manifest.json",
         arrays=multiext("data/{dataset}/", *[f"{s}_{kind}.npy" for s in paths.DATA_SPLITS for kind in ("images", "labels")]),
+    input:
+        unpack(prepare_inputs),
     params:
         cmd=step_command("data/{dataset}/manifest.json"),
         digest=step_params_digest("data/{dataset}/manifest.json"),

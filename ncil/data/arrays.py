@@ -26,7 +26,7 @@ def load_split(dataset: str, split: str, root: str = ".") -> Split:
     """Load one split after checking every file against the manifest's SHA-256."""
     manifest = io.verify_manifest(f"{root}/{paths.data_manifest(dataset)}")
     image_file, label_file = (f"{root}/{p}" for p in paths.data_arrays(dataset, split))
-    images, labels = io.read_array(image_file), io.read_array(label_file)
+    images, labels = io.read_array(image_file, mmap=True), io.read_array(label_file)  # rows load when selected
     if images.dtype != np.uint8 or images.ndim != 4:
         raise io.ArtifactError(f"{image_file}: expected uint8 images (N, H, W, C), got {images.dtype} {images.shape}")
     if labels.shape != (len(images),):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ncil import io, paths
-from ncil.config import DatasetConfig
+from ncil.config import ConfigError, DatasetConfig
 
 
 def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
@@ -26,6 +26,35 @@ def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
 
 
 SOURCES = {"digits": load_digits_images}
+
+
+def _raw_loaders() -> dict:
+    """Data sets read from raw files under ``dataset.root`` (each returns a ``RawDataset``)."""
+    from ncil.data import cifar, imagefolder, tinyimagenet
+
+    return {
+        "cifar100": cifar.load,
+        "tinyimagenet": tinyimagenet.load,
+        "imagenet_subset": imagefolder.load_imagenet_subset,
+        "folder": imagefolder.load_folder,
+    }
+
+
+RAW_DATASETS = ("cifar100", "tinyimagenet", "imagenet_subset", "folder")
+
+
+def missing_message(name: str, root: str) -> str:
+    """Where to put data set ``name`` (or how to fetch it) when its folder ``root`` is missing."""
+    from pathlib import Path
+
+    from ncil.data import cifar, imagefolder, tinyimagenet
+
+    messages = {"cifar100": cifar.missing_message, "tinyimagenet": tinyimagenet.missing_message,
+                "imagenet_subset": imagefolder.imagenet_missing_message}
+    if name in messages:
+        return messages[name](Path(root))
+    return f"{root}: raw data of {name} not found (expected {root}/train/<class>/ and {root}/test/<class>/); set dataset.root"
+CHUNK = 512  # images decoded and written per block
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, val_fraction: float, seed: int) -> dict:
@@ -45,8 +74,12 @@ def stratified_split(labels: np.ndarray, test_fraction: float, val_fraction: flo
 
 def prepare(cfg: DatasetConfig, out_dir: str | None = None) -> dict:
     """Write the data set's arrays and manifest; return the number of images per split."""
+    if cfg.name in RAW_DATASETS:
+        return prepare_raw(cfg, out_dir)
     if cfg.name not in SOURCES:
-        raise ValueError(f"dataset.name: no prepare step for {cfg.name!r} (available: {sorted(SOURCES)})")
+        raise ValueError(
+            f"dataset.name: no prepare step for {cfg.name!r} (available: {sorted([*SOURCES, *RAW_DATASETS])})"
+        )
     images, labels = SOURCES[cfg.name]()
     if images.shape[1:] != (cfg.image_size, cfg.image_size, cfg.channels):
         raise ValueError(
@@ -73,5 +106,82 @@ def prepare(cfg: DatasetConfig, out_dir: str | None = None) -> dict:
         written,
         {"counts": counts, "n_classes": cfg.n_classes, "image_shape": list(images.shape[1:]),
          "split_seed": cfg.split_seed, "test_fraction": cfg.test_fraction, "val_fraction": cfg.val_fraction},
+    )
+    return counts
+
+
+def limit(raw, cfg: DatasetConfig):
+    """Smoke-run cuts: the first ``max_classes`` classes, the first N images per class of each set."""
+    from ncil.data.images import RawDataset, first_per_class
+
+    train, test, classes = raw.train, raw.test, list(raw.classes)
+    if cfg.max_classes:
+        if cfg.max_classes > len(classes):
+            raise ConfigError(f"dataset.max_classes: the source has only {len(classes)} classes, got {cfg.max_classes}")
+        classes = classes[: cfg.max_classes]
+        train = train.subset(np.flatnonzero(train.labels < cfg.max_classes))
+        test = test.subset(np.flatnonzero(test.labels < cfg.max_classes)) if test is not None else None
+    train = train.subset(first_per_class(train.labels, cfg.max_train_per_class))
+    if test is not None:
+        test = test.subset(first_per_class(test.labels, cfg.max_test_per_class))
+    return RawDataset(classes, train, test, raw.source)
+
+
+def prepare_raw(cfg: DatasetConfig, out_dir: str | None = None) -> dict:
+    """A data set read from ``cfg.root``: the real test set as test, val carved from train by a seed.
+
+    Images are decoded and written in blocks of ``CHUNK`` (uint8, (N, image_size, image_size, C)).
+    """
+    raw = limit(_raw_loaders()[cfg.name](cfg), cfg)
+    if len(raw.classes) != cfg.n_classes:
+        raise ConfigError(
+            f"dataset.n_classes: {raw.source} has {len(raw.classes)} classes"
+            f"{' (after max_classes)' if cfg.max_classes else ''}, config says {cfg.n_classes}"
+        )
+    if raw.test is None:
+        rows = stratified_split(raw.train.labels, cfg.test_fraction, cfg.val_fraction, cfg.split_seed)
+        parts = {name: raw.train.subset(rows[name]) for name in paths.DATA_SPLITS}
+    else:
+        rows = stratified_split(raw.train.labels, 0.0, cfg.val_fraction, cfg.split_seed)
+        parts = {"train": raw.train.subset(rows["train"]), "val": raw.train.subset(rows["val"]), "test": raw.test}
+    missing = sorted(set(range(cfg.n_classes)) - set(parts["train"].labels.tolist()))
+    if missing:
+        raise ConfigError(f"dataset: classes {[raw.classes[c] for c in missing[:5]]} have no training images left")
+    shape = (cfg.image_size, cfg.image_size, cfg.channels)
+    written, counts = [], {}
+    for name in paths.DATA_SPLITS:
+        image_file, label_file = paths.data_arrays(cfg.name, name)
+        if out_dir is not None:
+            image_file = f"{out_dir}/{image_file.rsplit('/', 1)[1]}"
+            label_file = f"{out_dir}/{label_file.rsplit('/', 1)[1]}"
+        part = parts[name]
+        n = len(part.labels)
+
+        def blocks(part=part, n=n, image_file=image_file):
+            for start in range(0, n, CHUNK):
+                block = part.load(np.arange(start, min(start + CHUNK, n)))
+                if block.shape[1:] != shape or block.dtype != np.uint8:
+                    raise ConfigError(
+                        f"dataset.image_size/channels: {raw.source} gives images of shape {block.shape[1:]} "
+                        f"for {image_file}, config expects {shape} (set train_resize/test_resize to resize)"
+                    )
+                yield block
+
+        io.write_array_chunks(image_file, (n, *shape), np.uint8, blocks())
+        io.write_array(label_file, part.labels.astype(np.int64))
+        written += [image_file, label_file]
+        counts[name] = int(n)
+    manifest = paths.data_manifest(cfg.name) if out_dir is None else f"{out_dir}/{paths.MANIFEST_NAME}"
+    io.write_manifest(
+        manifest,
+        cfg.name,
+        written,
+        {"counts": counts, "n_classes": cfg.n_classes, "image_shape": list(shape),
+         "split_seed": cfg.split_seed, "test_fraction": 0.0 if raw.test is not None else cfg.test_fraction,
+         "val_fraction": cfg.val_fraction, "classes": list(raw.classes),
+         "test_set": "the data set's own test set" if raw.test is not None else "held out from train",
+         "train_resize": cfg.train_resize, "test_resize": cfg.test_resize,
+         "limits": {"max_classes": cfg.max_classes, "max_train_per_class": cfg.max_train_per_class,
+                    "max_test_per_class": cfg.max_test_per_class}},
     )
     return counts
