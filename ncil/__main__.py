@@ -158,6 +158,77 @@ def cmd_tables(args) -> None:
     io.write_text(args.csv, tables.to_csv(rows))
 
 
+def _load_metrics(files: list[str]) -> list[dict]:
+    from ncil import io
+
+    return [io.read_json(path, "metrics file") for path in files]
+
+
+def cmd_paper_tables(args) -> None:
+    from ncil import io, report
+
+    _, raw = _params(args.params)
+    for path, text in report.table_texts(raw, _load_metrics(args.metrics)).items():
+        io.write_text(path, text)
+        print(f"wrote {path}")
+
+
+def cmd_figures(args) -> None:
+    from ncil import figures, io, report
+
+    _, raw = _params(args.params)
+    for png, (title, table) in report.curve_tables(raw, _load_metrics(args.metrics)).items():
+        io.write_text(png[: -len(".png")] + ".csv", figures.table_to_csv(table))
+        io.write_bytes(png, figures.png_bytes(figures.draw_curves(table, title)))
+        print(f"wrote {png} ({len(figures.curve_methods(table))} methods)")
+
+
+def cmd_figure4(args) -> None:
+    import numpy as np
+    import torch
+
+    from ncil import figures, io
+    from ncil.config import ModelConfig, parse_section
+    from ncil.data.arrays import load_split, to_tensor
+    from ncil.methods.pks import patch_weights
+    from ncil.models.network import load_network
+
+    p, _ = _params(args.params)
+    split = _read_split(args.split)
+    test = load_split(p.dataset.name, "test")
+    samples = figures.pick_images(test.labels, split["tasks"][0][: args.images])
+    x = to_tensor(test.images[samples], p.dataset.mean, p.dataset.std)  # (n, C, H, W)
+    weights = {}
+    for path in args.checkpoints:
+        ckpt = io.load_checkpoint(path)
+        if ckpt.get("backbone", "vit") != "vit":
+            raise io.ArtifactError(f"{path}: backbone: PKS weight maps need a ViT checkpoint, found {ckpt['backbone']}")
+        model_cfg = parse_section(ModelConfig, ckpt["config"]["model"], "checkpoint", "config.model")
+        net = load_network(model_cfg, p.dataset.channels, ckpt["model"]).eval()
+        with torch.no_grad():
+            cls, patches = net.backbone(x)  # (n, D), (n, N, D)
+            if "uniform" not in weights:
+                weights["uniform"] = patch_weights(cls, patches, weighting="uniform").numpy()
+            # Eq. 2 with the paper's L2 distance; method-spec 7.7 numbers tasks from 1 (base task = 1).
+            weights[f"after task {int(ckpt['task']) + 1}"] = patch_weights(cls, patches, p=args.p).numpy()
+    title = f"{p.dataset.name}: PKS weights w_i (Eq. 2, white = 1)"
+    io.write_text(args.out_csv, figures.table_to_csv(figures.weight_map_table(weights, samples)))
+    io.write_bytes(args.out_png, figures.png_bytes(figures.draw_weight_maps(np.asarray(test.images[samples]), weights, title)))
+    print(f"wrote {args.out_png} and {args.out_csv} ({len(samples)} images, {len(weights)} maps)")
+
+
+def cmd_verify(args) -> None:
+    from ncil.verify import Mismatch, verify
+
+    _, raw = _params(args.params)
+    try:
+        verify(args.root, raw)
+    except Mismatch as err:
+        print(f"verify: MISMATCH {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print("verify: every reported number matches its recomputation")
+
+
 def cmd_bench(args) -> None:
     from ncil.bench import bench_step
     from ncil.config import parse_params
@@ -247,6 +318,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--metrics", nargs="+", required=True)
     sp.add_argument("--markdown", required=True)
     sp.add_argument("--csv", required=True)
+
+    sp = verb("paper-tables", cmd_paper_tables, "the paper's Tables 1, 2, 3, 5 (Markdown and CSV) in results/tables/")
+    sp.add_argument("--metrics", nargs="*", default=[], help="metrics.json files of the grid (missing runs: 'not run')")
+
+    sp = verb("figures", cmd_figures, "Figure 3: accuracy per task of every setting (PNG and CSV) in results/figures/")
+    sp.add_argument("--metrics", nargs="*", default=[], help="metrics.json files of the grid")
+
+    sp = verb("figure4", cmd_figure4, "Figure 4: PKS weight maps of test images from ViT checkpoints (PNG and CSV)")
+    sp.add_argument("--split", required=True, help="split.json of the run (the images come from its base task)")
+    sp.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints after the tasks to show")
+    sp.add_argument("--images", type=int, default=4, help="images to show (one per base-task class; default 4)")
+    sp.add_argument("--p", type=int, default=2, choices=(1, 2), help="norm of the CLS-to-patch distance (default 2)")
+    sp.add_argument("--out-png", required=True)
+    sp.add_argument("--out-csv", required=True)
+
+    sp = verb("verify", cmd_verify, "recompute every number in results/ and fail at the first mismatch")
+    sp.add_argument("--root", default=".", help="project folder holding results/ (default .)")
 
     sp = verb("bench", cmd_bench, "time one training step of a method against its backbone floor")
     sp.add_argument("--method", default="ours")
