@@ -29,7 +29,21 @@ def stages(params: dict, params_file: str = "params.yaml") -> dict:
     return out
 
 
+def plots(params: dict, params_file: str = "params.yaml") -> list[dict]:
+    """Top-level DVC plots: Figure 3's accuracy curves (`dvc plots show`), one plot per setting."""
+    out = []
+    for step in steps(params, params_file):
+        for csv, columns, title in step.plots:
+            name = csv.rsplit("/", 1)[-1].removesuffix(".csv")
+            out.append({name: {"x": "task", "y": {csv: list(columns)}, "title": title,
+                               "x_label": "task (base task = 1)", "y_label": "top-1 accuracy (%)"}})
+    return out
+
+
 def render_dvc_yaml(params: dict, params_file: str = "params.yaml") -> str:
     import yaml
 
-    return HEADER + yaml.safe_dump({"stages": stages(params, params_file)}, sort_keys=False, width=10_000)
+    doc = {"stages": stages(params, params_file)}
+    if plots(params, params_file):
+        doc["plots"] = plots(params, params_file)
+    return HEADER + yaml.safe_dump(doc, sort_keys=False, width=10_000)
