@@ -151,7 +151,7 @@ def report_steps(params: dict, p: list[str], metrics_files: list[str]) -> list[S
     out.append(Step(
         name=stage_name("figures", dataset), kind="figures",
         cmd=("figures", *p, "--metrics", *metrics_files, "--log", paths.log_file("figures", dataset)),
-        deps=deps, outs=figure_outs, params=("method",), log=paths.log_file("figures", dataset),
+        deps=deps, outs=figure_outs, params=("preset", "order_seed", "seeds"), log=paths.log_file("figures", dataset),
         benchmark=paths.benchmark_file("figures", dataset), cached=False, plots=tuple(plots),
     ))
     pks = [m for m, spec in params["method"].items() if spec.get("pks", 0) and spec.get("backbone", "vit") == "vit"]
