@@ -229,6 +229,28 @@ def cmd_verify(args) -> None:
     print("verify: every reported number matches its recomputation")
 
 
+def cmd_costs(args) -> None:
+    from ncil import costs, io, paths
+    from ncil.provenance import setting_label
+
+    _, raw = _params(args.params)
+    records, missing = [], 0
+    for run, task, bench in costs.run_benchmarks(raw):
+        path = Path(args.root) / bench
+        if not path.is_file():
+            missing += 1
+            continue
+        records.append({"label": setting_label(run.initial, run.increment, run.n_tasks), "method": run.method,
+                        "seed": run.seed, "task": task, **costs.read_benchmark(path.read_text(), str(path))})
+    rows = costs.cost_rows(records)
+    dataset = raw["dataset"]["name"]
+    out = Path(args.root) / paths.cost_table_file(dataset)
+    io.write_text(out.with_suffix(".md"), costs.to_markdown(rows, dataset))
+    io.write_text(out.with_suffix(".csv"), costs.to_csv(rows))
+    print(f"wrote {out.with_suffix('.md')} ({len(records)} task benchmarks; {missing} not found: run the workflow "
+          "with Snakemake to record them)")
+
+
 def cmd_bench(args) -> None:
     from ncil.bench import bench_step
     from ncil.config import parse_params
@@ -335,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = verb("verify", cmd_verify, "recompute every number in results/ and fail at the first mismatch")
     sp.add_argument("--root", default=".", help="project folder holding results/ (default .)")
+
+    sp = verb("costs", cmd_costs, "wall time and peak memory per setting and method from benchmarks/ (not results/)")
+    sp.add_argument("--root", default=".", help="project folder holding benchmarks/ (default .)")
 
     sp = verb("bench", cmd_bench, "time one training step of a method against its backbone floor")
     sp.add_argument("--method", default="ours")

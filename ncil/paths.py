@@ -120,3 +120,8 @@ def curve_figure_files(dataset: str, setting: str) -> tuple[str, str]:
 def weight_map_files(dataset: str) -> tuple[str, str]:
     """Figure 4 (PKS weight maps): PNG and the per-patch weights as CSV."""
     return (f"{FIGURES_DIR}/fig4_{dataset}.png", f"{FIGURES_DIR}/fig4_{dataset}.csv")
+
+
+def cost_table_file(dataset: str) -> str:
+    """Wall time and peak memory per setting and method (Markdown; CSV beside): local, not verified."""
+    return f"{BENCH_ROOT}/costs_{dataset}.md"

@@ -109,3 +109,18 @@ def test_png_is_deterministic_and_carries_no_software_or_date():
     assert png == figures.png_bytes(figures.draw_weight_maps(np.zeros((2, 8, 8, 1), np.uint8), weights, "w"))
     data = figures.weight_map_table(weights, [5, 9])
     assert len(data) == 2 * 2 * 16 and data[0] == {"map": "uniform", "sample": 5, "patch": 0, "weight": 1.0}
+
+
+def test_cost_rows_sum_tasks_average_seeds_and_take_the_peak():
+    from ncil import costs
+
+    bench = "s\th:m:s\tmax_rss\tmax_vms\n12.5\t0:00:12\t900.0\t2000\n"
+    assert costs.read_benchmark(bench, "x.tsv") == {"s": 12.5, "max_rss": 900.0}
+    with pytest.raises(ValueError, match="x.tsv"):
+        costs.read_benchmark("a\tb\n1\t2\n", "x.tsv")
+    recs = [{"label": "4+2x3", "method": "ours", "seed": s, "task": t, "s": v, "max_rss": m}
+            for s, t, v, m in ((1, 0, 10.0, 500.0), (1, 1, 5.0, 700.0), (2, 0, 12.0, 400.0), (2, 1, 7.0, 650.0))]
+    (row,) = costs.cost_rows(recs)
+    assert row["train_s_per_run"] == 17.0 and row["slowest_task_s"] == 12.0 and row["peak_rss_mb"] == 700.0
+    assert row["seeds"] == 2 and row["tasks"] == 4
+    assert "| 4+2x3 | ours | 2 | 4 | 17.0 | 12.0 | 700 |" in costs.to_markdown([row], "digits")
