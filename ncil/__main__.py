@@ -142,6 +142,8 @@ def cmd_summarize(args) -> None:
         "acc_matrix": [[None if v != v else float(v) for v in row] for row in acc],
         "test_counts": [int(c) for c in counts],
         **summary,
+        # Other systems' conventions, under their own names (metrics.md); the tables never use them.
+        "variants": metrics.variants(acc, counts, [len(t) for t in split["tasks"]]),
     }
     io.write_json(args.out, result)
 

@@ -5,7 +5,8 @@ Chain checked, each link from the one before (issue 4, item 5):
 1. per-task evaluation tables (``eval/task_<t>.parquet``) -> each ``metrics.json``: accuracy matrix,
    test counts, Acc_k curve, Avg, Last, F_T, and the run's identity (data set, setting, method, seed);
 2. ``metrics.json`` files of the grid -> ``results/tables/*`` (the per-data-set overview and the paper's
-   Tables 1, 2, 3, 5, Markdown and CSV) and ``results/figures/fig3_*.csv`` (Figure 3's data);
+   Tables 1, 2, 3, 5, Markdown and CSV) and ``results/figures/fig3_*`` (Figure 3's data as CSV, and the
+   PNG, which must be the byte-identical rendering of that data);
 3. cross-check that does not reuse the table code: each Figure 3 curve's mean and last point equal
    the Avg and Last of Table 1's CSV (method-spec 7.6);
 4. the README's copy of the digits Table 1 (between ``<!-- table1:<dataset> -->`` markers), if present.
@@ -16,6 +17,7 @@ A mismatch names the file, the row, the column, the expected and the found value
 from __future__ import annotations
 
 import csv
+import hashlib
 import io as stdio
 import math
 import re
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ncil import grid, io, metrics, paths, report, tables
+from ncil import figures, grid, io, metrics, paths, report, tables
 from ncil.provenance import setting_label
 
 REL_TOL = 1e-9  # metrics.json holds full floats computed by the same arithmetic
@@ -54,10 +56,17 @@ def _num_or_nan(v):
 # --- 1. metrics.json from the evaluation tables --------------------------------------------------
 
 
-def check_metrics(file: str, stored: dict, evaluations: list[dict], identity: dict, label: str) -> None:
-    """Compare one metrics.json with the numbers recomputed from its per-task evaluations (pure)."""
+def check_metrics(file: str, stored: dict, evaluations: list[dict], identity: dict, label: str,
+                  classes_per_task: list[int] | None = None) -> None:
+    """Compare one metrics.json with the numbers recomputed from its per-task evaluations (pure).
+    The named variants (``variants``) are checked when the file has them."""
     acc, counts = metrics.accuracy_matrix(evaluations)
     summary = metrics.summarize(acc, counts)
+    if "variants" in stored:
+        for key, value in metrics.variants(acc, counts, classes_per_task).items():
+            found = _num_or_nan(stored["variants"].get(key, "missing"))
+            if not _same(value, found, REL_TOL):
+                raise Mismatch(file, "variants", key, value, found)
     for key in ("run", "provenance", "acc_matrix", "test_counts", *tables.COLUMNS, "accuracy_per_step"):
         if key not in stored:
             raise Mismatch(file, "(top level)", key, "present", "missing")
@@ -164,6 +173,17 @@ def check_curves_against_table1(curve_file: str, curve_csv: str, table1_csv: str
                                f"{float(cell['mean']):.4f} (table1.csv)", f"{value:.4f}")
 
 
+def check_png(root: Path, png: str, expected: bytes) -> None:
+    """A figure must be the byte-identical rendering of its recomputed data (deterministic PNG)."""
+    path = root / png
+    if not path.is_file():
+        raise Mismatch(png, "-", "(image)", "the figure", "missing file")
+    found = path.read_bytes()
+    if found != expected:
+        raise Mismatch(png, "-", "(image bytes, sha256)", hashlib.sha256(expected).hexdigest()[:16],
+                       hashlib.sha256(found).hexdigest()[:16])
+
+
 # --- Orchestration ---------------------------------------------------------------------------------
 
 
@@ -193,7 +213,7 @@ def verify(root: str | Path, params: dict, log=print) -> dict:
             evaluations.append(ev)
         identity = {"dataset": run.dataset, "setting": run.setting, "method": run.method, "seed": run.seed}
         label = setting_label(split["initial_increment"], split["increment"], len(split["tasks"]))
-        check_metrics(run.metrics_file, stored, evaluations, identity, label)
+        check_metrics(run.metrics_file, stored, evaluations, identity, label, [len(t) for t in split["tasks"]])
         loaded.append(stored)
         checked["metrics"] += 1
     log(f"verify: {checked['metrics']} metrics.json files match their evaluation tables")
@@ -210,13 +230,13 @@ def verify(root: str | Path, params: dict, log=print) -> dict:
         found = _read_text(root / path, "results file")
         (compare_csv if path.endswith(".csv") else compare_markdown)(path, text, found)
         checked["figures" if path in figure_csvs else "tables"] += 1
-        if path in figure_csvs and not (root / path.replace(".csv", ".png")).is_file():
-            raise Mismatch(path.replace(".csv", ".png"), "-", "-", "the figure", "missing file")
+    for png, (title, table) in report.curve_tables(params, loaded).items():
+        check_png(root, png, figures.png_bytes(figures.draw_curves(table, title)))
     t1_csv = (root / paths.paper_table_files("table1")[1]).read_text(encoding="utf-8")
     for dataset, setting, label in report.grid_curves(params):
         curve = paths.curve_figure_files(dataset, setting)[1]
         check_curves_against_table1(curve, (root / curve).read_text(encoding="utf-8"), t1_csv, dataset, label)
-    log(f"verify: {checked['tables']} table files and {checked['figures']} figure data files match the metrics")
+    log(f"verify: {checked['tables']} table files, {checked['figures']} figure data files and their PNGs match the metrics")
 
     readme = root / "README.md"
     if readme.is_file():

@@ -158,3 +158,31 @@ def test_figure4_weight_maps_from_a_checkpoint(tiny_project, tiny_params, monkey
     png = open("f4.png", "rb").read()
     assert main(args) == 0
     assert open("f4.png", "rb").read() == png  # byte-identical rerun
+
+
+def test_tampered_png_is_caught(copy):
+    root, params = copy
+    png = sorted((root / "results/figures").glob("fig3_*.png"))[0]
+    data = bytearray(png.read_bytes())
+    data[-20] ^= 0xFF
+    png.write_bytes(bytes(data))
+    with pytest.raises(verify.Mismatch) as err:
+        verify.verify(root, params, log=lambda *_: None)
+    assert err.value.file == f"results/figures/{png.name}" and "image bytes" in err.value.column
+
+
+def test_variants_in_metrics_json_are_checked(copy):
+    from ncil import grid, metrics
+
+    root, params = copy
+    run = next(r for r in grid.runs(params) if (root / r.metrics_file).is_file())
+    evals = [io.read_predictions(root / run.eval_file(t)) for t in range(run.n_tasks)]
+    stored = io.read_json(root / run.metrics_file)
+    acc, counts = metrics.accuracy_matrix(evals)
+    stored["variants"] = metrics.variants(acc, counts, [1] * run.n_tasks)
+    identity = {"dataset": run.dataset, "setting": run.setting, "method": run.method, "seed": run.seed}
+    verify.check_metrics("m.json", stored, evals, identity, stored["run"]["label"], [1] * run.n_tasks)
+    stored["variants"]["clipped_forgetting"] += 1.0
+    with pytest.raises(verify.Mismatch) as err:
+        verify.check_metrics("m.json", stored, evals, identity, stored["run"]["label"], [1] * run.n_tasks)
+    assert (err.value.row, err.value.column) == ("variants", "clipped_forgetting")
