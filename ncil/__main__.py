@@ -182,7 +182,7 @@ def cmd_figures(args) -> None:
     for png, (title, table) in report.curve_tables(raw, _load_metrics(args.metrics)).items():
         io.write_text(png[: -len(".png")] + ".csv", figures.table_to_csv(table))
         io.write_bytes(png, figures.png_bytes(figures.draw_curves(table, title)))
-        print(f"wrote {png} ({len(figures.curve_methods(table))} methods)")
+        print(f"wrote {png} ({len(figures.curve_methods(table))} of {len(figures.curve_methods(table, False))} methods with results)")
 
 
 def cmd_figure4(args) -> None:

@@ -18,27 +18,35 @@ DPI = 100
 FIG3_COLUMNS = ("task",)  # then <method>, <method>_std, <method>_n per method
 
 
-def curve_table(rows: list[dict], dataset: str, setting: str, methods: list[str]) -> list[dict]:
+def curve_table(rows: list[dict], dataset: str, setting: str, methods: list[str], n_tasks: int | None = None) -> list[dict]:
     """Figure 3's data for one (data set, setting): one record per task (1-based, as the paper's x-axis)
-    with each method's mean Acc_k over seeds, its std and n. ``rows`` is ``tables.aggregate`` output;
-    a method without results is left out. The curve's mean is the table's Avg and its last point
-    the table's Last (method-spec 7.6)."""
+    with each method's mean Acc_k over seeds, its std and n. ``rows`` is ``tables.aggregate`` output.
+
+    Every method of ``methods`` (the grid's) gets its columns, empty (None) without results, so the
+    file's shape depends on the grid alone (DVC's plot definitions name these columns); methods with
+    results outside ``methods`` follow. The curve's mean is the table's Avg and its last point the
+    table's Last (method-spec 7.6)."""
     found = {r["method"]: r for r in rows if r["dataset"] == dataset and r["setting"] == setting and "curve_mean" in r}
-    present = [m for m in methods if m in found] + sorted(set(found) - set(methods))
-    n_tasks = max((len(found[m]["curve_mean"]) for m in present), default=0)
+    columns = list(methods) + sorted(set(found) - set(methods))
+    if n_tasks is None:
+        n_tasks = max((len(r["curve_mean"]) for r in found.values()), default=0)
     out = []
     for k in range(n_tasks):
         rec = {"task": k + 1}
-        for m in present:
-            rec[m] = found[m]["curve_mean"][k]
-            rec[f"{m}_std"] = found[m]["curve_std"][k]
-            rec[f"{m}_n"] = found[m]["n"]
+        for m in columns:
+            r = found.get(m)
+            ok = r is not None and k < len(r["curve_mean"])
+            rec[m] = r["curve_mean"][k] if ok else None
+            rec[f"{m}_std"] = r["curve_std"][k] if ok else None
+            rec[f"{m}_n"] = r["n"] if ok else 0
         out.append(rec)
     return out
 
 
-def curve_methods(table: list[dict]) -> list[str]:
-    return [k for k in (table[0] if table else {}) if k != "task" and not k.endswith(("_std", "_n"))]
+def curve_methods(table: list[dict], with_data: bool = True) -> list[str]:
+    """Methods of a Figure 3 table (only those with plotted values, unless ``with_data`` is False)."""
+    names = [k for k in (table[0] if table else {}) if k != "task" and not k.endswith(("_std", "_n"))]
+    return [m for m in names if not with_data or all(r[m] is not None for r in table)]
 
 
 def table_to_csv(table: list[dict], fields: list[str] | None = None) -> str:
@@ -48,7 +56,7 @@ def table_to_csv(table: list[dict], fields: list[str] | None = None) -> str:
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for rec in table:
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in rec.items()})
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else ("" if v is None else v)) for k, v in rec.items()})
     return buf.getvalue()
 
 
@@ -87,8 +95,8 @@ def draw_curves(table: list[dict], title: str):
     ax.set_xticks(tasks)
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    if table:
-        ax.legend(fontsize=7, loc="lower left")
+    if curve_methods(table):
+        ax.legend(fontsize=7, loc="best")
     else:
         ax.text(0.5, 0.5, "no results yet", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()

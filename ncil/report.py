@@ -51,9 +51,11 @@ def curve_tables(params: dict, metrics: list[dict]) -> dict[str, tuple[str, list
     rows = tables.aggregate(metrics)
     methods = list(params["method"])
     out = {}
+    n_tasks = {(r.dataset, r.setting): r.n_tasks for r in grid.runs(params)}
     for dataset, setting, label in grid_curves(params):
         png, _ = paths.curve_figure_files(dataset, setting)
-        out[png] = (f"{dataset} {label}: accuracy after each task", figures.curve_table(rows, dataset, setting, methods))
+        table = figures.curve_table(rows, dataset, setting, methods, n_tasks[(dataset, setting)])
+        out[png] = (f"{dataset} {label}: accuracy after each task", table)
     return out
 
 

@@ -163,6 +163,8 @@ def check_curves_against_table1(curve_file: str, curve_csv: str, table1_csv: str
     t1 = {(r["dataset"], r["setting"], r["method"], r["metric"]): r for r in csv.DictReader(stdio.StringIO(table1_csv))}
     methods = [k for k in (rows[0] if rows else {}) if k != "task" and not k.endswith(("_std", "_n"))]
     for m in methods:
+        if not all(r[m] for r in rows):
+            continue  # no results for this method yet (empty column)
         curve = np.array([float(r[m]) for r in rows])
         for metric, value in (("avg_accuracy", curve.mean()), ("last_accuracy", curve[-1])):
             cell = t1.get((dataset, label, m, metric))
