@@ -186,37 +186,17 @@ def cmd_figures(args) -> None:
 
 
 def cmd_figure4(args) -> None:
-    import numpy as np
-    import torch
-
     from ncil import figures, io
-    from ncil.config import ModelConfig, parse_section
-    from ncil.data.arrays import load_split, to_tensor
-    from ncil.methods.pks import patch_weights
-    from ncil.models.network import load_network
+    from ncil.data.arrays import load_split
 
     p, _ = _params(args.params)
     split = _read_split(args.split)
     test = load_split(p.dataset.name, "test")
-    samples = figures.pick_images(test.labels, split["tasks"][0][: args.images])
-    x = to_tensor(test.images[samples], p.dataset.mean, p.dataset.std)  # (n, C, H, W)
-    weights = {}
-    for path in args.checkpoints:
-        ckpt = io.load_checkpoint(path)
-        if ckpt.get("backbone", "vit") != "vit":
-            raise io.ArtifactError(f"{path}: backbone: PKS weight maps need a ViT checkpoint, found {ckpt['backbone']}")
-        model_cfg = parse_section(ModelConfig, ckpt["config"]["model"], "checkpoint", "config.model")
-        net = load_network(model_cfg, p.dataset.channels, ckpt["model"]).eval()
-        with torch.no_grad():
-            cls, patches = net.backbone(x)  # (n, D), (n, N, D)
-            if "uniform" not in weights:
-                weights["uniform"] = patch_weights(cls, patches, weighting="uniform").numpy()
-            # Eq. 2 with the paper's L2 distance; method-spec 7.7 numbers tasks from 1 (base task = 1).
-            weights[f"after task {int(ckpt['task']) + 1}"] = patch_weights(cls, patches, p=args.p).numpy()
-    title = f"{p.dataset.name}: PKS weights w_i (Eq. 2, white = 1)"
-    io.write_text(args.out_csv, figures.table_to_csv(figures.weight_map_table(weights, samples)))
-    io.write_bytes(args.out_png, figures.png_bytes(figures.draw_weight_maps(np.asarray(test.images[samples]), weights, title)))
-    print(f"wrote {args.out_png} and {args.out_csv} ({len(samples)} images, {len(weights)} maps)")
+    checkpoints = [(path, io.load_checkpoint(path)) for path in args.checkpoints]
+    csv_text, png = figures.weight_map_figure(p, split["tasks"], test, checkpoints, args.images, args.p)
+    io.write_text(args.out_csv, csv_text)
+    io.write_bytes(args.out_png, png)
+    print(f"wrote {args.out_png} and {args.out_csv} ({len(checkpoints)} checkpoints)")
 
 
 def cmd_verify(args) -> None:

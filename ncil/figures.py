@@ -150,3 +150,43 @@ def pick_images(labels: np.ndarray, classes: list[int], per_class: int = 1) -> l
     for c in classes:
         rows += np.flatnonzero(np.asarray(labels) == c)[:per_class].tolist()
     return rows
+
+
+def weight_maps(p, checkpoints: list[tuple[str, dict]], x, norm: int = 2) -> dict[str, np.ndarray]:
+    """Per-patch PKS weights w_i (paper Eq. 2, max-normalised) of images ``x`` (n, C, H, W) under each
+    loaded ViT checkpoint (path, payload), plus the uniform map (Table 5's W_i = 1) for comparison.
+    Map names number the tasks from 1 (the base task is task 1), as the paper's Figure 4 does."""
+    import torch
+
+    from ncil.config import ModelConfig, parse_section
+    from ncil.io import ArtifactError
+    from ncil.methods.pks import patch_weights
+    from ncil.models.network import load_network
+
+    torch.set_num_threads(p.runtime.threads)  # the thread count changes floating-point results
+    out: dict[str, np.ndarray] = {}
+    for path, ckpt in checkpoints:
+        if ckpt.get("backbone", "vit") != "vit":
+            raise ArtifactError(f"{path}: backbone: PKS weight maps need a ViT checkpoint, found {ckpt['backbone']}")
+        model_cfg = parse_section(ModelConfig, ckpt["config"]["model"], path, "config.model")
+        net = load_network(model_cfg, p.dataset.channels, ckpt["model"]).eval()
+        with torch.no_grad():
+            cls, patches = net.backbone(x)  # (n, D), (n, N, D)
+            if "uniform" not in out:
+                out["uniform"] = patch_weights(cls, patches, weighting="uniform").numpy()  # (n, N)
+            out[f"after task {int(ckpt['task']) + 1}"] = patch_weights(cls, patches, p=norm).numpy()  # (n, N)
+    return out
+
+
+def weight_map_figure(p, tasks: list[list[int]], test, checkpoints: list[tuple[str, dict]], n_images: int = 4,
+                      norm: int = 2) -> tuple[str, bytes]:
+    """Figure 4 as (CSV text, PNG bytes): the first test image of each of the first ``n_images`` base-task
+    classes, with their weight maps under each checkpoint (``weight_maps``)."""
+    from ncil.data.arrays import to_tensor
+
+    samples = pick_images(test.labels, tasks[0][:n_images])
+    x = to_tensor(test.images[samples], p.dataset.mean, p.dataset.std)  # (n, C, H, W)
+    weights = weight_maps(p, checkpoints, x, norm)
+    title = f"{p.dataset.name}: PKS weights w_i (Eq. 2, white = 1)"
+    png = png_bytes(draw_weight_maps(np.asarray(test.images[samples]), weights, title))
+    return table_to_csv(weight_map_table(weights, samples)), png

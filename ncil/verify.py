@@ -125,7 +125,8 @@ def compare_csv(file: str, expected: str, found: str, tol: float = CSV_TOL) -> N
 
 
 def _row_key(header: list[str], row: list[str]) -> str:
-    keys = [k for k in ("table", "dataset", "setting", "row", "metric", "task", "label", "method") if k in header]
+    keys = [k for k in ("table", "dataset", "setting", "row", "metric", "task", "label", "method", "map", "sample", "patch")
+            if k in header]
     return " ".join(row[header.index(k)] for k in keys if header.index(k) < len(row))
 
 
@@ -240,11 +241,40 @@ def verify(root: str | Path, params: dict, log=print) -> dict:
         check_curves_against_table1(curve, (root / curve).read_text(encoding="utf-8"), t1_csv, dataset, label)
     log(f"verify: {checked['tables']} table files, {checked['figures']} figure data files and their PNGs match the metrics")
 
+    checked["figure4"] = check_figure4(root, params, log)
+
     readme = root / "README.md"
     if readme.is_file():
         checked["readme"] = check_readme(readme, expected)
         log(f"verify: {checked['readme']} table copies in README.md match results/tables")
     return checked
+
+
+def check_figure4(root: Path, params: dict, log) -> int:
+    """Figure 4 (when the grid has it): recompute the weight maps from the checkpoints, if they are here
+    (they are DVC-cached: `dvc pull`); otherwise say that it was not checked."""
+    from ncil.__main__ import build_parser
+    from ncil.config import parse_params
+    from ncil.data.arrays import load_split
+    from ncil.workflow import steps
+
+    step = next((s for s in steps(params) if s.kind == "figure4"), None)
+    if step is None:
+        return 0
+    args = build_parser().parse_args(list(step.cmd))
+    missing = [c for c in args.checkpoints if not (root / c).is_file()]
+    if missing or not (root / paths.data_manifest(params["dataset"]["name"])).is_file():
+        log(f"verify: Figure 4 not checked: {missing[0] if missing else 'the data set'} is not here (dvc pull)")
+        return 0
+    p = parse_params(params)
+    split = io.read_json(root / args.split, "split file")
+    test = load_split(p.dataset.name, "test", root=str(root))
+    checkpoints = [(c, io.load_checkpoint(root / c)) for c in args.checkpoints]
+    csv_text, png = figures.weight_map_figure(p, split["tasks"], test, checkpoints, args.images, args.p)
+    compare_csv(args.out_csv, csv_text, _read_text(root / args.out_csv, "Figure 4 data"))
+    check_png(root, args.out_png, png)
+    log("verify: Figure 4's weight maps match their checkpoints")
+    return 1
 
 
 README_BLOCK = re.compile(r"<!-- (table\d):([A-Za-z0-9_-]+) -->\n(.*?)<!-- /\1:\2 -->", re.S)
