@@ -209,7 +209,8 @@ def cells_to_markdown(table: str, cells: list[dict], context: dict) -> str:
                   "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for label in dict.fromkeys(c["row"] for c in part):
             by = {(c["setting"], c["metric"]): c for c in part if c["row"] == label}
-            out = [label]
+            method = next(iter(by.values()))["method"]
+            out = [f"{label} (`{method}`)" if method and method != label else label]
             for s in settings:
                 for m in metrics:
                     c = by[(s, m)]

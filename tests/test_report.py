@@ -46,7 +46,7 @@ def test_paper_table_places_ours_beside_the_paper_with_the_difference():
     rows = _csv(text)
     full = next(r for r in rows if r["row"] == "Full" and r["setting"] == "50+10x5")
     assert (full["paper"], full["mean"], full["n"], full["diff"]) == ("59.0200", "59.0000", "2", "-0.0200")
-    assert "| Full | 59.02 | 59.00 ± 1.41 (2) | -0.02 |" in md
+    assert "| Full (`ours`) | 59.02 | 59.00 ± 1.41 (2) | -0.02 |" in md
     pks = next(r for r in rows if r["row"] == "+ PKS" and r["setting"] == "50+5x10")
     assert pks["status"] == "not run" and pks["mean"] == "" and pks["paper"] == "56.8200"
     # The table names the preset, the convention, the class-order seed and the seeds.
@@ -60,7 +60,8 @@ def test_tables_work_with_no_results_and_our_dataset_shows_the_grid_settings():
     digits = [r for r in rows if r["dataset"] == "digits"]
     assert {r["setting"] for r in digits} == {"4+2x3", "5+1x5"}
     assert {r["status"] for r in digits} == {"not run"}
-    assert "| Ours | not run | not run | not run | not run |" in md
+    assert "| Ours (`ours`) | not run | not run | not run | not run |" in md
+    assert "| SSRE | 65.88 | - | - |" in md  # a paper row with no implementation here
     # Every paper value of Table 1 is in the CSV (12 rows x 7 columns x Avg/Last, minus 4 unreported).
     paper = [r for r in rows if r["dataset"] != "digits" and r["paper"]]
     assert len(paper) == 12 * 7 * 2 - 4

@@ -72,7 +72,7 @@ def test_tampered_markdown_cell_is_named(copy):
     root, params = copy
     path = root / "results/tables/table1.md"
     text = path.read_text()
-    i = text.index("| Fine-tuning (lower bound) | ") + len("| Fine-tuning (lower bound) | ")
+    i = text.index("| Fine-tuning (lower bound) (`finetune`) | ") + len("| Fine-tuning (lower bound) (`finetune`) | ")
     path.write_text(text[:i] + "99.99" + text[i + 5:])
     with pytest.raises(verify.Mismatch) as err:
         verify.verify(root, params, log=lambda *_: None)
@@ -122,7 +122,9 @@ def test_tampered_figure_data_is_caught(copy):
 def test_tampered_readme_copy_is_caught(copy):
     root, params = copy
     readme = root / "README.md"
-    readme.write_text(readme.read_text().replace("| Joint training (upper bound) | 9", "| Joint training (upper bound) | 8", 1))
+    text = readme.read_text()
+    assert "| Joint training (upper bound) (`joint`) | 9" in text
+    readme.write_text(text.replace("| Joint training (upper bound) (`joint`) | 9", "| Joint training (upper bound) (`joint`) | 8", 1))
     with pytest.raises(verify.Mismatch) as err:
         verify.verify(root, params, log=lambda *_: None)
     assert "README.md" in err.value.file and "Joint" in err.value.row
