@@ -15,7 +15,6 @@ import math
 import numpy as np
 
 DPI = 100
-FIG3_COLUMNS = ("task",)  # then <method>, <method>_std, <method>_n per method
 
 
 def curve_table(rows: list[dict], dataset: str, setting: str, methods: list[str], n_tasks: int | None = None) -> list[dict]:
