@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: reproduce test test-fast lint check-reproduction lock clean-venv
+.PHONY: reproduce test test-fast lint verify costs check-reproduction lock clean-venv
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ test: $(BIN)/.installed
 
 test-fast: $(BIN)/.installed
 	python -m pytest -v -m "not slow"
+
+# Recompute every number in results/ (metrics from evaluations, tables and figure data from metrics);
+# exits non-zero naming the first mismatch (file, row, column, expected, found).
+verify: $(BIN)/.installed
+	python -m ncil verify
+
+# Wall time and peak memory per setting and method, from Snakemake's benchmark files (not in results/).
+costs: $(BIN)/.installed
+	python -m ncil costs
 
 lint: $(BIN)/.installed
 	snakemake --lint

@@ -1,4 +1,4 @@
-# ncil workflow: data -> split -> one training job per task -> evaluation -> summary -> tables.
+# ncil workflow: data -> split -> one training job per task -> evaluation -> summary -> tables, figures.
 # The grid (datasets x settings x methods x seeds x tasks) comes from params.yaml through
 # ncil/workflow.py, the same module that generates dvc.yaml. Run: snakemake --cores all [target]
 
@@ -11,6 +11,7 @@ include: "rules/common.smk"
 rule all:
     input:
         TABLES,
+        REPORT,
     default_target: True
 
 
@@ -18,6 +19,11 @@ rule all:
 rule tables:
     input:
         TABLES,
+
+
+rule report:
+    input:
+        REPORT,
 
 
 rule metrics:

@@ -142,6 +142,8 @@ def cmd_summarize(args) -> None:
         "acc_matrix": [[None if v != v else float(v) for v in row] for row in acc],
         "test_counts": [int(c) for c in counts],
         **summary,
+        # Other systems' conventions, under their own names (metrics.md); the tables never use them.
+        "variants": metrics.variants(acc, counts, [len(t) for t in split["tasks"]]),
     }
     io.write_json(args.out, result)
 
@@ -156,6 +158,79 @@ def cmd_tables(args) -> None:
     context = {"preset": p.preset, "convention": CONVENTION, "order_seed": p.order_seed, "seeds": list(p.seeds)}
     io.write_text(args.markdown, tables.to_markdown(rows, p.dataset.name, context))
     io.write_text(args.csv, tables.to_csv(rows))
+
+
+def _load_metrics(files: list[str]) -> list[dict]:
+    from ncil import io
+
+    return [io.read_json(path, "metrics file") for path in files]
+
+
+def cmd_paper_tables(args) -> None:
+    from ncil import io, report
+
+    _, raw = _params(args.params)
+    for path, text in report.table_texts(raw, _load_metrics(args.metrics)).items():
+        io.write_text(path, text)
+        print(f"wrote {path}")
+
+
+def cmd_figures(args) -> None:
+    from ncil import figures, io, report
+
+    _, raw = _params(args.params)
+    for png, (title, table) in report.curve_tables(raw, _load_metrics(args.metrics)).items():
+        io.write_text(png[: -len(".png")] + ".csv", figures.table_to_csv(table))
+        io.write_bytes(png, figures.png_bytes(figures.draw_curves(table, title)))
+        print(f"wrote {png} ({len(figures.curve_methods(table))} of {len(figures.curve_methods(table, False))} methods with results)")
+
+
+def cmd_figure4(args) -> None:
+    from ncil import figures, io
+    from ncil.data.arrays import load_split
+
+    p, _ = _params(args.params)
+    split = _read_split(args.split)
+    test = load_split(p.dataset.name, "test")
+    checkpoints = [(path, io.load_checkpoint(path)) for path in args.checkpoints]
+    csv_text, png = figures.weight_map_figure(p, split["tasks"], test, checkpoints, args.images, args.p)
+    io.write_text(args.out_csv, csv_text)
+    io.write_bytes(args.out_png, png)
+    print(f"wrote {args.out_png} and {args.out_csv} ({len(checkpoints)} checkpoints)")
+
+
+def cmd_verify(args) -> None:
+    from ncil.verify import Mismatch, verify
+
+    _, raw = _params(args.params)
+    try:
+        verify(args.root, raw)
+    except Mismatch as err:
+        print(f"verify: MISMATCH {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print("verify: every reported number matches its recomputation")
+
+
+def cmd_costs(args) -> None:
+    from ncil import costs, io, paths
+    from ncil.provenance import setting_label
+
+    _, raw = _params(args.params)
+    records, missing = [], 0
+    for run, task, bench in costs.run_benchmarks(raw):
+        path = Path(args.root) / bench
+        if not path.is_file():
+            missing += 1
+            continue
+        records.append({"label": setting_label(run.initial, run.increment, run.n_tasks), "method": run.method,
+                        "seed": run.seed, "task": task, **costs.read_benchmark(path.read_text(), str(path))})
+    rows = costs.cost_rows(records)
+    dataset = raw["dataset"]["name"]
+    out = Path(args.root) / paths.cost_table_file(dataset)
+    io.write_text(out.with_suffix(".md"), costs.to_markdown(rows, dataset))
+    io.write_text(out.with_suffix(".csv"), costs.to_csv(rows))
+    print(f"wrote {out.with_suffix('.md')} ({len(records)} task benchmarks; {missing} not found: run the workflow "
+          "with Snakemake to record them)")
 
 
 def cmd_bench(args) -> None:
@@ -286,6 +361,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--metrics", nargs="+", required=True)
     sp.add_argument("--markdown", required=True)
     sp.add_argument("--csv", required=True)
+
+    sp = verb("paper-tables", cmd_paper_tables, "the paper's Tables 1, 2, 3, 5 (Markdown and CSV) in results/tables/")
+    sp.add_argument("--metrics", nargs="*", default=[], help="metrics.json files of the grid (missing runs: 'not run')")
+
+    sp = verb("figures", cmd_figures, "Figure 3: accuracy per task of every setting (PNG and CSV) in results/figures/")
+    sp.add_argument("--metrics", nargs="*", default=[], help="metrics.json files of the grid")
+
+    sp = verb("figure4", cmd_figure4, "Figure 4: PKS weight maps of test images from ViT checkpoints (PNG and CSV)")
+    sp.add_argument("--split", required=True, help="split.json of the run (the images come from its base task)")
+    sp.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints after the tasks to show")
+    sp.add_argument("--images", type=int, default=4, help="images to show (one per base-task class; default 4)")
+    sp.add_argument("--p", type=int, default=2, choices=(1, 2), help="norm of the CLS-to-patch distance (default 2)")
+    sp.add_argument("--out-png", required=True)
+    sp.add_argument("--out-csv", required=True)
+
+    sp = verb("verify", cmd_verify, "recompute every number in results/ and fail at the first mismatch")
+    sp.add_argument("--root", default=".", help="project folder holding results/ (default .)")
+
+    sp = verb("costs", cmd_costs, "wall time and peak memory per setting and method from benchmarks/ (not results/)")
+    sp.add_argument("--root", default=".", help="project folder holding benchmarks/ (default .)")
 
     sp = verb("bench", cmd_bench, "time one training step of a method against its backbone floor")
     sp.add_argument("--method", default="ours")

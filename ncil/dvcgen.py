@@ -31,7 +31,22 @@ def stages(params: dict, params_file: str = "params.yaml", wdir: str | None = No
     return out
 
 
+def plots(params: dict, params_file: str = "params.yaml") -> list[dict]:
+    """Top-level DVC plots: Figure 3's accuracy curves (`dvc plots show`), one plot per setting."""
+    out = []
+    for step in steps(params, params_file):
+        for csv, columns, title in step.plots:
+            name = csv.rsplit("/", 1)[-1].removesuffix(".csv")
+            out.append({name: {"x": "task", "y": {csv: list(columns)}, "title": title,
+                               "x_label": "task (base task = 1)", "y_label": "top-1 accuracy (%)"}})
+    return out
+
+
 def render_dvc_yaml(params: dict, params_file: str = "params.yaml", wdir: str | None = None) -> str:
     import yaml
 
-    return HEADER + yaml.safe_dump({"stages": stages(params, params_file, wdir)}, sort_keys=False, width=10_000)
+    doc = {"stages": stages(params, params_file, wdir)}
+    figure_plots = plots(params, params_file)
+    if figure_plots and wdir is None:  # plots paths are relative to the dvc.yaml at the repository root
+        doc["plots"] = figure_plots
+    return HEADER + yaml.safe_dump(doc, sort_keys=False, width=10_000)

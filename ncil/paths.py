@@ -113,3 +113,28 @@ def grid_params(name: str) -> str:
 
 def grid_dvc_yaml(name: str) -> str:
     return f"{GRIDS_ROOT}/{name}/dvc.yaml"
+
+
+# --- The paper's tables and figures (results/tables, results/figures; git) -----------------------
+FIGURES_DIR = f"{RESULTS_ROOT}/figures"
+PAPER_TABLES = ("table1", "table2", "table3", "table5")
+
+
+def paper_table_files(table: str) -> tuple[str, str]:
+    """Markdown and CSV of one of the paper's tables (every data set of the grid and of the paper)."""
+    return (f"{TABLES_DIR}/{table}.md", f"{TABLES_DIR}/{table}.csv")
+
+
+def curve_figure_files(dataset: str, setting: str) -> tuple[str, str]:
+    """Figure 3 (accuracy per task, all methods) of one setting: PNG and the plotted data as CSV."""
+    return (f"{FIGURES_DIR}/fig3_{dataset}_{setting}.png", f"{FIGURES_DIR}/fig3_{dataset}_{setting}.csv")
+
+
+def weight_map_files(dataset: str) -> tuple[str, str]:
+    """Figure 4 (PKS weight maps): PNG and the per-patch weights as CSV."""
+    return (f"{FIGURES_DIR}/fig4_{dataset}.png", f"{FIGURES_DIR}/fig4_{dataset}.csv")
+
+
+def cost_table_file(dataset: str) -> str:
+    """Wall time and peak memory per setting and method (Markdown; CSV beside): local, not verified."""
+    return f"{BENCH_ROOT}/costs_{dataset}.md"

@@ -11,6 +11,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from ncil import grid, paths
+from ncil.provenance import setting_label
 
 CODE_DEP = "ncil"  # the package: any code change invalidates the steps that run it
 RUN_KEYS = ["preset", "order_seed", "dataset", "model", "train", "runtime.threads"]
@@ -33,7 +34,7 @@ def run_keys(params: dict) -> list[str]:
 @dataclass(frozen=True)
 class Step:
     name: str  # unique, DVC-safe stage name
-    kind: str  # prepare | split | train | evaluate | summarize | tables
+    kind: str  # prepare | split | train | evaluate | summarize | tables | paper_tables | figures | figure4
     cmd: tuple[str, ...]  # argv after `python -m ncil`
     deps: dict[str, str]  # named inputs (data/artifacts)
     outs: dict[str, str]  # named outputs
@@ -43,6 +44,7 @@ class Step:
     cached: bool = True  # DVC cache (False: small result files committed to git)
     metric: bool = False  # a DVC metrics file
     out_dirs: tuple[str, ...] = field(default=())  # outputs that are directories
+    plots: tuple[tuple[str, tuple[str, ...], str], ...] = ()  # DVC plots: (csv, y columns, title)
 
     @property
     def shell(self) -> str:
@@ -135,6 +137,54 @@ def steps(params: dict, params_file: str = "params.yaml") -> list[Step]:
         params=("preset", "order_seed", "seeds"), log=paths.log_file("tables", dataset),
         benchmark=paths.benchmark_file("tables", dataset), cached=False,
     ))
+    out.extend(report_steps(params, p, metrics_files))
+    return out
+
+
+def report_steps(params: dict, p: list[str], metrics_files: list[str]) -> list[Step]:
+    """The paper's tables, Figure 3 of every setting and, when the grid has a PKS method on the ViT,
+    Figure 4 from its seed's checkpoints of the longest setting (the paper shows the tasks 1, 3, 5, ...)."""
+    dataset = params["dataset"]["name"]
+    deps = {f"metrics{i}": m for i, m in enumerate(metrics_files)}
+    table_outs = {}
+    for table in paths.PAPER_TABLES:
+        table_outs[f"{table}_md"], table_outs[f"{table}_csv"] = paths.paper_table_files(table)
+    out = [Step(
+        name=stage_name("paper_tables", dataset), kind="paper_tables",
+        cmd=("paper-tables", *p, "--metrics", *metrics_files, "--log", paths.log_file("tables", "paper")),
+        deps=deps, outs=table_outs, params=("preset", "order_seed", "seeds"),
+        log=paths.log_file("tables", "paper"), benchmark=paths.benchmark_file("tables", "paper"), cached=False,
+    )]
+    figure_outs, plots, runs = {}, [], grid.runs(params)
+    for setting in dict.fromkeys(r.setting for r in runs):
+        png, csv = paths.curve_figure_files(dataset, setting)
+        figure_outs[f"{setting}_png"], figure_outs[f"{setting}_csv"] = png, csv
+        run = next(r for r in runs if r.setting == setting)
+        label = setting_label(run.initial, run.increment, run.n_tasks)
+        plots.append((csv, tuple(params["method"]), f"{dataset} {label}: accuracy after each task (Acc_k, %)"))
+    out.append(Step(
+        name=stage_name("figures", dataset), kind="figures",
+        cmd=("figures", *p, "--metrics", *metrics_files, "--log", paths.log_file("figures", dataset)),
+        deps=deps, outs=figure_outs, params=("preset", "order_seed", "seeds"), log=paths.log_file("figures", dataset),
+        benchmark=paths.benchmark_file("figures", dataset), cached=False, plots=tuple(plots),
+    ))
+    pks = [m for m, spec in params["method"].items() if spec.get("pks", 0) and spec.get("backbone", "vit") == "vit"]
+    if pks:
+        method = "ours" if "ours" in pks else pks[0]
+        run = max((r for r in runs if r.method == method and r.seed == params["seeds"][0]), key=lambda r: r.n_tasks)
+        checkpoints = [run.checkpoint(t) for t in range(1, run.n_tasks, 2)][:5]
+        png, csv = paths.weight_map_files(dataset)
+        log = paths.log_file("figures", f"{dataset}_pks")
+        out.append(Step(
+            name=stage_name("figure4", dataset), kind="figure4",
+            cmd=("figure4", *p, "--split", run.split_file, "--checkpoints", *checkpoints,
+                 "--p", str(params["method"][method].get("pks_p", 2)), "--out-png", png, "--out-csv", csv,
+                 "--log", log),
+            deps={"manifest": paths.data_manifest(dataset), "split": run.split_file,
+                  **{f"checkpoint{i}": c for i, c in enumerate(checkpoints)}},
+            outs={"png": png, "csv": csv}, params=("dataset", "model", f"method.{method}"), log=log,
+            benchmark=paths.benchmark_file("figures", f"{dataset}_pks"), cached=False,
+        ))
     return out
 
 

@@ -41,6 +41,7 @@ RUNS = grid.runs(config)
 TABLES = list(paths.table_files(DATASET))
 METRICS = [run.metrics_file for run in RUNS]
 CHECKPOINTS = [s.outs["checkpoint"] for s in STEPS if s.kind == "train"]
+REPORT = [f for s in STEPS if s.kind in ("paper_tables", "figures", "figure4") for f in s.outs.values()]
 
 
 wildcard_constraints:

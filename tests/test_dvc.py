@@ -58,7 +58,7 @@ def test_dvc_and_snakemake_agree_on_the_default_grid(tmp_path):
     summary = run([sys.executable, "-m", "snakemake", "--summary"], project).stdout.splitlines()
     snakemake_outs = {line.split("\t")[0] for line in summary[1:] if line.strip()}
     assert dvc_outs == snakemake_outs
-    assert len(dvc_outs) == 7 + 4 + 54 * 2 + 12 * 2 + 2
+    assert len(dvc_outs) == 7 + 4 + 54 * 2 + 12 * 2 + 2 + 8 + 2 * 2  # ... + paper tables (md, csv) + Figure 3 (png, csv) per setting
 
 
 @pytest.mark.slow

@@ -50,6 +50,7 @@ def test_default_grid_job_graph(tmp_path):
     assert counts["train"] == 6 + 2 * 3 * (3 + 5)
     assert counts["evaluate"] == counts["summarize"] == 12
     assert counts["split"] == 4 and counts["prepare"] == 1 and counts["results_table"] == 1
+    assert counts["paper_tables"] == counts["figures"] == 1 and "figure4" not in counts  # no PKS method
     assert "runs/digits/base4/plain/seed1/task_0/model.pt" in proc.stdout
 
 
@@ -140,8 +141,9 @@ def test_parameter_change_reruns_only_its_dependents(reference_run, tmp_path):
     (project / "params.yaml").write_text(params.replace("train_on: seen", "train_on: current"))
     proc = snakemake(project, "--dry-run")
     counts = job_counts(proc.stdout)
-    # Only joint's three incremental tasks, its evaluation and summary, and the table.
-    assert counts == {"train": 3, "evaluate": 1, "summarize": 1, "results_table": 1, "all": 1, "total": 7}
+    # Only joint's three incremental tasks, its evaluation and summary, and the tables and figures.
+    assert counts == {"train": 3, "evaluate": 1, "summarize": 1, "results_table": 1, "paper_tables": 1,
+                      "figures": 1, "all": 1, "total": 9}
     outputs = [line for line in proc.stdout.splitlines() if line.strip().startswith("output:")]
-    assert len(outputs) == 6
+    assert len(outputs) == 8
     assert not [line for line in outputs if "finetune" in line or "base4/plain" in line]

@@ -1,0 +1,302 @@
+"""``python -m ncil verify``: recompute every reported number and stop at the first that differs.
+
+Chain checked, each link from the one before (issue 4, item 5):
+
+1. per-task evaluation tables (``eval/task_<t>.parquet``) -> each ``metrics.json``: accuracy matrix,
+   test counts, Acc_k curve, Avg, Last, F_T, and the run's identity (data set, setting, method, seed);
+2. ``metrics.json`` files of the grid -> ``results/tables/*`` (the per-data-set overview and the paper's
+   Tables 1, 2, 3, 5, Markdown and CSV) and ``results/figures/fig3_*`` (Figure 3's data as CSV, and the
+   PNG, which must be the byte-identical rendering of that data);
+3. cross-check that does not reuse the table code: each Figure 3 curve's mean and last point equal
+   the Avg and Last of Table 1's CSV (method-spec 7.6);
+4. the README's copy of the digits Table 1 (between ``<!-- table1:<dataset> -->`` markers), if present.
+
+A mismatch names the file, the row, the column, the expected and the found value.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io as stdio
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ncil import figures, grid, io, metrics, paths, report, tables
+from ncil.provenance import setting_label
+
+REL_TOL = 1e-9  # metrics.json holds full floats computed by the same arithmetic
+CSV_TOL = 2e-4  # the figure / table CSVs round to 4 decimals
+
+
+class Mismatch(Exception):
+    """A reported number differs from its recomputation."""
+
+    def __init__(self, file, row, column, expected, found):
+        self.file, self.row, self.column, self.expected, self.found = str(file), row, column, expected, found
+        super().__init__(f"{file}: row {row}, column {column}: expected {expected!r}, found {found!r}")
+
+
+def _same(expected, found, tol: float) -> bool:
+    if isinstance(expected, (int, float)) and isinstance(found, (int, float)) and not isinstance(found, bool):
+        e, f = float(expected), float(found)
+        if math.isnan(e) or math.isnan(f):
+            return math.isnan(e) and math.isnan(f)
+        return math.isclose(e, f, rel_tol=tol, abs_tol=tol)
+    return expected == found
+
+
+def _num_or_nan(v):
+    return float("nan") if v is None else v
+
+
+# --- 1. metrics.json from the evaluation tables --------------------------------------------------
+
+
+def check_metrics(file: str, stored: dict, evaluations: list[dict], identity: dict, label: str,
+                  classes_per_task: list[int] | None = None) -> None:
+    """Compare one metrics.json with the numbers recomputed from its per-task evaluations (pure).
+    The named variants (``variants``) are checked when the file has them."""
+    acc, counts = metrics.accuracy_matrix(evaluations)
+    summary = metrics.summarize(acc, counts)
+    if "variants" in stored:
+        for key, value in metrics.variants(acc, counts, classes_per_task).items():
+            found = _num_or_nan(stored["variants"].get(key, "missing"))
+            if not _same(value, found, REL_TOL):
+                raise Mismatch(file, "variants", key, value, found)
+    for key in ("run", "provenance", "acc_matrix", "test_counts", *tables.COLUMNS, "accuracy_per_step"):
+        if key not in stored:
+            raise Mismatch(file, "(top level)", key, "present", "missing")
+    for key, value in {**identity, "label": label}.items():
+        if stored["run"].get(key) != value:
+            raise Mismatch(file, "run", key, value, stored["run"].get(key))
+    if stored["provenance"].get("metric_convention") != metrics.CONVENTION:
+        raise Mismatch(file, "provenance", "metric_convention", metrics.CONVENTION,
+                       stored["provenance"].get("metric_convention"))
+    if len(stored["acc_matrix"]) != len(acc):
+        raise Mismatch(file, "acc_matrix", "(number of tasks)", len(acc), len(stored["acc_matrix"]))
+    for k, row in enumerate(acc):
+        for i, value in enumerate(row):
+            found = _num_or_nan(stored["acc_matrix"][k][i]) if i < len(stored["acc_matrix"][k]) else "missing"
+            if not _same(float(value), found, REL_TOL):
+                raise Mismatch(file, f"acc_matrix[{k}]", f"[{i}]", float(value), found)
+    for i, c in enumerate(counts):
+        found = stored["test_counts"][i] if i < len(stored["test_counts"]) else "missing"
+        if found != int(c):
+            raise Mismatch(file, "test_counts", f"[{i}]", int(c), found)
+    for k, value in enumerate(summary["accuracy_per_step"]):
+        found = stored["accuracy_per_step"][k] if k < len(stored["accuracy_per_step"]) else "missing"
+        if not _same(value, found, REL_TOL):
+            raise Mismatch(file, "accuracy_per_step", f"[{k}]", value, found)
+    for key in tables.COLUMNS:
+        if not _same(summary[key], _num_or_nan(stored[key]), REL_TOL):
+            raise Mismatch(file, "(top level)", key, summary[key], stored[key])
+
+
+# --- 2. text outputs ------------------------------------------------------------------------------
+
+
+def compare_csv(file: str, expected: str, found: str, tol: float = CSV_TOL) -> None:
+    """Cell-by-cell comparison; numbers within ``tol``. Rows are numbered from 1 after the header."""
+    exp_rows = list(csv.reader(stdio.StringIO(expected)))
+    got_rows = list(csv.reader(stdio.StringIO(found)))
+    header = exp_rows[0] if exp_rows else []
+    if not got_rows or got_rows[0] != header:
+        raise Mismatch(file, 0, "(header)", ",".join(header), ",".join(got_rows[0]) if got_rows else "empty file")
+    for r in range(1, max(len(exp_rows), len(got_rows))):
+        if r >= len(got_rows):
+            raise Mismatch(file, r, "(whole row)", ",".join(exp_rows[r]), "missing")
+        if r >= len(exp_rows):
+            raise Mismatch(file, r, "(whole row)", "no such row", ",".join(got_rows[r]))
+        for c, name in enumerate(header):
+            e = exp_rows[r][c]
+            g = got_rows[r][c] if c < len(got_rows[r]) else "missing"
+            if e == g:
+                continue
+            try:
+                if math.isclose(float(e), float(g), rel_tol=0, abs_tol=tol):
+                    continue
+            except ValueError:
+                pass
+            raise Mismatch(file, f"{r} ({_row_key(header, exp_rows[r])})", name, e, g)
+
+
+def _row_key(header: list[str], row: list[str]) -> str:
+    keys = [k for k in ("table", "dataset", "setting", "row", "metric", "task", "label", "method", "map", "sample", "patch")
+            if k in header]
+    return " ".join(row[header.index(k)] for k in keys if header.index(k) < len(row))
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def compare_markdown(file: str, expected: str, found: str) -> None:
+    """Line-by-line comparison; a differing table line is reported by its first cell and column header."""
+    exp_lines, got_lines = expected.splitlines(), found.splitlines()
+    header: list[str] = []
+    for n in range(max(len(exp_lines), len(got_lines))):
+        e = exp_lines[n] if n < len(exp_lines) else "(end of file)"
+        g = got_lines[n] if n < len(got_lines) else "(end of file)"
+        if e.startswith("| ") and n + 1 < len(exp_lines) and exp_lines[n + 1].startswith("|---"):
+            header = _cells(e)
+        if e == g:
+            continue
+        if e.startswith("|") and g.startswith("|"):
+            ec, gc = _cells(e), _cells(g)
+            for c in range(max(len(ec), len(gc))):
+                ev, gv = (ec[c] if c < len(ec) else "missing"), (gc[c] if c < len(gc) else "missing")
+                if ev != gv:
+                    column = header[c] if c < len(header) else f"cell {c + 1}"
+                    raise Mismatch(file, f"line {n + 1} ({ec[0]})", column, ev, gv)
+        raise Mismatch(file, f"line {n + 1}", "(text)", e, g)
+
+
+# --- 3. cross-check of Figure 3 against Table 1 -------------------------------------------------
+
+
+def check_curves_against_table1(curve_file: str, curve_csv: str, table1_csv: str, dataset: str, label: str) -> None:
+    """Mean of each plotted curve = Table 1 Avg, last point = Table 1 Last (method-spec 7.6)."""
+    rows = list(csv.DictReader(stdio.StringIO(curve_csv)))
+    t1 = {(r["dataset"], r["setting"], r["method"], r["metric"]): r for r in csv.DictReader(stdio.StringIO(table1_csv))}
+    methods = [k for k in (rows[0] if rows else {}) if k != "task" and not k.endswith(("_std", "_n"))]
+    for m in methods:
+        if not all(r[m] for r in rows):
+            continue  # no results for this method yet (empty column)
+        curve = np.array([float(r[m]) for r in rows])
+        for metric, value in (("avg_accuracy", curve.mean()), ("last_accuracy", curve[-1])):
+            cell = t1.get((dataset, label, m, metric))
+            if cell is None or not cell["mean"]:
+                continue  # a method shown in no Table 1 row (the curve itself was checked against metrics)
+            if not math.isclose(float(cell["mean"]), value, abs_tol=1e-3):
+                raise Mismatch(curve_file, f"curve {m}", "mean over tasks" if metric == "avg_accuracy" else "last task",
+                               f"{float(cell['mean']):.4f} (table1.csv)", f"{value:.4f}")
+
+
+def check_png(root: Path, png: str, expected: bytes) -> None:
+    """A figure must be the byte-identical rendering of its recomputed data (deterministic PNG)."""
+    path = root / png
+    if not path.is_file():
+        raise Mismatch(png, "-", "(image)", "the figure", "missing file")
+    found = path.read_bytes()
+    if found != expected:
+        raise Mismatch(png, "-", "(image bytes, sha256)", hashlib.sha256(expected).hexdigest()[:16],
+                       hashlib.sha256(found).hexdigest()[:16])
+
+
+# --- Orchestration ---------------------------------------------------------------------------------
+
+
+def _read_text(path: Path, what: str) -> str:
+    if not path.is_file():
+        raise Mismatch(path, "-", "-", f"a {what}", "missing file")
+    return path.read_text(encoding="utf-8")
+
+
+def verify(root: str | Path, params: dict, log=print) -> dict:
+    """Run every check under ``root`` for the grid of ``params``; raise ``Mismatch`` at the first difference.
+    Returns counts of what was checked."""
+    root = Path(root)
+    checked = {"metrics": 0, "tables": 0, "figures": 0, "readme": 0}
+    loaded = []
+    for run in grid.runs(params):
+        mfile = root / run.metrics_file
+        if not mfile.is_file():
+            continue  # not run yet: the tables say so, and step 2 checks that they do
+        stored = io.read_json(mfile, "metrics file")
+        split = io.read_json(root / run.split_file, "split file")
+        evaluations = []
+        for t in range(run.n_tasks):
+            ev = io.read_predictions(root / run.eval_file(t))
+            if ev["task"] != t:
+                raise Mismatch(root / run.eval_file(t), "(schema metadata)", "ncil.task", t, ev["task"])
+            evaluations.append(ev)
+        identity = {"dataset": run.dataset, "setting": run.setting, "method": run.method, "seed": run.seed}
+        label = setting_label(split["initial_increment"], split["increment"], len(split["tasks"]))
+        check_metrics(run.metrics_file, stored, evaluations, identity, label, [len(t) for t in split["tasks"]])
+        loaded.append(stored)
+        checked["metrics"] += 1
+    log(f"verify: {checked['metrics']} metrics.json files match their evaluation tables")
+
+    expected: dict[str, str] = {}
+    for dataset in report.grid_settings(params):
+        rows = tables.aggregate([m for m in loaded if m["run"]["dataset"] == dataset])
+        md, csv_path = paths.table_files(dataset)
+        expected[md] = tables.to_markdown(rows, dataset, report.default_context(params))
+        expected[csv_path] = tables.to_csv(rows)
+    expected.update(report.table_texts(params, loaded))
+    figure_csvs = report.curve_csv_texts(params, loaded)
+    for path, text in {**expected, **figure_csvs}.items():
+        found = _read_text(root / path, "results file")
+        (compare_csv if path.endswith(".csv") else compare_markdown)(path, text, found)
+        checked["figures" if path in figure_csvs else "tables"] += 1
+    for png, (title, table) in report.curve_tables(params, loaded).items():
+        check_png(root, png, figures.png_bytes(figures.draw_curves(table, title)))
+    t1_csv = (root / paths.paper_table_files("table1")[1]).read_text(encoding="utf-8")
+    for dataset, setting, label in report.grid_curves(params):
+        curve = paths.curve_figure_files(dataset, setting)[1]
+        check_curves_against_table1(curve, (root / curve).read_text(encoding="utf-8"), t1_csv, dataset, label)
+    log(f"verify: {checked['tables']} table files, {checked['figures']} figure data files and their PNGs match the metrics")
+
+    checked["figure4"] = check_figure4(root, params, log)
+
+    readme = root / "README.md"
+    if readme.is_file():
+        checked["readme"] = check_readme(readme, expected)
+        log(f"verify: {checked['readme']} table copies in README.md match results/tables")
+    return checked
+
+
+def check_figure4(root: Path, params: dict, log) -> int:
+    """Figure 4 (when the grid has it): recompute the weight maps from the checkpoints, if they are here
+    (they are DVC-cached: `dvc pull`); otherwise say that it was not checked."""
+    from ncil.__main__ import build_parser
+    from ncil.config import parse_params
+    from ncil.data.arrays import load_split
+    from ncil.workflow import steps
+
+    step = next((s for s in steps(params) if s.kind == "figure4"), None)
+    if step is None:
+        return 0
+    args = build_parser().parse_args(list(step.cmd))
+    missing = [c for c in args.checkpoints if not (root / c).is_file()]
+    if missing or not (root / paths.data_manifest(params["dataset"]["name"])).is_file():
+        log(f"verify: Figure 4 not checked: {missing[0] if missing else 'the data set'} is not here (dvc pull)")
+        return 0
+    p = parse_params(params)
+    split = io.read_json(root / args.split, "split file")
+    test = load_split(p.dataset.name, "test", root=str(root))
+    checkpoints = [(c, io.load_checkpoint(root / c)) for c in args.checkpoints]
+    csv_text, png = figures.weight_map_figure(p, split["tasks"], test, checkpoints, args.images, args.p)
+    compare_csv(args.out_csv, csv_text, _read_text(root / args.out_csv, "Figure 4 data"))
+    check_png(root, args.out_png, png)
+    log("verify: Figure 4's weight maps match their checkpoints")
+    return 1
+
+
+README_BLOCK = re.compile(r"<!-- (table\d):([A-Za-z0-9_-]+) -->\n(.*?)<!-- /\1:\2 -->", re.S)
+
+
+def readme_section(table_markdown: str, dataset: str) -> str:
+    """The Markdown table of ``dataset`` inside a paper table (what the README shows)."""
+    lines, out, inside = table_markdown.splitlines(), [], False
+    for line in lines:
+        if line.startswith("## "):
+            inside = line[3:].startswith(dataset) or f"(`{dataset}`)" in line
+            continue
+        if inside and line.startswith("|"):
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def check_readme(readme: Path, expected: dict[str, str]) -> int:
+    n = 0
+    for match in README_BLOCK.finditer(readme.read_text(encoding="utf-8")):
+        table, dataset, body = match.groups()
+        want = readme_section(expected[paths.paper_table_files(table)[0]], dataset)
+        compare_markdown(f"{readme.name} ({table}:{dataset})", want, body)
+        n += 1
+    return n

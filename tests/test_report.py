@@ -1,0 +1,130 @@
+"""Seed aggregation, the paper's tables and Figure 3's data (pure functions; hand-computed numbers)."""
+
+import csv
+import io
+
+import numpy as np
+import pytest
+
+from ncil import figures, paper_values, tables
+
+
+def fake_metrics(dataset, setting, label, method, seed, curve, forgetting=10.0):
+    return {
+        "run": {"dataset": dataset, "setting": setting, "label": label, "method": method, "seed": seed},
+        "provenance": {"preset": "paper", "metric_convention": "paper", "order_seed": 1993, "seed": seed},
+        "avg_accuracy": float(np.mean(curve)), "last_accuracy": float(curve[-1]), "avg_forgetting": forgetting,
+        "accuracy_per_step": list(map(float, curve)),
+    }
+
+
+CONTEXT = {"preset": "paper", "convention": "paper", "order_seed": 1993, "seeds": [1, 2]}
+
+
+def test_aggregate_mean_std_n_per_dataset_setting_method():
+    ms = [fake_metrics("digits", "s", "4+2x3", "ours", 2, [90, 64]),
+          fake_metrics("digits", "s", "4+2x3", "ours", 1, [80, 60]),
+          fake_metrics("cifar100", "s", "4+2x3", "ours", 1, [70, 50])]
+    rows = tables.aggregate(ms)
+    assert [(r["dataset"], r["n"], r["seeds"]) for r in rows] == [("digits", 2, [1, 2]), ("cifar100", 1, [1])]
+    assert rows[0]["last_accuracy_mean"] == 62.0
+    assert rows[0]["last_accuracy_std"] == pytest.approx(2 * np.sqrt(2))  # sample std of 60, 64
+    assert rows[0]["curve_mean"] == [85.0, 62.0]
+    assert rows[1]["last_accuracy_std"] == 0.0  # one seed
+    with pytest.raises(ValueError, match="seed listed twice"):
+        tables.aggregate(ms + [ms[0]])
+
+
+def _csv(text):
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_paper_table_places_ours_beside_the_paper_with_the_difference():
+    ms = [fake_metrics("cifar100", "b50_inc10", "50+10x5", "ours", s, [70, v]) for s, v in ((1, 58.0), (2, 60.0))]
+    out = tables.paper_tables(tables.aggregate(ms), {"cifar100": ["50+10x5"]}, CONTEXT)
+    md, text = out["table3"]
+    rows = _csv(text)
+    full = next(r for r in rows if r["row"] == "Full" and r["setting"] == "50+10x5")
+    assert (full["paper"], full["mean"], full["n"], full["diff"]) == ("59.0200", "59.0000", "2", "-0.0200")
+    assert "| Full (`ours`) | 59.02 | 59.00 ± 1.41 (2) | -0.02 |" in md
+    pks = next(r for r in rows if r["row"] == "+ PKS" and r["setting"] == "50+5x10")
+    assert pks["status"] == "not run" and pks["mean"] == "" and pks["paper"] == "56.8200"
+    # The table names the preset, the convention, the class-order seed and the seeds.
+    assert "Preset `paper`" in md and "class-order seed 1993" in md and "[1, 2]" in md
+
+
+def test_tables_work_with_no_results_and_our_dataset_shows_the_grid_settings():
+    out = tables.paper_tables([], {"digits": ["4+2x3", "5+1x5"]}, CONTEXT)
+    md, text = out["table1"]
+    rows = _csv(text)
+    digits = [r for r in rows if r["dataset"] == "digits"]
+    assert {r["setting"] for r in digits} == {"4+2x3", "5+1x5"}
+    assert {r["status"] for r in digits} == {"not run"}
+    assert "| Ours (`ours`) | not run | not run | not run | not run |" in md
+    assert "| SSRE | 65.88 | - | - |" in md  # a paper row with no implementation here
+    # Every paper value of Table 1 is in the CSV (12 rows x 7 columns x Avg/Last, minus 4 unreported).
+    paper = [r for r in rows if r["dataset"] != "digits" and r["paper"]]
+    assert len(paper) == 12 * 7 * 2 - 4
+    assert set(out) == {"table1", "table2", "table3", "table5"}
+    t5 = _csv(out["table5"][1])
+    assert {r["method"] for r in t5} == {"ours_w_uniform", "ours_w_direct", "ours"}
+
+
+def test_paper_values_match_method_spec_section_7():
+    v = {(r["table"], r["row"], r["dataset"], r["setting"]): r for r in paper_values.reported()}
+    assert v[("table1", "Ours", "cifar100", "50+5x10")]["avg_accuracy"] == 70.13
+    assert v[("table1", "Ours", "imagenet_subset", "50+5x10")]["last_accuracy"] == 61.42
+    assert v[("table2", "Ours", "imagenet_subset", "50+5x10")]["avg_forgetting"] == 18.39
+    assert v[("table3", "+ PR", "cifar100", "40+3x20")]["last_accuracy"] == 51.51
+    assert v[("table5", "W_i = 1 (uniform patch KD)", "cifar100", "50+10x5")]["last_accuracy"] == 56.18
+    # Full (Table 3) = Eq. 2 row (Table 5) = Ours Last (Table 1): one model, three tables.
+    for s in ("50+10x5", "50+5x10", "40+3x20"):
+        assert (v[("table3", "Full", "cifar100", s)]["last_accuracy"] == v[("table5", "Eq. 2 (inverse distance, ours)",
+                "cifar100", s)]["last_accuracy"] == v[("table1", "Ours", "cifar100", s)]["last_accuracy"])
+    assert paper_values.canonical_dataset("ImageNet-100") == "imagenet_subset"
+    assert paper_values.canonical_dataset("tiny-imagenet") == "tinyimagenet"
+
+
+def test_curve_table_mean_is_avg_and_last_point_is_last():
+    ms = [fake_metrics("digits", "s", "4+2x3", m, seed, c) for m, seed, c in
+          (("joint", 1, [90, 80, 70]), ("joint", 2, [92, 82, 74]), ("ours", 1, [90, 50, 40]))]
+    rows = tables.aggregate(ms)
+    table = figures.curve_table(rows, "digits", "s", ["ours", "joint", "lwf"])
+    assert figures.curve_methods(table) == ["ours", "joint"]  # grid order; lwf has no results
+    assert [r["task"] for r in table] == [1, 2, 3]
+    joint = next(r for r in rows if r["method"] == "joint")
+    assert np.mean([r["joint"] for r in table]) == pytest.approx(joint["avg_accuracy_mean"])
+    assert table[-1]["joint"] == joint["last_accuracy_mean"] == 72.0
+    assert table[0]["joint_std"] == pytest.approx(np.sqrt(2)) and table[0]["joint_n"] == 2
+    # Every grid method has its columns (empty without results), so the CSV's shape follows the grid.
+    assert figures.curve_methods(table, with_data=False) == ["ours", "joint", "lwf"]
+    assert figures.table_to_csv(table).splitlines()[1] == "1,90.0000,0.0000,1,91.0000,1.4142,2,,,0"
+    assert len(figures.curve_table([], "digits", "s", ["ours"], n_tasks=4)) == 4
+
+
+def test_png_is_deterministic_and_carries_no_software_or_date():
+    table = [{"task": 1, "ours": 90.0, "ours_std": 1.0, "ours_n": 3}, {"task": 2, "ours": 60.0, "ours_std": 2.0, "ours_n": 3}]
+    a = figures.png_bytes(figures.draw_curves(table, "t"))
+    b = figures.png_bytes(figures.draw_curves(table, "t"))
+    assert a == b and a.startswith(b"\x89PNG")
+    assert b"Software" not in a and b"matplotlib" not in a.lower()
+    weights = {"uniform": np.ones((2, 16)), "after task 2": np.linspace(0.1, 1, 32).reshape(2, 16)}
+    png = figures.png_bytes(figures.draw_weight_maps(np.zeros((2, 8, 8, 1), np.uint8), weights, "w"))
+    assert png == figures.png_bytes(figures.draw_weight_maps(np.zeros((2, 8, 8, 1), np.uint8), weights, "w"))
+    data = figures.weight_map_table(weights, [5, 9])
+    assert len(data) == 2 * 2 * 16 and data[0] == {"map": "uniform", "sample": 5, "patch": 0, "weight": 1.0}
+
+
+def test_cost_rows_sum_tasks_average_seeds_and_take_the_peak():
+    from ncil import costs
+
+    bench = "s\th:m:s\tmax_rss\tmax_vms\n12.5\t0:00:12\t900.0\t2000\n"
+    assert costs.read_benchmark(bench, "x.tsv") == {"s": 12.5, "max_rss": 900.0}
+    with pytest.raises(ValueError, match="x.tsv"):
+        costs.read_benchmark("a\tb\n1\t2\n", "x.tsv")
+    recs = [{"label": "4+2x3", "method": "ours", "seed": s, "task": t, "s": v, "max_rss": m}
+            for s, t, v, m in ((1, 0, 10.0, 500.0), (1, 1, 5.0, 700.0), (2, 0, 12.0, 400.0), (2, 1, 7.0, 650.0))]
+    (row,) = costs.cost_rows(recs)
+    assert row["train_s_per_run"] == 17.0 and row["slowest_task_s"] == 12.0 and row["peak_rss_mb"] == 700.0
+    assert row["seeds"] == 2 and row["tasks"] == 4
+    assert "| 4+2x3 | ours | 2 | 4 | 17.0 | 12.0 | 700 |" in costs.to_markdown([row], "digits")
