@@ -45,9 +45,11 @@ check-reproduction: $(BIN)/.installed
 	if [ -n "$$changed" ]; then echo "not reproduced:"; echo "$$changed"; git diff --stat; exit 1; fi
 	@echo "reproduced: every output hashes to the committed dvc.lock, results/ unchanged"
 
-# Record the outputs of a finished Snakemake run in dvc.lock (what `dvc repro` would write).
+# Record the outputs of a finished Snakemake run in dvc.lock (what `dvc repro` would write) and
+# copy the regenerated Table 1 into the README (verify checks the copy).
 lock: $(BIN)/.installed
-	dvc commit --force
+	dvc commit --force --quiet dvc.yaml
+	python -m ncil verify --refresh-readme
 
 clean-venv:
 	rm -rf $(VENV)

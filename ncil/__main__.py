@@ -200,7 +200,11 @@ def cmd_figure4(args) -> None:
 
 
 def cmd_verify(args) -> None:
-    from ncil.verify import Mismatch, verify
+    from ncil.verify import Mismatch, refresh_readme, verify
+
+    if args.refresh_readme:
+        changed = refresh_readme(Path(args.root) / "README.md", Path(args.root))
+        print(f"verify: README.md table blocks {'rewritten from results/tables' if changed else 'already current'}")
 
     _, raw = _params(args.params)
     try:
@@ -378,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = verb("verify", cmd_verify, "recompute every number in results/ and fail at the first mismatch")
     sp.add_argument("--root", default=".", help="project folder holding results/ (default .)")
+    sp.add_argument("--refresh-readme", action="store_true",
+                    help="first rewrite README.md's table blocks from results/tables (after a regeneration)")
 
     sp = verb("costs", cmd_costs, "wall time and peak memory per setting and method from benchmarks/ (not results/)")
     sp.add_argument("--root", default=".", help="project folder holding benchmarks/ (default .)")

@@ -292,6 +292,21 @@ def readme_section(table_markdown: str, dataset: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def refresh_readme(readme: Path, root: Path = Path(".")) -> bool:
+    """Rewrite the README's table blocks from the committed tables; True if anything changed."""
+    text = readme.read_text(encoding="utf-8")
+
+    def block(match: re.Match) -> str:
+        table, dataset, _ = match.groups()
+        markdown = (root / paths.paper_table_files(table)[0]).read_text(encoding="utf-8")
+        return f"<!-- {table}:{dataset} -->\n{readme_section(markdown, dataset)}<!-- /{table}:{dataset} -->"
+
+    new = README_BLOCK.sub(block, text)
+    if new != text:
+        io.write_text(readme, new)
+    return new != text
+
+
 def check_readme(readme: Path, expected: dict[str, str]) -> int:
     n = 0
     for match in README_BLOCK.finditer(readme.read_text(encoding="utf-8")):
