@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +44,7 @@ def test_snakemake_lint_is_clean():
 
 def test_default_grid_job_graph(tmp_path):
     project = copy_project(tmp_path / "default", tiny=False)
+    shutil.copytree(ROOT / "grids", project / "grids")  # as in a clone: the paper data sets' grids beside
     proc = snakemake(project, "--dry-run")
     counts = job_counts(proc.stdout)
     # 2 settings (4+2x3: 4 tasks, 5+1x5: 6 tasks) x 2 methods x 3 seeds; task 0 shared by both methods
