@@ -11,9 +11,10 @@ HEADER = (
 
 
 def stages(params: dict, params_file: str = "params.yaml", wdir: str | None = None) -> dict:
-    """One stage per step; ``wdir`` (e.g. ``../..``) when the dvc.yaml lives below the repository root."""
+    """One stage per step; ``wdir`` (e.g. ``../..``) when the dvc.yaml lives below the repository root,
+    which is a paper data set's grid: it has no report stages (``ncil.workflow.steps``)."""
     out = {}
-    for step in steps(params, params_file):
+    for step in steps(params, params_file, report=wdir is None):
         stage = {"cmd": step.shell, "wdir": wdir} if wdir else {"cmd": step.shell}
         stage["deps"] = [CODE_DEP, *step.deps.values()]
         stage["deps"] = list(dict.fromkeys(stage["deps"]))
@@ -46,7 +47,7 @@ def render_dvc_yaml(params: dict, params_file: str = "params.yaml", wdir: str | 
     import yaml
 
     doc = {"stages": stages(params, params_file, wdir)}
-    figure_plots = plots(params, params_file)
-    if figure_plots and wdir is None:  # plots paths are relative to the dvc.yaml at the repository root
+    figure_plots = plots(params, params_file) if wdir is None else []  # a grid below the root has no figures
+    if figure_plots:
         doc["plots"] = figure_plots
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=10_000)

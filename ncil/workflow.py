@@ -55,8 +55,13 @@ def stage_name(*parts) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", "_".join(str(p) for p in parts)).strip("_")
 
 
-def steps(params: dict, params_file: str = "params.yaml") -> list[Step]:
-    """All steps of the grid defined by ``params`` (a composed params.yaml mapping)."""
+def steps(params: dict, params_file: str = "params.yaml", report: bool = True) -> list[Step]:
+    """All steps of the grid defined by ``params`` (a composed params.yaml mapping).
+
+    ``report``: include the paper's tables and figures. They are files shared by every data set
+    (results/tables/table1.md, ...), so only the root grid (params.yaml) makes them; the paper data
+    sets' grids (grids/<name>/params.yaml) stop at their own results table.
+    """
     dataset = params["dataset"]["name"]
     p = ["--params", params_file]
     out: list[Step] = []
@@ -137,7 +142,8 @@ def steps(params: dict, params_file: str = "params.yaml") -> list[Step]:
         params=("preset", "order_seed", "seeds"), log=paths.log_file("tables", dataset),
         benchmark=paths.benchmark_file("tables", dataset), cached=False,
     ))
-    out.extend(report_steps(params, p, metrics_files))
+    if report:
+        out.extend(report_steps(params, p, metrics_files))
     return out
 
 

@@ -33,9 +33,7 @@ STEPS = steps(config, PARAMS_FILE)
 STEP_CONFIG = {id(step): config for step in STEPS}
 REPORT_KINDS = ("paper_tables", "figures", "figure4")
 for _grid_file, _grid_config in GRIDS.values():
-    for _step in steps(_grid_config, _grid_file):
-        if _step.kind in REPORT_KINDS:  # the paper's tables and figures come from params.yaml's grid only
-            continue
+    for _step in steps(_grid_config, _grid_file, report=False):  # the paper's tables: params.yaml's grid only
         STEPS.append(_step)
         STEP_CONFIG[id(_step)] = _grid_config
 STEP_BY_OUTPUT = {out: step for step in STEPS for out in step.outs.values()}
