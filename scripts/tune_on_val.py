@@ -1,0 +1,100 @@
+"""Tune a method's settings on the validation split (never the test split), in one process.
+
+Trains every task of one setting for the given seeds with the configuration composed from ``conf/``
+plus Hydra overrides, evaluates each task's model on the *validation* images of the classes seen so
+far, and prints Avg / Last / forgetting (the paper's definitions, ``ncil.metrics``) and the diagonal
+a[k, k] (is each new task learned at all?). Nothing is written under data/, runs/ or results/;
+task-0 models are cached under --cache keyed by everything that shapes them.
+
+    python scripts/tune_on_val.py --method ours --setting base4_inc2 --seeds 1 2 \
+        method.ours.feature_kd=1.0 train.epochs=30
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ncil.config import parse_params, to_dict
+from ncil.data import arrays
+from ncil.data.scenario import class_order, remap_labels, task_classes
+from ncil.evaluate import predict
+from ncil.hydra_conf import compose
+from ncil.metrics import accuracy_matrix, summarize
+from ncil.models.network import load_network
+from ncil.train import TaskJob, method_snapshot, train_task
+
+
+def evaluate_on(p, payload, data: arrays.Split, tasks, order) -> dict:
+    task = payload["task"]
+    seen = [c for t in tasks[: task + 1] for c in t]
+    rows, images, labels = arrays.select_classes(data, seen, remap_labels(order))
+    task_of = {c: t for t, classes in enumerate(tasks[: task + 1]) for c in classes}
+    net = load_network(p.model, p.dataset.channels, payload["model"], payload["backbone"])
+    x = arrays.to_tensor(images, p.dataset.mean, p.dataset.std)
+    return {"label": labels, "label_task": np.asarray([task_of[int(o)] for o in data.labels[rows]]),
+            "prediction": predict(net, x, p.train.eval_batch_size, torch.device("cpu"), payload["rotations"])}
+
+
+def run(p, method_name: str, setting: str, seed: int, split: str, cache: Path, logger) -> dict:
+    scenario = p.scenario[setting]
+    order = class_order(p.dataset.n_classes, p.order_seed)
+    tasks = task_classes(order, scenario.initial_increment, scenario.increment)
+    train, held_out = arrays.load_split(p.dataset.name, "train"), arrays.load_split(p.dataset.name, split)
+    method = p.method[method_name]
+    previous = centers = None
+    evaluations = []
+    for t in range(len(tasks)):
+        job = TaskJob(task=t, seed=seed, class_order=order, tasks=tasks,
+                      method_name=method.base_recipe if t == 0 else method_name, method=method,
+                      identity={"tuning": True, "task": t})
+        key = None
+        if t == 0:
+            shape = {"seed": seed, "tasks0": tasks[0], "model": to_dict(p.model), "train": to_dict(p.train),
+                     "dataset": to_dict(p.dataset), "recipe": method_snapshot(job), "threads": p.runtime.threads}
+            key = cache / (hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16] + ".pt")
+        if key is not None and key.exists():
+            previous, centers = torch.load(key, weights_only=False)
+        else:
+            previous, centers = train_task(p, job, train, previous, centers, logger)
+            if key is not None:
+                cache.mkdir(parents=True, exist_ok=True)
+                torch.save((previous, centers), key)
+        evaluations.append(evaluate_on(p, previous, held_out, tasks, order))
+    acc, counts = accuracy_matrix(evaluations)
+    return {**summarize(acc, counts), "diagonal": np.diag(acc).round(1).tolist(), "first_task": acc[:, 0].round(1).tolist()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--method", required=True)
+    ap.add_argument("--setting", default="base4_inc2")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1])
+    ap.add_argument("--split", default="val", choices=["val", "train"], help="never the test split")
+    ap.add_argument("--cache", default="/tmp/ncil_tune_cache")
+    ap.add_argument("override", nargs="*")
+    args = ap.parse_args()
+    p = parse_params(compose([f"method=[{args.method}]", *args.override]))
+    logger = logging.getLogger("tune")
+    logger.setLevel(logging.WARNING)
+    results = []
+    start = time.perf_counter()
+    for seed in args.seeds:
+        results.append(run(p, args.method, args.setting, seed, args.split, Path(args.cache), logger))
+    avg = np.mean([r["avg_accuracy"] for r in results])
+    last = np.mean([r["last_accuracy"] for r in results])
+    forg = np.mean([r["avg_forgetting"] for r in results])
+    print(f"{args.method} {args.setting} {' '.join(args.override)} | seeds {args.seeds} | {args.split} "
+          f"Avg {avg:.1f} Last {last:.1f} F {forg:.1f} | diag {[r['diagonal'] for r in results]} "
+          f"| task0 {[r['first_task'] for r in results]} | {time.perf_counter() - start:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
