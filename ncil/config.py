@@ -37,7 +37,7 @@ class DatasetConfig:
     jitter_contrast: float = 0.0  # ColorJitter contrast, same range rule
     jitter_saturation: float = 0.0  # ColorJitter saturation, same range rule (RGB data sets only)
     jitter_hue: float = 0.0  # ColorJitter hue: shift uniform in [-h, h] turns, h <= 0.5 (RGB data sets only)
-    random_resized_crop: bool = False  # RandomResizedCrop(image_size) instead of a padded crop (ImageNet-Subset; not yet applied by training)
+    random_resized_crop: bool = False  # RandomResizedCrop(image_size) -> flip instead of the padded crop (ImageNet-Subset)
     # --- raw inputs and prepare-time geometry (ncil/data/{cifar,tinyimagenet,imagefolder}.py; unused by digits) ---
     root: str = ""  # folder holding the raw data set (e.g. data/raw/cifar-100-python)
     download: bool = False  # CIFAR-100 only: let torchvision download into root's parent folder when absent

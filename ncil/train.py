@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ncil import runtime
+from ncil import optim, runtime
 from ncil.config import BASE_RECIPE_FIELDS, MethodConfig, Params, to_dict
 from ncil.data import arrays, augment
 from ncil.data.scenario import remap_labels
@@ -106,30 +106,34 @@ def train_task(
 
     # 2. The task's training data as uint8 on the device: images (N, C, H, W), labels (N,); each batch
     #    is augmented and normalised there (ncil.data.augment), with no per-image work on the host.
-    _, images, labels = arrays.select_classes(train_split, training_classes(job), label_map)
+    #    The new classes' images (class centers) stay uint8 too and are normalised per batch in
+    #    extract_features; when the task trains on its new classes only they are the same tensor.
+    train_classes, new_classes = training_classes(job), job.tasks[job.task]
+    _, images, labels = arrays.select_classes(train_split, train_classes, label_map)
     x_all = arrays.to_uint8_tensor(images).to(device)
+    del images  # the host copy; x_all holds the pixels from here on
     augment_spec = augment.spec_from_dataset(p.dataset)
     y_all = torch.from_numpy(labels).to(device)
-    new_classes = job.tasks[job.task]
-    _, new_images, new_labels = arrays.select_classes(train_split, new_classes, label_map)
-    x_new = arrays.to_tensor(new_images, p.dataset.mean, p.dataset.std)
+    if set(train_classes) == set(new_classes):
+        x_new, new_labels = x_all, labels  # (N, C, H, W) uint8, (N,): the same rows in the same order
+    else:
+        _, new_images, new_labels = arrays.select_classes(train_split, new_classes, label_map)
+        x_new = arrays.to_uint8_tensor(new_images)
+        del new_images
 
-    # 3. Optimiser and schedule: a fresh Adam and StepLR per task (method-spec 5.1).
-    optimizer = torch.optim.Adam(net.parameters(), lr=p.train.lr, weight_decay=p.train.weight_decay)
-    scheduler = (
-        torch.optim.lr_scheduler.StepLR(optimizer, step_size=p.train.lr_step, gamma=p.train.lr_gamma)
-        if p.train.lr_step
-        else None
-    )
+    # 3. Optimiser, schedule and epochs of this task (method-spec 5.1; 5.6 for a task 0 with its own
+    #    recipe, e.g. ImageNet-Subset's SGD base task): a fresh optimiser and scheduler per task.
+    recipe = optim.task_recipe(p.train, job.task)
+    optimizer, scheduler = optim.build_optimizer(net.parameters(), recipe)
 
     # 4. Epochs. PR's class centers mu (Eq. 4): stored ones for old classes, the model's for new ones.
     steps = -(-len(y_all) // p.train.batch_size)
-    progress = EpochProgress(logger, f"task {job.task}", p.train.epochs, steps)
+    progress = EpochProgress(logger, f"task {job.task}", recipe.epochs, steps)
     history = []
     pr_centers = None
-    for epoch in range(p.train.epochs):
+    for epoch in range(recipe.epochs):
         if old is not None and method.pr > 0 and (epoch == 0 or method.pr_centers == "epoch"):
-            features = extract_features(net, x_new, p.train.eval_batch_size, device)
+            features = extract_features(net, x_new, p.train.eval_batch_size, device, p.dataset.mean, p.dataset.std)
             pr_centers = torch.cat([old.centers, class_centers(features, torch.from_numpy(new_labels))[1].to(device)])
         net.train()
         progress.start_epoch()
@@ -148,7 +152,7 @@ def train_task(
     progress.close()
 
     # 5. Class centers and spreads of the new classes (eval mode, no augmentation), after task t-1's rows.
-    features = extract_features(net, x_new, p.train.eval_batch_size, device)
+    features = extract_features(net, x_new, p.train.eval_batch_size, device, p.dataset.mean, p.dataset.std)
     new_labels_t = torch.from_numpy(new_labels)
     class_ids, centers = class_centers(features, new_labels_t)
     spreads = [float(gaussian_radius(features[new_labels_t == c])) for c in class_ids.tolist()]
@@ -207,13 +211,22 @@ def empty_centers(dim: int) -> dict:
 
 
 @torch.no_grad()
-def extract_features(net: IncrementalNet, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """[CLS] features (N, D) in eval mode, on the CPU; leaves the network in eval mode."""
+def extract_features(net: IncrementalNet, x: torch.Tensor, batch_size: int, device: torch.device,
+                     mean=None, std=None) -> torch.Tensor:
+    """[CLS] features (N, D) in eval mode, on the CPU; leaves the network in eval mode.
+
+    ``x`` is either normalised float32 (N, C, H, W) or uint8 pixels, which are normalised with
+    ``mean`` / ``std`` one batch at a time on the device (the same float operations as
+    ``arrays.to_tensor``, so the features are bit-identical and no float copy of the set is held).
+    """
     net.eval()
     out = []
     for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size].to(device)
+        if batch.dtype == torch.uint8:
+            batch = augment.normalize(augment.to_unit(batch), mean, std)  # (b, C, H, W) float32
         with runtime.autocast(device):
-            cls, _ = net.backbone(x[start : start + batch_size].to(device))
+            cls, _ = net.backbone(batch)
         out.append(cls.float().cpu())
     return torch.cat(out) if out else torch.zeros(0, net.feature_dim)
 

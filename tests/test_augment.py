@@ -22,6 +22,9 @@ from ncil.data.augment import (
     random_crop,
     random_crop_flip,
     random_hflip,
+    random_resized_crop,
+    random_resized_crop_params,
+    resized_crop,
     spec_from_dataset,
 )
 from ncil.hydra_conf import compose
@@ -107,6 +110,111 @@ def test_digits_augmentation_is_bit_identical_to_the_previous_code():
     h = gen(7)
     torch.randint(0, 3, (300,), generator=h), torch.randint(0, 3, (300,), generator=h)
     assert torch.equal(g.get_state(), h.get_state())
+
+
+# --- random resized crop (ImageNet-Subset, method-spec 2.1) --------------------------------------
+
+def test_resized_crop_of_the_whole_image_is_the_image():
+    x = images(6, size=12).float() / 255
+    whole = torch.tensor([[0, 0, 12, 12]] * 6)
+    assert torch.equal(resized_crop(x, whole, 12), x)
+
+
+def test_resized_crop_of_a_ramp_hand_checked():
+    """Columns 0..7 hold their index; window top 1, left 2, 4 x 4 -> 8 x 8. Output column k reads window
+    position (k + 0.5) / 2 - 0.5 clamped to [0, 3], i.e. image column 2 + that: 2, 2.25, 2.75, ..., 4.75, 5."""
+    ramp = torch.arange(8, dtype=torch.float32).repeat(8, 1)  # ramp[r, c] = c
+    x = torch.stack([ramp, ramp.T]).unsqueeze(0)  # (1, 2, 8, 8): channel 1 is the row index
+    out = resized_crop(x, torch.tensor([[1, 2, 4, 4]]), 8)
+    expected = [2.0, 2.25, 2.75, 3.25, 3.75, 4.25, 4.75, 5.0]
+    assert out[0, 0].tolist() == [expected] * 8
+    assert out[0, 1, :, 0].tolist() == [e - 1 for e in expected]  # rows 1..4: 1, 1.25, ..., 4
+    # a 3-pixel-wide window shrunk to 2 columns: positions 0.25 and 1.75 of columns 5..7 -> 5.25, 6.75
+    assert resized_crop(x, torch.tensor([[0, 5, 3, 3]]), 2)[0, 0].tolist() == [[5.25, 6.75]] * 2
+
+
+def test_resized_crop_equals_interpolate_on_each_cropped_window():
+    x = images(40, size=16).float() / 255
+    windows = random_resized_crop_params(40, 16, 16, gen(12))
+    out = resized_crop(x, windows, 16)
+    for i, (t, l, h, w) in enumerate(windows.tolist()):
+        window = x[i : i + 1, :, t : t + h, l : l + w]
+        expected = F.interpolate(window, size=(16, 16), mode="bilinear", align_corners=False)
+        assert torch.allclose(out[i], expected[0], atol=1e-6)
+        assert torch.allclose(out[i], TF.resized_crop(x[i], t, l, h, w, [16, 16], antialias=True), atol=1e-6)
+
+
+def _torchvision_window(u, height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """RandomResizedCrop.get_params written per image in Python, reading its uniforms from the row ``u``."""
+    area = height * width
+    log_lo, log_hi = np.log(ratio[0]), np.log(ratio[1])
+    for k in range(10):
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[k])
+        aspect = np.exp(log_lo + (log_hi - log_lo) * u[10 + k])
+        w, h = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(u[20] * (height - h + 1)), int(u[21] * (width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def test_crop_windows_follow_torchvision_rule_and_respect_scale_and_ratio():
+    n, side = 4000, 224
+    windows = random_resized_crop_params(n, side, side, gen(3))
+    u = torch.rand(n, 22, generator=gen(3)).double().numpy()  # the same single draw
+    assert windows.tolist() == [list(_torchvision_window(row, side, side)) for row in u]
+    top, left, h, w = windows.T
+    assert bool(((top >= 0) & (left >= 0) & (top + h <= side) & (left + w <= side) & (h > 0) & (w > 0)).all())
+    # bounds up to the rounding of each side to whole pixels (+-0.5)
+    share_hi = (h + 0.5) * (w + 0.5) / side**2
+    share_lo = (h - 0.5) * (w - 0.5) / side**2
+    assert bool((share_hi >= 0.08).all()) and bool((share_lo <= 1.0).all())
+    assert bool(((w + 0.5) / (h - 0.5) >= 3 / 4).all()) and bool(((w - 0.5) / (h + 0.5) <= 4 / 3).all())
+    share = (h * w).double() / side**2
+    assert 0.075 < float(share.min()) < 0.09 and float(share.max()) > 0.95  # whole pixels: a share may round below 0.08
+    assert 0.45 < float(share.mean()) < 0.51  # 0.478: large shares at a non-square ratio do not fit, so are redrawn
+
+
+def test_crop_window_fallback_is_the_central_crop():
+    # scale > 1 makes all 10 attempts fail: square image -> whole image; 4 x 12 -> 4 x round(4 * 4/3) = 4 x 5 at left 3
+    assert random_resized_crop_params(3, 10, 10, gen(), scale=(1.5, 2.0)).tolist() == [[0, 0, 10, 10]] * 3
+    assert random_resized_crop_params(2, 4, 12, gen(), scale=(1.5, 2.0)).tolist() == [[0, 3, 4, 5]] * 2
+    assert random_resized_crop_params(1, 12, 4, gen(), scale=(1.5, 2.0)).tolist() == [[3, 0, 5, 4]]
+
+
+def test_random_resized_crop_is_deterministic_and_draws_once_per_batch():
+    x = images(16, size=24).float() / 255
+    a, b = random_resized_crop(x, 24, gen(4)), random_resized_crop(x, 24, gen(4))
+    assert torch.equal(a, b) and a.shape == (16, 3, 24, 24)
+    assert not torch.equal(a, random_resized_crop(x, 24, gen(5)))
+    g, h = gen(4), gen(4)
+    random_resized_crop(x, 24, g), torch.rand(16, 22, generator=h)
+    assert torch.equal(g.get_state(), h.get_state())
+    assert random_resized_crop(x, 10, gen(4)).shape == (16, 3, 10, 10)
+
+
+def test_imagenet_view_is_resized_crop_then_flip_then_normalise():
+    data = compose(["+experiment=imagenet_subset", "dataset.image_size=16", "model.img_size=16", "model.patch_size=4"])
+    spec = spec_from_dataset(parse_params(data).dataset)
+    assert (spec.resized_crop, spec.crop_padding, spec.hflip, spec.jitter) == (16, 0, True, False)
+    x = images(24, size=16)
+    out = augment_batch(x, spec, gen(8))
+    g = gen(8)
+    windows = random_resized_crop_params(24, 16, 16, g)
+    flip = torch.rand(24, generator=g) < 0.5
+    view = resized_crop(x.float() / 255, windows, 16)
+    view = torch.where(flip.view(-1, 1, 1, 1), view.flip(3), view)
+    mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
+    assert torch.allclose(out, (view - mean) / std, atol=1e-6) and out.dtype == torch.float32
+    assert torch.equal(augment_batch(x, spec, gen(8)), out) and 6 < int(flip.sum()) < 18
+    for config in ([], ["+experiment=cifar100"]):  # digits and CIFAR keep the padded crop
+        assert spec_from_dataset(parse_params(compose(config)).dataset).resized_crop == 0
 
 
 # --- colour --------------------------------------------------------------------------------------
@@ -212,6 +320,7 @@ def test_cifar_view_matches_a_per_image_reference():
     ("dataset", "jitter_hue", 0.6, r"dataset.jitter_hue: expected at most 0.5"),
     ("dataset", "jitter_saturation", 0.4, r"dataset.jitter_saturation: needs RGB images"),
     ("runtime", "compile", "yes", r"runtime.compile: expected true or false"),
+    ("dataset", "random_resized_crop", "yes", r"dataset.random_resized_crop: expected true or false"),
 ])
 def test_augmentation_and_compile_config_errors_name_the_key(section, key, value, message):
     data = copy.deepcopy(compose([]))

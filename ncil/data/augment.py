@@ -11,6 +11,8 @@ Normalize):
 
 * ``random_crop`` and ``random_hflip`` only move pixels, so they accept uint8 or float input and give
   the same pixels either way;
+* ``random_resized_crop`` (ImageNet-Subset: RandomResizedCrop(224) -> RandomHorizontalFlip) resamples,
+  so it works on float pixels;
 * the colour operations (``color_jitter``) work on float pixels in [0, 1], as torchvision's tensor
   functional ops do (``adjust_brightness``, ``adjust_contrast``, ``adjust_saturation``, ``adjust_hue``);
 * ``normalize`` is last.
@@ -45,6 +47,7 @@ class AugmentSpec:
     contrast: float = 0.0
     saturation: float = 0.0
     hue: float = 0.0
+    resized_crop: int = 0  # RandomResizedCrop output side in pixels, instead of the padded crop (0 = off)
 
     @property
     def jitter(self) -> bool:
@@ -57,6 +60,7 @@ def spec_from_dataset(dataset) -> AugmentSpec:
         mean=tuple(dataset.mean), std=tuple(dataset.std), crop_padding=dataset.crop_padding,
         crop_fill=dataset.crop_fill, hflip=dataset.hflip, brightness=dataset.jitter_brightness,
         contrast=dataset.jitter_contrast, saturation=dataset.jitter_saturation, hue=dataset.jitter_hue,
+        resized_crop=dataset.image_size if dataset.random_resized_crop else 0,
     )
 
 
@@ -133,6 +137,116 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) ->
     """RandomHorizontalFlip(p): mirror each image along W with probability ``p`` (one ``rand`` of B values)."""
     flip = torch.rand(x.shape[0], generator=generator, device=x.device) < p
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+RRC_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults
+RRC_RATIO = (3 / 4, 4 / 3)
+RRC_ATTEMPTS = 10
+
+
+def _central_fallback(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+    """torchvision's window when all attempts fail: the whole image, or its centre at the nearest ratio."""
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop_params(n: int, height: int, width: int, generator: torch.Generator, device=None,
+                               scale: tuple[float, float] = RRC_SCALE,
+                               ratio: tuple[float, float] = RRC_RATIO) -> torch.Tensor:
+    """Crop windows (n, 4) of int64 (top, left, height, width): ``RandomResizedCrop.get_params`` per image.
+
+    torchvision's rule, for every image at once: up to 10 attempts, each drawing an area share
+    s ~ U(scale) and a log aspect ratio ~ U(log ratio), giving w = round(sqrt(s A r)), h = round(sqrt(s A / r))
+    (A = height x width, round half to even as Python's ``round``); the first attempt with
+    0 < w <= width and 0 < h <= height wins and its offsets are uniform over the valid positions.
+    When all 10 fail the window is the central crop of ``_central_fallback``.
+    All draws are one ``rand`` call of (n, 22) values: columns 0-9 the area shares, 10-19 the log
+    ratios, 20 and 21 the top and left offsets (drawn for every image, used when an attempt succeeds).
+    The geometry is computed in float64 (torchvision's Python floats).
+    """
+    device = device if device is not None else generator.device
+    u = torch.rand(n, 2 * RRC_ATTEMPTS + 2, generator=generator, device=device).double()  # (n, 22)
+    area = float(height * width)
+    log_lo, log_hi = torch.tensor(ratio, dtype=torch.float64).log().tolist()
+    share = scale[0] + (scale[1] - scale[0]) * u[:, :RRC_ATTEMPTS]  # (n, 10)
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[:, RRC_ATTEMPTS : 2 * RRC_ATTEMPTS])  # (n, 10)
+    w = torch.round(torch.sqrt(area * share * aspect)).long()  # (n, 10)
+    h = torch.round(torch.sqrt(area * share / aspect)).long()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)  # (n, 10)
+    first = ok.long().argmax(1, keepdim=True)  # (n, 1): first successful attempt (0 when none)
+    found = ok.any(1)  # (n,)
+    fb_top, fb_left, fb_h, fb_w = _central_fallback(height, width, ratio)
+    h = torch.where(found, h.gather(1, first).squeeze(1), fb_h)  # (n,)
+    w = torch.where(found, w.gather(1, first).squeeze(1), fb_w)
+    # randint(0, height - h + 1) as floor(u * count); u < 1 keeps it below the count
+    top = torch.where(found, (u[:, -2] * (height - h + 1)).floor().long(), fb_top)
+    left = torch.where(found, (u[:, -1] * (width - w + 1)).floor().long(), fb_left)
+    return torch.stack([top, left, h, w], 1)  # (n, 4)
+
+
+def _bilinear_taps(start: torch.Tensor, length: torch.Tensor, size: int, dtype) -> tuple[torch.Tensor, ...]:
+    """Source indices and weights of ``size`` output pixels resampling the windows [start, start + length).
+
+    Half-pixel centres as ``F.interpolate(mode="bilinear", align_corners=False)`` on the cropped
+    window: output pixel k reads window position (k + 0.5) * length / size - 0.5, clamped to
+    [0, length - 1] (so the window's edge pixels are repeated, never its neighbours outside).
+    Returns (low index, high index, weight of high) each (n, size); indices are into the full image.
+    """
+    k = torch.arange(size, device=start.device, dtype=torch.float64)
+    pos = (k + 0.5) * (length.double().view(-1, 1) / size) - 0.5  # (n, size) window coordinates
+    pos = torch.minimum(pos.clamp(min=0.0), (length - 1).double().view(-1, 1))
+    low = pos.floor()
+    frac = (pos - low).to(dtype)
+    low = low.long()
+    high = torch.minimum(low + 1, (length - 1).view(-1, 1))
+    return start.view(-1, 1) + low, start.view(-1, 1) + high, frac
+
+
+def resized_crop(x: torch.Tensor, windows: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop window i of image i and resize it bilinearly to size x size: float (B, C, H, W) -> (B, C, S, S).
+
+    ``windows`` (B, 4) holds (top, left, height, width) per image. The result equals cropping each
+    image and calling ``F.interpolate(..., (size, size), mode="bilinear", align_corners=False)`` on the
+    crop (torchvision's ``resized_crop`` on float tensors; its antialiasing only acts when a side
+    shrinks, never for windows inside a stored image of the output size). Batched as two separable
+    passes: rows (two gathers and a blend), then columns.
+    """
+    n, c, height, width = x.shape
+    top, left, h, w = windows.to(x.device).unbind(1)
+    r0, r1, fr = _bilinear_taps(top, h, size, x.dtype)  # (B, S) each
+    c0, c1, fc = _bilinear_taps(left, w, size, x.dtype)
+
+    def rows(index):  # (B, S) row indices -> (B, C, S, W)
+        return x.gather(2, index.view(n, 1, size, 1).expand(n, c, size, width))
+
+    fr = fr.view(n, 1, size, 1)
+    y = rows(r0) * (1.0 - fr) + rows(r1) * fr  # (B, C, S, W)
+
+    def cols(index):  # (B, S) column indices -> (B, C, S, S)
+        return y.gather(3, index.view(n, 1, 1, size).expand(n, c, size, size))
+
+    fc = fc.view(n, 1, 1, size)
+    return cols(c0) * (1.0 - fc) + cols(c1) * fc
+
+
+def random_resized_crop(x: torch.Tensor, size: int, generator: torch.Generator,
+                        scale: tuple[float, float] = RRC_SCALE, ratio: tuple[float, float] = RRC_RATIO) -> torch.Tensor:
+    """RandomResizedCrop(size, scale, ratio) with bilinear resizing on float (B, C, H, W) -> (B, C, S, S).
+
+    ImageNet-Subset's training crop (method-spec 2.1; the flip follows in ``augment_batch``). One window
+    per image from ``random_resized_crop_params`` (one ``rand`` call), then ``resized_crop``. Differences
+    from torchvision's PIL path, which the released code used: no rounding back to uint8 between crop and
+    ToTensor, and bilinear taps without PIL's widened filter when a side shrinks (the stored images are
+    already image_size, so at the default sizes every window is enlarged or kept, never shrunk).
+    """
+    windows = random_resized_crop_params(x.shape[0], x.shape[2], x.shape[3], generator, x.device, scale, ratio)
+    return resized_crop(x, windows, size)
 
 
 def _uniform(low: float, high: float, n: int, generator: torch.Generator, device) -> torch.Tensor:
@@ -275,12 +389,19 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator
     jitter -> normalise, drawing from ``generator`` in that order. With black fill and uint8 input the
     crop and flip move uint8 pixels (4x less memory traffic) before the conversion to float; crop and
     flip share one gather (``random_crop_flip``).
+    With ``spec.resized_crop`` (ImageNet-Subset, method-spec 2.1) the padded crop is replaced by
+    RandomResizedCrop(resized_crop) on float pixels, then the flip: (B, C, S, S).
     """
-    if spec.crop_fill == "mean" or x.dtype != torch.uint8:
-        x = to_unit(x)
-    fill = spec.mean if spec.crop_fill == "mean" else 0
-    x = random_crop_flip(x, spec.crop_padding, generator, fill=fill, flip_p=0.5 if spec.hflip else 0.0)
-    x = to_unit(x)  # (B, C, H, W) float in [0, 1]
+    if spec.resized_crop:
+        x = random_resized_crop(to_unit(x), spec.resized_crop, generator)  # (B, C, S, S) float in [0, 1]
+        if spec.hflip:
+            x = random_hflip(x, generator)
+    else:
+        if spec.crop_fill == "mean" or x.dtype != torch.uint8:
+            x = to_unit(x)
+        fill = spec.mean if spec.crop_fill == "mean" else 0
+        x = random_crop_flip(x, spec.crop_padding, generator, fill=fill, flip_p=0.5 if spec.hflip else 0.0)
+        x = to_unit(x)  # (B, C, H, W) float in [0, 1]
     if spec.jitter:
         x = color_jitter(x, generator, spec.brightness, spec.contrast, spec.saturation, spec.hue)
     return normalize(x, spec.mean, spec.std)
