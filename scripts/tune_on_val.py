@@ -6,7 +6,7 @@ far, and prints Avg / Last / forgetting (the paper's definitions, ``ncil.metrics
 a[k, k] (is each new task learned at all?). Nothing is written under data/, runs/ or results/;
 task-0 models are cached under --cache keyed by everything that shapes them.
 
-    python scripts/tune_on_val.py --method ours --setting base4_inc2 --seeds 1 2 \
+    python scripts/tune_on_val.py --method ours --setting base4_inc2 --seeds 1,2 \
         method.ours.feature_kd=1.0 train.epochs=30
 """
 
@@ -76,7 +76,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", required=True)
     ap.add_argument("--setting", default="base4_inc2")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1])
+    ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[1],
+                    help="comma-separated run seeds, e.g. 1,2 (default 1)")
     ap.add_argument("--split", default="val", choices=["val", "train"], help="never the test split")
     ap.add_argument("--cache", default="/tmp/ncil_tune_cache")
     ap.add_argument("override", nargs="*")
