@@ -38,9 +38,9 @@ def evaluate_on(p, payload, data: arrays.Split, tasks, order) -> dict:
     rows, images, labels = arrays.select_classes(data, seen, remap_labels(order))
     task_of = {c: t for t, classes in enumerate(tasks[: task + 1]) for c in classes}
     net = load_network(p.model, p.dataset.channels, payload["model"], payload["backbone"])
-    x = arrays.to_tensor(images, p.dataset.mean, p.dataset.std)
     return {"label": labels, "label_task": np.asarray([task_of[int(o)] for o in data.labels[rows]]),
-            "prediction": predict(net, x, p.train.eval_batch_size, torch.device("cpu"), payload["rotations"])}
+            "prediction": predict(net, images, p.dataset.mean, p.dataset.std, p.train.eval_batch_size,
+                                  torch.device("cpu"), payload["rotations"])}
 
 
 def run(p, method_name: str, setting: str, seed: int, split: str, cache: Path, logger) -> dict:

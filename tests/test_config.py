@@ -89,13 +89,16 @@ def test_params_cli_rejects_invalid_values(tmp_path):
     assert not (tmp_path / "p.yaml").exists()
 
 
-def test_methods_experiment_composes_the_full_method_grid():
+def test_default_grid_has_every_method_and_bounds_experiment_only_two():
     from ncil import grid
 
-    data = compose(["+experiment=digits_methods"])
+    data = compose([])
     parse_params(data)
-    assert len(data["method"]) == 10
+    assert len(data["method"]) == 10 and data["train"]["batch_size"] == 16
     jobs = grid.train_jobs(data)
     # 3 base recipes (plain, rotation, rotation_resnet18) x 2 base sizes x 3 seeds shared task-0 jobs,
     # plus 10 methods x 3 seeds x (3 + 5) incremental tasks.
     assert sum(j.task == 0 for j in jobs) == 18 and len(jobs) == 18 + 10 * 3 * 8
+    bounds = compose(["+experiment=digits_bounds"])
+    assert sorted(bounds["method"]) == ["finetune", "joint"]
+    assert len(grid.train_jobs(bounds)) == 6 + 2 * 3 * 8

@@ -47,12 +47,13 @@ def test_default_grid_job_graph(tmp_path):
     shutil.copytree(ROOT / "grids", project / "grids")  # as in a clone: the paper data sets' grids beside
     proc = snakemake(project, "--dry-run")
     counts = job_counts(proc.stdout)
-    # 2 settings (4+2x3: 4 tasks, 5+1x5: 6 tasks) x 2 methods x 3 seeds; task 0 shared by both methods
-    # (same base recipe): 2 base sizes x 3 seeds = 6 base jobs + 3 x (3 + 5) x 2 incremental jobs.
-    assert counts["train"] == 6 + 2 * 3 * (3 + 5)
-    assert counts["evaluate"] == counts["summarize"] == 12
+    # 2 settings (4+2x3: 4 tasks, 5+1x5: 6 tasks) x 10 methods x 3 seeds. Task 0 is shared by the methods
+    # of one base recipe (plain, rotation, rotation_resnet18): 3 recipes x 2 base sizes x 3 seeds = 18 base
+    # jobs, plus 10 methods x 3 seeds x (3 + 5) incremental jobs.
+    assert counts["train"] == 18 + 10 * 3 * (3 + 5)
+    assert counts["evaluate"] == counts["summarize"] == 60
     assert counts["split"] == 4 and counts["prepare"] == 1 and counts["results_table"] == 1
-    assert counts["paper_tables"] == counts["figures"] == 1 and "figure4" not in counts  # no PKS method
+    assert counts["paper_tables"] == counts["figures"] == counts["figure4"] == 1
     assert "runs/digits/base4/plain/seed1/task_0/model.pt" in proc.stdout
 
 

@@ -72,6 +72,19 @@ def stratified_split(labels: np.ndarray, test_fraction: float, val_fraction: flo
     return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
 
 
+def split_files(dataset: str, split: str, out_dir: str | None) -> tuple[str, str]:
+    """The (images, labels) files of one split: the data set's folder, or ``out_dir`` when given."""
+    image_file, label_file = paths.data_arrays(dataset, split)
+    if out_dir is None:
+        return image_file, label_file
+    return f"{out_dir}/{image_file.rsplit('/', 1)[1]}", f"{out_dir}/{label_file.rsplit('/', 1)[1]}"
+
+
+def manifest_file(dataset: str, out_dir: str | None) -> str:
+    """The checksum manifest's path, beside the split files of ``split_files``."""
+    return paths.data_manifest(dataset) if out_dir is None else f"{out_dir}/{paths.MANIFEST_NAME}"
+
+
 def prepare(cfg: DatasetConfig, out_dir: str | None = None) -> dict:
     """Write the data set's arrays and manifest; return the number of images per split."""
     if cfg.name in RAW_DATASETS:
@@ -91,15 +104,12 @@ def prepare(cfg: DatasetConfig, out_dir: str | None = None) -> dict:
     split = stratified_split(labels, cfg.test_fraction, cfg.val_fraction, cfg.split_seed)
     written, counts = [], {}
     for name in paths.DATA_SPLITS:
-        image_file, label_file = paths.data_arrays(cfg.name, name)
-        if out_dir is not None:
-            image_file = f"{out_dir}/{image_file.rsplit('/', 1)[1]}"
-            label_file = f"{out_dir}/{label_file.rsplit('/', 1)[1]}"
+        image_file, label_file = split_files(cfg.name, name, out_dir)
         io.write_array(image_file, images[split[name]])
         io.write_array(label_file, labels[split[name]])
         written += [image_file, label_file]
         counts[name] = int(len(split[name]))
-    manifest = paths.data_manifest(cfg.name) if out_dir is None else f"{out_dir}/{paths.MANIFEST_NAME}"
+    manifest = manifest_file(cfg.name, out_dir)
     io.write_manifest(
         manifest,
         cfg.name,
@@ -150,10 +160,7 @@ def prepare_raw(cfg: DatasetConfig, out_dir: str | None = None) -> dict:
     shape = (cfg.image_size, cfg.image_size, cfg.channels)
     written, counts = [], {}
     for name in paths.DATA_SPLITS:
-        image_file, label_file = paths.data_arrays(cfg.name, name)
-        if out_dir is not None:
-            image_file = f"{out_dir}/{image_file.rsplit('/', 1)[1]}"
-            label_file = f"{out_dir}/{label_file.rsplit('/', 1)[1]}"
+        image_file, label_file = split_files(cfg.name, name, out_dir)
         part = parts[name]
         n = len(part.labels)
 
@@ -171,7 +178,7 @@ def prepare_raw(cfg: DatasetConfig, out_dir: str | None = None) -> dict:
         io.write_array(label_file, part.labels.astype(np.int64))
         written += [image_file, label_file]
         counts[name] = int(n)
-    manifest = paths.data_manifest(cfg.name) if out_dir is None else f"{out_dir}/{paths.MANIFEST_NAME}"
+    manifest = manifest_file(cfg.name, out_dir)
     io.write_manifest(
         manifest,
         cfg.name,
