@@ -20,7 +20,7 @@ from ncil.__main__ import main
 from ncil.config import ConfigError, parse_params
 from ncil.hydra_conf import compose
 from tests import data_fixtures as fx
-from tests.conftest import copy_project, run
+from tests.conftest import ROOT, copy_project, run
 
 WNIDS = [f"n0{k}{k}00{k}{k}{k}" for k in range(1, 9)]  # 8 classes in the ImageNet-style tree, 6 listed
 TINY = ["model=vit_digits_tiny", "train=smoke", "scenario=[base4_inc2]", "method=[finetune]", "seeds=[1]",
@@ -357,3 +357,12 @@ def test_prepare_geometry_equals_torchvision_resize_then_center_crop(size, resiz
     steps = ([transforms.Resize(resize)] if resize else []) + [transforms.CenterCrop(size)]
     expected = np.asarray(transforms.Compose(steps)(img))
     assert np.array_equal(fit_image(img, size, resize), expected)
+
+
+def test_shipped_imagenet_subset_class_list_has_100_distinct_wnids():
+    from ncil.data.imagefolder import read_class_list
+
+    names = read_class_list(ROOT / "conf/data/imagenet_subset_classes.txt")
+    assert len(names) == 100 and len(set(names)) == 100 and names == sorted(names)
+    assert all(len(n) == 9 and n[0] == "n" and n[1:].isdigit() for n in names)
+    assert {"n01558993", "n02123159", "n12998815"} <= set(names)  # first entries / the one n12 synset
