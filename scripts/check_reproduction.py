@@ -2,16 +2,29 @@
 
     python scripts/check_reproduction.py targets --seed 1   # the seed's metrics.json of every setting x method
     python scripts/check_reproduction.py lock               # every output on disk hashes to dvc.lock
+    python scripts/check_reproduction.py platform --write   # record this machine as the lock's producer
 
 `lock` compares the MD5 of each file output recorded in dvc.lock (the hash DVC records for a file) with
 the file on disk, skipping outputs that are not on disk (the seeds that were not rerun) and directory
-outputs; it exits 1 naming each file whose content differs, and 2 when nothing could be checked.
+outputs. Bit-identical results are promised for the same configuration on the same kind of machine:
+PyTorch, MKL and oneDNN pick their kernels by CPU vendor and instruction set, so another CPU type rounds
+differently and training drifts from the first step on. `results/platform.json` records the numerical
+platform that produced the committed dvc.lock (`make lock` writes it). Exit codes of `lock`:
+
+* 0: every output on disk hashes to dvc.lock;
+* 1: some output differs on the recorded platform (or no platform is recorded): not reproduced;
+* 2: no output of dvc.lock is on disk: nothing was checked;
+* 3: some output differs, and this machine is not the recorded platform: byte equality cannot be
+  expected; the differing files and the metric deltas of every rerun metrics.json are printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,25 +48,112 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_lock(lock_file: Path) -> int:
+PLATFORM_FILE = Path("results/platform.json")
+
+# The fields of a platform record that decide floating-point results (the rest is for people).
+PLATFORM_KEYS = ("machine", "cpu_vendor", "cpu_family", "cpu_model", "torch", "torch_cpu_capability")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is no such file)."""
+    fields: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return fields
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def current_platform() -> dict:
+    """This machine as far as it decides the numbers: CPU type and instruction set, torch build."""
+    import torch
+
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    return {
+        "machine": platform.machine(),
+        "cpu_vendor": info.get("vendor_id", ""),
+        "cpu_family": info.get("cpu family", ""),
+        "cpu_model": info.get("model", ""),
+        "cpu_name": info.get("model name", platform.processor()),
+        "cpu_flags": sorted(flags & {"avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"}),
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def same_platform(a: dict, b: dict) -> bool:
+    return all(a.get(k) == b.get(k) for k in PLATFORM_KEYS)
+
+
+def _describe(p: dict) -> str:
+    return (f"{p.get('cpu_name', '?')} ({p.get('cpu_vendor', '?')} family {p.get('cpu_family', '?')} model "
+            f"{p.get('cpu_model', '?')}, {p.get('machine', '?')}), torch {p.get('torch', '?')} "
+            f"with {p.get('torch_cpu_capability', '?')} kernels")
+
+
+def metric_deltas(paths: list[Path]) -> list[str]:
+    """Avg / Last of each rerun metrics.json against the committed version (git HEAD)."""
+    lines = []
+    for path in sorted(paths):
+        try:
+            committed = json.loads(subprocess.run(["git", "show", f"HEAD:{path.as_posix()}"], capture_output=True,
+                                                  text=True, check=True).stdout)
+        except (subprocess.CalledProcessError, json.JSONDecodeError):
+            continue
+        rerun = json.loads(path.read_text())
+        cells = [f"{key} {committed[key]:.2f} -> {rerun[key]:.2f}" for key in ("avg_accuracy", "last_accuracy")
+                 if key in committed and key in rerun]
+        lines.append(f"  {path}: " + ", ".join(cells))
+    return lines
+
+
+def check_lock(lock_file: Path, platform_file: Path | None = None, here: dict | None = None) -> int:
     lock = yaml.safe_load(lock_file.read_text())
-    checked, differing = 0, []
+    checked, differing, metrics = 0, [], []
     for stage in lock["stages"].values():
         for out in stage.get("outs", []):
             path, md5 = Path(out["path"]), out.get("md5", "")
             if md5.endswith(".dir") or not path.is_file():
                 continue
             checked += 1
+            if path.name == "metrics.json":
+                metrics.append(path)
             if file_md5(path) != md5:
                 differing.append(f"{path}: dvc.lock records md5 {md5}, the rerun wrote {file_md5(path)}")
-    if differing:
-        print("not reproduced:\n" + "\n".join(differing))
-        return 1
     if checked == 0:
         print(f"{lock_file}: no output of dvc.lock is on disk: nothing was checked")
         return 2
-    print(f"{checked} outputs on disk hash to {lock_file}")
-    return 0
+    if not differing:
+        print(f"{checked} outputs on disk hash to {lock_file}")
+        return 0
+    report = f"{len(differing)} of {checked} outputs differ from {lock_file}:\n" + "\n".join(differing)
+    recorded = None
+    if platform_file is not None and platform_file.is_file():
+        recorded = json.loads(platform_file.read_text())
+    here = here if here is not None else current_platform()
+    if recorded is None or same_platform(recorded, here):
+        why = (f"on the platform that produced it ({_describe(here)})" if recorded is not None else
+               f"and {platform_file} does not say which platform produced {lock_file}")
+        print(f"not reproduced {why}:\n{report}")
+        return 1
+    print(f"{report}\n\nNOT COMPARABLE BYTE FOR BYTE: {lock_file} was produced on {_describe(recorded)}; "
+          f"this machine is {_describe(here)}. Kernels chosen by CPU type round differently, so a rerun here "
+          f"cannot be bit-identical. Metrics of the rerun against the committed ones:\n"
+          + "\n".join(metric_deltas(metrics)))
+    return 3
+
+
+def write_platform(path: Path) -> None:
+    """Record this machine as the producer of the committed outputs (temporary name, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(current_platform(), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
 
 
 def main(argv: list[str]) -> int:
@@ -64,11 +164,29 @@ def main(argv: list[str]) -> int:
     t.add_argument("--params", type=Path, default=Path("params.yaml"))
     c = sub.add_parser("lock")
     c.add_argument("--lock", type=Path, default=Path("dvc.lock"))
+    c.add_argument("--platform", type=Path, default=PLATFORM_FILE)
+    w = sub.add_parser("platform")
+    w.add_argument("--write", action="store_true", help=f"write {PLATFORM_FILE} instead of printing")
+    w.add_argument("--check-same", action="store_true",
+                   help=f"exit 3 if {PLATFORM_FILE} records another kind of machine than this one")
     args = parser.parse_args(argv)
     if args.command == "targets":
         print(" ".join(targets(args.params, args.seed)))
         return 0
-    return check_lock(args.lock)
+    if args.command == "platform":
+        if args.check_same:
+            recorded = json.loads(PLATFORM_FILE.read_text()) if PLATFORM_FILE.is_file() else None
+            if recorded is not None and not same_platform(recorded, current_platform()):
+                print(f"{PLATFORM_FILE}: produced on {_describe(recorded)}, not on this machine")
+                return 3
+            return 0
+        if args.write:
+            write_platform(PLATFORM_FILE)
+            print(f"{PLATFORM_FILE}: {_describe(current_platform())}")
+        else:
+            print(json.dumps(current_platform(), indent=2, sort_keys=True))
+        return 0
+    return check_lock(args.lock, args.platform)
 
 
 if __name__ == "__main__":

@@ -36,3 +36,43 @@ def test_lock_check_passes_on_equal_hashes_and_names_a_changed_file(tmp_path, mo
     assert f"a.bin: dvc.lock records md5 {'f' * 32}, the rerun wrote {good}" in capsys.readouterr().out
     (tmp_path / "a.bin").unlink()
     assert check_reproduction.check_lock(_lock(tmp_path, good)) == 2  # nothing on disk: not a pass
+
+
+AMD = {"machine": "x86_64", "cpu_vendor": "AuthenticAMD", "cpu_family": "25", "cpu_model": "1",
+       "cpu_name": "AMD EPYC", "torch": "2.14.1+cu130", "torch_cpu_capability": "AVX2"}
+INTEL = {**AMD, "cpu_vendor": "GenuineIntel", "cpu_family": "6", "cpu_model": "143", "cpu_name": "Xeon",
+         "torch_cpu_capability": "AVX512"}
+
+
+def test_a_difference_fails_on_the_recorded_platform_and_is_reported_on_another(tmp_path, monkeypatch, capsys):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.bin").write_bytes(b"checkpoint")
+    lock, record = _lock(tmp_path, "f" * 32), tmp_path / "platform.json"
+    # No record of who produced the lock: a difference cannot be excused.
+    assert check_reproduction.check_lock(lock, record, here=AMD) == 1
+    assert "does not say which platform produced" in capsys.readouterr().out
+    record.write_text(json.dumps(AMD))
+    # Same CPU type and torch build (the name and flags do not matter): must be bit-identical.
+    assert check_reproduction.check_lock(lock, record, here={**AMD, "cpu_name": "other name", "cpu_flags": []}) == 1
+    assert "not reproduced on the platform that produced it" in capsys.readouterr().out
+    # Another CPU type: reported, with exit code 3, never 0.
+    assert check_reproduction.check_lock(lock, record, here=INTEL) == 3
+    out = capsys.readouterr().out
+    assert "1 of 1 outputs differ" in out and "NOT COMPARABLE BYTE FOR BYTE" in out and "AVX512 kernels" in out
+    # Equal hashes pass whatever the machine.
+    good = hashlib.md5(b"checkpoint").hexdigest()
+    assert check_reproduction.check_lock(_lock(tmp_path, good), record, here=INTEL) == 0
+
+
+def test_platform_record_is_written_whole_and_describes_this_machine(tmp_path):
+    import json
+
+    path = tmp_path / "platform.json"
+    check_reproduction.write_platform(path)
+    record = json.loads(path.read_text())
+    assert set(check_reproduction.PLATFORM_KEYS) <= set(record)
+    assert check_reproduction.same_platform(record, check_reproduction.current_platform())
+    assert not check_reproduction.same_platform(record, {**record, "torch_cpu_capability": "NONE"})
+    assert not (tmp_path / "platform.json.tmp").exists()
