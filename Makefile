@@ -58,7 +58,7 @@ check-reproduction: $(BIN)/.installed
 	$(CHECK_CLEAN)
 check-reproduction: REPRODUCED = reproduced: every output hashes to the committed dvc.lock, results/ unchanged
 
-# The documented subset CI reruns (the whole grid takes ~62 min on 2 cores, too close to CI's 90): one
+# The documented subset CI reruns (the whole grid takes 1-2 hours on 2 cores, too long for CI's 90 minutes): one
 # seed (SEED, default 1) of every setting x method, through Snakemake, from data to metrics.json. Fails
 # unless every output it rewrote (data, splits, checkpoints, centers, evaluations) hashes to the committed
 # dvc.lock and results/ is unchanged.
