@@ -30,6 +30,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's ncil package
+from ncil import io  # noqa: E402
+
 
 def targets(params_file: Path, seed: int) -> list[str]:
     params = yaml.safe_load(params_file.read_text())
@@ -87,6 +90,11 @@ def current_platform() -> dict:
     }
 
 
+def recorded_platform(path: Path | None) -> dict | None:
+    """The platform record at ``path``, or None where there is none."""
+    return io.read_json(path, "platform record") if path is not None and path.is_file() else None
+
+
 def same_platform(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in PLATFORM_KEYS)
 
@@ -124,8 +132,9 @@ def check_lock(lock_file: Path, platform_file: Path | None = None, here: dict | 
             checked += 1
             if path.name == "metrics.json":
                 metrics.append(path)
-            if file_md5(path) != md5:
-                differing.append(f"{path}: dvc.lock records md5 {md5}, the rerun wrote {file_md5(path)}")
+            found = file_md5(path)
+            if found != md5:
+                differing.append(f"{path}: dvc.lock records md5 {md5}, the rerun wrote {found}")
     if checked == 0:
         print(f"{lock_file}: no output of dvc.lock is on disk: nothing was checked")
         return 2
@@ -133,9 +142,7 @@ def check_lock(lock_file: Path, platform_file: Path | None = None, here: dict | 
         print(f"{checked} outputs on disk hash to {lock_file}")
         return 0
     report = f"{len(differing)} of {checked} outputs differ from {lock_file}:\n" + "\n".join(differing)
-    recorded = None
-    if platform_file is not None and platform_file.is_file():
-        recorded = json.loads(platform_file.read_text())
+    recorded = recorded_platform(platform_file)
     here = here if here is not None else current_platform()
     if recorded is None or same_platform(recorded, here):
         why = (f"on the platform that produced it ({_describe(here)})" if recorded is not None else
@@ -151,9 +158,7 @@ def check_lock(lock_file: Path, platform_file: Path | None = None, here: dict | 
 
 def write_platform(path: Path) -> None:
     """Record this machine as the producer of the committed outputs (temporary name, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(current_platform(), indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    io.write_json(path, current_platform())
 
 
 def main(argv: list[str]) -> int:
@@ -175,7 +180,7 @@ def main(argv: list[str]) -> int:
         return 0
     if args.command == "platform":
         if args.check_same:
-            recorded = json.loads(PLATFORM_FILE.read_text()) if PLATFORM_FILE.is_file() else None
+            recorded = recorded_platform(PLATFORM_FILE)
             if recorded is not None and not same_platform(recorded, current_platform()):
                 print(f"{PLATFORM_FILE}: produced on {_describe(recorded)}, not on this machine")
                 return 3
@@ -184,7 +189,7 @@ def main(argv: list[str]) -> int:
             write_platform(PLATFORM_FILE)
             print(f"{PLATFORM_FILE}: {_describe(current_platform())}")
         else:
-            print(json.dumps(current_platform(), indent=2, sort_keys=True))
+            print(io.dumps_json(current_platform()), end="")
         return 0
     return check_lock(args.lock, args.platform)
 

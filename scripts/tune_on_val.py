@@ -16,12 +16,14 @@ import argparse
 import hashlib
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's ncil package
 from ncil.config import parse_params, to_dict
 from ncil.data import arrays
 from ncil.data.scenario import class_order, remap_labels, task_classes
