@@ -88,14 +88,17 @@ def cmd_train(args) -> None:
         identity={"dataset": p.dataset.name, "split": str(Path(args.split).parent.name), "method": args.method,
                   "seed": args.seed, "task": args.task},
     )
-    previous = io.load_checkpoint(args.prev_checkpoint) if args.task else None
+    previous = io.load_checkpoint(args.prev_checkpoint, args.prev_centers) if args.task else None
     previous_centers = io.read_centers(args.prev_centers) if args.task else None
     if previous is not None and previous["task"] != args.task - 1:
         raise io.ArtifactError(f"{args.prev_checkpoint}: task: expected {args.task - 1}, found {previous['task']}")
     train_data = load_split(p.dataset.name, "train")
     payload, centers = train_task(p, job, train_data, previous, previous_centers, logger)
-    io.save_checkpoint(args.checkpoint, payload)
+    # The checkpoint goes last and records the centers' hash: a job killed between the two writes
+    # leaves no checkpoint, so the pair never looks complete with one old and one new file.
+    Path(args.checkpoint).unlink(missing_ok=True)
     io.write_centers(args.centers, centers, task=args.task, feature_dim=centers["center"].shape[1])
+    io.save_checkpoint(args.checkpoint, payload, centers_file=args.centers)
     logger.info("wrote %s and %s", args.checkpoint, args.centers)
 
 
@@ -430,6 +433,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "params", None):
+            from ncil import numerics
+
+            mode = numerics.mode_of_params_file(args.params)
+            if mode in ("native", "portable"):  # anything else is refused by the verb's config parser
+                numerics.apply(mode)
         args.func(args)
     except (ConfigError, ArtifactError) as err:
         print(f"error: {err}", file=sys.stderr)

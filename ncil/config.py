@@ -111,6 +111,7 @@ class RuntimeConfig:
     threads: int = 1  # torch intra-op threads; pinned because it changes floating-point results
     gpus_per_job: int = 0  # Snakemake `gpu` resource each training job claims
     compile: bool = False  # torch.compile the backbone for training (slow to start; pays off on a GPU)
+    numerics: str = "native"  # native (fastest kernels of this CPU) or portable (ncil.numerics: same bits on every x86 CPU type)
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ METHOD_BACKBONES = ("vit", "resnet18")
 TRAIN_ON = ("current", "seen")
 PKS_WEIGHTINGS = ("inverse", "uniform", "direct")
 PR_CENTERS = ("task_start", "epoch")
+NUMERICS = ("native", "portable")  # runtime.numerics (ncil.numerics)
 CROP_FILLS = ("black", "mean")  # as ncil.data.augment.CROP_FILLS
 # Method fields that shape task 0: methods sharing a base recipe must agree on them.
 BASE_RECIPE_FIELDS = ("backbone", "rotation", "ce_temperature")
@@ -309,6 +311,8 @@ def _validate(p: Params, source: str) -> None:
         raise _fail(source, "train.base_milestones", "expected [] unless train.base_optimizer is sgd")
     if p.runtime.threads < 1:
         raise _fail(source, "runtime.threads", f"expected a positive integer, got {p.runtime.threads}")
+    if p.runtime.numerics not in NUMERICS:
+        raise _fail(source, "runtime.numerics", f"expected one of {', '.join(NUMERICS)}, got {p.runtime.numerics!r}")
     if not (p.runtime.device in ("auto", "cpu", "cuda") or p.runtime.device.startswith("cuda:")):
         raise _fail(source, "runtime.device", f"expected auto, cpu, cuda or cuda:N, got {p.runtime.device!r}")
     for name, sc in p.scenario.items():

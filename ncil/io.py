@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: content_sha256 and centers_sha256
 CENTERS_FORMAT = 1
 EVAL_FORMAT = 1
 DATA_FORMAT = 1
@@ -173,17 +173,57 @@ def verify_manifest(path: str | Path) -> dict:
 # --- Checkpoints ---------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: str | Path, payload: dict) -> None:
-    """A plain dict of tensors and primitives, loadable with ``torch.load(weights_only=True)``."""
+def content_digest(payload) -> str:
+    """SHA-256 of a checkpoint payload's content: every tensor's dtype, shape and bytes, every value.
+
+    Walks dicts in sorted key order, so the digest depends on what the checkpoint holds, not on how
+    torch laid out its archive. A flipped byte inside a tensor changes it.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+
+    def feed(value) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, dict):
+            digest.update(b"D%d" % len(value))
+            for key in sorted(value, key=str):
+                digest.update(f"K{key!r}".encode())
+                feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"L%d" % len(value))
+            for item in value:
+                feed(item)
+        else:
+            digest.update(f"V{type(value).__name__}:{value!r}".encode())
+
+    feed(payload)
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str | Path, payload: dict, centers_file: str | Path | None = None) -> None:
+    """A plain dict of tensors and primitives, loadable with ``torch.load(weights_only=True)``.
+
+    The payload carries ``content_sha256`` (``content_digest`` of everything else), checked by
+    ``load_checkpoint``; with ``centers_file`` it also records that file's SHA-256, so a checkpoint
+    and a class-centers table from different runs or writes are never taken as one task's outputs.
+    """
     import torch
 
     payload = {"format_version": CHECKPOINT_FORMAT, **payload}
+    if centers_file is not None:
+        payload["centers_sha256"] = sha256_file(centers_file)
+    payload["content_sha256"] = content_digest(payload)
     buffer = BytesIO()  # saved in memory: torch names the archive after a file, and the temp name is random
     torch.save(payload, buffer)
     write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def load_checkpoint(path: str | Path, centers_file: str | Path | None = None) -> dict:
+    """Load and check a checkpoint: format, required keys, content hash (and its centers file's hash)."""
     import torch
 
     path = _require(path, "checkpoint")
@@ -192,10 +232,22 @@ def load_checkpoint(path: str | Path) -> dict:
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, zip errors...
         raise ArtifactError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(payload, dict) or payload.get("format_version") != CHECKPOINT_FORMAT:
-        raise ArtifactError(f"{path}: format_version: expected a checkpoint of format {CHECKPOINT_FORMAT}")
-    for key in ("task", "seen_classes", "model", "config"):
+        found = payload.get("format_version") if isinstance(payload, dict) else type(payload).__name__
+        raise ArtifactError(f"{path}: format_version: expected a checkpoint of format {CHECKPOINT_FORMAT}, "
+                            f"found {found!r} (regenerate it with this version of ncil)")
+    for key in ("task", "seen_classes", "model", "config", "content_sha256"):
         if key not in payload:
             raise ArtifactError(f"{path}: {key}: missing from the checkpoint")
+    stored = payload.pop("content_sha256")
+    if content_digest(payload) != stored:
+        raise ArtifactError(f"{path}: content_sha256: the checkpoint's tensors or values do not match the hash "
+                            "written with them (the file was modified or corrupted after it was saved)")
+    if centers_file is not None:
+        found = sha256_file(_require(centers_file, "class-centers table"))
+        if payload.get("centers_sha256") != found:
+            raise ArtifactError(f"{centers_file}: does not belong to {path} (the checkpoint records centers "
+                                f"sha256 {payload.get('centers_sha256')}, the file hashes to {found}): "
+                                "the two were not written by the same training job")
     return payload
 
 

@@ -51,7 +51,7 @@ def run_config_snapshot(p: Params, job: TaskJob) -> dict:
         "dataset": to_dict(p.dataset),
         "model": to_dict(p.model),
         "train": to_dict(p.train),
-        "runtime": {"threads": p.runtime.threads},
+        "runtime": {"threads": p.runtime.threads, "numerics": p.runtime.numerics},
         "method": job.method_name,
         "method_config": method_snapshot(job),
     }

@@ -14,7 +14,7 @@ from ncil import grid, paths
 from ncil.provenance import setting_label
 
 CODE_DEP = "ncil"  # the package: any code change invalidates the steps that run it
-RUN_KEYS = ["preset", "order_seed", "dataset", "model", "train", "runtime.threads"]
+RUN_KEYS = ["preset", "order_seed", "dataset", "model", "train", "runtime.threads", "runtime.numerics"]
 # Where the raw data lives and whether it may be downloaded: only the prepare step reads these, so
 # moving a data set's folder reruns prepare (whose unchanged arrays then stop the cascade), not training.
 LOCATION_KEYS = ("root", "download")

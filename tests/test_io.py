@@ -48,6 +48,40 @@ def test_corrupt_checkpoint_names_the_file(tmp_path, damage):
         io.load_checkpoint(path)
 
 
+def test_flipped_tensor_byte_fails_the_content_hash(tmp_path):
+    path = _checkpoint(tmp_path)
+    data = bytearray(path.read_bytes())
+    # The weight tensor's storage: 6 float32 values 0..5; flip one bit of the value 5.0 (0x40a00000).
+    at = bytes(data).index(np.arange(6, dtype=np.float32).tobytes())
+    data[at + 5 * 4] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert torch.load(path, weights_only=True)["model"]["w"][1, 2].item() != 5.0  # torch itself loads it
+    with pytest.raises(io.ArtifactError, match=f"{path}: content_sha256: .*modified or corrupted"):
+        io.load_checkpoint(path)
+
+
+def test_content_digest_sees_values_dtypes_and_shapes():
+    base = {"model": {"w": torch.zeros(2, 3)}, "task": 1}
+    same = {"task": 1, "model": {"w": torch.zeros(2, 3)}}
+    assert io.content_digest(base) == io.content_digest(same)  # key order does not matter
+    for other in ({"model": {"w": torch.zeros(3, 2)}, "task": 1}, {"model": {"w": torch.zeros(2, 3, dtype=torch.float64)}, "task": 1},
+                  {"model": {"w": torch.zeros(2, 3)}, "task": 2}, {"model": {"w": torch.zeros(2, 3)}, "task": "1"}):
+        assert io.content_digest(other) != io.content_digest(base)
+
+
+def test_checkpoint_refuses_centers_of_another_write(tmp_path):
+    centers = tmp_path / "centers.parquet"
+    rows = {"class_id": [0], "original_class": [7], "task": [0], "n_samples": [3], "spread": [0.5],
+            "center": np.ones((1, 2), np.float32)}
+    io.write_centers(centers, rows, task=0, feature_dim=2)
+    path = tmp_path / "model.pt"
+    io.save_checkpoint(path, {"task": 0, "seen_classes": [7], "config": {}, "model": {}}, centers_file=centers)
+    assert io.load_checkpoint(path, centers)["centers_sha256"] == io.sha256_file(centers)
+    io.write_centers(centers, {**rows, "n_samples": [4]}, task=0, feature_dim=2)  # a later, different write
+    with pytest.raises(io.ArtifactError, match=f"{centers}: does not belong to {path}"):
+        io.load_checkpoint(path, centers)
+
+
 def test_missing_checkpoint_names_the_file(tmp_path):
     with pytest.raises(io.ArtifactError, match="nope.pt: checkpoint not found"):
         io.load_checkpoint(tmp_path / "nope.pt")

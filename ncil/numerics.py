@@ -1,0 +1,53 @@
+"""CPU numerics mode (``runtime.numerics``): which kernels torch, MKL and oneDNN may pick.
+
+``native`` lets each library dispatch on the CPU it finds (fastest; bit-identical per CPU type only:
+an AVX2 and an AVX-512 machine round differently from the first training step on). ``portable``
+pins all three to one code path before torch is loaded: MKL's conditional numerical reproducibility
+in its COMPATIBLE branch, ATen's vectorised kernels at AVX2, oneDNN's JIT at AVX2. These libraries
+read the variables once, when they load, so the mode must be set before ``import torch``: the CLI
+does it first thing in every process a workflow step starts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+PORTABLE_ENV = {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def environment(mode: str, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the variables of ``mode`` set (portable) or removed (native); a new dict."""
+    out = {k: v for k, v in env.items() if k not in PORTABLE_ENV}
+    if mode == "portable":
+        out.update(PORTABLE_ENV)
+    elif mode != "native":
+        raise ValueError(f"runtime.numerics: expected native or portable, got {mode!r}")
+    return out
+
+
+def apply(mode: str) -> None:
+    """Set this process's environment for ``mode``; refuse once torch is loaded with other settings."""
+    wanted = environment(mode, dict(os.environ))
+    changed = {k for k in PORTABLE_ENV if os.environ.get(k) != wanted.get(k)}
+    if not changed:
+        return
+    if "torch" in sys.modules:
+        raise RuntimeError(f"runtime.numerics={mode}: torch is already loaded in this process, so "
+                           f"{', '.join(sorted(changed))} can no longer take effect; set the mode before importing torch")
+    for key in PORTABLE_ENV:
+        os.environ.pop(key, None)
+    os.environ.update({k: v for k, v in wanted.items() if k in PORTABLE_ENV})
+
+
+def mode_of_params_file(path: str) -> str:
+    """``runtime.numerics`` of a params file, read without importing torch (default native)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError):
+        return "native"  # the verb's own parsing reports the file properly
+    runtime = data.get("runtime") if isinstance(data, dict) else None
+    return str(runtime.get("numerics", "native")) if isinstance(runtime, dict) else "native"
