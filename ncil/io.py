@@ -43,6 +43,23 @@ def atomic_path(path: str | Path):
         raise
 
 
+def ensure_writable(*paths: str | Path) -> None:
+    """Fail now, in one line naming the artifact, if an output cannot be created where it goes.
+
+    Called by a stage before its long work (loading data, training), so a read-only folder or a
+    missing permission costs seconds, not a training run. Creates the missing parent folders.
+    """
+    for path in paths:
+        parent = Path(path).parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".probe", dir=parent)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise ArtifactError(f"{path}: cannot write here ({err.strerror or err})") from None
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
