@@ -3,6 +3,7 @@
     python scripts/check_reproduction.py targets --seed 1   # the seed's metrics.json of every setting x method
     python scripts/check_reproduction.py lock               # every output on disk hashes to dvc.lock
     python scripts/check_reproduction.py platform --write   # record this machine as the lock's producer
+    python scripts/check_reproduction.py portable           # rerun the portable-numerics reference jobs
 
 `lock` compares the MD5 of each file output recorded in dvc.lock (the hash DVC records for a file) with
 the file on disk, skipping outputs that are not on disk (the seeds that were not rerun) and directory
@@ -156,9 +157,94 @@ def check_lock(lock_file: Path, platform_file: Path | None = None, here: dict | 
     return 3
 
 
+# --- The portable numerics mode's reference jobs (runtime.numerics=portable, ncil/numerics.py) -------
+
+PORTABLE_REFERENCE = Path("results/portable_reference.json")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def reference_params(params_file: Path = ROOT / "params.yaml") -> dict:
+    """The tiny reference grid: the default digits set-up, one setting (4+2x3), ``ours``, seed 1,
+    2 epochs per task, one thread, portable numerics. Tasks 0 and 1 exercise the ViT, rotations,
+    the teacher, PKS and PR; a few seconds each."""
+    params = yaml.safe_load(params_file.read_text())
+    params["train"] = {**params["train"], "epochs": 2}
+    params["runtime"] = {**params["runtime"], "device": "cpu", "threads": 1, "numerics": "portable"}
+    params["scenario"] = {"base4_inc2": params["scenario"]["base4_inc2"]}
+    params["method"] = {"ours": params["method"]["ours"]}
+    params["seeds"] = [1]
+    return params
+
+
+REFERENCE_JOBS = (  # (name, argv after `python -m ncil`), run in order in one folder
+    ("prepare", ["prepare", "--params", "params.yaml"]),
+    ("split", ["split", "--params", "params.yaml", "--initial", "4", "--increment", "2",
+               "--out", "results/digits/base4_inc2/split.json"]),
+    ("task_0", ["train", "--params", "params.yaml", "--split", "results/digits/base4_inc2/split.json", "--task", "0",
+                "--seed", "1", "--method", "rotation", "--checkpoint", "runs/t0/model.pt", "--centers", "runs/t0/centers.parquet"]),
+    ("task_1", ["train", "--params", "params.yaml", "--split", "results/digits/base4_inc2/split.json", "--task", "1",
+                "--seed", "1", "--method", "ours", "--prev-checkpoint", "runs/t0/model.pt",
+                "--prev-centers", "runs/t0/centers.parquet", "--checkpoint", "runs/t1/model.pt",
+                "--centers", "runs/t1/centers.parquet"]),
+)
+REFERENCE_FILES = ("runs/t0/model.pt", "runs/t0/centers.parquet", "runs/t1/model.pt", "runs/t1/centers.parquet")
+
+
+def run_reference_jobs(folder: Path) -> dict[str, str]:
+    """Run the reference jobs in ``folder`` (fresh processes: the mode is set before torch loads) and
+    return the MD5 of each checked output."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(reference_params(), sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name, argv in REFERENCE_JOBS:
+        done = subprocess.run([sys.executable, "-m", "ncil", *argv], cwd=folder, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"reference job {name} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    return {f: file_md5(folder / f) for f in REFERENCE_FILES}
+
+
+def check_portable(found: dict[str, str], reference: dict, here: dict) -> tuple[int, str]:
+    """Compare ``found`` hashes with the reference. Exit codes: 0 equal; 1 differ on a CPU type that
+    has confirmed the reference; 4 differ on a type not yet listed (reported, not a failure)."""
+    expected = reference["hashes"]
+    differing = [f"  {f}: reference {expected.get(f)}, here {md5}" for f, md5 in found.items() if expected.get(f) != md5]
+    listed = any(same_platform(seen, here) for seen in reference["confirmed_on"])
+    where = f"on {_describe(here)} ({'a listed' if listed else 'a CPU type not yet listed in ' + str(PORTABLE_REFERENCE)})"
+    if not differing:
+        extra = "" if listed else "; `python scripts/check_reproduction.py portable --record` lists it"
+        return 0, f"portable numerics: the {len(found)} reference outputs are bit-identical to the reference {where}{extra}"
+    report = "\n".join(differing)
+    if listed:
+        return 1, f"portable numerics NOT reproduced {where}:\n{report}"
+    return 4, f"portable numerics differ {where} (reported, not failed: this type has not confirmed the reference):\n{report}"
+
+
 def write_platform(path: Path) -> None:
     """Record this machine as the producer of the committed outputs (temporary name, then rename)."""
     io.write_json(path, current_platform())
+
+
+def portable_command(reference_file: Path, record: bool, folder: Path | None) -> int:
+    import tempfile
+
+    here = current_platform()
+    with tempfile.TemporaryDirectory(prefix="ncil-portable-") as tmp:
+        found = run_reference_jobs(folder or Path(tmp))
+    reference = io.read_json(reference_file, "portable reference") if reference_file.is_file() else None
+    if reference is None:
+        if not record:
+            print(f"{reference_file}: no reference yet; these hashes were found:\n" + io.dumps_json(found))
+            return 2
+        reference = {"hashes": found, "confirmed_on": []}
+    rc, message = check_portable(found, reference, here)
+    print(message)
+    if record and rc == 0 and not any(same_platform(seen, here) for seen in reference["confirmed_on"]):
+        reference["confirmed_on"].append({k: here[k] for k in (*PLATFORM_KEYS, "cpu_name", "cpu_flags")})
+        io.write_json(reference_file, reference)
+        print(f"{reference_file}: recorded {_describe(here)}")
+    return rc
 
 
 def main(argv: list[str]) -> int:
@@ -174,7 +260,14 @@ def main(argv: list[str]) -> int:
     w.add_argument("--write", action="store_true", help=f"write {PLATFORM_FILE} instead of printing")
     w.add_argument("--check-same", action="store_true",
                    help=f"exit 3 if {PLATFORM_FILE} records another kind of machine than this one")
+    pt = sub.add_parser("portable", help="rerun the portable-numerics reference jobs and compare their hashes")
+    pt.add_argument("--reference", type=Path, default=PORTABLE_REFERENCE)
+    pt.add_argument("--record", action="store_true",
+                    help="hashes equal: add this CPU type to confirmed_on; no reference yet: write it from this machine")
+    pt.add_argument("--folder", type=Path, help="where to run the jobs (default: a temporary folder)")
     args = parser.parse_args(argv)
+    if args.command == "portable":
+        return portable_command(args.reference, args.record, args.folder)
     if args.command == "targets":
         print(" ".join(targets(args.params, args.seed)))
         return 0
