@@ -396,7 +396,8 @@ def _validate_dataset(p: Params, source: str) -> None:
     if facts.n_classes is not None:  # folder: prepare checks n_classes against the class folders
         if p.dataset.max_classes > facts.n_classes:
             raise _fail(source, "dataset.max_classes",
-                        f"expected at most the {facts.n_classes} classes of {p.dataset.name}, got {p.dataset.max_classes}")
+                        f"expected at most the {facts.n_classes} classes of {p.dataset.name}, "
+                        f"got {p.dataset.max_classes}")
         if not p.dataset.max_classes and p.dataset.n_classes != facts.n_classes:
             cut = " (to keep only the first N, set dataset.max_classes=N as well)" if facts.raw else ""
             raise _fail(source, "dataset.n_classes",

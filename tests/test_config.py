@@ -104,7 +104,8 @@ BAD_EDITS = [
     # the data set
     ({"dataset.name": "mnist"}, "dataset.name: expected one of ['digits', 'cifar100', 'tinyimagenet'"),  # new
     ({"dataset.n_classes": 12}, "dataset.n_classes: expected 10, the classes of digits, got 12"),  # new
-    ({"dataset.n_classes": 4, "dataset.max_classes": 4}, "dataset.max_classes: expected 0: digits is always prepared whole"),  # new
+    ({"dataset.n_classes": 4, "dataset.max_classes": 4},
+     "dataset.max_classes: expected 0: digits is always prepared whole"),  # new
     ({"dataset.test_fraction": 0.99, "dataset.val_fraction": 0.99},
      "dataset.test_fraction/val_fraction: leaves no training image in a class of 174 images (the smallest "
      "class of digits): 172 go to test and 2 to val"),  # new
@@ -278,8 +279,8 @@ def test_folder_class_count_is_checked_at_prepare_time(tmp_path):
 
     root = fx.write_folder(tmp_path / "raw", ["cat", "dog", "eel"], train_per_class=2, test_per_class=1, size=8)
     base = ["dataset=folder", f"dataset.root={root}", "dataset.image_size=8", "dataset.train_resize=8",
-            "dataset.test_resize=8", "model.img_size=8", "scenario=[base4_inc2]", "scenario.base4_inc2.initial_increment=1",
-            "scenario.base4_inc2.increment=1"]
+            "dataset.test_resize=8", "model.img_size=8", "scenario=[base4_inc2]",
+            "scenario.base4_inc2.initial_increment=1", "scenario.base4_inc2.increment=1"]
     p = parse_params(compose([*base, "dataset.n_classes=4"]))  # cannot be known before the folder is read
     with pytest.raises(ConfigError, match=rf"^dataset.n_classes: {root} has 3 classes, config says 4"):
         prepare(p.dataset, out_dir=str(tmp_path / "out"))

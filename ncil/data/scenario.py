@@ -21,7 +21,9 @@ def class_order(n_classes: int, seed: int) -> list[int]:
     if n_classes < 1:
         raise ValueError(f"n_classes: expected a positive integer, got {n_classes}")
     if not 0 <= seed <= ORDER_SEED_MAX:
-        raise ValueError(f"order_seed: expected an integer in 0..{ORDER_SEED_MAX} (NumPy's legacy RandomState), got {seed}")
+        raise ValueError(
+            f"order_seed: expected an integer in 0..{ORDER_SEED_MAX} (NumPy's legacy RandomState), got {seed}"
+        )
     return [int(c) for c in np.random.RandomState(seed).permutation(n_classes)]
 
 
@@ -45,7 +47,8 @@ def task_sizes(n_classes: int, initial_increment: int, increment: int) -> list[i
         divisors = [d for d in range(1, rest + 1) if rest % d == 0]
         partial = [initial_increment] + [increment] * (rest // increment) + [rest % increment]
         raise ValueError(
-            f"increment: expected a divisor of the {rest} classes after the base task ({', '.join(map(str, divisors))}), "
+            f"increment: expected a divisor of the {rest} classes after the base task "
+            f"({', '.join(map(str, divisors))}), "
             f"got {increment}: its tasks would have {partial} classes"
         )
     return [initial_increment] + [increment] * (rest // increment)
