@@ -8,11 +8,15 @@ keys and wrong values with an error naming the file and the dotted key, so a typ
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ncil.data.scenario import task_sizes
+from ncil import paths
+from ncil.data.catalog import DATASETS, class_split_counts
+from ncil.data.scenario import ORDER_SEED_MAX, task_sizes
 
 
 class ConfigError(ValueError):
@@ -127,6 +131,8 @@ class Params:
     method: dict[str, MethodConfig] = field(default_factory=dict)
 
 
+# The fixed sections of params.yaml and their records (scenario and method hold named entries).
+SECTIONS = {"dataset": DatasetConfig, "model": ModelConfig, "train": TrainConfig, "runtime": RuntimeConfig}
 PRESETS = ("paper",)
 BACKBONES = ("vit",)
 OPTIMIZERS = ("adam", "sgd")
@@ -138,6 +144,8 @@ NUMERICS = ("native", "portable")  # runtime.numerics (ncil.numerics)
 CROP_FILLS = ("black", "mean")  # as ncil.data.augment.CROP_FILLS
 # Method fields that shape task 0: methods sharing a base recipe must agree on them.
 BASE_RECIPE_FIELDS = ("backbone", "rotation", "ce_temperature")
+# Names of scenarios, methods and base recipes become folder names and Snakemake wildcard values.
+NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _fail(source: str, key: str, message: str) -> ConfigError:
@@ -161,14 +169,26 @@ def _coerce(value, annotation, source: str, key: str):
             raise _fail(source, key, f"expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str) and _reads_as_number(value):
+            raise _fail(source, key, f"expected a number, got the text {value!r} (YAML reads an exponent without "
+                                     f"a dot, such as 1e-3, as text: write 1.0e-3 or 0.001)")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(source, key, f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise _fail(source, key, f"expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
             raise _fail(source, key, f"expected a string, got {value!r}")
         return value
     raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # programming error
+
+
+def _reads_as_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def parse_section(cls, data, source: str, prefix: str):
@@ -206,6 +226,16 @@ def _fraction(source: str, key: str, value) -> None:
         raise _fail(source, key, f"expected a fraction in [0, 1), got {value!r}")
 
 
+def _at_least_zero(source: str, key: str, value, what: str = "a value") -> None:
+    if value < 0:
+        raise _fail(source, key, f"expected {what} >= 0, got {value!r}")
+
+
+def _name(source: str, key: str, name) -> None:
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise _fail(source, key, f"expected a name of letters, digits, _ and - (it becomes a folder name), got {name!r}")
+
+
 def parse_params(data: dict, source: str = "params.yaml") -> Params:
     """Validate a params mapping (as composed by Hydra) into a frozen ``Params``."""
     if not isinstance(data, dict):
@@ -217,10 +247,7 @@ def parse_params(data: dict, source: str = "params.yaml") -> Params:
     for name in top:
         if name not in data:
             raise _fail(source, name, "missing required key")
-    dataset = parse_section(DatasetConfig, data["dataset"], source, "dataset")
-    model = parse_section(ModelConfig, data["model"], source, "model")
-    train = parse_section(TrainConfig, data["train"], source, "train")
-    runtime = parse_section(RuntimeConfig, data["runtime"], source, "runtime")
+    sections = {name: parse_section(cls, data[name], source, name) for name, cls in SECTIONS.items()}
     for mapping in ("scenario", "method"):
         if not isinstance(data[mapping], dict) or not data[mapping]:
             raise _fail(source, mapping, f"expected a non-empty mapping of named {mapping}s, got {data[mapping]!r}")
@@ -233,10 +260,7 @@ def parse_params(data: dict, source: str = "params.yaml") -> Params:
         preset=_coerce(data["preset"], str, source, "preset"),
         order_seed=_coerce(data["order_seed"], int, source, "order_seed"),
         seeds=seeds,
-        dataset=dataset,
-        model=model,
-        train=train,
-        runtime=runtime,
+        **sections,
         scenario=scenario,
         method=method,
     )
@@ -250,6 +274,88 @@ def _validate(p: Params, source: str) -> None:
         raise _fail(source, "seeds", "expected at least one seed")
     if len(set(p.seeds)) != len(p.seeds):
         raise _fail(source, "seeds", f"expected distinct seeds, got {list(p.seeds)}")
+    for i, seed in enumerate(p.seeds):
+        _at_least_zero(source, f"seeds[{i}]", seed, "a seed")
+    if not 0 <= p.order_seed <= ORDER_SEED_MAX:
+        raise _fail(source, "order_seed", f"expected a seed in 0..{ORDER_SEED_MAX} (NumPy's legacy RandomState), "
+                                          f"got {p.order_seed}")
+    _validate_dataset(p, source)
+    _choice(source, "model.name", p.model.name, BACKBONES)
+    for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio"):
+        _positive(source, f"model.{key}", getattr(p.model, key))
+    if p.model.img_size != p.dataset.image_size:
+        raise _fail(
+            source, "model.img_size", f"expected the data set's image_size {p.dataset.image_size}, got {p.model.img_size}"
+        )
+    if p.model.img_size % p.model.patch_size:
+        raise _fail(source, "model.patch_size", f"expected a divisor of img_size {p.model.img_size}, got {p.model.patch_size}")
+    if p.model.embed_dim % p.model.num_heads:
+        raise _fail(source, "model.num_heads", f"expected a divisor of embed_dim {p.model.embed_dim}, got {p.model.num_heads}")
+    if not 0.0 <= p.model.drop_path < 1.0:
+        raise _fail(source, "model.drop_path", f"expected a rate in [0, 1), got {p.model.drop_path}")
+    for key in ("epochs", "batch_size", "lr", "eval_batch_size"):
+        _positive(source, f"train.{key}", getattr(p.train, key))
+    _at_least_zero(source, "train.weight_decay", p.train.weight_decay)
+    _at_least_zero(source, "train.lr_step", p.train.lr_step, "a step in epochs (0 = constant)")
+    if not 0.0 < p.train.lr_gamma <= 1.0:
+        raise _fail(source, "train.lr_gamma", f"expected a decay factor in (0, 1], got {p.train.lr_gamma}")
+    _choice(source, "train.base_optimizer", p.train.base_optimizer, OPTIMIZERS)
+    for key in ("base_epochs", "base_lr"):
+        if getattr(p.train, key) < 0:
+            raise _fail(source, f"train.{key}", f"expected >= 0 (0 = as the other tasks), got {getattr(p.train, key)}")
+    if not 0.0 <= p.train.base_momentum < 1.0:
+        raise _fail(source, "train.base_momentum", f"expected a momentum in [0, 1), got {p.train.base_momentum}")
+    milestones = p.train.base_milestones
+    if any(m <= 0 for m in milestones) or list(milestones) != sorted(set(milestones)):
+        raise _fail(source, "train.base_milestones", f"expected increasing positive epochs, got {list(milestones)}")
+    if milestones and p.train.base_optimizer != "sgd":
+        raise _fail(source, "train.base_milestones", "expected [] unless train.base_optimizer is sgd")
+    if p.runtime.threads < 1:
+        raise _fail(source, "runtime.threads", f"expected a positive integer, got {p.runtime.threads}")
+    _at_least_zero(source, "runtime.gpus_per_job", p.runtime.gpus_per_job, "a GPU count")
+    if p.runtime.numerics not in NUMERICS:
+        raise _fail(source, "runtime.numerics", f"expected one of {', '.join(NUMERICS)}, got {p.runtime.numerics!r}")
+    if not (p.runtime.device in ("auto", "cpu", "cuda") or p.runtime.device.startswith("cuda:")):
+        raise _fail(source, "runtime.device", f"expected auto, cpu, cuda or cuda:N, got {p.runtime.device!r}")
+    base_splits = {paths.base_split_id(sc.initial_increment): sc.initial_increment for sc in p.scenario.values()}
+    for name, sc in p.scenario.items():
+        _name(source, f"scenario.{name}", name)
+        if name in base_splits:
+            raise _fail(source, f"scenario.{name}",
+                        f"{name!r} is the folder of the task-0 runs shared by every setting with initial_increment "
+                        f"{base_splits[name]}: expected another name (e.g. {name}_inc{sc.increment})")
+        try:
+            task_sizes(p.dataset.n_classes, sc.initial_increment, sc.increment)
+        except ValueError as err:
+            field_name, message = str(err).split(": ", 1)
+            raise _fail(source, f"scenario.{name}.{field_name}", message) from None
+    recipes: dict[str, tuple[str, tuple]] = {}
+    for name, m in p.method.items():
+        key = f"method.{name}"
+        _name(source, key, name)
+        _name(source, f"{key}.base_recipe", m.base_recipe)
+        _choice(source, f"{key}.train_on", m.train_on, TRAIN_ON)
+        _choice(source, f"{key}.backbone", m.backbone, METHOD_BACKBONES)
+        _choice(source, f"{key}.pks_weighting", m.pks_weighting, PKS_WEIGHTINGS)
+        _choice(source, f"{key}.pks_p", m.pks_p, (1, 2))
+        _choice(source, f"{key}.pr_centers", m.pr_centers, PR_CENTERS)
+        _positive(source, f"{key}.ce_temperature", m.ce_temperature)
+        for weight in ("feature_kd", "proto_aug", "pks", "pr"):
+            if getattr(m, weight) < 0:
+                raise _fail(source, f"{key}.{weight}", f"expected a weight >= 0, got {getattr(m, weight)}")
+        base = tuple(getattr(m, f) for f in BASE_RECIPE_FIELDS)
+        other = recipes.setdefault(m.base_recipe, (name, base))
+        if other[1] != base:
+            raise _fail(
+                source, f"{key}.base_recipe",
+                f"{m.base_recipe!r} is shared with method {other[0]!r}, which differs in "
+                f"{', '.join(BASE_RECIPE_FIELDS)}: give one of them another base_recipe name",
+            )
+
+
+def _validate_dataset(p: Params, source: str) -> None:
+    _choice(source, "dataset.name", p.dataset.name, DATASETS)
+    facts = DATASETS[p.dataset.name]
     for key in ("n_classes", "image_size", "channels"):
         _positive(source, f"dataset.{key}", getattr(p.dataset, key))
     for key in ("mean", "std"):
@@ -258,6 +364,7 @@ def _validate(p: Params, source: str) -> None:
     if any(s <= 0 for s in p.dataset.std):
         raise _fail(source, "dataset.std", f"expected positive values, got {list(p.dataset.std)}")
     _fraction(source, "dataset.test_fraction", p.dataset.test_fraction)
+    _at_least_zero(source, "dataset.split_seed", p.dataset.split_seed, "a seed")
     _fraction(source, "dataset.val_fraction", p.dataset.val_fraction)
     _choice(source, "dataset.crop_fill", p.dataset.crop_fill, CROP_FILLS)
     for key in ("crop_padding", "train_resize", "test_resize", "max_classes", "max_train_per_class",
@@ -279,68 +386,36 @@ def _validate(p: Params, source: str) -> None:
         )
     if p.dataset.random_resized_crop and p.dataset.crop_padding:
         raise _fail(source, "dataset.crop_padding", "expected 0 with random_resized_crop (one crop per image)")
-    if p.dataset.name != "digits" and not p.dataset.root:
+    if facts.raw and not p.dataset.root:
         raise _fail(source, "dataset.root", f"expected the folder of the raw {p.dataset.name} data, got an empty path")
-    _choice(source, "model.name", p.model.name, BACKBONES)
-    for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio"):
-        _positive(source, f"model.{key}", getattr(p.model, key))
-    if p.model.img_size != p.dataset.image_size:
-        raise _fail(
-            source, "model.img_size", f"expected the data set's image_size {p.dataset.image_size}, got {p.model.img_size}"
-        )
-    if p.model.img_size % p.model.patch_size:
-        raise _fail(source, "model.patch_size", f"expected a divisor of img_size {p.model.img_size}, got {p.model.patch_size}")
-    if p.model.embed_dim % p.model.num_heads:
-        raise _fail(source, "model.num_heads", f"expected a divisor of embed_dim {p.model.embed_dim}, got {p.model.num_heads}")
-    if not 0.0 <= p.model.drop_path < 1.0:
-        raise _fail(source, "model.drop_path", f"expected a rate in [0, 1), got {p.model.drop_path}")
-    for key in ("epochs", "batch_size", "lr", "eval_batch_size"):
-        _positive(source, f"train.{key}", getattr(p.train, key))
-    if p.train.weight_decay < 0 or p.train.lr_step < 0:
-        raise _fail(source, "train", "weight_decay and lr_step must be >= 0")
-    _choice(source, "train.base_optimizer", p.train.base_optimizer, OPTIMIZERS)
-    for key in ("base_epochs", "base_lr"):
-        if getattr(p.train, key) < 0:
-            raise _fail(source, f"train.{key}", f"expected >= 0 (0 = as the other tasks), got {getattr(p.train, key)}")
-    if not 0.0 <= p.train.base_momentum < 1.0:
-        raise _fail(source, "train.base_momentum", f"expected a momentum in [0, 1), got {p.train.base_momentum}")
-    milestones = p.train.base_milestones
-    if any(m <= 0 for m in milestones) or list(milestones) != sorted(set(milestones)):
-        raise _fail(source, "train.base_milestones", f"expected increasing positive epochs, got {list(milestones)}")
-    if milestones and p.train.base_optimizer != "sgd":
-        raise _fail(source, "train.base_milestones", "expected [] unless train.base_optimizer is sgd")
-    if p.runtime.threads < 1:
-        raise _fail(source, "runtime.threads", f"expected a positive integer, got {p.runtime.threads}")
-    if p.runtime.numerics not in NUMERICS:
-        raise _fail(source, "runtime.numerics", f"expected one of {', '.join(NUMERICS)}, got {p.runtime.numerics!r}")
-    if not (p.runtime.device in ("auto", "cpu", "cuda") or p.runtime.device.startswith("cuda:")):
-        raise _fail(source, "runtime.device", f"expected auto, cpu, cuda or cuda:N, got {p.runtime.device!r}")
-    for name, sc in p.scenario.items():
-        try:
-            task_sizes(p.dataset.n_classes, sc.initial_increment, sc.increment)
-        except ValueError as err:
-            field_name, message = str(err).split(": ", 1)
-            raise _fail(source, f"scenario.{name}.{field_name}", message) from None
-    recipes: dict[str, tuple[str, tuple]] = {}
-    for name, m in p.method.items():
-        key = f"method.{name}"
-        _choice(source, f"{key}.train_on", m.train_on, TRAIN_ON)
-        _choice(source, f"{key}.backbone", m.backbone, METHOD_BACKBONES)
-        _choice(source, f"{key}.pks_weighting", m.pks_weighting, PKS_WEIGHTINGS)
-        _choice(source, f"{key}.pks_p", m.pks_p, (1, 2))
-        _choice(source, f"{key}.pr_centers", m.pr_centers, PR_CENTERS)
-        _positive(source, f"{key}.ce_temperature", m.ce_temperature)
-        for weight in ("feature_kd", "proto_aug", "pks", "pr"):
-            if getattr(m, weight) < 0:
-                raise _fail(source, f"{key}.{weight}", f"expected a weight >= 0, got {getattr(m, weight)}")
-        base = tuple(getattr(m, f) for f in BASE_RECIPE_FIELDS)
-        other = recipes.setdefault(m.base_recipe, (name, base))
-        if other[1] != base:
-            raise _fail(
-                source, f"{key}.base_recipe",
-                f"{m.base_recipe!r} is shared with method {other[0]!r}, which differs in "
-                f"{', '.join(BASE_RECIPE_FIELDS)}: give one of them another base_recipe name",
-            )
+    if not facts.raw:
+        for key in ("max_classes", "max_train_per_class", "max_test_per_class"):
+            if getattr(p.dataset, key):
+                raise _fail(source, f"dataset.{key}", f"expected 0: {p.dataset.name} is always prepared whole "
+                                                      f"(the max_* cuts apply to data sets read from dataset.root)")
+    if facts.n_classes is not None:  # folder: prepare checks n_classes against the class folders
+        if p.dataset.max_classes > facts.n_classes:
+            raise _fail(source, "dataset.max_classes",
+                        f"expected at most the {facts.n_classes} classes of {p.dataset.name}, "
+                        f"got {p.dataset.max_classes}")
+        if not p.dataset.max_classes and p.dataset.n_classes != facts.n_classes:
+            cut = " (to keep only the first N, set dataset.max_classes=N as well)" if facts.raw else ""
+            raise _fail(source, "dataset.n_classes",
+                        f"expected {facts.n_classes}, the classes of {p.dataset.name}{cut}, got {p.dataset.n_classes}")
+    # Every class must keep training images once val (and test, without a test set of its own) are carved out.
+    pools = [(facts.smallest_class, f"the smallest class of {p.dataset.name}")]
+    if facts.raw and p.dataset.max_train_per_class:
+        pools.append((p.dataset.max_train_per_class, "dataset.max_train_per_class"))
+    test_fraction = 0.0 if facts.own_test_set else p.dataset.test_fraction
+    for n, why in pools:
+        if n is None:
+            continue
+        n_train, n_val, n_test = class_split_counts(n, test_fraction, p.dataset.val_fraction)
+        if n_train < 1:
+            keys = "dataset.val_fraction" if facts.own_test_set else "dataset.test_fraction/val_fraction"
+            raise _fail(source, keys,
+                        f"leaves no training image in a class of {n} images ({why}): {n_test} go to test and {n_val} "
+                        f"to val; expected fractions that leave at least one")
 
 
 def load_params(path: str | Path = "params.yaml") -> tuple[Params, dict]:

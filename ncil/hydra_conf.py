@@ -9,14 +9,101 @@ HEADER = "# Generated from conf/ by `python -m ncil params` (or `dvc exp run -S 
 
 
 def compose(overrides: list[str] | None = None, conf_dir: str | Path = CONF_DIR) -> dict:
-    """The composed configuration as plain Python values; Hydra names a bad key or value."""
+    """The composed configuration as plain Python values.
+
+    A bad override (unknown key or group option, unparsable text) raises ``ConfigError`` with one
+    line naming the override, what is wrong and the closest existing names.
+    """
+    from hydra.errors import HydraException
+
+    overrides = list(overrides or [])
+    try:
+        return _compose(overrides, conf_dir)
+    except HydraException as err:
+        from ncil.config import ConfigError
+
+        raise ConfigError(override_error(err, overrides, conf_dir)) from None
+
+
+def _compose(overrides: list[str], conf_dir: str | Path) -> dict:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+        cfg = hydra_compose(config_name="config", overrides=overrides)
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _override_key(override: str) -> str:
+    """``+train.lr=1`` -> ``train.lr``; ``~dataset.root`` -> ``dataset.root``."""
+    return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+
+
+def _typed_keys() -> set[str]:
+    """Dotted keys of the fixed sections of the typed config (``dataset.root``, ``train.lr``, ...)."""
+    import dataclasses
+
+    from ncil.config import SECTIONS
+
+    return {f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+def _did_you_mean(name: str, candidates, prefix: str = "") -> str:
+    """`` (did you mean X?)`` for the closest of ``candidates`` (shown under ``prefix.``), else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(candidates), n=2, cutoff=0.75)
+    close = [f"{prefix}.{c}" if prefix else c for c in close]
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def override_error(err: Exception, overrides: list[str], conf_dir: str | Path = CONF_DIR) -> str:
+    """One line for a Hydra composition error: the override, what is wrong, what exists instead."""
+    import re
+
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    lines = str(err).splitlines() or [type(err).__name__]
+    if isinstance(err, OverrideParseException):
+        quoted = re.match(r"Error parsing override '(.*)'$", lines[0])
+        override = quoted.group(1) if quoted else next((o for o in overrides if o in str(err)), " ".join(overrides))
+        reason = lines[1] if quoted and len(lines) > 1 else lines[0]
+        return f"override {override!r}: expected key=value in Hydra's override grammar ({reason})"
+    missing_option = re.match(r"In '[^']*': Could not (?:find|load) '(.+)/([^'/]+)'", lines[0])
+    if isinstance(err, MissingConfigException) and missing_option:  # a config group option without a file
+        group, option = missing_option.groups()
+        override = next((o for o in overrides if _override_key(o) == group.replace("/", ".")), f"{group}={option}")
+        options = sorted(f.stem for f in (Path(conf_dir) / group).glob("*.yaml"))
+        hint = _did_you_mean(option, options) or f" (options: {', '.join(options)})"
+        return f"override {override!r}: no option {option!r} in conf/{group}/{hint}"
+    unknown_key = re.match(r"Could not override '([^']+)'", lines[0])
+    if unknown_key:  # a key that is not in the composed tree
+        key = unknown_key.group(1)
+        override = next((o for o in overrides if _override_key(o) == key), key)
+        # The tree as composed up to this override (Hydra applies value overrides in order): its first
+        # missing part, and the keys beside it. The suggestion is a courtesy: without it, the key stands.
+        before = overrides[: overrides.index(override)] if override in overrides else []
+        try:
+            node = _compose(before, conf_dir)
+        except Exception:  # noqa: BLE001
+            return f"override {override!r}: no key {key} in conf/"
+        parts, prefix = key.split("."), []
+        for part in parts:
+            if not isinstance(node, dict) or part not in node:
+                break
+            node, prefix = node[part], [*prefix, part]
+        leaf = parts[len(prefix)] if len(prefix) < len(parts) else parts[-1]
+        missing = ".".join([*prefix, leaf])
+        if missing in _typed_keys():
+            return (f"override {override!r}: {missing} is not set in this composition of conf/; "
+                    f"add it with +{override.lstrip('+')}")
+        beside = list(node) if isinstance(node, dict) else []
+        close = _did_you_mean(leaf, beside, prefix=".".join(prefix))
+        if not close and beside:
+            close = f" (keys {'of ' + '.'.join(prefix) if prefix else 'at the top level'}: {', '.join(beside)})"
+        return f"override {override!r}: no key {missing} in conf/{close}"
+    return f"overrides {overrides}: {lines[0]}"
 
 
 def write_params(overrides: list[str], params_path: str = "params.yaml", dvc_path: str | None = "dvc.yaml") -> dict:

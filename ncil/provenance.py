@@ -23,5 +23,9 @@ def code_version() -> str:
 
 
 def setting_label(initial: int, increment: int, n_tasks: int) -> str:
-    """The paper's name of a setting: F + C x T (T incremental tasks after the base task)."""
+    """The paper's name of a setting: F + C x T (T incremental tasks after the base task).
+
+    Exact for every setting that exists: ``ncil.data.scenario.task_sizes`` (and so ``params.yaml``'s
+    parser and ``split``) refuses an increment C that does not divide the classes after the base task.
+    """
     return f"{initial}+{increment}x{n_tasks - 1}"

@@ -72,6 +72,66 @@ def tiny_project(tmp_path) -> Path:
     return copy_project(tmp_path / "project")
 
 
+# --- expensive state built once per session; each test gets its own copy ----------------------------
+# The tiny grid's data, split files and the first two trained tasks of finetune (seed 1), made with
+# the CLI exactly as a test would make them. A test that corrupts or overwrites a file works on its
+# copy (`tiny_prepared`, `tiny_trained`), never on the session's template.
+BASE_SPLIT = "results/digits/base4/split.json"
+SETTING_SPLIT = "results/digits/base4_inc2/split.json"
+BASE_TASK = "runs/digits/base4/plain/seed1/task_0"
+FINETUNE_TASK_1 = "runs/digits/base4_inc2/finetune/seed1/task_1"
+
+
+def train_tiny(project: Path, task: int, method: str = "finetune", check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m ncil train`` of task 0 (base recipe plain) or task 1 (``method``) of the tiny grid."""
+    args = ["train", "--seed", "1", "--task", str(task), "--log", f"logs/t{task}.log"]
+    if task == 0:
+        args += ["--split", BASE_SPLIT, "--method", "plain",
+                 "--checkpoint", f"{BASE_TASK}/model.pt", "--centers", f"{BASE_TASK}/centers.parquet"]
+    else:
+        inc = FINETUNE_TASK_1.replace("/finetune/", f"/{method}/")
+        args += ["--split", SETTING_SPLIT, "--method", method,
+                 "--prev-checkpoint", f"{BASE_TASK}/model.pt", "--prev-centers", f"{BASE_TASK}/centers.parquet",
+                 "--checkpoint", f"{inc}/model.pt", "--centers", f"{inc}/centers.parquet"]
+    return ncil(args, project, check=check)
+
+
+def _copy(template: Path, dest: Path) -> Path:
+    shutil.copytree(template, dest, symlinks=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared_template(tmp_path_factory) -> Path:
+    """Read-only: the tiny project after ``prepare`` and both ``split`` files (built once)."""
+    project = copy_project(tmp_path_factory.mktemp("prepared") / "project")
+    ncil(["prepare"], project)
+    ncil(["split", "--initial", "4", "--out", BASE_SPLIT], project)
+    ncil(["split", "--initial", "4", "--increment", "2", "--out", SETTING_SPLIT], project)
+    return project
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_template(tiny_prepared_template, tmp_path_factory) -> Path:
+    """Read-only: the prepared tiny project with task 0 (plain) and task 1 (finetune) trained (built once)."""
+    project = _copy(tiny_prepared_template, tmp_path_factory.mktemp("trained") / "project")
+    train_tiny(project, 0)
+    train_tiny(project, 1)
+    return project
+
+
+@pytest.fixture
+def tiny_prepared(tiny_prepared_template, tmp_path) -> Path:
+    """A fresh copy of the prepared tiny project (data and split files), for this test only."""
+    return _copy(tiny_prepared_template, tmp_path / "project")
+
+
+@pytest.fixture
+def tiny_trained(tiny_trained_template, tmp_path) -> Path:
+    """A fresh copy of the tiny project with tasks 0 and 1 trained, for this test only."""
+    return _copy(tiny_trained_template, tmp_path / "project")
+
+
 @pytest.fixture(scope="session")
 def tiny_params() -> dict:
     from ncil.config import parse_params

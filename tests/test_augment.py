@@ -339,23 +339,26 @@ def test_compile_flag_is_plumbed(monkeypatch):
     assert parse_params(compose([])).runtime.compile is False
 
 
-# --- measured speed ------------------------------------------------------------------------------
+# --- the augmentation benchmark (speed itself: `python -m ncil bench-data`, never asserted here) ---------
 
-def test_batched_augmentation_is_at_least_10x_the_per_image_pil_pipeline():
-    """Fastest of alternating rounds (noise on a shared machine only adds time); measured about 25x here."""
+def test_bench_augment_reports_both_rates_and_their_ratio():
+    """The report's arithmetic on a tiny round (the batched path measured about 25x when first written)."""
     from ncil.bench import bench_augment
 
-    r = bench_augment(batch_size=64, batched_images=2048, pil_images=256, rounds=7, threads=1)
-    assert r["ratio"] >= 10, r
+    r = bench_augment(batch_size=8, batched_images=16, pil_images=8, rounds=2, threads=1)
+    assert r["ratio"] == pytest.approx(r["batched_images_per_s"] / r["pil_images_per_s"])
+    assert r["batched_images_per_s"] >= r["batched_median_images_per_s"] > 0  # the fastest of the rounds
+    assert r["pil_images_per_s"] >= r["pil_median_images_per_s"] > 0
+    assert (r["batch_size"], r["threads"], r["rounds"]) == (8, 1, 2)
 
 
 def test_bench_data_cli_reports_both_rates_and_the_ratio(capsys):
     from ncil.__main__ import main
 
-    assert main(["bench-data", "--images", "256", "--pil-images", "64", "--rounds", "1"]) == 0
+    assert main(["bench-data", "--images", "64", "--pil-images", "16", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     assert "batched (ncil.data.augment)" in out and "per image (torchvision v1 + PIL)" in out
-    assert float(out.rsplit("ratio ", 1)[1].rstrip().rstrip("x")) > 1
+    assert float(out.rsplit("ratio ", 1)[1].rstrip().rstrip("x")) > 0  # a number; its size is not a test
 
 
 def test_train_task_compiles_the_backbone_only_when_asked(monkeypatch):

@@ -24,7 +24,7 @@ from tests.conftest import ROOT, copy_project, run
 
 WNIDS = [f"n0{k}{k}00{k}{k}{k}" for k in range(1, 9)]  # 8 classes in the ImageNet-style tree, 6 listed
 TINY = ["model=vit_digits_tiny", "train=smoke", "scenario=[base4_inc2]", "method=[finetune]", "seeds=[1]",
-        "dataset.n_classes=6"]
+        "dataset.n_classes=6", "dataset.max_classes=6"]  # the paper sets' class counts are known: cut to 6
 
 
 def fixture_overrides(name: str, tmp_path: Path) -> list[str]:
@@ -209,9 +209,9 @@ def test_class_list_and_class_count_are_checked(project, tmp_path, capsys):
     overrides = fixture_overrides("imagenet_subset", tmp_path)
     write_params(overrides + ["dataset.class_list=''"])  # no list: the tree must hold exactly n_classes
     assert "has 8 class folders instead of the subset's 6" in cli_error(capsys, "prepare")
-    write_params(overrides + ["dataset.n_classes=5"])
+    write_params(overrides + ["dataset.n_classes=100", "dataset.max_classes=0"])  # the subset's count; 6 listed
     assert "dataset.n_classes: " in cli_error(capsys, "prepare")
-    write_params(overrides + ["dataset.n_classes=4", "dataset.max_classes=4"])
+    write_params(overrides + ["dataset.n_classes=4", "dataset.max_classes=4", "scenario.base4_inc2.initial_increment=2"])
     cli("prepare")
     assert io.read_json("data/imagenet_subset/manifest.json")["classes"] == sorted(WNIDS[2:])[:4]
 

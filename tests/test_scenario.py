@@ -1,3 +1,5 @@
+import pytest
+
 from ncil.data.scenario import class_order, remap_labels, task_classes, task_sizes
 
 # method-spec 1.2: CIFAR-100 under seed 1993 (legacy RandomState), as PyCIL publishes it.
@@ -22,7 +24,8 @@ def test_task_sizes_paper_settings():
     assert task_sizes(100, 40, 3) == [40] + [3] * 20
     assert task_sizes(200, 100, 5) == [100] + [5] * 20
     assert task_sizes(10, 4, 2) == [4, 2, 2, 2]
-    assert task_sizes(10, 4, 4) == [4, 4, 2]  # remainder becomes the last task
+    assert task_sizes(10, 5, 1) == [5, 1, 1, 1, 1, 1]
+    assert task_sizes(10, 4, 6) == [4, 6]
 
 
 def test_task_classes_follow_the_order():
@@ -34,10 +37,25 @@ def test_task_classes_follow_the_order():
     assert [remap[c] for c in tasks[1]] == [4, 5]
 
 
-def test_task_sizes_rejects_bad_values():
-    import pytest
+@pytest.mark.parametrize("args, message", [
+    ((10, 11, 1), "initial_increment: expected 1..9 (fewer than the 10 classes"),
+    ((10, 10, 1), "initial_increment: expected 1..9"),  # no incremental task would follow
+    ((10, 0, 2), "initial_increment: expected 1..9"),
+    ((10, 4, 0), "increment: expected a positive integer, got 0"),
+    # PyCIL would give [4, 4, 2], which "4+4x2" would misname
+    ((10, 4, 4), "increment: expected a divisor of the 6 classes after the base task (1, 2, 3, 6), got 4: "
+                 "its tasks would have [4, 4, 2] classes"),
+    ((100, 50, 15), "increment: expected a divisor of the 50 classes after the base task (1, 2, 5, 10, 25, 50)"),
+])
+def test_task_sizes_rejects_bad_values(args, message):
+    with pytest.raises(ValueError) as err:
+        task_sizes(*args)
+    assert str(err.value).startswith(message), str(err.value)
+    with pytest.raises(ValueError):
+        task_classes(list(range(args[0])), *args[1:])
 
-    with pytest.raises(ValueError, match="initial_increment"):
-        task_sizes(10, 11, 1)
-    with pytest.raises(ValueError, match="increment"):
-        task_sizes(10, 4, 0)
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_class_order_rejects_a_seed_numpy_cannot_take(seed):
+    with pytest.raises(ValueError, match=r"^order_seed: expected an integer in 0..4294967295"):
+        class_order(10, seed)

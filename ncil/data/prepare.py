@@ -11,6 +11,7 @@ import numpy as np
 
 from ncil import io, paths
 from ncil.config import ConfigError, DatasetConfig
+from ncil.data.catalog import class_split_counts
 
 
 def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
@@ -64,8 +65,7 @@ def stratified_split(labels: np.ndarray, test_fraction: float, val_fraction: flo
     parts = {"train": [], "val": [], "test": []}
     for cls in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == cls))
-        n_test = int(round(len(idx) * test_fraction))
-        n_val = int(round((len(idx) - n_test) * val_fraction))
+        _, n_val, n_test = class_split_counts(len(idx), test_fraction, val_fraction)
         parts["test"].append(idx[:n_test])
         parts["val"].append(idx[n_test : n_test + n_val])
         parts["train"].append(idx[n_test + n_val :])
