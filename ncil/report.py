@@ -1,7 +1,12 @@
 """What the report steps write, as data: output path -> file content, from loaded metrics (pure).
 
-The ``paper-tables`` and ``figures`` verbs write these; ``verify`` recomputes them from the
-metrics files and compares them with what is on disk, so both go through the same definitions.
+The paper's tables are kept per data set: each grid's ``paper-sections`` step writes its own data
+set's sections (``paths.paper_section_files``: results/tables/<dataset>/table1.md, ...), and
+``paper-tables`` assembles results/tables/table1.md, ... from every data set's sections present, so a
+grid on another data set adds its sections and never rewrites another's. The ``paper-sections``,
+``paper-tables`` and ``figures`` verbs write these; ``verify`` recomputes them from the metrics files
+(and the other data sets' section files) and compares them with what is on disk, so both go through
+the same definitions.
 """
 
 from __future__ import annotations
@@ -99,7 +104,8 @@ def _section_key(path: str) -> tuple[str, str]:
         table = name.rsplit(".", 1)[0]
         if table in tables.TABLE_NAMES and path in paths.paper_section_files(dataset, table):
             return dataset, table
-    raise ValueError(f"{path}: not a paper table section file (expected {paths.paper_section_files('<dataset>', 'table1')[0]} "
+    expected = paths.paper_section_files("<dataset>", "table1")[0]
+    raise ValueError(f"{path}: not a paper table section file (expected {expected} "
                      f"or .csv, tables {', '.join(tables.TABLE_NAMES)})")
 
 

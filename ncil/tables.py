@@ -6,6 +6,9 @@
   rows, settings as columns) and as a tidy CSV (one row per table cell). Data sets of the paper
   (``ncil.paper_values``) show the paper's value, ours and the difference (ours - paper); other data
   sets (digits) show ours only. A (data set, setting, method) without results reads "not run".
+* ``section_cells`` / ``section_lines``: one data set's section; ``assemble``: a table from the sections
+  of several data sets (each written by its own grid), their context lines merged (``merge_contexts``),
+  byte-equal to ``cells_to_markdown`` / ``cells_to_csv`` over all their cells.
 """
 
 from __future__ import annotations
@@ -150,7 +153,8 @@ def section_cells(table: str, dataset: str, rows: list[dict], settings: list[str
         if table in ("table1", "table2"):
             row_specs = paper_values.EXTRA_METHODS + row_specs
             known = {m for _, m in row_specs}
-            row_specs += [(m, m) for m in sorted({r["method"] for r in rows if r["dataset"] == dataset}) if m not in known]
+            others = sorted({r["method"] for r in rows if r["dataset"] == dataset} - known)
+            row_specs += [(m, m) for m in others]
         for label, method in row_specs:
             for setting in settings:
                 for metric in metrics:

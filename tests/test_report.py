@@ -247,7 +247,8 @@ def test_assembly_is_stable_and_incomplete_sections_are_refused():
     with pytest.raises(ValueError, match="not a paper table section file"):
         report.assemble_texts({"results/tables/folder/table4.md": ""}, defaults)
     broken = dict(sections)
-    broken[paths.paper_section_files("folder", "table1")[0]] = sections[paths.paper_section_files("folder", "table2")[0]]
+    t1, t2 = (paths.paper_section_files("folder", t)[0] for t in ("table1", "table2"))
+    broken[t1] = sections[t2]
     with pytest.raises(ValueError, match="results/tables/folder/table1.md: not a section of table1"):
         report.assemble_texts(broken, defaults)
 
