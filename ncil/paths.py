@@ -138,3 +138,29 @@ def weight_map_files(dataset: str) -> tuple[str, str]:
 def cost_table_file(dataset: str) -> str:
     """Wall time and peak memory per setting and method (Markdown; CSV beside): local, not verified."""
     return f"{BENCH_ROOT}/costs_{dataset}.md"
+
+
+# --- One data set's sections of the paper's tables (results/tables/<dataset>/; git) --------------
+# Each grid writes only its own data set's sections; results/tables/<table>.{md,csv} are assembled
+# from every data set's sections present, so a second grid adds to the tables and rewrites nothing.
+
+
+def paper_section_files(dataset: str, table: str) -> tuple[str, str]:
+    """Markdown and CSV of ``dataset``'s section of one of the paper's tables."""
+    return (f"{TABLES_DIR}/{dataset}/{table}.md", f"{TABLES_DIR}/{dataset}/{table}.csv")
+
+
+def paper_sections(dataset: str) -> list[str]:
+    """Every section file of ``dataset`` (Tables 1, 2, 3, 5; Markdown, CSV)."""
+    return [f for table in PAPER_TABLES for f in paper_section_files(dataset, table)]
+
+
+def paper_section_datasets(root: str = ".") -> list[str]:
+    """Data sets (sorted) with a section folder under ``root``/results/tables (one holding table1.md)."""
+    import os
+
+    base = os.path.join(root, TABLES_DIR)
+    if not os.path.isdir(base):
+        return []
+    return sorted(d for d in os.listdir(base)
+                  if os.path.isfile(os.path.join(root, paper_section_files(d, PAPER_TABLES[0])[0])))

@@ -1,12 +1,17 @@
 """What the report steps write, as data: output path -> file content, from loaded metrics (pure).
 
-The ``paper-tables`` and ``figures`` verbs write these; ``verify`` recomputes them from the
-metrics files and compares them with what is on disk, so both go through the same definitions.
+The paper's tables are kept per data set: each grid's ``paper-sections`` step writes its own data
+set's sections (``paths.paper_section_files``: results/tables/<dataset>/table1.md, ...), and
+``paper-tables`` assembles results/tables/table1.md, ... from every data set's sections present, so a
+grid on another data set adds its sections and never rewrites another's. The ``paper-sections``,
+``paper-tables`` and ``figures`` verbs write these; ``verify`` recomputes them from the metrics files
+(and the other data sets' section files) and compares them with what is on disk, so both go through
+the same definitions.
 """
 
 from __future__ import annotations
 
-from ncil import figures, grid, paths, tables
+from ncil import figures, grid, paper_values, paths, tables
 from ncil.metrics import CONVENTION
 from ncil.provenance import setting_label
 
@@ -35,15 +40,98 @@ def default_context(params: dict) -> dict:
             "seeds": list(params["seeds"])}
 
 
-def table_texts(params: dict, metrics: list[dict]) -> dict[str, str]:
-    """Path -> text of the paper's Tables 1, 2, 3 and 5 (Markdown and CSV)."""
-    rows = tables.aggregate(metrics)
-    context = tables.context_from(metrics, default_context(params))
-    out = {}
-    for name, (markdown, csv_text) in tables.paper_tables(rows, grid_settings(params), context).items():
-        md_path, csv_path = paths.paper_table_files(name)
-        out[md_path], out[csv_path] = markdown, csv_text
+def section_datasets(params: dict) -> dict[str, list[str]]:
+    """The grid's data sets as the paper tables name them (``paper_values.canonical_dataset``) -> their
+    setting labels: each has its own section files (``paths.paper_section_files``)."""
+    out: dict[str, list[str]] = {}
+    for dataset, settings in grid_settings(params).items():
+        out.setdefault(paper_values.canonical_dataset(dataset), []).extend(settings)
     return out
+
+
+def section_texts(params: dict, metrics: list[dict]) -> dict[str, str]:
+    """Path -> text of this grid's data sets' sections of Tables 1, 2, 3 and 5 (what the grid's
+    ``paper-sections`` step writes; nothing of another data set)."""
+    rows = tables.aggregate(metrics)
+    out = {}
+    for dataset, settings in section_datasets(params).items():
+        own = [m for m in metrics if paper_values.canonical_dataset(m["run"].get("dataset", "")) == dataset]
+        context = tables.context_from(own, default_context(params))
+        for table in tables.TABLE_NAMES:
+            cells = tables.section_cells(table, dataset, rows, settings)
+            md_path, csv_path = paths.paper_section_files(dataset, table)
+            out[md_path], out[csv_path] = tables.cells_to_markdown(table, cells, context), tables.cells_to_csv(cells)
+    return out
+
+
+def assemble_texts(sections: dict[str, str], defaults: dict) -> dict[str, str]:
+    """Path -> text of Tables 1, 2, 3 and 5 from every data set's section files in ``sections`` (path ->
+    text): sections in ``tables.section_order``; a paper data set without section files shows the paper's
+    values with ours "not run". ``defaults``: the context when no data set has sections."""
+    datasets = {}
+    for path in sections:
+        dataset, table = _section_key(path)
+        datasets.setdefault(dataset, set()).add(table)
+    for dataset in datasets:
+        missing = [f for f in paths.paper_sections(dataset) if f not in sections]
+        if missing:
+            raise ValueError(f"{missing[0]}: missing; a data set's sections are written together "
+                             f"({', '.join(paths.paper_sections(dataset))})")
+    out = {}
+    for table in tables.TABLE_NAMES:
+        parts, contexts = [], []
+        for dataset in tables.section_order([*datasets, *paper_values.DATASETS]):
+            md_path, csv_path = paths.paper_section_files(dataset, table)
+            if dataset in datasets:
+                context, lines = tables.split_section(table, sections[md_path], md_path)
+                contexts.append(context)
+                parts.append((lines, tables.section_rows(table, sections[csv_path], csv_path)))
+            else:
+                cells = tables.section_cells(table, dataset, [], [])
+                parts.append((tables.section_lines(dataset, cells) if cells else [],
+                              tables.cells_to_csv(cells).splitlines()[1:]))
+        context = tables.merge_contexts(contexts) if contexts else defaults
+        out_md, out_csv = paths.paper_table_files(table)
+        out[out_md], out[out_csv] = tables.assemble(table, parts, context)
+    return out
+
+
+def _section_key(path: str) -> tuple[str, str]:
+    """(data set, table) of a section file path (``paths.paper_section_files``), or a clear error."""
+    parts = path.replace("\\", "/").rsplit("/", 2)
+    if len(parts) == 3:
+        dataset, name = parts[1], parts[2]
+        table = name.rsplit(".", 1)[0]
+        if table in tables.TABLE_NAMES and path in paths.paper_section_files(dataset, table):
+            return dataset, table
+    expected = paths.paper_section_files("<dataset>", "table1")[0]
+    raise ValueError(f"{path}: not a paper table section file (expected {expected} "
+                     f"or .csv, tables {', '.join(tables.TABLE_NAMES)})")
+
+
+def read_sections(root: str, exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    """Path -> text of the section files under ``root`` of every data set not in ``exclude`` (the other
+    grids' sections, which a grid's tables include as they are)."""
+    from pathlib import Path
+
+    out = {}
+    for dataset in paths.paper_section_datasets(root):
+        if dataset in exclude:
+            continue
+        for path in paths.paper_sections(dataset):
+            file = Path(root) / path
+            if not file.is_file():
+                raise ValueError(f"{file}: missing; a data set's sections are written together")
+            out[path] = file.read_text(encoding="utf-8")
+    return out
+
+
+def table_texts(params: dict, metrics: list[dict], other_sections: dict[str, str] | None = None) -> dict[str, str]:
+    """Path -> text of this grid's section files and of Tables 1, 2, 3 and 5 (Markdown and CSV) assembled
+    from them and ``other_sections`` (other data sets' section files, path -> text: ``read_sections``)."""
+    own = section_texts(params, metrics)
+    theirs = {p: t for p, t in (other_sections or {}).items() if _section_key(p)[0] not in section_datasets(params)}
+    return {**own, **assemble_texts({**theirs, **own}, default_context(params))}
 
 
 def curve_tables(params: dict, metrics: list[dict]) -> dict[str, tuple[str, list[dict]]]:
@@ -63,3 +151,34 @@ def curve_csv_texts(params: dict, metrics: list[dict]) -> dict[str, str]:
     """CSV path -> text of every Figure 3 panel's data."""
     return {png[: -len(".png")] + ".csv": figures.table_to_csv(table)
             for png, (_, table) in curve_tables(params, metrics).items()}
+
+
+# --- What the two table steps do (thin: read, compute above, write) -------------------------------
+
+
+def write_sections(params: dict, metrics_files: list[str]) -> list[str]:
+    """``paper-sections``: this grid's data sets' section files from its metrics; the paths written."""
+    from ncil import io
+
+    texts = section_texts(params, [io.read_json(path, "metrics file") for path in metrics_files])
+    for path, text in texts.items():
+        io.write_text(path, text)
+    return list(texts)
+
+
+def write_tables(params: dict, section_files: list[str]) -> list[str]:
+    """``paper-tables``: Tables 1, 2, 3 and 5 assembled from the section files named (every data set's
+    that is present: ``paths.paper_section_datasets``); the paths written."""
+    from pathlib import Path
+
+    from ncil import io
+
+    sections = {}
+    for path in section_files:
+        if not Path(path).is_file():
+            raise ValueError(f"{path}: section file not found (written by that data set's paper-sections step)")
+        sections[path] = Path(path).read_text(encoding="utf-8")
+    texts = assemble_texts(sections, default_context(params))
+    for path, text in texts.items():
+        io.write_text(path, text)
+    return list(texts)

@@ -6,6 +6,9 @@
   rows, settings as columns) and as a tidy CSV (one row per table cell). Data sets of the paper
   (``ncil.paper_values``) show the paper's value, ours and the difference (ours - paper); other data
   sets (digits) show ours only. A (data set, setting, method) without results reads "not run".
+* ``section_cells`` / ``section_lines``: one data set's section; ``assemble``: a table from the sections
+  of several data sets (each written by its own grid), their context lines merged (``merge_contexts``),
+  byte-equal to ``cells_to_markdown`` / ``cells_to_csv`` over all their cells.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 
 import numpy as np
 
@@ -118,19 +122,21 @@ def to_csv(rows: list[dict]) -> str:
 # --- The paper's tables --------------------------------------------------------------------------
 
 
-def table_cells(table: str, rows: list[dict], grid_settings: dict[str, list[str]]) -> list[dict]:
-    """Every cell of one paper table as a record (the CSV rows), in display order.
+def section_cells(table: str, dataset: str, rows: list[dict], settings: list[str]) -> list[dict]:
+    """Every cell of one data set's section of one paper table (its CSV rows), in display order.
 
-    ``rows``: ``aggregate`` output. ``grid_settings``: data set -> setting labels of the grid (the
-    columns of a data set the paper did not use). Sections: the grid's own data sets first (ours only),
-    then the paper's data sets that report this table (paper, ours, difference).
+    ``rows``: ``aggregate`` output (other data sets' rows are ignored). A data set of the paper
+    (``paper_values.DATASETS``) shows the paper's rows and settings with its value, ours and the
+    difference (no cells where the paper does not report the table); another data set shows the rows
+    that have a method here (plus our baselines and its other methods in Tables 1 and 2), over
+    ``settings`` (its grid's setting labels), ours only.
     """
     by_key = {(paper_values.canonical_dataset(r["dataset"]), r["label"], r["method"]): r for r in rows}
     reported = {(v["dataset"], v["setting"], v["row"]): v for v in paper_values.reported() if v["table"] == table}
     metrics = TABLE_METRICS[table]
     cells = []
 
-    def cell(dataset, setting, label, method, metric, paper):
+    def cell(setting, label, method, metric, paper):
         r = by_key.get((dataset, setting, method)) if method else None
         rec = {"table": table, "dataset": dataset, "setting": setting, "row": label, "method": method or "",
                "metric": metric, "paper": paper, "mean": None, "std": None, "n": 0, "seeds": "", "diff": None}
@@ -142,26 +148,49 @@ def table_cells(table: str, rows: list[dict], grid_settings: dict[str, list[str]
         rec["status"] = "ok" if r is not None else ("not run" if method else "not implemented")
         cells.append(rec)
 
-    own = [d for d in grid_settings if paper_values.canonical_dataset(d) not in paper_values.DATASETS]
-    for dataset in own:
+    if dataset not in paper_values.DATASETS:
         row_specs = [(label, m) for label, m in paper_values.TABLE_ROWS[table] if m]
         if table in ("table1", "table2"):
             row_specs = paper_values.EXTRA_METHODS + row_specs
             known = {m for _, m in row_specs}
-            row_specs += [(m, m) for m in sorted({r["method"] for r in rows if r["dataset"] == dataset}) if m not in known]
+            others = sorted({r["method"] for r in rows if r["dataset"] == dataset} - known)
+            row_specs += [(m, m) for m in others]
         for label, method in row_specs:
-            for setting in grid_settings[dataset]:
-                for metric in metrics:
-                    cell(dataset, setting, label, method, metric, None)
-    for dataset, (_, settings) in paper_values.DATASETS.items():
-        if not any(d == dataset for d, _, _ in reported):
-            continue
-        settings = [s for s in settings if any((dataset, s, lab) in reported for lab, _ in paper_values.TABLE_ROWS[table])]
-        for label, method in paper_values.TABLE_ROWS[table]:
             for setting in settings:
-                v = reported.get((dataset, setting, label), {})
                 for metric in metrics:
-                    cell(dataset, setting, label, method, metric, v.get(metric))
+                    cell(setting, label, method, metric, None)
+        return cells
+    if not any(d == dataset for d, _, _ in reported):
+        return cells
+    paper_settings = [s for s in paper_values.DATASETS[dataset][1]
+                      if any((dataset, s, lab) in reported for lab, _ in paper_values.TABLE_ROWS[table])]
+    for label, method in paper_values.TABLE_ROWS[table]:
+        for setting in paper_settings:
+            v = reported.get((dataset, setting, label), {})
+            for metric in metrics:
+                cell(setting, label, method, metric, v.get(metric))
+    return cells
+
+
+def section_order(datasets) -> list[str]:
+    """Sections of a paper table: data sets the paper did not use first (sorted by name), then the
+    paper's data sets in the paper's order, each once (stable whatever order they are given in)."""
+    names = set(datasets)
+    return sorted(names - set(paper_values.DATASETS)) + [d for d in paper_values.DATASETS if d in names]
+
+
+def table_cells(table: str, rows: list[dict], grid_settings: dict[str, list[str]]) -> list[dict]:
+    """Every cell of one paper table (one grid's view): the grid's own data sets first (ours only, in
+    ``grid_settings`` order), then every paper data set that reports this table (paper, ours, difference).
+
+    ``rows``: ``aggregate`` output. ``grid_settings``: data set -> setting labels of the grid.
+    """
+    own = [d for d in grid_settings if paper_values.canonical_dataset(d) not in paper_values.DATASETS]
+    cells = []
+    for dataset in own:
+        cells += section_cells(table, dataset, rows, grid_settings[dataset])
+    for dataset in paper_values.DATASETS:
+        cells += section_cells(table, dataset, rows, [])
     return cells
 
 
@@ -190,34 +219,112 @@ def _diff(c: dict) -> str:
     return NOT_REPORTED if c["diff"] is None else f"{c['diff']:+.2f}"
 
 
-def cells_to_markdown(table: str, cells: list[dict], context: dict) -> str:
-    """The table shaped like the paper's: per data set, methods as rows, settings x metrics as columns."""
-    lines = [f"# {TABLE_TITLES[table]}", "", context_line(context),
-             "Paper data sets: the paper's value, ours (mean ± std (n seeds)) and the difference ours - paper; "
-             "\"not run\": no result of that method in this grid yet; \"-\": not reported / no such method here.", ""]
-    for dataset in dict.fromkeys(c["dataset"] for c in cells):
-        part = [c for c in cells if c["dataset"] == dataset]
-        name = paper_values.DATASETS.get(dataset, (dataset,))[0]
-        with_paper = dataset in paper_values.DATASETS
-        settings = list(dict.fromkeys(c["setting"] for c in part))
-        metrics = list(dict.fromkeys(c["metric"] for c in part))
-        header = ["method"]
+EXPLANATION = ("Paper data sets: the paper's value, ours (mean ± std (n seeds)) and the difference ours - paper; "
+               "\"not run\": no result of that method in this grid yet; \"-\": not reported / no such method here.")
+
+
+def header_lines(table: str, context: dict) -> list[str]:
+    """Title, context line and legend of a paper table (before its first section)."""
+    return [f"# {TABLE_TITLES[table]}", "", context_line(context), EXPLANATION, ""]
+
+
+def section_heading(dataset: str) -> str:
+    """The Markdown heading of a data set's section (the one place that spells it)."""
+    name = paper_values.DATASETS.get(dataset, (dataset,))[0]
+    return f"## {name}" + ("" if name == dataset else f" (`{dataset}`)")
+
+
+def section_lines(dataset: str, part: list[dict]) -> list[str]:
+    """One data set's section: heading, table shaped like the paper's, a blank line."""
+    with_paper = dataset in paper_values.DATASETS
+    settings = list(dict.fromkeys(c["setting"] for c in part))
+    metrics = list(dict.fromkeys(c["metric"] for c in part))
+    header = ["method"]
+    for s in settings:
+        for m in metrics:
+            header += [f"{s} {HEADERS[m]} paper", "ours", "diff"] if with_paper else [f"{s} {HEADERS[m]}"]
+    lines = [section_heading(dataset), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label in dict.fromkeys(c["row"] for c in part):
+        by = {(c["setting"], c["metric"]): c for c in part if c["row"] == label}
+        method = next(iter(by.values()))["method"]
+        out = [f"{label} (`{method}`)" if method and method != label else label]
         for s in settings:
             for m in metrics:
-                header += [f"{s} {HEADERS[m]} paper", "ours", "diff"] if with_paper else [f"{s} {HEADERS[m]}"]
-        lines += [f"## {name}" + ("" if name == dataset else f" (`{dataset}`)"), "",
-                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for label in dict.fromkeys(c["row"] for c in part):
-            by = {(c["setting"], c["metric"]): c for c in part if c["row"] == label}
-            method = next(iter(by.values()))["method"]
-            out = [f"{label} (`{method}`)" if method and method != label else label]
-            for s in settings:
-                for m in metrics:
-                    c = by[(s, m)]
-                    out += [_num(c["paper"]) or NOT_REPORTED, _ours(c), _diff(c)] if with_paper else [_ours(c)]
-            lines.append("| " + " | ".join(out) + " |")
-        lines.append("")
+                c = by[(s, m)]
+                out += [_num(c["paper"]) or NOT_REPORTED, _ours(c), _diff(c)] if with_paper else [_ours(c)]
+        lines.append("| " + " | ".join(out) + " |")
+    return lines + [""]
+
+
+def cells_to_markdown(table: str, cells: list[dict], context: dict) -> str:
+    """The table shaped like the paper's: per data set, methods as rows, settings x metrics as columns."""
+    lines = header_lines(table, context)
+    for dataset in dict.fromkeys(c["dataset"] for c in cells):
+        lines += section_lines(dataset, [c for c in cells if c["dataset"] == dataset])
     return "\n".join(lines)
+
+
+# --- Assembling a paper table from every data set's section --------------------------------------
+
+_CONTEXT_LINE = re.compile(
+    r"Preset `(?P<preset>[^`]*)`; metric convention `(?P<convention>[^`]*)` \(.*\); class-order seed "
+    r"(?P<order_seed>.*); mean ± std over seeds \[(?P<seeds>[0-9, ]*)\] \(n per cell\)\. Accuracies in %\.")
+
+
+def parse_context_line(line: str, source: str) -> dict:
+    """The context (preset, convention, class-order seed, seeds) that ``context_line`` wrote."""
+    match = _CONTEXT_LINE.fullmatch(line)
+    if match is None:
+        raise ValueError(f"{source}: line 3 is not a table context line (expected \"Preset `...`; metric "
+                         f"convention ...; mean ± std over seeds [...] ...\"), found {line!r}")
+    seeds = match["seeds"].strip()
+    return {"preset": match["preset"], "convention": match["convention"], "order_seed": match["order_seed"],
+            "seeds": [int(s) for s in seeds.split(", ")] if seeds else []}
+
+
+def merge_contexts(contexts: list[dict]) -> dict:
+    """One context for several data sets: each field's distinct values joined by ", " (ordered as
+    ``context_from`` orders them), the seeds' union; equal to ``context_from`` over all their metrics."""
+    def join(key):
+        found = {v for c in contexts for v in str(c[key]).split(", ")}
+        return ", ".join(sorted(found, key=lambda v: (len(v), v)))
+
+    return {"preset": join("preset"), "convention": join("convention"), "order_seed": join("order_seed"),
+            "seeds": sorted({s for c in contexts for s in c["seeds"]})}
+
+
+def split_section(table: str, markdown: str, source: str) -> tuple[dict, list[str]]:
+    """A section file's context and its section lines (from its ``## `` heading on; none if empty)."""
+    lines = markdown.split("\n")
+    if lines[:1] != [f"# {TABLE_TITLES[table]}"] or len(lines) < 5:
+        raise ValueError(f"{source}: not a section of {table} (expected first line {'# ' + TABLE_TITLES[table]!r}, "
+                         f"found {lines[0]!r})")
+    start = next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))
+    return parse_context_line(lines[2], source), lines[start:]
+
+
+def section_rows(table: str, csv_text: str, source: str) -> list[str]:
+    """The data lines of a section's CSV (after checking its header and that every row is of ``table``)."""
+    header = ",".join(CSV_FIELDS)
+    lines = csv_text.splitlines()
+    if lines[:1] != [header]:
+        raise ValueError(f"{source}: first line {lines[:1]} is not the paper table header {header!r}")
+    wrong = {line.split(",", 1)[0] for line in lines[1:]} - {table}
+    if wrong:
+        raise ValueError(f"{source}: rows of table {sorted(wrong)}, expected only {table!r}")
+    return lines[1:]
+
+
+def assemble(table: str, sections: list[tuple[list[str], list[str]]], context: dict) -> tuple[str, str]:
+    """(Markdown, CSV) of a paper table from its sections in display order, each as (Markdown lines from
+    its heading on: ``split_section`` / ``section_lines``, CSV data lines: ``section_rows``), under a
+    header naming ``context``. Equal to ``cells_to_markdown`` / ``cells_to_csv`` of all their cells."""
+    lines = header_lines(table, context)
+    rows = [",".join(CSV_FIELDS)]
+    for part, csv_rows in sections:
+        lines += part
+        rows += csv_rows
+    return "\n".join(lines), "\n".join(rows) + "\n"
 
 
 def paper_tables(rows: list[dict], grid_settings: dict[str, list[str]], context: dict) -> dict[str, tuple[str, str]]:

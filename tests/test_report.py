@@ -128,3 +128,157 @@ def test_cost_rows_sum_tasks_average_seeds_and_take_the_peak():
     assert row["train_s_per_run"] == 17.0 and row["slowest_task_s"] == 12.0 and row["peak_rss_mb"] == 700.0
     assert row["seeds"] == 2 and row["tasks"] == 4
     assert "| 4+2x3 | ours | 2 | 4 | 17.0 | 12.0 | 700 |" in costs.to_markdown([row], "digits")
+
+
+# --- Item 8: a second grid adds its sections and rewrites nothing of the first --------------------
+
+import copy  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import yaml  # noqa: E402
+
+from ncil import grid, paths, report  # noqa: E402
+from ncil.verify import readme_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _committed_params():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def _committed_metrics(params):
+    return [json.loads((ROOT / run.metrics_file).read_text()) for run in grid.runs(params)]
+
+
+def _committed(path):
+    return (ROOT / path).read_text(encoding="utf-8")
+
+
+def _folder_grid():
+    """A second grid on a data set of one's own ("folder"): two settings, two methods, two seeds."""
+    params = copy.deepcopy(_committed_params())
+    params["dataset"]["name"] = "folder"
+    params["scenario"] = {"base4_inc2": {"initial_increment": 4, "increment": 2},
+                          "base2_inc4": {"initial_increment": 2, "increment": 4}}
+    params["method"] = {m: params["method"][m] for m in ("finetune", "ours")}
+    params["seeds"] = [1, 2]
+    metrics = []
+    for run in grid.runs(params):
+        label = f"{run.initial}+{run.increment}x{run.n_tasks - 1}"
+        curve = [90.0 - 10 * t - run.seed - (5 if run.method == "finetune" else 0) for t in range(run.n_tasks)]
+        m = fake_metrics("folder", run.setting, label, run.method, run.seed, curve, forgetting=7.0 + run.seed)
+        m["provenance"]["preset"] = "smoke"
+        metrics.append(m)
+    return params, metrics
+
+
+def test_default_paper_tables_and_sections_are_the_committed_bytes():
+    params = _committed_params()
+    texts = report.table_texts(params, _committed_metrics(params))
+    expected = {*(f for t in paths.PAPER_TABLES for f in paths.paper_table_files(t)), *paths.paper_sections("digits")}
+    assert set(texts) == expected
+    for path, text in texts.items():
+        assert text == _committed(path), path
+    # The committed tables are also exactly what the committed section files assemble to.
+    sections = report.read_sections(str(ROOT))
+    assert set(sections) == set(paths.paper_sections("digits"))
+    assert report.assemble_texts(sections, report.default_context(params)) == {
+        p: t for p, t in texts.items() if p.startswith(paths.TABLES_DIR + "/table")}
+
+
+def test_a_second_dataset_adds_its_sections_and_every_digits_byte_stays():
+    params = _committed_params()
+    folder_params, folder_metrics = _folder_grid()
+    # The folder grid runs with the committed digits sections on disk.
+    texts = report.table_texts(folder_params, folder_metrics, report.read_sections(str(ROOT)))
+    # It writes its own sections and the assembled tables, never a digits section.
+    assert set(paths.paper_sections("folder")) <= set(texts)
+    assert not set(paths.paper_sections("digits")) & set(texts)
+    readme = _committed("README.md")
+    for table in paths.PAPER_TABLES:
+        md_path, csv_path = paths.paper_table_files(table)
+        old_md, new_md = _committed(md_path), texts[md_path]
+        digits_md = _committed(paths.paper_section_files("digits", table)[0])
+        digits_section = digits_md[digits_md.index("## digits"):]
+        assert digits_section in new_md  # the digits section, byte for byte
+        headings = [line for line in new_md.splitlines() if line.startswith("## ")]
+        assert headings == ["## digits", "## folder"] + [h for h in old_md.splitlines() if h.startswith("## ")][1:]
+        assert readme_section(new_md, "digits") == readme_section(old_md, "digits")
+        assert f"<!-- {table}:digits -->\n{readme_section(new_md, 'digits')}<!-- /{table}:digits -->" in readme \
+            or f"<!-- {table}:digits -->" not in readme
+        # CSV: the committed rows, in order, with the folder rows inserted after digits' rows.
+        old_rows, new_rows = _committed(csv_path).splitlines(), texts[csv_path].splitlines()
+        digits_rows = [r for r in old_rows if r.split(",")[1] == "digits"]
+        folder_rows = [r for r in new_rows if r.split(",")[1] == "folder"]
+        assert folder_rows and [r for r in new_rows if r.split(",")[1] != "folder"] == old_rows
+        assert new_rows.index(folder_rows[0]) == new_rows.index(digits_rows[-1]) + 1
+        # Both grids' settings are named; the header's context covers both (presets and seeds).
+        assert {r.split(",")[2] for r in folder_rows} == {"4+2x3", "2+4x2"}
+        assert "Preset `paper, smoke`" in new_md and "seeds [1, 2, 3]" in new_md
+    t1 = _csv(texts[paths.paper_table_files("table1")[1]])
+    ours = next(r for r in t1 if r["dataset"] == "folder" and r["method"] == "ours" and r["setting"] == "4+2x3"
+                and r["metric"] == "last_accuracy")
+    assert (ours["mean"], ours["n"], ours["seeds"]) == ("58.5000", "2", "1 2")  # task 3: 90 - 30 - seed
+    # Its figures are its own files; the digits figures are not among them.
+    digits_figures = {paths.curve_figure_files("digits", s)[0] for s in params["scenario"]}
+    folder_figures = set(report.curve_tables(folder_params, folder_metrics))
+    assert folder_figures == {paths.curve_figure_files("folder", s)[0] for s in folder_params["scenario"]}
+    assert not folder_figures & digits_figures
+    assert paths.weight_map_files("folder") != paths.weight_map_files("digits")
+    # Rebuilding the digits grid afterwards, with the folder sections on disk, keeps them.
+    folder_sections = {p: t for p, t in texts.items() if p in paths.paper_sections("folder")}
+    again = report.table_texts(params, _committed_metrics(params), folder_sections)
+    for table in paths.PAPER_TABLES:
+        md_path, csv_path = paths.paper_table_files(table)
+        assert again[md_path] == texts[md_path] and again[csv_path] == texts[csv_path]
+
+
+def test_assembly_is_stable_and_incomplete_sections_are_refused():
+    folder_params, folder_metrics = _folder_grid()
+    sections = {**report.read_sections(str(ROOT)), **report.section_texts(folder_params, folder_metrics)}
+    defaults = report.default_context(folder_params)
+    forward = report.assemble_texts(sections, defaults)
+    assert report.assemble_texts(dict(reversed(list(sections.items()))), defaults) == forward
+    missing = paths.paper_section_files("folder", "table3")[1]
+    with pytest.raises(ValueError, match=missing.replace("+", r"\+")):
+        report.assemble_texts({p: t for p, t in sections.items() if p != missing}, defaults)
+    with pytest.raises(ValueError, match="not a paper table section file"):
+        report.assemble_texts({"results/tables/folder/table4.md": ""}, defaults)
+    broken = dict(sections)
+    t1, t2 = (paths.paper_section_files("folder", t)[0] for t in ("table1", "table2"))
+    broken[t1] = sections[t2]
+    with pytest.raises(ValueError, match="results/tables/folder/table1.md: not a section of table1"):
+        report.assemble_texts(broken, defaults)
+
+
+def test_context_line_round_trips_and_merging_equals_context_from_over_all_metrics():
+    _, folder_metrics = _folder_grid()
+    digits = [fake_metrics("digits", "s", "4+2x3", "ours", s, [80, 60]) for s in (1, 3)]
+    defaults = {"preset": "paper", "convention": "paper", "order_seed": 1993, "seeds": [9]}
+    parts = [tables.context_from(ms, defaults) for ms in (digits, folder_metrics)]
+    for c in parts:
+        assert tables.parse_context_line(tables.context_line(c), "x") == {**c, "order_seed": str(c["order_seed"])}
+    merged = tables.merge_contexts([tables.parse_context_line(tables.context_line(c), "x") for c in parts])
+    assert tables.context_line(merged) == tables.context_line(tables.context_from(digits + folder_metrics, defaults))
+    assert merged["seeds"] == [1, 2, 3] and merged["preset"] == "paper, smoke"
+    with pytest.raises(ValueError, match="f.md: line 3 is not a table context line"):
+        tables.parse_context_line("Preset paper", "f.md")
+
+
+def test_section_order_puts_own_datasets_sorted_before_the_papers():
+    assert tables.section_order(["imagenet_subset", "folder", "cifar100", "digits"]) == [
+        "digits", "folder", "cifar100", "imagenet_subset"]
+
+
+@pytest.mark.xfail(strict=True, reason="ncil/verify.py readme_section matches a heading by prefix (owner H1): "
+                   "use `line == tables.section_heading(dataset)`; remove this marker with that fix")
+def test_readme_copy_of_digits_ignores_a_dataset_whose_name_starts_with_digits():
+    other, metrics = _folder_grid()
+    other["dataset"]["name"] = "digits_own"
+    for m in metrics:
+        m["run"]["dataset"] = "digits_own"
+    texts = report.table_texts(other, metrics, report.read_sections(str(ROOT)))
+    md = paths.paper_table_files("table1")[0]
+    assert readme_section(texts[md], "digits") == readme_section(_committed(md), "digits")
