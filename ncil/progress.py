@@ -27,6 +27,7 @@ def get_logger(log_path: str | None, name: str = LOGGER) -> logging.Logger:
         lg.handlers.clear()
         lg.setLevel(logging.INFO)
         lg.propagate = False
+    file_only.addHandler(logging.NullHandler())  # no log file: file-only lines go nowhere (not to stderr)
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
