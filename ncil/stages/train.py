@@ -134,7 +134,6 @@ def run(args: Args) -> None:
         raise common.UsageError(f"--task {args.task}: {args.split} has only {len(split['tasks'])} tasks")
     method = resolve_method(p, args, args.params)
     job = make_job(p, split, args.task, args.seed, args.method, method, args.split)
-    io.ensure_writable(args.checkpoint, args.centers)
     log = logger()
     log.info("train %s task %d (method %s, seed %d)", args.split, args.task, args.method, args.seed)
     previous = previous_centers = None
@@ -143,6 +142,7 @@ def run(args: Args) -> None:
         expected_method = method.base_recipe if args.task == 1 else args.method
         check_previous(previous, job, p, expected_method, args.prev_checkpoint, args.split)
         previous_centers = io.read_centers(args.prev_centers)
+    io.ensure_writable(args.checkpoint, args.centers)  # before the data loads and the training starts
     train_data = load_split(p.dataset.name, "train")
     payload, centers = train_task(p, job, train_data, previous, previous_centers, log)
     # The checkpoint goes last and records the centers' hash: a job killed between the two writes
