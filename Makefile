@@ -11,6 +11,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 $(BIN)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --editable .  # ncil itself: `import ncil` from any folder
 	touch $@
 
 reproduce: $(BIN)/.installed

@@ -8,23 +8,64 @@ import time
 from pathlib import Path
 
 
-def get_logger(log_path: str | None, name: str = "ncil") -> logging.Logger:
-    """A logger that writes timestamped lines to ``log_path`` (truncated) and to stderr."""
+LOGGER = "ncil"
+FILE_ONLY = "ncil.file"  # the same log file, never stderr: what a verb prints, a failure's traceback
+FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+
+
+def get_logger(log_path: str | None, name: str = LOGGER) -> logging.Logger:
+    """A logger that writes timestamped lines to ``log_path`` (truncated) and to stderr.
+
+    The log's folders are created; with ``name`` "ncil" (the CLI's), ``say`` and ``log_failure``
+    write to the same file.
+    """
     logger = logging.getLogger(name)
-    logger.handlers.clear()
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    file_only = logging.getLogger(FILE_ONLY if name == LOGGER else f"{name}.file")
+    for lg in (logger, file_only):
+        for handler in lg.handlers:
+            handler.close()
+        lg.handlers.clear()
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
+    file_only.addHandler(logging.NullHandler())  # no log file: file-only lines go nowhere (not to stderr)
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
-        handler.setFormatter(fmt)
+        handler.setFormatter(FORMAT)
         logger.addHandler(handler)
+        file_only.addHandler(handler)
     if not sys.stderr.isatty():  # on a terminal the bar shows progress; elsewhere stderr gets the lines
         stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(fmt)
+        stream.setFormatter(FORMAT)
         logger.addHandler(stream)
     return logger
+
+
+def logger() -> logging.Logger:
+    """The CLI's logger, as ``get_logger`` configured it for this verb."""
+    return logging.getLogger(LOGGER)
+
+
+def say(message: str) -> None:
+    """A verb's result line: on stdout, and in its log file."""
+    print(message)
+    logging.getLogger(FILE_ONLY).info("%s", message)
+
+
+def log_line(message: str) -> None:
+    """A line in the log file only (the command that started the verb, for instance)."""
+    logging.getLogger(FILE_ONLY).info("%s", message)
+
+
+def log_failure(message: str, err: BaseException) -> None:
+    """A failure's message and full traceback, into the log file only (stderr gets one line)."""
+    logging.getLogger(FILE_ONLY).error("%s", message, exc_info=(type(err), err, err.__traceback__))
+
+
+def close() -> None:
+    for name in (LOGGER, FILE_ONLY):
+        for handler in logging.getLogger(name).handlers:
+            handler.close()
 
 
 class EpochProgress:

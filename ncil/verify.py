@@ -27,6 +27,8 @@ import numpy as np
 
 from ncil import figures, grid, io, metrics, paths, report, tables
 from ncil.provenance import setting_label
+from ncil.stages.split import read_split
+from ncil.stages.summarize import layout_problem
 
 REL_TOL = 1e-9  # metrics.json holds full floats computed by the same arithmetic
 CSV_TOL = 2e-4  # the figure / table CSVs round to 4 decimals
@@ -62,9 +64,9 @@ def check_metrics(file: str, stored: dict, evaluations: list[dict], identity: di
     The named variants (``variants``) are checked when the file has them."""
     acc, counts = metrics.accuracy_matrix(evaluations)
     summary = metrics.summarize(acc, counts)
-    for key in ("run", "provenance", "acc_matrix", "test_counts", *tables.COLUMNS, "accuracy_per_step"):
-        if key not in stored:
-            raise Mismatch(file, "(top level)", key, "present", "missing")
+    problem = layout_problem(stored)  # the layout summarize writes (ncil.stages.summarize)
+    if problem is not None:
+        raise Mismatch(file, problem[0], problem[1], "present", "missing")
     for key, value in {**identity, "label": label}.items():
         if stored["run"].get(key) != value:
             raise Mismatch(file, "run", key, value, stored["run"].get(key))
@@ -207,7 +209,7 @@ def verify(root: str | Path, params: dict, log=print) -> dict:
         if not mfile.is_file():
             continue  # not run yet: the tables say so, and step 2 checks that they do
         stored = io.read_json(mfile, "metrics file")
-        split = io.read_json(root / run.split_file, "split file")
+        split = read_split(root / run.split_file)
         evaluations = []
         for t in range(run.n_tasks):
             ev = io.read_predictions(root / run.eval_file(t))
@@ -253,24 +255,19 @@ def verify(root: str | Path, params: dict, log=print) -> dict:
 def check_figure4(root: Path, params: dict, log) -> int:
     """Figure 4 (when the grid has it): recompute the weight maps from the checkpoints, if they are here
     (they are DVC-cached: `dvc pull`); otherwise say that it was not checked."""
-    from ncil.__main__ import build_parser
     from ncil.config import parse_params
-    from ncil.data.arrays import load_split
+    from ncil.stages import common, figure4
     from ncil.workflow import steps
 
     step = next((s for s in steps(params) if s.kind == "figure4"), None)
     if step is None:
         return 0
-    args = build_parser().parse_args(list(step.cmd))
+    args = common.parse(figure4, list(step.cmd[1:]))
     missing = [c for c in args.checkpoints if not (root / c).is_file()]
     if missing or not (root / paths.data_manifest(params["dataset"]["name"])).is_file():
         log(f"verify: Figure 4 not checked: {missing[0] if missing else 'the data set'} is not here (dvc pull)")
         return 0
-    p = parse_params(params)
-    split = io.read_json(root / args.split, "split file")
-    test = load_split(p.dataset.name, "test", root=str(root))
-    checkpoints = [(c, io.load_checkpoint(root / c)) for c in args.checkpoints]
-    csv_text, png = figures.weight_map_figure(p, split["tasks"], test, checkpoints, args.images, args.p)
+    csv_text, png, _ = figure4.compute(parse_params(params), args, root=str(root))
     compare_csv(args.out_csv, csv_text, _read_text(root / args.out_csv, "Figure 4 data"))
     check_png(root, args.out_png, png)
     log("verify: Figure 4's weight maps match their checkpoints")

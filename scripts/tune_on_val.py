@@ -21,55 +21,51 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's ncil package
+from ncil import io
 from ncil.config import parse_params, to_dict
 from ncil.data import arrays
-from ncil.data.scenario import class_order, remap_labels, task_classes
-from ncil.evaluate import predict
+from ncil.evaluate import evaluate_checkpoint
 from ncil.hydra_conf import compose
 from ncil.metrics import accuracy_matrix, summarize
-from ncil.models.network import load_network
-from ncil.train import TaskJob, method_snapshot, train_task
+from ncil.stages.split import build_split
+from ncil.stages.train import make_job
+from ncil.train import method_snapshot, train_task
 
 
-def evaluate_on(p, payload, data: arrays.Split, tasks, order) -> dict:
-    task = payload["task"]
-    seen = [c for t in tasks[: task + 1] for c in t]
-    rows, images, labels = arrays.select_classes(data, seen, remap_labels(order))
-    task_of = {c: t for t, classes in enumerate(tasks[: task + 1]) for c in classes}
-    net = load_network(p.model, p.dataset.channels, payload["model"], payload["backbone"])
-    return {"label": labels, "label_task": np.asarray([task_of[int(o)] for o in data.labels[rows]]),
-            "prediction": predict(net, images, p.dataset.mean, p.dataset.std, p.train.eval_batch_size,
-                                  torch.device("cpu"), payload["rotations"])}
+def cached_task0(p, job, train, cache: Path, logger) -> tuple[dict, dict]:
+    """Task 0's checkpoint and centers, from the cache (keyed by everything that shapes them) or trained
+    and stored there in the pipeline's formats (``ncil.io``: hashed, checked on load)."""
+    shape = {"seed": job.seed, "tasks0": job.tasks[0], "model": to_dict(p.model), "train": to_dict(p.train),
+             "dataset": to_dict(p.dataset), "recipe": method_snapshot(job), "threads": p.runtime.threads,
+             "numerics": p.runtime.numerics}
+    key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+    ckpt, centers_file = cache / f"{key}.pt", cache / f"{key}.centers.parquet"
+    if ckpt.exists():
+        return io.load_checkpoint(ckpt, centers_file), io.read_centers(centers_file)
+    payload, centers = train_task(p, job, train, None, None, logger)
+    io.write_centers(centers_file, centers, task=0, feature_dim=centers["center"].shape[1])
+    io.save_checkpoint(ckpt, payload, centers_file=centers_file)
+    return payload, centers
 
 
 def run(p, method_name: str, setting: str, seed: int, split: str, cache: Path, logger) -> dict:
     scenario = p.scenario[setting]
-    order = class_order(p.dataset.n_classes, p.order_seed)
-    tasks = task_classes(order, scenario.initial_increment, scenario.increment)
+    record = build_split(p.dataset.name, p.dataset.n_classes, p.order_seed, scenario.initial_increment,
+                         scenario.increment)  # the split stage's own record
     train, held_out = arrays.load_split(p.dataset.name, "train"), arrays.load_split(p.dataset.name, split)
     method = p.method[method_name]
     previous = centers = None
     evaluations = []
-    for t in range(len(tasks)):
-        job = TaskJob(task=t, seed=seed, class_order=order, tasks=tasks,
-                      method_name=method.base_recipe if t == 0 else method_name, method=method,
-                      identity={"tuning": True, "task": t})
-        key = None
+    for t in range(len(record["tasks"])):
+        job = make_job(p, record, t, seed, method.base_recipe if t == 0 else method_name, method,
+                       f"tuning/{setting}/split.json")  # the train stage's job record
         if t == 0:
-            shape = {"seed": seed, "tasks0": tasks[0], "model": to_dict(p.model), "train": to_dict(p.train),
-                     "dataset": to_dict(p.dataset), "recipe": method_snapshot(job), "threads": p.runtime.threads}
-            key = cache / (hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16] + ".pt")
-        if key is not None and key.exists():
-            previous, centers = torch.load(key, weights_only=False)
+            previous, centers = cached_task0(p, job, train, cache, logger)
         else:
             previous, centers = train_task(p, job, train, previous, centers, logger)
-            if key is not None:
-                cache.mkdir(parents=True, exist_ok=True)
-                torch.save((previous, centers), key)
-        evaluations.append(evaluate_on(p, previous, held_out, tasks, order))
+        evaluations.append(evaluate_checkpoint(p, previous, held_out, record["tasks"]))  # the evaluate stage's core
     acc, counts = accuracy_matrix(evaluations)
     return {**summarize(acc, counts), "diagonal": np.diag(acc).round(1).tolist(), "first_task": acc[:, 0].round(1).tolist()}
 

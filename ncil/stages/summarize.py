@@ -1,0 +1,119 @@
+"""``summarize``: one run's accuracy matrix, Avg, Last and forgetting, as ``metrics.json``.
+
+The file's layout lives here only: ``build_metrics`` writes it and ``validate_metrics`` checks it
+(``ncil.verify`` uses both). The evaluations must be exactly one per task of the split, in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from ncil.stages import common
+
+VERB = "summarize"
+HELP = "accuracy matrix, Avg, Last and forgetting of one run"
+RUN_KEYS = ("dataset", "setting", "method", "seed", "label")
+PROVENANCE_KEYS = ("preset", "metric_convention", "order_seed", "seed", "code_version", "class_order")
+SUMMARY_KEYS = ("avg_accuracy", "last_accuracy", "avg_forgetting", "accuracy_per_step")  # metrics.summarize
+TOP_LEVEL_KEYS = ("run", "provenance", "acc_matrix", "test_counts", *SUMMARY_KEYS, "variants")
+OPTIONAL_KEYS = ("variants",)  # files written before the variants were added lack them
+
+
+@dataclass(frozen=True)
+class Args:
+    params: str
+    log: str | None
+    split: str
+    evals: tuple[str, ...]
+    setting: str
+    method: str
+    seed: int
+    out: str
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common.add_params(parser)
+    common.add_log(parser)
+    parser.add_argument("--split", required=True)
+    parser.add_argument("--evals", nargs="+", required=True)
+    parser.add_argument("--setting", required=True)
+    parser.add_argument("--method", required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--out", required=True)
+
+
+def check_evaluations(evaluations: list[dict], files, split: dict, split_file: str) -> None:
+    """Exactly one evaluation per task of the split, task t's in position t (pure)."""
+    from ncil.io import ArtifactError
+
+    n_tasks = len(split["tasks"])
+    if len(evaluations) != n_tasks:
+        raise ArtifactError(f"--evals: {split_file} has {n_tasks} tasks, expected one evaluation per task, "
+                            f"found {len(evaluations)} ({', '.join(map(str, files))})")
+    for task, (path, ev) in enumerate(zip(files, evaluations)):
+        if ev["task"] != task:
+            raise ArtifactError(f"{path}: ncil.task: expected {task} (position {task} of --evals, task {task} of "
+                                f"{split_file}), found {ev['task']}")
+
+
+def build_metrics(evaluations: list[dict], split: dict, run: dict, preset: str, order_seed: int,
+                  code_version: str) -> dict:
+    """The metrics record of one run (pure). ``run``: dataset, setting, method, seed."""
+    from ncil import metrics
+    from ncil.provenance import setting_label
+
+    acc, counts = metrics.accuracy_matrix(evaluations)
+    summary = metrics.summarize(acc, counts)
+    n_tasks = len(split["tasks"])
+    return {
+        "run": {**run, "label": setting_label(split["initial_increment"], split["increment"], n_tasks)},
+        "provenance": {"preset": preset, "metric_convention": metrics.CONVENTION, "order_seed": order_seed,
+                       "seed": run["seed"], "code_version": code_version, "class_order": split["class_order"]},
+        "acc_matrix": [[None if v != v else float(v) for v in row] for row in acc],
+        "test_counts": [int(c) for c in counts],
+        **summary,
+        # Other systems' conventions, under their own names (metrics.md); the tables never use them.
+        "variants": metrics.variants(acc, counts, [len(t) for t in split["tasks"]]),
+    }
+
+
+def layout_problem(data) -> tuple[str, str] | None:
+    """The first (section, key) of the metrics layout that ``data`` lacks, or None (pure)."""
+    if not isinstance(data, dict):
+        return "(top level)", "(a JSON object)"
+    for key in TOP_LEVEL_KEYS:
+        if key not in data and key not in OPTIONAL_KEYS:
+            return "(top level)", key
+    for section, keys in (("run", RUN_KEYS), ("provenance", PROVENANCE_KEYS)):
+        if not isinstance(data[section], dict):
+            return section, "(a JSON object)"
+        for key in keys:
+            if key not in data[section]:
+                return section, key
+    return None
+
+
+def validate_metrics(data, source) -> dict:
+    from ncil.io import ArtifactError
+
+    problem = layout_problem(data)
+    if problem is not None:
+        raise ArtifactError(f"{source}: {problem[0]}: {problem[1]}: missing from the metrics file")
+    return data
+
+
+def run(args: Args) -> None:
+    from ncil import io
+    from ncil.provenance import code_version
+    from ncil.stages.split import read_split
+
+    common.refuse_overlap({"--out": args.out, "--log": args.log},
+                          {"--params": args.params, "--split": args.split,
+                           **{f"--evals[{i}]": e for i, e in enumerate(args.evals)}})
+    p, _ = common.load_params(args.params)
+    split = read_split(args.split)
+    evaluations = [io.read_predictions(path) for path in args.evals]
+    check_evaluations(evaluations, args.evals, split, args.split)
+    run_identity = {"dataset": p.dataset.name, "setting": args.setting, "method": args.method, "seed": args.seed}
+    io.write_json(args.out, build_metrics(evaluations, split, run_identity, p.preset, p.order_seed, code_version()))

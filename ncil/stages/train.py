@@ -1,0 +1,153 @@
+"""``train``: one task's training; writes its checkpoint and its class centers.
+
+Before any data is loaded, the command is checked: no output is an input (or the other output),
+the outputs can be written, and for task t >= 1 the previous checkpoint is task t-1 of this very run
+(data set, class order, seen classes, seed, method or base recipe, model) and its centers belong to
+it. The loop itself is ``ncil.train.train_task``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from ncil.stages import common
+
+VERB = "train"
+HELP = "train one task and write its checkpoint and class centers"
+
+
+@dataclass(frozen=True)
+class Args:
+    params: str
+    log: str | None
+    split: str
+    task: int
+    seed: int
+    method: str
+    prev_checkpoint: str | None
+    prev_centers: str | None
+    checkpoint: str
+    centers: str
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common.add_params(parser)
+    common.add_log(parser)
+    parser.add_argument("--split", required=True)
+    parser.add_argument("--task", type=int, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--method", required=True, help="incremental method (task 0: its base recipe)")
+    parser.add_argument("--prev-checkpoint")
+    parser.add_argument("--prev-centers")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--centers", required=True)
+
+
+def check_paths(args: Args) -> None:
+    """The command's own consistency (pure): task range aside, the flags a task needs, no overlap."""
+    if args.task < 0:
+        raise common.UsageError(f"--task {args.task}: expected 0 or more")
+    if args.task == 0 and (args.prev_checkpoint or args.prev_centers):
+        raise common.UsageError("--prev-checkpoint/--prev-centers: task 0 starts from scratch and takes neither")
+    if args.task > 0 and not (args.prev_checkpoint and args.prev_centers):
+        raise common.UsageError("tasks after the first need --prev-checkpoint and --prev-centers")
+    common.refuse_overlap(
+        {"--checkpoint": args.checkpoint, "--centers": args.centers, "--log": args.log},
+        {"--params": args.params, "--split": args.split, "--prev-checkpoint": args.prev_checkpoint,
+         "--prev-centers": args.prev_centers},
+    )
+
+
+def resolve_method(p, args: Args, params_file: str):
+    """The MethodConfig of this job: for task 0 any method of the named base recipe."""
+    if args.task == 0:
+        recipes = {m.base_recipe: m for m in reversed(p.method.values())}  # validated to agree per recipe
+        if args.method not in recipes:
+            raise common.UsageError(f"--method {args.method}: task 0 takes a base recipe ({sorted(recipes)})")
+        return recipes[args.method]
+    if args.method not in p.method:
+        raise common.UsageError(f"--method {args.method}: not in {params_file} (methods: {sorted(p.method)})")
+    return p.method[args.method]
+
+
+def make_job(p, split: dict, task: int, seed: int, method_name: str, method, split_file: str):
+    """The TaskJob of task ``task`` of ``split`` (pure)."""
+    from ncil.train import TaskJob
+
+    return TaskJob(task=task, seed=seed, class_order=split["class_order"], tasks=split["tasks"],
+                   method_name=method_name, method=method,
+                   identity={"dataset": p.dataset.name, "split": str(Path(split_file).parent.name),
+                             "method": method_name, "seed": seed, "task": task})
+
+
+def check_previous(previous: dict, job, p, expected_method: str, prev_file: str, split_file: str) -> None:
+    """Refuse a previous checkpoint that is not task t-1 of this run (pure; names both files and the field).
+
+    ``expected_method``: what task t-1 was trained as (the base recipe for task 0, else the method).
+    """
+    from ncil.config import to_dict
+    from ncil.io import ArtifactError
+    from ncil.stages.split import seen_classes
+
+    config = previous.get("config", {})
+    expected = {
+        "task": job.task - 1,
+        "dataset": p.dataset.name,
+        "class_order": list(job.class_order),
+        "seen_classes": seen_classes({"tasks": job.tasks}, job.task - 1),
+        "seed": job.seed,
+        "method": expected_method,
+        "model": to_dict(p.model),
+    }
+    found = {
+        "task": previous.get("task"),
+        "dataset": config.get("dataset", {}).get("name"),
+        "class_order": list(previous.get("class_order", [])),
+        "seen_classes": list(previous.get("seen_classes", [])),
+        "seed": config.get("seed"),
+        "method": config.get("method"),
+        "model": config.get("model"),
+    }
+    where = {"dataset": "config.dataset.name", "seed": "config.seed", "method": "config.method",
+             "model": "config.model"}
+    for key, want in expected.items():
+        if found[key] != want:
+            raise ArtifactError(
+                f"--prev-checkpoint {prev_file}: {where.get(key, key)}: expected {want!r} (task {job.task} of "
+                f"{split_file} with --seed {job.seed} --method {job.method_name}), found {found[key]!r}: "
+                "not task t-1 of this run")
+
+
+def run(args: Args) -> None:
+    from ncil import io
+    from ncil.data.arrays import load_split
+    from ncil.progress import logger
+    from ncil.stages.split import read_split
+    from ncil.train import train_task
+
+    check_paths(args)
+    p, _ = common.load_params(args.params)
+    split = read_split(args.split)
+    if args.task >= len(split["tasks"]):
+        raise common.UsageError(f"--task {args.task}: {args.split} has only {len(split['tasks'])} tasks")
+    method = resolve_method(p, args, args.params)
+    job = make_job(p, split, args.task, args.seed, args.method, method, args.split)
+    log = logger()
+    log.info("train %s task %d (method %s, seed %d)", args.split, args.task, args.method, args.seed)
+    previous = previous_centers = None
+    if args.task:
+        previous = io.load_checkpoint(args.prev_checkpoint, args.prev_centers)  # also checks the pair
+        expected_method = method.base_recipe if args.task == 1 else args.method
+        check_previous(previous, job, p, expected_method, args.prev_checkpoint, args.split)
+        previous_centers = io.read_centers(args.prev_centers)
+    io.ensure_writable(args.checkpoint, args.centers)  # before the data loads and the training starts
+    train_data = load_split(p.dataset.name, "train")
+    payload, centers = train_task(p, job, train_data, previous, previous_centers, log)
+    # The checkpoint goes last and records the centers' hash: a job killed between the two writes
+    # leaves no checkpoint, so the pair never looks complete with one old and one new file.
+    Path(args.checkpoint).unlink(missing_ok=True)
+    io.write_centers(args.centers, centers, task=args.task, feature_dim=centers["center"].shape[1])
+    io.save_checkpoint(args.checkpoint, payload, centers_file=args.centers)
+    log.info("wrote %s and %s", args.checkpoint, args.centers)

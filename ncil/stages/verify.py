@@ -1,0 +1,48 @@
+"""``verify``: recompute every number in results/ and fail at the first mismatch.
+
+The checks are ``ncil.verify``'s; a mismatch exits 1 with ``verify: MISMATCH <file: row, column:
+expected, found>`` on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from ncil.stages import common
+
+VERB = "verify"
+HELP = "recompute every number in results/ and fail at the first mismatch"
+
+
+@dataclass(frozen=True)
+class Args:
+    params: str
+    log: str | None
+    root: str
+    refresh_readme: bool
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common.add_params(parser)
+    common.add_log(parser)
+    parser.add_argument("--root", default=".", help="project folder holding results/ (default .)")
+    parser.add_argument("--refresh-readme", action="store_true",
+                        help="first rewrite README.md's table blocks from results/tables (after a regeneration)")
+
+
+def run(args: Args) -> None:
+    from pathlib import Path
+
+    from ncil.progress import say
+    from ncil.verify import Mismatch, refresh_readme, verify
+
+    if args.refresh_readme:
+        changed = refresh_readme(Path(args.root) / "README.md", Path(args.root))
+        say(f"verify: README.md table blocks {'rewritten from results/tables' if changed else 'already current'}")
+    _, raw = common.load_params(args.params)
+    try:
+        verify(args.root, raw, log=say)
+    except Mismatch as err:
+        raise common.CheckFailed(f"verify: MISMATCH {err}") from err
+    say("verify: every reported number matches its recomputation")

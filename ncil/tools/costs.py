@@ -1,0 +1,49 @@
+"""``costs``: wall time and peak memory per setting and method, from Snakemake's benchmark files."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from ncil.stages import common
+
+VERB = "costs"
+HELP = "wall time and peak memory per setting and method from benchmarks/ (not results/)"
+
+
+@dataclass(frozen=True)
+class Args:
+    params: str
+    log: str | None
+    root: str
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common.add_params(parser)
+    common.add_log(parser)
+    parser.add_argument("--root", default=".", help="project folder holding benchmarks/ (default .)")
+
+
+def run(args: Args) -> None:
+    from pathlib import Path
+
+    from ncil import costs, io, paths
+    from ncil.progress import say
+    from ncil.provenance import setting_label
+
+    _, raw = common.load_params(args.params)
+    records, missing = [], 0
+    for run_, task, bench in costs.run_benchmarks(raw):
+        path = Path(args.root) / bench
+        if not path.is_file():
+            missing += 1
+            continue
+        records.append({"label": setting_label(run_.initial, run_.increment, run_.n_tasks), "method": run_.method,
+                        "seed": run_.seed, "task": task, **costs.read_benchmark(path.read_text(), str(path))})
+    rows = costs.cost_rows(records)
+    dataset = raw["dataset"]["name"]
+    out = Path(args.root) / paths.cost_table_file(dataset)
+    io.write_text(out.with_suffix(".md"), costs.to_markdown(rows, dataset))
+    io.write_text(out.with_suffix(".csv"), costs.to_csv(rows))
+    say(f"wrote {out.with_suffix('.md')} ({len(records)} task benchmarks; {missing} not found: run the workflow "
+        "with Snakemake to record them)")

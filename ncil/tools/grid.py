@@ -1,0 +1,63 @@
+"""``grid``: compose a paper data set's grid into grids/<name>/{params,dvc}.yaml (or check them)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from ncil.stages import common
+
+VERB = "grid"
+HELP = "compose a paper data set's grid into grids/<name>/{params,dvc}.yaml"
+
+
+@dataclass(frozen=True)
+class Args:
+    log: str | None
+    name: str | None
+    override: tuple[str, ...]
+    check: bool
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common.add_log(parser)
+    parser.add_argument("name", nargs="?", choices=("cifar100", "tinyimagenet", "imagenet_subset"),
+                        help="data set (default: all three)")
+    parser.add_argument("override", nargs="*", help="Hydra overrides after +experiment=<name>, e.g. +smoke=cpu")
+    parser.add_argument("--check", action="store_true", help="fail if a grid file differs from conf/ instead of writing")
+
+
+def stale_files(names: list[str], overrides: list[str]) -> list[str]:
+    """The grid files that differ from what conf/ composes (reads the committed files)."""
+    from pathlib import Path
+
+    from ncil import paths
+    from ncil.hydra_conf import render_grid
+
+    stale = []
+    for name in names:
+        _, params_text, dvc_text = render_grid(name, overrides)
+        params_file = Path(paths.grid_params(name))
+        if not params_file.exists() or params_file.read_text() != params_text:
+            stale.append(str(params_file))
+        dvc_yaml = Path(paths.grid_dvc_yaml(name))  # written on first use, then committed with its dvc.lock
+        if dvc_yaml.exists() and dvc_yaml.read_text() != dvc_text:
+            stale.append(str(dvc_yaml))
+    return stale
+
+
+def run(args: Args) -> None:
+    from ncil import paths
+    from ncil.hydra_conf import write_grid
+    from ncil.progress import say
+
+    names = [args.name] if args.name else list(paths.GRID_NAMES)
+    if args.check:
+        stale = stale_files(names, list(args.override))
+        if stale:
+            raise common.CheckFailed(f"error: out of date with conf/: {', '.join(stale)}: run `python -m ncil grid`")
+        return
+    for name in names:
+        data = write_grid(name, list(args.override))
+        say(f"wrote {paths.grid_params(name)} and {paths.grid_dvc_yaml(name)}: {len(data['scenario'])} settings x "
+            f"{len(data['method'])} methods x {len(data['seeds'])} seeds; run: snakemake --cores N {name}")

@@ -1,0 +1,32 @@
+"""``params``: compose conf/ with Hydra overrides into params.yaml and regenerate dvc.yaml."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from ncil.stages import common
+
+VERB = "params"
+HELP = "compose conf/ with Hydra overrides into params.yaml and regenerate dvc.yaml"
+
+
+@dataclass(frozen=True)
+class Args:
+    log: str | None
+    overrides: tuple[str, ...]
+    out: str
+    dvc_yaml: str
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common.add_log(parser)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.epochs=3 'method=[finetune]'")
+    parser.add_argument("--out", default="params.yaml")
+    parser.add_argument("--dvc-yaml", default="dvc.yaml")
+
+
+def run(args: Args) -> None:
+    from ncil.hydra_conf import write_params
+
+    write_params(list(args.overrides), params_path=args.out, dvc_path=args.dvc_yaml)

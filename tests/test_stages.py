@@ -1,0 +1,174 @@
+"""The CLI as a table of stage modules: the table, the parser and the workflow's steps agree; every
+verb writes the log its step declares, with a failure's traceback in it; the package imports from
+any folder once installed."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from ncil.__main__ import VERBS, build_parser, main
+from ncil.stages import STAGES
+from ncil.tools import TOOLS
+from tests.conftest import ROOT, env
+
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def _subcommands(parser) -> dict:
+    action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return action.choices
+
+
+def test_every_workflow_step_runs_a_stage_verb_its_parser_accepts():
+    from ncil.workflow import steps
+
+    parser = build_parser()
+    all_steps = steps(PARAMS)
+    assert {s.kind for s in all_steps} >= {"prepare", "split", "train", "evaluate", "summarize", "tables",
+                                           "paper_tables", "figures"}
+    for step in all_steps:
+        verb = step.cmd[0]
+        assert verb in STAGES, f"{step.name}: {verb} is not a stage verb"
+        assert STAGES[verb] == f"ncil.stages.{step.kind}", step.name
+        args = parser.parse_args(list(step.cmd))  # every flag the workflow passes exists
+        assert args.module == STAGES[verb]
+        assert args.log == step.log, f"{step.name}: the command logs to {args.log}, the step declares {step.log}"
+
+
+def test_the_table_the_parser_and_the_modules_agree():
+    assert set(STAGES).isdisjoint(TOOLS) and VERBS == {**STAGES, **TOOLS}
+    sub = _subcommands(build_parser())
+    assert set(sub) == set(VERBS)
+    for verb, module_name in VERBS.items():
+        module = importlib.import_module(module_name)
+        assert callable(module.run) and callable(module.add_arguments) and module.HELP
+        assert module.VERB == verb
+        assert dataclasses.is_dataclass(module.Args) and module.Args.__dataclass_params__.frozen
+        dests = {a.dest for a in sub[verb]._actions if a.dest not in ("help", "module")}
+        assert dests == {f.name for f in dataclasses.fields(module.Args)}, verb
+        assert "log" in dests, f"{verb} takes no --log"
+
+
+def _ncil_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ncil"):
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.startswith("ncil"))
+    return names
+
+
+def test_no_module_imports_the_command_line():
+    """ncil.verify used to import ncil.__main__ (which imports the verbs): a cycle."""
+    for path in (ROOT / "ncil").rglob("*.py"):
+        if path.name != "__main__.py":
+            assert "ncil.__main__" not in _ncil_imports(path), path
+
+
+def test_building_the_parser_loads_no_torch():
+    """numerics.apply must run before torch loads: no stage or tool module imports it at import time."""
+    code = "import sys; from ncil.__main__ import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env(), capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+# --- logs -----------------------------------------------------------------------------------------
+
+
+def test_the_split_step_writes_the_log_it_declares(tiny_project, monkeypatch):
+    from ncil.workflow import steps
+
+    monkeypatch.chdir(tiny_project)
+    step = next(s for s in steps(yaml.safe_load(Path("params.yaml").read_text())) if s.kind == "split")
+    assert main(list(step.cmd)) == 0
+    assert Path(step.outs["split"]).is_file()
+    log = Path(step.log).read_text()
+    assert "python -m ncil split" in log and step.outs["split"] in log
+
+
+def test_an_expected_error_is_one_line_on_stderr_and_its_traceback_in_the_log(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    log = Path("logs/deep/split.log")
+    log.parent.mkdir(parents=True)
+    log.write_text("STALE LINE FROM AN EARLIER RUN\n")
+    assert main(["split", "--params", "missing.yaml", "--initial", "4", "--out", "s.json", "--log", str(log)]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: missing.yaml: YAML file not found\n"
+    text = log.read_text()
+    assert "STALE" not in text and "Traceback (most recent call last)" in text and "YAML file not found" in text
+    assert not Path("s.json").exists()
+
+
+def test_an_unexpected_error_names_its_type_and_the_log(tmp_path, monkeypatch, capsys):
+    from ncil.stages import split
+
+    def broken(args):
+        raise ZeroDivisionError("division by zero in a stage")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(split, "run", broken)
+    assert main(["split", "--initial", "4", "--out", "s.json", "--log", "new/folder/split.log"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: ZeroDivisionError: division by zero in a stage (traceback in new/folder/split.log)\n"
+    text = Path("new/folder/split.log").read_text()
+    assert "Traceback (most recent call last)" in text and "in broken" in text
+
+
+def test_a_log_that_cannot_be_created_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("afile").write_text("x")
+    assert main(["split", "--initial", "4", "--out", "s.json", "--log", "afile/split.log"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --log afile/split.log: cannot write the log here") and err.count("\n") == 1
+
+
+def test_check_verbs_fail_with_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "params.yaml", "params.yaml")
+    Path("dvc.yaml").write_text("stages: {}\n")
+    assert main(["dvc-yaml", "--check", "--log", "l.log"]) == 1
+    assert capsys.readouterr().err == "error: dvc.yaml is out of date with params.yaml: run `python -m ncil dvc-yaml`\n"
+    assert "out of date" in Path("l.log").read_text()
+
+
+# --- install ----------------------------------------------------------------------------------------
+
+
+def test_the_installed_package_imports_from_any_folder(tmp_path):
+    """What the Makefile's `pip install --no-deps --editable .` gives: ncil, its public API (README) and
+    its conf/ tree from outside the repository (the copy stands in for a clone)."""
+    import shutil
+
+    src = tmp_path / "clone"
+    shutil.copytree(ROOT / "ncil", src / "ncil", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "conf", src / "conf")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--prefix", str(venv), "--editable", str(src)], check=True, env=env())
+    code = ("import numpy as np, ncil, ncil.metrics\n"
+            "from ncil.methods.pks import pks_loss\n"
+            "from ncil.methods.prototypes import offset_loss, restore_prototypes\n"
+            "from ncil.hydra_conf import compose\n"
+            "s = ncil.metrics.summarize(np.array([[90.0, np.nan], [70.0, 80.0]]), [10, 10])\n"
+            "print(ncil.__file__, s['avg_accuracy'], compose([])['dataset']['name'])\n")
+    deps = next(p for p in sys.path if p.endswith("site-packages"))  # numpy, torch, hydra of this environment
+    elsewhere = tmp_path / "notebook"
+    elsewhere.mkdir()
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=elsewhere, capture_output=True, text=True,
+                          env={**env(), "PYTHONPATH": deps})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(src / "ncil" / "__init__.py"), "82.5", "digits"]
