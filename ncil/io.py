@@ -35,6 +35,11 @@ class ArtifactError(RuntimeError):
     """An artifact is missing, corrupt, truncated or does not follow its contract."""
 
 
+def _one_line(err: BaseException) -> str:
+    """A library's error text on one line (pyarrow and torch messages span several)."""
+    return " ".join(str(err).split())
+
+
 # --- Writing: temporary files, file modes, stray temporaries, write errors -----------------------
 #
 # A write goes to ``.<name>.<host>-<pid>-<token>.tmp`` beside the artifact and is renamed onto it.
@@ -208,13 +213,18 @@ def ensure_writable(*paths: str | Path, sizes: dict | None = None) -> None:
                                 f"{need:,} bytes, {free:,} are free in {first.parent})")
 
 
-def _write_all(tmp: Path, data: bytes) -> None:
-    """Write ``data`` to the file ``tmp`` with ``os.write`` until every byte is out (no buffering)."""
+def _write_all(tmp: Path, *parts) -> None:
+    """Write the buffers ``parts`` to the file ``tmp`` with ``os.write`` until every byte is out.
+
+    Unbuffered, so a full disk is an ``OSError`` with its errno (numpy's ``tofile`` reports a short
+    write as "N requested and M written", without one).
+    """
     fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        for part in parts:
+            view = memoryview(part).cast("B")
+            while view:
+                view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
 
@@ -312,10 +322,17 @@ def read_json(path: str | Path, what: str = "JSON file") -> dict:
 
 
 def write_array(path: str | Path, array: np.ndarray) -> None:
-    """NPY format 1.0 (byte-stable: no timestamps, unlike ``np.savez``)."""
+    """NPY format 1.0 (byte-stable: no timestamps, unlike ``np.savez``): the header, then the raw data.
+
+    The same bytes as ``np.lib.format.write_array(..., version=(1, 0))``, written with ``_write_all``.
+    """
+    array = np.ascontiguousarray(array)
+    if array.dtype.hasobject:
+        raise ValueError(f"{path}: object arrays cannot be written (allow_pickle is off)")
+    header = BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.lib.format.write_array(fh, np.ascontiguousarray(array), version=(1, 0), allow_pickle=False)
+        _write_all(tmp, header.getvalue(), array.reshape(-1).view(np.uint8) if array.size else b"")
 
 
 def _allocate(tmp: Path) -> None:
@@ -368,7 +385,7 @@ def read_array(path: str | Path, mmap: bool = False) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (ValueError, OSError, EOFError) as err:
-        raise ArtifactError(f"{path}: corrupt or truncated NPY array ({err})") from None
+        raise ArtifactError(f"{path}: corrupt or truncated NPY array ({_one_line(err)})") from None
 
 
 def write_manifest(path: str | Path, dataset: str, files: list[str | Path], extra: dict) -> None:
@@ -479,7 +496,7 @@ def load_checkpoint(path: str | Path, centers_file: str | Path | None = None) ->
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, zip errors...
-        raise ArtifactError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}: {err})") from None
+        raise ArtifactError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}: {_one_line(err)})") from None
     if not isinstance(payload, dict) or payload.get("format_version") != CHECKPOINT_FORMAT:
         found = payload.get("format_version") if isinstance(payload, dict) else type(payload).__name__
         raise ArtifactError(f"{path}: format_version: expected a checkpoint of format {CHECKPOINT_FORMAT}, "
@@ -571,7 +588,7 @@ def _read_table(path: str | Path, what: str, required: dict, format_version: int
     except _Inconsistent as err:
         raise ArtifactError(f"{path}: corrupt {what} ({err})") from None
     except Exception as err:  # pyarrow raises ArrowInvalid, OSError, but also KeyError or UnicodeDecodeError
-        raise ArtifactError(f"{path}: corrupt or truncated {what} ({type(err).__name__}: {err})") from None
+        raise ArtifactError(f"{path}: corrupt or truncated {what} ({type(err).__name__}: {_one_line(err)})") from None
     for name, type_check in required.items():
         if name not in table.column_names:
             raise ArtifactError(f"{path}: {name}: column missing from the {what}")
