@@ -53,7 +53,7 @@ TMP_SUFFIX = ".tmp"
 # errno values that say "this output cannot be written": reported as one line naming the artifact.
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
                           errno.EIO, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ENOENT})
-_IMPORTED_AT = time.time()  # temporaries of other hosts older than this cannot belong to this process's writes
+_IMPORTED_AT = time.time()  # another host's temporary not modified since before this is taken as abandoned
 
 
 def _host() -> str:
@@ -341,6 +341,8 @@ def _allocate(tmp: Path) -> None:
     A full disk then fails here with ENOSPC, as an error, instead of killing the process with
     SIGBUS when a page of the mapping is written. File systems without fallocate are left as they are.
     """
+    if not hasattr(os, "posix_fallocate"):  # macOS
+        return
     fd = os.open(tmp, os.O_RDWR | os.O_CLOEXEC)
     try:
         os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
