@@ -139,6 +139,32 @@ def test_prepare_is_deterministic_and_val_follows_the_split_seed(project, tmp_pa
     assert not np.array_equal(val, io.read_array("data/folder/val_images.npy"))
 
 
+def test_a_wrong_image_size_fails_before_the_prepared_data_is_touched(project, tmp_path, capsys):
+    """The size is checked on one image of each set before the old manifest is removed."""
+    overrides = fixture_overrides("cifar100", tmp_path)
+    write_params(overrides)
+    cli("prepare")
+    before = {p.name: p.read_bytes() for p in Path("data/cifar100").iterdir()}
+    write_params(overrides + ["dataset.image_size=16", "model.img_size=16", "model.patch_size=4"])
+    err = cli_error(capsys, "prepare")
+    assert "dataset.image_size/channels: " in err and "(32, 32, 3) for data/cifar100/train_images.npy" in err
+    assert {p.name: p.read_bytes() for p in Path("data/cifar100").iterdir()} == before
+
+
+def test_prepared_files_have_the_mode_of_a_new_file(project, tmp_path):
+    import os
+    import stat
+
+    write_params(fixture_overrides("folder", tmp_path))
+    previous = os.umask(0o022)
+    try:
+        cli("prepare")
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in Path("data/folder").iterdir()}
+    assert len(modes) == 7 and set(modes.values()) == {0o644}
+
+
 @pytest.mark.parametrize("name, expected", [
     ("cifar100", ["CIFAR-100 not found", "cifar-100-python/", "tar xzf", "dataset.download=true"]),
     ("tinyimagenet", ["TinyImageNet not found", "val/val_annotations.txt", "tiny-imagenet-200.zip"]),

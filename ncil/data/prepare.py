@@ -85,6 +85,25 @@ def manifest_file(dataset: str, out_dir: str | None) -> str:
     return paths.data_manifest(dataset) if out_dir is None else f"{out_dir}/{paths.MANIFEST_NAME}"
 
 
+def begin_writing(manifest: str, sizes: dict) -> None:
+    """Before any array is written: check every output can be written and fits, then remove the manifest.
+
+    ``sizes`` maps each array file to its size, in write order. From here until ``write_manifest``
+    runs last, the data set has no manifest, so an interrupted prepare never leaves old and new
+    arrays under a manifest that looks complete (readers fail: "data manifest not found").
+    """
+    io.ensure_writable(manifest, *sizes, sizes={**sizes, manifest: MANIFEST_ROOM})
+    io.remove_outputs(manifest)
+
+
+MANIFEST_ROOM = 64 * 1024  # bytes reserved for manifest.json (a few hundred bytes, or ~20 kB of class names)
+
+
+def shape_message(source: str, found: tuple, image_file: str, shape: tuple) -> str:
+    return (f"dataset.image_size/channels: {source} gives images of shape {found} for {image_file}, "
+            f"config expects {shape} (set train_resize/test_resize to resize)")
+
+
 def prepare(cfg: DatasetConfig, out_dir: str | None = None) -> dict:
     """Write the data set's arrays and manifest; return the number of images per split."""
     if cfg.name in RAW_DATASETS:
@@ -102,15 +121,17 @@ def prepare(cfg: DatasetConfig, out_dir: str | None = None) -> dict:
     if len(np.unique(labels)) != cfg.n_classes:
         raise ValueError(f"dataset.n_classes: the source has {len(np.unique(labels))} classes, config says {cfg.n_classes}")
     split = stratified_split(labels, cfg.test_fraction, cfg.val_fraction, cfg.split_seed)
-    written, counts = [], {}
+    arrays = {}  # path -> array, in write order
     for name in paths.DATA_SPLITS:
         image_file, label_file = split_files(cfg.name, name, out_dir)
-        io.write_array(image_file, images[split[name]])
-        io.write_array(label_file, labels[split[name]])
-        written += [image_file, label_file]
-        counts[name] = int(len(split[name]))
+        arrays[image_file], arrays[label_file] = images[split[name]], labels[split[name]]
     manifest = manifest_file(cfg.name, out_dir)
-    io.write_manifest(
+    begin_writing(manifest, {path: io.npy_size(a.shape, a.dtype) for path, a in arrays.items()})
+    for path, array in arrays.items():
+        io.write_array(path, array)
+    written = list(arrays)
+    counts = {name: int(len(split[name])) for name in paths.DATA_SPLITS}
+    io.write_manifest(  # last: it records the checksums of the arrays just written
         manifest,
         cfg.name,
         written,
@@ -158,6 +179,17 @@ def prepare_raw(cfg: DatasetConfig, out_dir: str | None = None) -> dict:
     if missing:
         raise ConfigError(f"dataset: classes {[raw.classes[c] for c in missing[:5]]} have no training images left")
     shape = (cfg.image_size, cfg.image_size, cfg.channels)
+    for name in paths.DATA_SPLITS:  # one image of each set decoded now: a wrong size deletes nothing
+        first = parts[name].load(np.arange(min(1, len(parts[name].labels))))
+        if len(first) and (first.shape[1:] != shape or first.dtype != np.uint8):
+            raise ConfigError(shape_message(raw.source, first.shape[1:], split_files(cfg.name, name, out_dir)[0], shape))
+    manifest = manifest_file(cfg.name, out_dir)
+    sizes = {}
+    for name in paths.DATA_SPLITS:
+        image_file, label_file = split_files(cfg.name, name, out_dir)
+        n = len(parts[name].labels)
+        sizes[image_file], sizes[label_file] = io.npy_size((n, *shape), np.uint8), io.npy_size((n,), np.int64)
+    begin_writing(manifest, sizes)
     written, counts = [], {}
     for name in paths.DATA_SPLITS:
         image_file, label_file = split_files(cfg.name, name, out_dir)
@@ -168,18 +200,14 @@ def prepare_raw(cfg: DatasetConfig, out_dir: str | None = None) -> dict:
             for start in range(0, n, CHUNK):
                 block = part.load(np.arange(start, min(start + CHUNK, n)))
                 if block.shape[1:] != shape or block.dtype != np.uint8:
-                    raise ConfigError(
-                        f"dataset.image_size/channels: {raw.source} gives images of shape {block.shape[1:]} "
-                        f"for {image_file}, config expects {shape} (set train_resize/test_resize to resize)"
-                    )
+                    raise ConfigError(shape_message(raw.source, block.shape[1:], image_file, shape))
                 yield block
 
         io.write_array_chunks(image_file, (n, *shape), np.uint8, blocks())
         io.write_array(label_file, part.labels.astype(np.int64))
         written += [image_file, label_file]
         counts[name] = int(n)
-    manifest = manifest_file(cfg.name, out_dir)
-    io.write_manifest(
+    io.write_manifest(  # last: it records the checksums of the arrays just written
         manifest,
         cfg.name,
         written,
