@@ -212,7 +212,7 @@ def verify(root: str | Path, params: dict, log=print) -> dict:
         split = read_split(root / run.split_file)
         evaluations = []
         for t in range(run.n_tasks):
-            ev = io.read_predictions(root / run.eval_file(t))
+            ev = io.read_predictions(root / run.eval_file(t), split["tasks"])
             if ev["task"] != t:
                 raise Mismatch(root / run.eval_file(t), "(schema metadata)", "ncil.task", t, ev["task"])
             evaluations.append(ev)

@@ -293,11 +293,11 @@ def test_summarize_needs_one_evaluation_per_task_in_order(trained):
 def test_train_fails_in_one_line_before_loading_data_when_the_output_cannot_be_written(trained):
     (trained / "afile").write_text("not a folder")  # a folder that cannot be created, even by root
     proc = _train(trained, 1, out="afile/task_1", check=False)
-    _refused(proc, "afile/task_1/model.pt", "cannot write here")
+    _refused(proc, "afile/task_1/model.pt", "cannot write (")
     assert "epoch" not in proc.stderr  # failed before training
 
 
 def test_prepare_fails_in_one_line_when_its_folder_cannot_be_written(tiny_project):
     (tiny_project / "data").write_text("not a folder")
     proc = ncil(["prepare"], tiny_project, check=False)
-    _refused(proc, "data/digits/manifest.json", "cannot write here")
+    _refused(proc, "data/digits/manifest.json", "cannot write (")

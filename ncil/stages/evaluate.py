@@ -78,6 +78,7 @@ def run(args: Args) -> None:
     log = logger()
     for task, ckpt_path in enumerate(args.checkpoints):  # every checkpoint checked before any output is written
         check_checkpoint(io.load_checkpoint(ckpt_path), task, split, ckpt_path, args.split)
+    io.remove_outputs(*args.out)  # an interrupted run leaves fewer tables than tasks, which summarize refuses
     test = load_split(p.dataset.name, args.data_split)
     for task, (ckpt_path, out) in enumerate(zip(args.checkpoints, args.out)):
         ckpt = io.load_checkpoint(ckpt_path)

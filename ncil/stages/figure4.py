@@ -62,6 +62,5 @@ def run(args: Args) -> None:
                            **{f"--checkpoints[{i}]": c for i, c in enumerate(args.checkpoints)}})
     p, _ = common.load_params(args.params)
     csv_text, png, n = compute(p, args)
-    io.write_text(args.out_csv, csv_text)
-    io.write_bytes(args.out_png, png)
+    io.write_files({args.out_csv: csv_text, args.out_png: png})
     say(f"wrote {args.out_png} and {args.out_csv} ({n} checkpoints)")

@@ -33,8 +33,12 @@ def run(args: Args) -> None:
 
     _, raw = common.load_params(args.params)
     metrics = [io.read_json(path, "metrics file") for path in args.metrics]
+    outputs, notes = {}, []
     for png, (title, table) in report.curve_tables(raw, metrics).items():
-        io.write_text(png[: -len(".png")] + ".csv", figures.table_to_csv(table))
-        io.write_bytes(png, figures.png_bytes(figures.draw_curves(table, title)))
-        say(f"wrote {png} ({len(figures.curve_methods(table))} of {len(figures.curve_methods(table, False))} "
-            "methods with results)")
+        outputs[png[: -len(".png")] + ".csv"] = figures.table_to_csv(table)
+        outputs[png] = figures.png_bytes(figures.draw_curves(table, title))
+        notes.append(f"wrote {png} ({len(figures.curve_methods(table))} of "
+                     f"{len(figures.curve_methods(table, False))} methods with results)")
+    io.write_files(outputs)  # as a set: a kill leaves files missing, never old and new side by side
+    for note in notes:
+        say(note)

@@ -33,6 +33,7 @@ def run(args: Args) -> None:
 
     _, raw = common.load_params(args.params)
     metrics = [io.read_json(path, "metrics file") for path in args.metrics]
-    for path, text in report.table_texts(raw, metrics).items():
-        io.write_text(path, text)
+    texts = report.table_texts(raw, metrics)
+    io.write_files(texts)  # as a set: a kill leaves files missing, never old and new side by side
+    for path in texts:
         say(f"wrote {path}")

@@ -113,7 +113,7 @@ def run(args: Args) -> None:
                            **{f"--evals[{i}]": e for i, e in enumerate(args.evals)}})
     p, _ = common.load_params(args.params)
     split = read_split(args.split)
-    evaluations = [io.read_predictions(path) for path in args.evals]
+    evaluations = [io.read_predictions(path, split["tasks"]) for path in args.evals]
     check_evaluations(evaluations, args.evals, split, args.split)
     run_identity = {"dataset": p.dataset.name, "setting": args.setting, "method": args.method, "seed": args.seed}
     io.write_json(args.out, build_metrics(evaluations, split, run_identity, p.preset, p.order_seed, code_version()))

@@ -48,5 +48,4 @@ def run(args: Args) -> None:
                           {"--params": args.params, **{f"--metrics[{i}]": m for i, m in enumerate(args.metrics)}})
     p, _ = common.load_params(args.params)
     markdown, csv = table_texts(p, [io.read_json(path, "metrics file") for path in args.metrics])
-    io.write_text(args.markdown, markdown)
-    io.write_text(args.csv, csv)
+    io.write_files({args.markdown: markdown, args.csv: csv})

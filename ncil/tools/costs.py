@@ -43,7 +43,6 @@ def run(args: Args) -> None:
     rows = costs.cost_rows(records)
     dataset = raw["dataset"]["name"]
     out = Path(args.root) / paths.cost_table_file(dataset)
-    io.write_text(out.with_suffix(".md"), costs.to_markdown(rows, dataset))
-    io.write_text(out.with_suffix(".csv"), costs.to_csv(rows))
+    io.write_files({out.with_suffix(".md"): costs.to_markdown(rows, dataset), out.with_suffix(".csv"): costs.to_csv(rows)})
     say(f"wrote {out.with_suffix('.md')} ({len(records)} task benchmarks; {missing} not found: run the workflow "
         "with Snakemake to record them)")
