@@ -138,3 +138,10 @@ def weight_map_files(dataset: str) -> tuple[str, str]:
 def cost_table_file(dataset: str) -> str:
     """Wall time and peak memory per setting and method (Markdown; CSV beside): local, not verified."""
     return f"{BENCH_ROOT}/costs_{dataset}.md"
+
+
+# --- DVC's first stage (ncil/dvcgen.py) ----------------------------------------------------------
+# Written empty by the stage that validates params.yaml and checks dvc.yaml against it; every other
+# stage depends on it, so `dvc repro` / `dvc exp run` stop there on a bad value. Its content never
+# changes, so a rerun of the check makes nothing downstream stale. Committed (git), not DVC-cached.
+PARAMS_CHECK_STAMP = f"{RESULTS_ROOT}/params_checked"
