@@ -30,7 +30,9 @@ def check_stage(params_file: str = "params.yaml", dvc_file: str = "dvc.yaml") ->
     return {
         "cmd": f"{check} && touch {paths.PARAMS_CHECK_STAMP}",
         "deps": [*code_deps("dvc-yaml"), params_file],  # DVC refuses a dvc.yaml as a dependency
-        "outs": [{paths.PARAMS_CHECK_STAMP: {"cache": False}}],
+        # persist: DVC does not delete the stamp before the command runs, so a refused params.yaml
+        # leaves every file as it was (the stage stays stale until a valid one passes).
+        "outs": [{paths.PARAMS_CHECK_STAMP: {"cache": False, "persist": True}}],
     }
 
 
