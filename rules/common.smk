@@ -118,13 +118,15 @@ def keys_digest(kind):
 
 
 def raw_data(wildcards):
-    """The prepare step's raw inputs; a missing raw data set fails here, saying where to put it."""
-    deps = raw_inputs(grid_params(wildcards)[1]["dataset"])
-    if deps.get("raw") and not os.path.exists(deps["raw"]):
+    """The prepare step's raw inputs; a missing raw data set fails here, saying where to put it (also
+    ImageNet-Subset's root, which is not an input: it may be a whole ImageNet tree, too large to hash)."""
+    dataset = grid_params(wildcards)[1]["dataset"]
+    root = dataset.get("root")
+    if root and not dataset.get("download") and not os.path.exists(root):
         from ncil.data.prepare import missing_message
 
-        raise ValueError(missing_message(wildcards.dataset, deps["raw"]))
-    return deps
+        raise ValueError(missing_message(wildcards.dataset, root))
+    return raw_inputs(dataset)
 
 
 def split_sizes(wildcards):
