@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from ncil import paths
 from tests.conftest import copy_project, ncil, run
 from tests.test_commands_agree import dry_run_jobs, normalise
 from tests.test_dvc import dvc, git, init_repo
@@ -48,9 +48,7 @@ def produced(tmp_path_factory) -> Path:
     project = copy_project(tmp_path_factory.mktemp("stale") / "p")
     (project / "conf" / "config.yaml").write_text(ONE_RUN)
     ncil(["params"], project)  # params.yaml and dvc.yaml of the one-run grid
-    (project / paths.PARAMS_CHECK_STAMP).parent.mkdir(parents=True, exist_ok=True)
-    (project / paths.PARAMS_CHECK_STAMP).touch()  # committed in the repository, as here
-    init_repo(project)
+    init_repo(project)  # with the committed stamp of check_params
     snakemake(project)
     dvc(project, "commit", "--force", "--quiet")
     git(project, "add", "-A")
@@ -60,14 +58,14 @@ def produced(tmp_path_factory) -> Path:
 
 def stale_dvc_commands(project: Path) -> set[str]:
     status = json.loads(dvc(project, "status", "--json").stdout)
-    stages = __import__("yaml").safe_load((project / "dvc.yaml").read_text())["stages"]
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     return {normalise(stages[name]["cmd"]) for name in status}
 
 
 def with_downstream(project: Path, commands: set[str]) -> set[str]:
     """``commands`` and every stage that reads their outputs, transitively (dvc.yaml's graph): what
     `dvc repro` reruns once the stale stages' outputs change."""
-    stages = __import__("yaml").safe_load((project / "dvc.yaml").read_text())["stages"]
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     outs = {name: {next(iter(o)) if isinstance(o, dict) else o for o in st.get("outs", []) + st.get("metrics", [])}
             for name, st in stages.items()}
     todo = [name for name, st in stages.items() if normalise(st["cmd"]) in commands]

@@ -13,7 +13,7 @@ import pytest
 
 from ncil import paths
 from tests.conftest import ROOT, copy_project, ncil, run
-from tests.test_dvc import dvc, git, init_repo
+from tests.test_dvc import dvc, init_repo
 
 # Hand edits of params.yaml: (what is replaced, by what, words the one-line error must contain).
 BAD_EDITS = {
@@ -83,12 +83,7 @@ def test_a_bad_grid_file_is_refused_naming_it(pristine, tmp_path):
 
 @pytest.fixture(scope="module")
 def dvc_project(tmp_path_factory) -> Path:
-    project = init_repo(copy_project(tmp_path_factory.mktemp("dvcguard") / "p"))
-    (project / paths.PARAMS_CHECK_STAMP).parent.mkdir(parents=True, exist_ok=True)
-    (project / paths.PARAMS_CHECK_STAMP).touch()
-    git(project, "add", "-A")
-    git(project, "commit", "-qm", "stamp")
-    return project
+    return init_repo(copy_project(tmp_path_factory.mktemp("dvcguard") / "p"))  # the stamp committed too
 
 
 def test_dvc_check_stage_passes_on_a_valid_grid_and_changes_nothing_downstream(dvc_project, tmp_path):
