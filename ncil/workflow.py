@@ -1,7 +1,10 @@
-"""Every step of the grid as data: command, inputs, outputs, params keys, log and benchmark.
+"""Every step of the grid as data: command, inputs, outputs, params keys, code, log and benchmark.
 
-Snakemake's rules look their steps up here by output path, and ``dvcgen`` writes one DVC stage per
-step, so both engines run the same commands on the same files (design.md 4).
+``dvcgen`` writes one DVC stage per step. The Snakemake rules (rules/*.smk) spell the same commands
+out with named wildcards and take from here what both engines must agree on: the params keys of each
+kind of step (``param_keys``), the code each verb runs (``code_deps``) and Figure 4's run
+(``figure4_run``). tests/test_commands_agree.py proves the two run the same commands on the same
+files for the default grid (design.md 4).
 """
 
 from __future__ import annotations
