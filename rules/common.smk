@@ -154,6 +154,19 @@ def this_run(wildcards):
     return grid.find_run(params, wildcards.setting, wildcards.method, int(wildcards.seed))
 
 
+def base_split(wildcards):
+    """The base split of a task-0 job, results/<dataset>/base<F>/split.json, once the base run
+    (F, base recipe, seed) is known to be in the grid: a path outside it fails naming the grid's base runs."""
+    params = grid_params(wildcards)[1]
+    wanted = (int(wildcards.initial), wildcards.recipe, int(wildcards.seed))
+    runs = grid.runs(params)
+    if wanted not in {(r.initial, r.base_recipe, r.seed) for r in runs}:
+        have = sorted({r.base_run_id for r in runs})
+        raise ValueError(f"base{wanted[0]}/{wanted[1]}/seed{wanted[2]}: not a base run of {params_file(wildcards)} "
+                         f"(base runs: {', '.join(have)})")
+    return paths.split_file(wildcards.dataset, paths.base_split_id(wanted[0]))
+
+
 def previous_task(wildcards):
     """Task t-1 of this run (PyPSA-Eur's `solved_previous_horizon`): (checkpoint, centers).
 

@@ -7,7 +7,7 @@ rule train_base:
     """Task 0 of every run with base size F, base recipe `recipe` and this seed."""
     input:
         manifest="data/{dataset}/manifest.json",
-        split="results/{dataset}/base{initial}/split.json",
+        split=base_split,  # results/{dataset}/base{initial}/split.json, for a base run of the grid
         code=code("train"),
     output:
         checkpoint="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/model.pt",

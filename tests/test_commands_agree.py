@@ -112,6 +112,14 @@ def test_an_unknown_run_fails_naming_the_grid(tmp_path):
     assert "method='nosuchmethod'" in proc.stdout + proc.stderr
 
 
+def test_a_base_run_outside_the_grid_is_refused(tmp_path):
+    project = copy_project(tmp_path / "p")
+    proc = run([sys.executable, "-m", "snakemake", "-n", "--cores", "1",
+                "runs/digits/base4/plain/seed7/task_0/model.pt"], project, check=False)
+    assert proc.returncode != 0
+    assert "base4/plain/seed7: not a base run of params.yaml (base runs: base4/plain/seed1)" in proc.stdout + proc.stderr
+
+
 def test_dry_run_paths_match_the_path_owner():
     """The rules' literal patterns and ncil/paths.py agree (the commands test covers the default grid)."""
     text = "".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
