@@ -1,6 +1,7 @@
 # ncil workflow: data -> split -> one training job per task -> evaluation -> summary -> tables, figures.
-# The grid (datasets x settings x methods x seeds x tasks) comes from params.yaml through
-# ncil/workflow.py, the same module that generates dvc.yaml. Run: snakemake --cores all [target]
+# The grid (datasets x settings x methods x seeds x tasks) comes from params.yaml, validated when this
+# file loads by the CLI's parser (ncil.config.parse_params: a bad value stops here, nothing runs), and is
+# expanded by ncil/grid.py, the module dvc.yaml is generated from. Run: snakemake --cores all [target]
 
 configfile: "params.yaml"
 
@@ -31,7 +32,7 @@ rule metrics:
         METRICS,
 
 
-rule models:
+rule models:  # params.yaml's grid: a paper data set's checkpoints are part of its own target
     input:
         CHECKPOINTS,
 

@@ -140,6 +140,13 @@ def cost_table_file(dataset: str) -> str:
     return f"{BENCH_ROOT}/costs_{dataset}.md"
 
 
+# --- DVC's first stage (ncil/dvcgen.py) ----------------------------------------------------------
+# Written empty by the stage that validates params.yaml and checks dvc.yaml against it; every other
+# stage depends on it, so `dvc repro` / `dvc exp run` stop there on a bad value. Its content never
+# changes, so a rerun of the check makes nothing downstream stale. Committed (git), not DVC-cached.
+PARAMS_CHECK_STAMP = f"{RESULTS_ROOT}/params_checked"
+
+
 # --- One data set's sections of the paper's tables (results/tables/<dataset>/; git) --------------
 # Each grid writes only its own data set's sections; results/tables/<table>.{md,csv} are assembled
 # from every data set's sections present, so a second grid adds to the tables and rewrites nothing.

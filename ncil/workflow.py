@@ -1,7 +1,10 @@
-"""Every step of the grid as data: command, inputs, outputs, params keys, log and benchmark.
+"""Every step of the grid as data: command, inputs, outputs, params keys, code, log and benchmark.
 
-Snakemake's rules look their steps up here by output path, and ``dvcgen`` writes one DVC stage per
-step, so both engines run the same commands on the same files (design.md 4).
+``dvcgen`` writes one DVC stage per step. The Snakemake rules (rules/*.smk) spell the same commands
+out with named wildcards and take from here what both engines must agree on: the params keys of each
+kind of step (``param_keys``), the code each verb runs (``code_deps``) and Figure 4's run
+(``figure4_run``). tests/test_commands_agree.py proves the two run the same commands on the same
+files for the default grid (design.md 4).
 """
 
 from __future__ import annotations
@@ -9,15 +12,41 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
-from ncil import grid, paths
+from ncil import codedeps, grid, paths
 from ncil.provenance import setting_label
 
-CODE_DEP = "ncil"  # the package: any code change invalidates the steps that run it
+# The modules each verb of `python -m ncil` runs, for its steps' code dependencies (ncil/codedeps.py).
+# The verbs live in ncil/__main__.py, which imports them lazily inside each command function, so the
+# file itself is listed unscanned (ENTRY_FILES) and each verb names the modules its function imports;
+# ENTRY_MODULES is what main() imports for every verb (numerics before torch; the error types).
+STAGE_MODULES: dict[str, tuple[str, ...]] = {
+    "prepare": ("ncil.data.prepare", "ncil.config"),
+    "split": ("ncil.io", "ncil.data.scenario", "ncil.config"),
+    "train": ("ncil.io", "ncil.data.arrays", "ncil.progress", "ncil.train", "ncil.config"),
+    "evaluate": ("ncil.io", "ncil.data.arrays", "ncil.evaluate", "ncil.progress", "ncil.config"),
+    "summarize": ("ncil.io", "ncil.metrics", "ncil.provenance", "ncil.config"),
+    "tables": ("ncil.io", "ncil.tables", "ncil.metrics", "ncil.config"),
+    "paper-tables": ("ncil.io", "ncil.report", "ncil.config"),
+    "figures": ("ncil.figures", "ncil.io", "ncil.report", "ncil.config"),
+    "figure4": ("ncil.figures", "ncil.io", "ncil.data.arrays", "ncil.config"),
+    "dvc-yaml": ("ncil.io", "ncil.config", "ncil.dvcgen"),
+}
+ENTRY_MODULES: tuple[str, ...] = ("ncil.numerics", "ncil.config", "ncil.io")
+ENTRY_FILES: tuple[str, ...] = ("ncil/__main__.py",)
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the folder holding this ncil package
 RUN_KEYS = ["preset", "order_seed", "dataset", "model", "train", "runtime.threads", "runtime.numerics"]
 # Where the raw data lives and whether it may be downloaded: only the prepare step reads these, so
 # moving a data set's folder reruns prepare (whose unchanged arrays then stop the cascade), not training.
 LOCATION_KEYS = ("root", "download")
+
+
+@lru_cache(maxsize=None)
+def code_deps(verb: str) -> tuple[str, ...]:
+    """The package files ``python -m ncil <verb>`` runs (relative paths): each step's code dependency."""
+    return tuple(codedeps.step_code_files(verb, STAGE_MODULES, REPO_ROOT, ENTRY_MODULES, ENTRY_FILES))
 
 
 def run_keys(params: dict) -> list[str]:
@@ -47,6 +76,15 @@ class Step:
     plots: tuple[tuple[str, tuple[str, ...], str], ...] = ()  # DVC plots: (csv, y columns, title)
 
     @property
+    def verb(self) -> str:
+        return self.cmd[0]
+
+    @property
+    def code(self) -> tuple[str, ...]:
+        """The package files this step's command runs (its code dependency in both engines)."""
+        return code_deps(self.verb)
+
+    @property
     def shell(self) -> str:
         return "python -m ncil " + " ".join(shlex.quote(a) for a in self.cmd)
 
@@ -69,7 +107,7 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True) -
     out.append(Step(
         name=stage_name("prepare", dataset), kind="prepare",
         cmd=("prepare", *p, "--log", paths.log_file("prepare", dataset)), deps=raw_inputs(params["dataset"]),
-        outs={f"f{i}": f for i, f in enumerate(data)}, params=("dataset",),
+        outs={f"f{i}": f for i, f in enumerate(data)}, params=param_keys("prepare", params),
         log=paths.log_file("prepare", dataset), benchmark=paths.benchmark_file("prepare", dataset),
     ))
     manifest = paths.data_manifest(dataset)
@@ -83,7 +121,7 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True) -
             name=stage_name("split", dataset, split_id), kind="split",
             cmd=("split", *p, "--initial", str(initial), "--increment", str(increment), "--out", target,
                  "--log", paths.log_file("split", f"{dataset}/{split_id}")),
-            deps={}, outs={"split": target}, params=("dataset.n_classes", "order_seed"),
+            deps={}, outs={"split": target}, params=param_keys("split", params),
             log=paths.log_file("split", f"{dataset}/{split_id}"),
             benchmark=paths.benchmark_file("split", f"{dataset}/{split_id}"), cached=False,
         ))
@@ -100,10 +138,10 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True) -
         outs = {"checkpoint": run.checkpoint(t), "centers": run.centers(t)}
         log = paths.log_file("train", f"{dataset}/{job.run_id}/task_{t}")
         cmd += ["--checkpoint", outs["checkpoint"], "--centers", outs["centers"], "--log", log]
-        keys = run_keys(params) + ([f"method.{run.method}"] if t > 0 else [])
+        keys = param_keys("train", params, run.method if t > 0 else None)
         out.append(Step(
             name=stage_name("train", dataset, job.run_id, f"task{t}"), kind="train", cmd=tuple(cmd),
-            deps=deps, outs=outs, params=tuple(keys), log=log,
+            deps=deps, outs=outs, params=keys, log=log,
             benchmark=paths.benchmark_file("train", f"{dataset}/{job.run_id}/task_{t}"),
         ))
 
@@ -119,7 +157,7 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True) -
             cmd=("evaluate", *p, "--split", run.split_file, "--checkpoints", *checkpoints, "--out", *evals,
                  "--log", log),
             deps={"manifest": manifest, "split": run.split_file, **{f"checkpoint{t}": c for t, c in enumerate(checkpoints)}},
-            outs={"evals": eval_dir}, params=tuple(run_keys(params)), log=log,
+            outs={"evals": eval_dir}, params=param_keys("evaluate", params), log=log,
             benchmark=paths.benchmark_file("evaluate", tag), cached=False, out_dirs=(eval_dir,),
         ))
         out.append(Step(
@@ -128,7 +166,7 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True) -
                  "--method", run.method, "--seed", str(run.seed), "--out", run.metrics_file,
                  "--log", paths.log_file("summarize", tag)),
             deps={"split": run.split_file, "evals": eval_dir}, outs={"metrics": run.metrics_file},
-            params=("preset", "order_seed"), log=paths.log_file("summarize", tag),
+            params=param_keys("summarize", params), log=paths.log_file("summarize", tag),
             benchmark=paths.benchmark_file("summarize", tag), cached=False, metric=True,
         ))
         metrics_files.append(run.metrics_file)
@@ -139,7 +177,7 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True) -
         cmd=("tables", *p, "--metrics", *metrics_files, "--markdown", markdown, "--csv", csv,
              "--log", paths.log_file("tables", dataset)),
         deps={f"metrics{i}": m for i, m in enumerate(metrics_files)}, outs={"markdown": markdown, "csv": csv},
-        params=("preset", "order_seed", "seeds"), log=paths.log_file("tables", dataset),
+        params=param_keys("tables", params), log=paths.log_file("tables", dataset),
         benchmark=paths.benchmark_file("tables", dataset), cached=False,
     ))
     if report:
@@ -158,7 +196,7 @@ def report_steps(params: dict, p: list[str], metrics_files: list[str]) -> list[S
     out = [Step(
         name=stage_name("paper_tables", dataset), kind="paper_tables",
         cmd=("paper-tables", *p, "--metrics", *metrics_files, "--log", paths.log_file("tables", "paper")),
-        deps=deps, outs=table_outs, params=("preset", "order_seed", "seeds"),
+        deps=deps, outs=table_outs, params=param_keys("paper_tables", params),
         log=paths.log_file("tables", "paper"), benchmark=paths.benchmark_file("tables", "paper"), cached=False,
     )]
     figure_outs, plots, runs = {}, [], grid.runs(params)
@@ -171,14 +209,12 @@ def report_steps(params: dict, p: list[str], metrics_files: list[str]) -> list[S
     out.append(Step(
         name=stage_name("figures", dataset), kind="figures",
         cmd=("figures", *p, "--metrics", *metrics_files, "--log", paths.log_file("figures", dataset)),
-        deps=deps, outs=figure_outs, params=("preset", "order_seed", "seeds"), log=paths.log_file("figures", dataset),
+        deps=deps, outs=figure_outs, params=param_keys("figures", params), log=paths.log_file("figures", dataset),
         benchmark=paths.benchmark_file("figures", dataset), cached=False, plots=tuple(plots),
     ))
-    pks = [m for m, spec in params["method"].items() if spec.get("pks", 0) and spec.get("backbone", "vit") == "vit"]
-    if pks:
-        method = "ours" if "ours" in pks else pks[0]
-        run = max((r for r in runs if r.method == method and r.seed == params["seeds"][0]), key=lambda r: r.n_tasks)
-        checkpoints = [run.checkpoint(t) for t in range(1, run.n_tasks, 2)][:5]
+    shown = figure4_run(params)
+    if shown:
+        method, run, checkpoints = shown
         png, csv = paths.weight_map_files(dataset)
         log = paths.log_file("figures", f"{dataset}_pks")
         out.append(Step(
@@ -188,10 +224,46 @@ def report_steps(params: dict, p: list[str], metrics_files: list[str]) -> list[S
                  "--log", log),
             deps={"manifest": paths.data_manifest(dataset), "split": run.split_file,
                   **{f"checkpoint{i}": c for i, c in enumerate(checkpoints)}},
-            outs={"png": png, "csv": csv}, params=("dataset", "model", f"method.{method}"), log=log,
+            outs={"png": png, "csv": csv}, params=param_keys("figure4", params, method), log=log,
             benchmark=paths.benchmark_file("figures", f"{dataset}_pks"), cached=False,
         ))
     return out
+
+
+def figure4_run(params: dict) -> tuple[str, grid.Run, list[str]] | None:
+    """Figure 4's (method, run, checkpoints), or None when the grid has no PKS method on the ViT: the
+    method ``ours`` (else the first PKS method), its first seed's longest setting, and the checkpoints
+    after tasks 1, 3, 5, ... (at most five, as the paper shows)."""
+    pks = [m for m, spec in params["method"].items() if spec.get("pks", 0) and spec.get("backbone", "vit") == "vit"]
+    if not pks:
+        return None
+    method = "ours" if "ours" in pks else pks[0]
+    runs = [r for r in grid.runs(params) if r.method == method and r.seed == params["seeds"][0]]
+    run = max(runs, key=lambda r: r.n_tasks)
+    return method, run, [run.checkpoint(t) for t in range(1, run.n_tasks, 2)][:5]
+
+
+def param_keys(kind: str, params: dict, method: str | None = None) -> tuple[str, ...]:
+    """The params.yaml keys a step of ``kind`` reads (DVC's ``params:``, Snakemake's params trigger).
+
+    ``method``: the incremental method of a training step after task 0 (task 0 reads no method
+    section: its base recipe is in the keys every training step reads), or Figure 4's method.
+    """
+    report = ("preset", "order_seed", "seeds")
+    keys = {
+        "prepare": ("dataset",),
+        "split": ("dataset.n_classes", "order_seed"),
+        "evaluate": tuple(run_keys(params)),
+        "summarize": ("preset", "order_seed"),
+        "tables": report,
+        "paper_tables": report,
+        "figures": report,
+    }
+    if kind == "train":
+        return (*run_keys(params), *([f"method.{method}"] if method else []))
+    if kind == "figure4":
+        return ("dataset", "model", f"method.{method}")
+    return keys[kind]
 
 
 def raw_inputs(dataset: dict) -> dict[str, str]:

@@ -1,19 +1,38 @@
-# Targets, the step lookup and input functions shared by every rule file.
+# Validation, targets and the input functions shared by every rule file.
+#
+# The grid (data set x setting x method x seed x task) comes from params.yaml through ncil/grid.py,
+# the paths from ncil/paths.py and the params keys and code of each step from ncil/workflow.py: the
+# same records `python -m ncil dvc-yaml` writes dvc.yaml from, so both engines run the same commands
+# (tests/test_commands_agree.py).
 import hashlib
 import json
 import os
+import sys
 
 import yaml
 
 from ncil import grid, paths
-from ncil.workflow import CODE_DEP, lookup_params, steps
+from ncil.config import ConfigError, parse_params
+from ncil.workflow import code_deps, figure4_run, lookup_params, param_keys, raw_inputs
 
 PARAMS_FILE = "params.yaml"
+
+
+def validate(data, source):
+    """The CLI's typed parser on a params mapping; a bad value stops Snakemake here, in one line,
+    before any job is scheduled or any output is touched."""
+    try:
+        parse_params(data, source)
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
+
+
+validate(config, PARAMS_FILE)
 DATASET = config["dataset"]["name"]
 
 
 def load_grids():
-    """The paper data sets' grids (grids/<name>/params.yaml), each with its own data set name.
+    """The paper data sets' grids (grids/<name>/params.yaml), validated, each with its own data set.
 
     A grid whose data set is the one of params.yaml is left out: params.yaml's grid owns those paths.
     """
@@ -23,76 +42,160 @@ def load_grids():
         if os.path.exists(path):
             with open(path) as fh:
                 data = yaml.safe_load(fh)
+            validate(data, path)
             if data["dataset"]["name"] != DATASET:
                 grids[name] = (path, data)
     return grids
 
 
 GRIDS = load_grids()
-STEPS = steps(config, PARAMS_FILE)
-STEP_CONFIG = {id(step): config for step in STEPS}
-REPORT_KINDS = ("paper_tables", "figures", "figure4")
-for _grid_file, _grid_config in GRIDS.values():
-    for _step in steps(_grid_config, _grid_file, report=False):  # the paper's tables: params.yaml's grid only
-        STEPS.append(_step)
-        STEP_CONFIG[id(_step)] = _grid_config
-STEP_BY_OUTPUT = {out: step for step in STEPS for out in step.outs.values()}
-GRID_TABLES = {name: list(paths.table_files(cfg["dataset"]["name"])) for name, (_, cfg) in GRIDS.items()}
+# Data set name -> (params file, params): the `dataset` wildcard picks the grid a job belongs to.
+GRID_OF = {DATASET: (PARAMS_FILE, config)}
+GRID_OF.update({cfg["dataset"]["name"]: (path, cfg) for path, cfg in GRIDS.values()})
+
+# --- Targets ------------------------------------------------------------------------------------
 RUNS = grid.runs(config)
 TABLES = list(paths.table_files(DATASET))
 METRICS = [run.metrics_file for run in RUNS]
-CHECKPOINTS = [s.outs["checkpoint"] for s in STEPS if s.kind == "train"]
-REPORT = [f for s in STEPS if s.kind in REPORT_KINDS for f in s.outs.values()]
+CHECKPOINTS = [job.run.checkpoint(job.task) for job in grid.train_jobs(config)]  # params.yaml's grid only
+GRID_TABLES = {name: list(paths.table_files(cfg["dataset"]["name"])) for name, (_, cfg) in GRIDS.items()}
+# The paper's tables and figures: params.yaml's grid only (they are files shared by every data set).
+SETTINGS = list(dict.fromkeys(run.setting for run in RUNS))
+PAPER_TABLES_MD = [paths.paper_table_files(t)[0] for t in paths.PAPER_TABLES]
+PAPER_TABLES_CSV = [paths.paper_table_files(t)[1] for t in paths.PAPER_TABLES]
+FIGURE3_PNG = [paths.curve_figure_files(DATASET, s)[0] for s in SETTINGS]
+FIGURE3_CSV = [paths.curve_figure_files(DATASET, s)[1] for s in SETTINGS]
+FIGURE4 = figure4_run(config)  # (method, run, checkpoints), or None without a PKS method on the ViT
+REPORT = PAPER_TABLES_MD + PAPER_TABLES_CSV + FIGURE3_PNG + FIGURE3_CSV
+if FIGURE4:
+    REPORT += list(paths.weight_map_files(DATASET))
 
 
 wildcard_constraints:
     dataset="[A-Za-z0-9_-]+",
     split_id="[A-Za-z0-9_-]+",
+    setting="[A-Za-z0-9_-]+",
+    method="[A-Za-z0-9_-]+",
+    recipe="[A-Za-z0-9_-]+",
+    initial="[0-9]+",
+    seed="[0-9]+",
     task="[0-9]+",
-    run="[^/]+/[^/]+/seed[0-9]+",
 
 
-def step_for(path):
-    """The workflow step that produces ``path`` (a KeyError names a path outside the grid)."""
-    try:
-        return STEP_BY_OUTPUT[path]
-    except KeyError:
-        raise ValueError(f"{path} is not an output of the grid in {PARAMS_FILE}") from None
+# --- Input and params functions -----------------------------------------------------------------
+def grid_params(wildcards):
+    """(params file, params) of the grid a job belongs to (its `dataset` wildcard; report: params.yaml)."""
+    dataset = getattr(wildcards, "dataset", DATASET)
+    if dataset not in GRID_OF:
+        raise ValueError(f"data set {dataset!r}: not in {PARAMS_FILE} or grids/*/params.yaml (have {sorted(GRID_OF)})")
+    return GRID_OF[dataset]
 
 
-def step_inputs(template):
-    """Input function: the named inputs of the step that writes ``template`` (filled with wildcards)."""
-
-    def inputs(wildcards):
-        return step_for(template.format(**wildcards)).deps
-
-    return inputs
+def params_file(wildcards):
+    """The `--params` file of a job: params.yaml, or a paper data set's grids/<name>/params.yaml."""
+    return grid_params(wildcards)[0]
 
 
-def step_command(template):
-    def command(wildcards):
-        return step_for(template.format(**wildcards)).shell
-
-    return command
-
-
-def prepare_inputs(wildcards):
-    """The prepare step's raw inputs; a missing raw data set fails here, saying where to put it."""
-    step = step_for(f"data/{wildcards.dataset}/manifest.json")
-    raw = step.deps.get("raw")
-    if raw and not os.path.exists(raw):
-        from ncil.data.prepare import missing_message
-
-        raise ValueError(missing_message(wildcards.dataset, raw))
-    return step.deps
+def code(verb):
+    """The package files `python -m ncil <verb>` runs (ncil/codedeps.py), a named input of its rule, so
+    an edit reruns exactly the steps DVC reports stale."""
+    return list(code_deps(verb))
 
 
-def step_params_digest(template):
-    """Digest of the params keys a step reads: Snakemake's params trigger reruns it on change."""
+def keys_digest(kind):
+    """Params function: digest of the params.yaml keys a step reads (ncil.workflow.param_keys), so
+    Snakemake's params trigger reruns a job when, and only when, one of them changes."""
 
     def digest(wildcards):
-        step = step_for(template.format(**wildcards))
-        values = json.dumps(lookup_params(STEP_CONFIG[id(step)], step.params), sort_keys=True)
-        return hashlib.sha256(values.encode()).hexdigest()[:16]
+        params = grid_params(wildcards)[1]
+        method = getattr(wildcards, "method", None)
+        if kind == "figure4":
+            method = FIGURE4[0]
+        values = lookup_params(params, param_keys(kind, params, method))
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
     return digest
+
+
+def raw_data(wildcards):
+    """The prepare step's raw inputs; a missing raw data set fails here, saying where to put it (also
+    ImageNet-Subset's root, which is not an input: it may be a whole ImageNet tree, too large to hash)."""
+    dataset = grid_params(wildcards)[1]["dataset"]
+    root = dataset.get("root")
+    if root and not dataset.get("download") and not os.path.exists(root):
+        from ncil.data.prepare import missing_message
+
+        raise ValueError(missing_message(wildcards.dataset, root))
+    return raw_inputs(dataset)
+
+
+def split_sizes(wildcards):
+    """(F, C) of a split: base<F> is the base task alone (C = 0), a setting is its scenario."""
+    params = grid_params(wildcards)[1]
+    for run in grid.runs(params):
+        if wildcards.split_id == paths.base_split_id(run.initial):
+            return run.initial, 0
+        if wildcards.split_id == run.setting:
+            return run.initial, run.increment
+    raise ValueError(f"{wildcards.split_id}: no setting or base split of that name in {params_file(wildcards)}")
+
+
+def split_initial(wildcards):
+    return split_sizes(wildcards)[0]
+
+
+def split_increment(wildcards):
+    return split_sizes(wildcards)[1]
+
+
+def this_run(wildcards):
+    """The run (setting, method, seed) of a job; a KeyError names the grid's settings and methods."""
+    params = grid_params(wildcards)[1]
+    return grid.find_run(params, wildcards.setting, wildcards.method, int(wildcards.seed))
+
+
+def base_split(wildcards):
+    """The base split of a task-0 job, results/<dataset>/base<F>/split.json, once the base run
+    (F, base recipe, seed) is known to be in the grid: a path outside it fails naming the grid's base runs."""
+    params = grid_params(wildcards)[1]
+    wanted = (int(wildcards.initial), wildcards.recipe, int(wildcards.seed))
+    runs = grid.runs(params)
+    if wanted not in {(r.initial, r.base_recipe, r.seed) for r in runs}:
+        have = sorted({r.base_run_id for r in runs})
+        raise ValueError(f"base{wanted[0]}/{wanted[1]}/seed{wanted[2]}: not a base run of {params_file(wildcards)} "
+                         f"(base runs: {', '.join(have)})")
+    return paths.split_file(wildcards.dataset, paths.base_split_id(wanted[0]))
+
+
+def previous_task(wildcards):
+    """Task t-1 of this run (PyPSA-Eur's `solved_previous_horizon`): (checkpoint, centers).
+
+    Task 1 reads the shared base task, runs/<dataset>/base<F>/<base_recipe>/seed<s>/task_0.
+    """
+    run, task = this_run(wildcards), int(wildcards.task)
+    return run.checkpoint(task - 1), run.centers(task - 1)
+
+
+def previous_checkpoint(wildcards):
+    return previous_task(wildcards)[0]
+
+
+def previous_centers(wildcards):
+    return previous_task(wildcards)[1]
+
+
+def run_checkpoints(wildcards):
+    """Checkpoints after tasks 0..T-1 of this run, in task order (task 0: the shared base task)."""
+    run = this_run(wildcards)
+    return [run.checkpoint(t) for t in range(run.n_tasks)]
+
+
+def run_evals(wildcards):
+    """One predictions table per task, in the run's eval folder."""
+    run = this_run(wildcards)
+    return [run.eval_file(t) for t in range(run.n_tasks)]
+
+
+def grid_metrics(wildcards):
+    """Every run's metrics.json of the grid, in the grid's order (setting, method, seed)."""
+    return [run.metrics_file for run in grid.runs(grid_params(wildcards)[1])]

@@ -2,14 +2,16 @@
 
 
 rule prepare:
+    """The data set's train/val/test arrays and their manifest (SHA-256 of every file, class names)."""
+    input:
+        unpack(raw_data),  # raw: the raw folder, class_list: ImageNet-Subset's class list (digits: none)
+        code=code("prepare"),
     output:
         manifest="data/{dataset}/manifest.json",
         arrays=multiext("data/{dataset}/", *[f"{s}_{kind}.npy" for s in paths.DATA_SPLITS for kind in ("images", "labels")]),
-    input:
-        unpack(prepare_inputs),
     params:
-        cmd=step_command("data/{dataset}/manifest.json"),
-        digest=step_params_digest("data/{dataset}/manifest.json"),
+        params_file=params_file,
+        config_keys=keys_digest("prepare"),
     log:
         "logs/prepare/{dataset}.log",
     benchmark:
@@ -20,23 +22,29 @@ rule prepare:
     conda:
         "../envs/ncil.yaml"
     shell:
-        "{params.cmd}"
+        "python -m ncil prepare --params {params.params_file} --log {log}"
 
 
 rule split:
+    """Class order (order_seed) and the classes of each task: base<F> holds the base task alone."""
+    input:
+        code=code("split"),
     output:
         split="results/{dataset}/{split_id}/split.json",
     params:
-        cmd=step_command("results/{dataset}/{split_id}/split.json"),
-        digest=step_params_digest("results/{dataset}/{split_id}/split.json"),
+        params_file=params_file,
+        initial=split_initial,
+        increment=split_increment,
+        config_keys=keys_digest("split"),
     log:
-        "logs/split/{dataset}_{split_id}.log",
+        "logs/split/{dataset}/{split_id}.log",
     benchmark:
-        "benchmarks/split/{dataset}_{split_id}.tsv"
+        "benchmarks/split/{dataset}/{split_id}.tsv"
     threads: 1
     resources:
         gpu=0,
     conda:
         "../envs/ncil.yaml"
     shell:
-        "{params.cmd}"
+        "python -m ncil split --params {params.params_file} --initial {params.initial}"
+        " --increment {params.increment} --out {output.split} --log {log}"

@@ -1,36 +1,45 @@
-# Per-run summary (accuracy matrix, Avg, Last, forgetting) and the data set's results table.
+# Per-run summary (accuracy matrix, Avg, Last, forgetting), the data set's results table, and the
+# paper's Tables 1, 2, 3, 5 and Figures 3 and 4 (params.yaml's grid only).
 
 
 rule summarize:
-    output:
-        metrics="results/{dataset}/{run}/metrics.json",
+    """Accuracy matrix, Avg, Last and forgetting of one run, from its per-task predictions."""
     input:
-        unpack(step_inputs("results/{dataset}/{run}/metrics.json")),
+        split="results/{dataset}/{setting}/split.json",
+        evals="results/{dataset}/{setting}/{method}/seed{seed}/eval",
+        code=code("summarize"),
+    output:
+        metrics="results/{dataset}/{setting}/{method}/seed{seed}/metrics.json",
     params:
-        cmd=step_command("results/{dataset}/{run}/metrics.json"),
-        digest=step_params_digest("results/{dataset}/{run}/metrics.json"),
+        params_file=params_file,
+        evals=run_evals,
+        config_keys=keys_digest("summarize"),
     log:
-        "logs/summarize/{dataset}/{run}.log",
+        "logs/summarize/{dataset}/{setting}/{method}/seed{seed}.log",
     benchmark:
-        "benchmarks/summarize/{dataset}/{run}.tsv"
+        "benchmarks/summarize/{dataset}/{setting}/{method}/seed{seed}.tsv"
     threads: 1
     resources:
         gpu=0,
     conda:
         "../envs/ncil.yaml"
     shell:
-        "{params.cmd}"
+        "python -m ncil summarize --params {params.params_file} --split {input.split} --evals {params.evals}"
+        " --setting {wildcards.setting} --method {wildcards.method} --seed {wildcards.seed}"
+        " --out {output.metrics} --log {log}"
 
 
 rule results_table:
+    """The data set's results table: mean and std over seeds of every setting and method."""
+    input:
+        metrics=grid_metrics,
+        code=code("tables"),
     output:
         markdown="results/tables/{dataset}_results.md",
         csv="results/tables/{dataset}_results.csv",
-    input:
-        unpack(step_inputs("results/tables/{dataset}_results.md")),
     params:
-        cmd=step_command("results/tables/{dataset}_results.md"),
-        digest=step_params_digest("results/tables/{dataset}_results.md"),
+        params_file=params_file,
+        config_keys=keys_digest("tables"),
     log:
         "logs/tables/{dataset}.log",
     benchmark:
@@ -41,80 +50,85 @@ rule results_table:
     conda:
         "../envs/ncil.yaml"
     shell:
-        "{params.cmd}"
-
-
-# The paper's Tables 1, 2, 3, 5 and Figure 3 (every setting) from the grid's metrics; Figure 4 (PKS
-# weight maps) only when the grid has a PKS method on the ViT. Outputs are listed by ncil/workflow.py.
-REPORT_STEPS = {s.kind: s for s in STEPS if s.kind in ("paper_tables", "figures", "figure4")}
-REPORT_OUTS = {kind: list(step.outs.values()) for kind, step in REPORT_STEPS.items()}
-REPORT_DEPS = {kind: list(step.deps.values()) for kind, step in REPORT_STEPS.items()}
-REPORT_CMD = {kind: step.shell for kind, step in REPORT_STEPS.items()}
-REPORT_DIGEST = {
-    kind: hashlib.sha256(json.dumps(lookup_params(config, step.params), sort_keys=True).encode()).hexdigest()[:16]
-    for kind, step in REPORT_STEPS.items()
-}
+        "python -m ncil tables --params {params.params_file} --metrics {input.metrics}"
+        " --markdown {output.markdown} --csv {output.csv} --log {log}"
 
 
 rule paper_tables:
-    output:
-        REPORT_OUTS["paper_tables"],
+    """The paper's Tables 1, 2, 3 and 5 (every data set of the grid; the paper's values beside)."""
     input:
-        REPORT_DEPS["paper_tables"],
+        metrics=METRICS,
+        code=code("paper-tables"),
+    output:
+        markdown=PAPER_TABLES_MD,
+        csv=PAPER_TABLES_CSV,
     params:
-        cmd=REPORT_CMD["paper_tables"],
-        digest=REPORT_DIGEST["paper_tables"],
+        params_file=PARAMS_FILE,
+        config_keys=keys_digest("paper_tables"),
     log:
-        REPORT_STEPS["paper_tables"].log,
+        "logs/tables/paper.log",
     benchmark:
-        REPORT_STEPS["paper_tables"].benchmark
+        "benchmarks/tables/paper.tsv"
     threads: 1
     resources:
         gpu=0,
     conda:
         "../envs/ncil.yaml"
     shell:
-        "{params.cmd}"
+        "python -m ncil paper-tables --params {params.params_file} --metrics {input.metrics} --log {log}"
 
 
 rule figures:
-    output:
-        REPORT_OUTS["figures"],
+    """Figure 3 of every setting: accuracy after each task, one curve per method (PNG and its data)."""
     input:
-        REPORT_DEPS["figures"],
+        metrics=METRICS,
+        code=code("figures"),
+    output:
+        png=FIGURE3_PNG,
+        csv=FIGURE3_CSV,
     params:
-        cmd=REPORT_CMD["figures"],
-        digest=REPORT_DIGEST["figures"],
+        params_file=PARAMS_FILE,
+        config_keys=keys_digest("figures"),
     log:
-        REPORT_STEPS["figures"].log,
+        f"logs/figures/{DATASET}.log",
     benchmark:
-        REPORT_STEPS["figures"].benchmark
+        f"benchmarks/figures/{DATASET}.tsv"
     threads: 1
     resources:
         gpu=0,
     conda:
         "../envs/ncil.yaml"
     shell:
-        "{params.cmd}"
+        "python -m ncil figures --params {params.params_file} --metrics {input.metrics} --log {log}"
 
 
-if "figure4" in REPORT_STEPS:
+if FIGURE4:
 
     rule figure4:
-        output:
-            REPORT_OUTS["figure4"],
+        """Figure 4: PKS patch weights of the first base-task images after tasks 1, 3, 5, ... of one run
+        (ncil.workflow.figure4_run: `ours`, the first seed, the longest setting)."""
         input:
-            REPORT_DEPS["figure4"],
+            manifest=f"data/{DATASET}/manifest.json",
+            split=FIGURE4[1].split_file,
+            checkpoints=FIGURE4[2],
+            code=code("figure4"),
+        output:
+            png=f"results/figures/fig4_{DATASET}.png",
+            csv=f"results/figures/fig4_{DATASET}.csv",
         params:
-            cmd=REPORT_CMD["figure4"], digest=REPORT_DIGEST["figure4"],
+            params_file=PARAMS_FILE,
+            p=config["method"][FIGURE4[0]].get("pks_p", 2),
+            config_keys=keys_digest("figure4"),
         log:
-            REPORT_STEPS["figure4"].log,
+            f"logs/figures/{DATASET}_pks.log",
         benchmark:
-            REPORT_STEPS["figure4"].benchmark
+            f"benchmarks/figures/{DATASET}_pks.tsv"
         threads: 1
         resources:
             gpu=0,
         conda:
             "../envs/ncil.yaml"
         shell:
-            "{params.cmd}"
+            "python -m ncil figure4 --params {params.params_file} --split {input.split}"
+            " --checkpoints {input.checkpoints} --p {params.p} --out-png {output.png} --out-csv {output.csv}"
+            " --log {log}"

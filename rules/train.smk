@@ -1,21 +1,56 @@
-# One training job per task: task t reads task t-1's checkpoint and class centers.
-# Task 0 lives under runs/<dataset>/base<F>/<base_recipe>/seed<s>/ and is shared by every setting
-# with the same F and every method with the same base recipe.
+# One training job per task: task t reads task t-1's checkpoint and class centers (previous_task in
+# rules/common.smk). Task 0 lives under runs/<dataset>/base<F>/<base_recipe>/seed<s>/ and is shared by
+# every setting with the same F and every method with the same base recipe.
+
+
+rule train_base:
+    """Task 0 of every run with base size F, base recipe `recipe` and this seed."""
+    input:
+        manifest="data/{dataset}/manifest.json",
+        split=base_split,  # results/{dataset}/base{initial}/split.json, for a base run of the grid
+        code=code("train"),
+    output:
+        checkpoint="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/model.pt",
+        centers="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/centers.parquet",
+    params:
+        params_file=params_file,
+        config_keys=keys_digest("train"),
+    log:
+        "logs/train/{dataset}/base{initial}/{recipe}/seed{seed}/task_0.log",
+    benchmark:
+        "benchmarks/train/{dataset}/base{initial}/{recipe}/seed{seed}/task_0.tsv"
+    threads: config["runtime"]["threads"]
+    resources:
+        gpu=config["runtime"]["gpus_per_job"],
+        mem_mb=2000,
+    conda:
+        "../envs/ncil.yaml"
+    shell:
+        "python -m ncil train --params {params.params_file} --split {input.split} --task 0"
+        " --seed {wildcards.seed} --method {wildcards.recipe}"
+        " --checkpoint {output.checkpoint} --centers {output.centers} --log {log}"
 
 
 rule train:
-    output:
-        checkpoint="runs/{dataset}/{run}/task_{task}/model.pt",
-        centers="runs/{dataset}/{run}/task_{task}/centers.parquet",
+    """Task t >= 1 of a run: starts from task t-1's checkpoint and class centers."""
     input:
-        unpack(step_inputs("runs/{dataset}/{run}/task_{task}/model.pt")),
+        manifest="data/{dataset}/manifest.json",
+        split="results/{dataset}/{setting}/split.json",
+        prev_checkpoint=previous_checkpoint,
+        prev_centers=previous_centers,
+        code=code("train"),
+    output:
+        checkpoint="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/model.pt",
+        centers="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/centers.parquet",
+    wildcard_constraints:
+        task="[1-9][0-9]*",
     params:
-        cmd=step_command("runs/{dataset}/{run}/task_{task}/model.pt"),
-        digest=step_params_digest("runs/{dataset}/{run}/task_{task}/model.pt"),
+        params_file=params_file,
+        config_keys=keys_digest("train"),
     log:
-        "logs/train/{dataset}/{run}/task_{task}.log",
+        "logs/train/{dataset}/{setting}/{method}/seed{seed}/task_{task}.log",
     benchmark:
-        "benchmarks/train/{dataset}/{run}/task_{task}.tsv"
+        "benchmarks/train/{dataset}/{setting}/{method}/seed{seed}/task_{task}.tsv"
     threads: config["runtime"]["threads"]
     resources:
         gpu=config["runtime"]["gpus_per_job"],
@@ -23,21 +58,29 @@ rule train:
     conda:
         "../envs/ncil.yaml"
     shell:
-        "{params.cmd}"
+        "python -m ncil train --params {params.params_file} --split {input.split} --task {wildcards.task}"
+        " --seed {wildcards.seed} --method {wildcards.method}"
+        " --prev-checkpoint {input.prev_checkpoint} --prev-centers {input.prev_centers}"
+        " --checkpoint {output.checkpoint} --centers {output.centers} --log {log}"
 
 
 rule evaluate:
-    output:
-        evals=directory("results/{dataset}/{run}/eval"),
+    """Predictions of every task's checkpoint on the test images of the classes seen so far."""
     input:
-        unpack(step_inputs("results/{dataset}/{run}/eval")),
+        manifest="data/{dataset}/manifest.json",
+        split="results/{dataset}/{setting}/split.json",
+        checkpoints=run_checkpoints,
+        code=code("evaluate"),
+    output:
+        evals=directory("results/{dataset}/{setting}/{method}/seed{seed}/eval"),
     params:
-        cmd=step_command("results/{dataset}/{run}/eval"),
-        digest=step_params_digest("results/{dataset}/{run}/eval"),
+        params_file=params_file,
+        evals=run_evals,  # eval/task_<t>.parquet, one per checkpoint
+        config_keys=keys_digest("evaluate"),
     log:
-        "logs/evaluate/{dataset}/{run}.log",
+        "logs/evaluate/{dataset}/{setting}/{method}/seed{seed}.log",
     benchmark:
-        "benchmarks/evaluate/{dataset}/{run}.tsv"
+        "benchmarks/evaluate/{dataset}/{setting}/{method}/seed{seed}.tsv"
     threads: config["runtime"]["threads"]
     resources:
         gpu=config["runtime"]["gpus_per_job"],
@@ -45,4 +88,5 @@ rule evaluate:
     conda:
         "../envs/ncil.yaml"
     shell:
-        "{params.cmd}"
+        "python -m ncil evaluate --params {params.params_file} --split {input.split}"
+        " --checkpoints {input.checkpoints} --out {params.evals} --log {log}"

@@ -1,0 +1,132 @@
+"""Snakemake and DVC run the same commands on the same files for the default grid (issue 10, item 2).
+
+The commands are read from what Snakemake itself would run (`snakemake --dry-run --printshellcmds
+--forceall` on a copy of the repository) and compared, string for string after normalising
+whitespace, with the `cmd:` lines of the committed dvc.yaml; each job's inputs and outputs are
+compared with its stage's deps and outs. DVC's first stage, `check_params`, has no Snakemake job:
+the Snakefile runs the same validation when it loads.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ncil import paths
+from ncil.dvcgen import CHECK_STAGE
+from tests.conftest import ROOT, copy_project, run
+
+
+def normalise(command: str) -> str:
+    return " ".join(command.split())
+
+
+def dry_run_jobs(output: str) -> list[dict]:
+    """The jobs of a `snakemake -n -p` listing: rule, input and output lists, shell command."""
+    jobs = []
+    for block in re.split(r"\n(?=\[[^\]]+\]\n(?:local)?rule )", output):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        if not rule:
+            continue
+        job = {"rule": rule.group(1), "input": [], "output": [], "shell": None}
+        for key in ("input", "output"):
+            found = re.search(rf"^    {key}: (.*)$", block, re.M)
+            job[key] = found.group(1).split(", ") if found else []
+        shell = re.search(r"^Shell command: (.*)$", block, re.M)
+        if shell and shell.group(1) != "None":
+            job["shell"] = normalise(shell.group(1))
+        jobs.append(job)
+    return jobs
+
+
+def path_of(entry) -> str:
+    return next(iter(entry)) if isinstance(entry, dict) else entry
+
+
+@pytest.fixture(scope="module")
+def default_grid(tmp_path_factory) -> tuple[list[dict], dict]:
+    project = copy_project(tmp_path_factory.mktemp("agree") / "p", tiny=False)
+    shutil.copytree(ROOT / "grids", project / "grids")  # as in a clone: the paper data sets' grids beside
+    proc = run([sys.executable, "-m", "snakemake", "--dry-run", "--printshellcmds", "--forceall", "--cores", "2"],
+               project)
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return dry_run_jobs(proc.stdout), stages
+
+
+def test_snakemake_runs_exactly_the_commands_of_dvc_yaml(default_grid):
+    jobs, stages = default_grid
+    snakemake_cmds = [job["shell"] for job in jobs if job["shell"]]
+    dvc_cmds = [normalise(stage["cmd"]) for name, stage in stages.items() if name != CHECK_STAGE]
+    assert len(snakemake_cmds) == len(set(snakemake_cmds)) == 387  # every job its own command, once
+    assert sorted(snakemake_cmds) == sorted(dvc_cmds)
+    # The only jobs without a command are the named targets (here: the default target `all`).
+    assert [job["rule"] for job in jobs if not job["shell"]] == ["all"]
+
+
+def test_each_job_reads_and_writes_what_its_stage_declares(default_grid):
+    jobs, stages = default_grid
+    by_cmd = {normalise(stage["cmd"]): stage for name, stage in stages.items() if name != CHECK_STAGE}
+    for job in jobs:
+        if not job["shell"]:
+            continue
+        stage = by_cmd[job["shell"]]
+        deps = [d for d in stage["deps"] if d != paths.PARAMS_CHECK_STAMP]
+        assert sorted(job["input"]) == sorted(deps), job["shell"]
+        outs = [path_of(o) for o in stage.get("outs", []) + stage.get("metrics", [])]
+        assert sorted(job["output"]) == sorted(outs), job["shell"]
+
+
+def test_every_stage_but_the_check_depends_on_the_check(default_grid):
+    _, stages = default_grid
+    assert next(iter(stages)) == CHECK_STAGE
+    assert [path_of(o) for o in stages[CHECK_STAGE]["outs"]] == [paths.PARAMS_CHECK_STAMP]
+    assert all(stage["deps"][0] == paths.PARAMS_CHECK_STAMP for name, stage in stages.items() if name != CHECK_STAGE)
+
+
+def test_the_rules_show_their_commands():
+    """What a reader sees in rules/: every rule calls `python -m ncil <verb>` with named placeholders."""
+    for smk in sorted((ROOT / "rules").glob("*.smk")):
+        text = smk.read_text()
+        for rule in re.findall(r"^\s*rule (\w+):", text, re.M):
+            body = text.split(f"rule {rule}:", 1)[1].split("\nrule ", 1)[0]
+            assert "{params.cmd}" not in body, f"{smk.name}: rule {rule}"
+            for directive in ("log:", "benchmark:", "shell:", "code=code("):
+                assert directive in body, f"{smk.name}: rule {rule} has no {directive}"
+            shell = body.split("shell:", 1)[1]
+            assert shell.split('"')[1].startswith("python -m ncil "), f"{smk.name}: rule {rule}"
+            assert "--log {log}" in shell, f"{smk.name}: rule {rule}"
+    assert "def previous_task(wildcards)" in (ROOT / "rules" / "common.smk").read_text()
+
+
+def test_an_unknown_run_fails_naming_the_grid(tmp_path):
+    """Task t-1 of a run that is not in the grid: the input function names the grid's settings."""
+    project = copy_project(tmp_path / "p")
+    proc = run([sys.executable, "-m", "snakemake", "-n", "--cores", "1",
+                "runs/digits/base4_inc2/nosuchmethod/seed1/task_2/model.pt"], project, check=False)
+    assert proc.returncode != 0
+    assert "method='nosuchmethod'" in proc.stdout + proc.stderr
+
+
+def test_a_base_run_outside_the_grid_is_refused(tmp_path):
+    project = copy_project(tmp_path / "p")
+    proc = run([sys.executable, "-m", "snakemake", "-n", "--cores", "1",
+                "runs/digits/base4/plain/seed7/task_0/model.pt"], project, check=False)
+    assert proc.returncode != 0
+    assert "base4/plain/seed7: not a base run of params.yaml (base runs: base4/plain/seed1)" in proc.stdout + proc.stderr
+
+
+def test_dry_run_paths_match_the_path_owner():
+    """The rules' literal patterns and ncil/paths.py agree (the commands test covers the default grid)."""
+    text = "".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
+    for template in (paths.checkpoint("{dataset}", "{setting}/{method}/seed{seed}", "{task}"),
+                     paths.centers("{dataset}", "base{initial}/{recipe}/seed{seed}", 0),
+                     paths.split_file("{dataset}", "{split_id}"),
+                     paths.metrics_file("{dataset}", "{setting}/{method}/seed{seed}"),
+                     paths.table_files("{dataset}")[0], paths.data_manifest("{dataset}")):
+        assert f'"{template}"' in text, template
+    assert Path(paths.PARAMS_CHECK_STAMP).parts[0] == paths.RESULTS_ROOT

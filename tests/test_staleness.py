@@ -1,0 +1,127 @@
+"""After a code edit, DVC and Snakemake agree on what is stale, and only the steps that run the edited
+file are (issue 10, item 4). One real run of a one-run grid (4 tasks, one epoch each), shared."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import copy_project, ncil, run
+from tests.test_commands_agree import dry_run_jobs, normalise
+from tests.test_dvc import dvc, git, init_repo
+
+ONE_RUN = """\
+defaults:
+  - dataset: digits
+  - model: vit_digits_tiny
+  - train: smoke
+  - runtime: cpu
+  - scenario: [base4_inc2]
+  - method: [finetune]
+  - _self_
+preset: paper
+order_seed: 1993
+seeds: [1]
+"""
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(project: Path, *args: str):
+    return run([sys.executable, "-m", "snakemake", "--cores", "2", *args], project)
+
+
+def artifacts(project: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(project)): f.read_bytes() for top in ("data", "runs", "results")
+            for f in sorted((project / top).rglob("*")) if f.is_file()}
+
+
+@pytest.fixture(scope="module")
+def produced(tmp_path_factory) -> Path:
+    """The one-run grid made by Snakemake and recorded by DVC (as `make check-reproduction` does)."""
+    project = copy_project(tmp_path_factory.mktemp("stale") / "p")
+    (project / "conf" / "config.yaml").write_text(ONE_RUN)
+    ncil(["params"], project)  # params.yaml and dvc.yaml of the one-run grid
+    init_repo(project)  # with the committed stamp of check_params
+    snakemake(project)
+    dvc(project, "commit", "--force", "--quiet")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "run")
+    return project
+
+
+def stale_dvc_commands(project: Path) -> set[str]:
+    status = json.loads(dvc(project, "status", "--json").stdout)
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    return {normalise(stages[name]["cmd"]) for name in status}
+
+
+def with_downstream(project: Path, commands: set[str]) -> set[str]:
+    """``commands`` and every stage that reads their outputs, transitively (dvc.yaml's graph): what
+    `dvc repro` reruns once the stale stages' outputs change."""
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    outs = {name: {next(iter(o)) if isinstance(o, dict) else o for o in st.get("outs", []) + st.get("metrics", [])}
+            for name, st in stages.items()}
+    todo = [name for name, st in stages.items() if normalise(st["cmd"]) in commands]
+    done = set(todo)
+    while todo:
+        made = outs[todo.pop()]
+        for name, st in stages.items():
+            if name not in done and made & set(st["deps"]):
+                done.add(name)
+                todo.append(name)
+    return {normalise(stages[name]["cmd"]) for name in done}
+
+
+def snakemake_jobs(project: Path) -> list[dict]:
+    out = snakemake(project, "--dry-run", "--printshellcmds").stdout
+    return [job for job in dry_run_jobs(out) if job["shell"]]
+
+
+def test_a_fresh_run_is_up_to_date_in_both_engines(produced):
+    assert json.loads(dvc(produced, "status", "--json").stdout) == {}
+    assert "Nothing to be done" in snakemake(produced, "--dry-run").stdout
+
+
+def test_editing_the_table_code_makes_only_the_table_steps_stale(produced, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(produced, project, symlinks=True)
+    with open(project / "ncil" / "tables.py", "a") as fh:
+        fh.write("\n# an edit\n")
+    stale = stale_dvc_commands(project)
+    verbs = sorted(cmd.split()[3] for cmd in stale)
+    assert verbs == ["figures", "paper-tables", "tables"]  # Figure 3 reads the tables' formatting too
+    jobs = {job["shell"] for job in snakemake_jobs(project)}
+    assert jobs == stale == with_downstream(project, stale)  # nothing reads their outputs
+    assert not [cmd for cmd in stale if " train " in cmd or " evaluate " in cmd]
+
+
+def test_editing_the_training_code_makes_the_same_steps_stale_in_both(produced, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(produced, project, symlinks=True)
+    with open(project / "ncil" / "train.py", "a") as fh:
+        fh.write("\n# an edit\n")
+    stale = stale_dvc_commands(project)
+    assert sorted(re.search(r"--task (\d)", cmd).group(1) for cmd in stale) == ["0", "1", "2", "3"]
+    # Snakemake lists the jobs that rerun, DVC's status the stages whose own dependencies changed:
+    # those and everything downstream of them are the same set.
+    jobs = {job["shell"] for job in snakemake_jobs(project)}
+    assert jobs == with_downstream(project, stale) and len(jobs) == 4 + 1 + 1 + 3  # + eval, summary, tables
+
+
+def test_dvc_exp_run_with_a_bad_override_keeps_every_output(produced, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(produced, project, symlinks=True)
+    before = artifacts(project)
+    proc = dvc(project, "exp", "run", "-S", "train.epochs=-2", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "train.epochs" in out, out
+    assert re.findall(r"Running stage '(\w+)'", out) == ["check_params"], out
+    after = artifacts(project)
+    assert after == before  # no stage folder emptied, nothing rewritten
