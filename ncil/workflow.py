@@ -16,26 +16,16 @@ from functools import lru_cache
 from pathlib import Path
 
 from ncil import codedeps, grid, paths
+from ncil.stages import STAGES
+from ncil.tools import TOOLS
 from ncil.provenance import setting_label
 
-# The modules each verb of `python -m ncil` runs, for its steps' code dependencies (ncil/codedeps.py).
-# The verbs live in ncil/__main__.py, which imports them lazily inside each command function, so the
-# file itself is listed unscanned (ENTRY_FILES) and each verb names the modules its function imports;
-# ENTRY_MODULES is what main() imports for every verb (numerics before torch; the error types).
-STAGE_MODULES: dict[str, tuple[str, ...]] = {
-    "prepare": ("ncil.data.prepare", "ncil.config"),
-    "split": ("ncil.io", "ncil.data.scenario", "ncil.config"),
-    "train": ("ncil.io", "ncil.data.arrays", "ncil.progress", "ncil.train", "ncil.config"),
-    "evaluate": ("ncil.io", "ncil.data.arrays", "ncil.evaluate", "ncil.progress", "ncil.config"),
-    "summarize": ("ncil.io", "ncil.metrics", "ncil.provenance", "ncil.config"),
-    "tables": ("ncil.io", "ncil.tables", "ncil.metrics", "ncil.config"),
-    "paper-tables": ("ncil.io", "ncil.report", "ncil.config"),
-    "figures": ("ncil.figures", "ncil.io", "ncil.report", "ncil.config"),
-    "figure4": ("ncil.figures", "ncil.io", "ncil.data.arrays", "ncil.config"),
-    "dvc-yaml": ("ncil.io", "ncil.config", "ncil.dvcgen"),
-}
-ENTRY_MODULES: tuple[str, ...] = ("ncil.numerics", "ncil.config", "ncil.io")
-ENTRY_FILES: tuple[str, ...] = ("ncil/__main__.py",)
+# The module each verb of `python -m ncil` runs (ncil/stages, ncil/tools: one module per verb) and the
+# entry point every verb goes through (ncil/__main__.py: numerics before torch, logs, error types);
+# their imports, scanned by ncil/codedeps.py, are each step's code dependencies.
+STAGE_MODULES: dict[str, str] = {**STAGES, **TOOLS}
+ENTRY_MODULES: tuple[str, ...] = ("ncil.__main__",)
+ENTRY_FILES: tuple[str, ...] = ()
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the folder holding this ncil package
 RUN_KEYS = ["preset", "order_seed", "dataset", "model", "train", "runtime.threads", "runtime.numerics"]
 # Where the raw data lives and whether it may be downloaded: only the prepare step reads these, so
