@@ -6,6 +6,10 @@
 configfile: "params.yaml"
 
 
+# `snakemake --report report.html`: one page with Tables 1-5, Figures 3 and 4 and the cost summary.
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 
 
@@ -13,6 +17,7 @@ rule all:
     input:
         TABLES,
         REPORT,
+        COSTS,
     default_target: True
 
 
@@ -25,6 +30,7 @@ rule tables:
 rule report:
     input:
         REPORT,
+        COSTS,
 
 
 rule metrics:

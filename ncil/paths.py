@@ -135,9 +135,14 @@ def weight_map_files(dataset: str) -> tuple[str, str]:
     return (f"{FIGURES_DIR}/fig4_{dataset}.png", f"{FIGURES_DIR}/fig4_{dataset}.csv")
 
 
+COSTS_DIR = f"{RESULTS_ROOT}/costs"
+
+
 def cost_table_file(dataset: str) -> str:
-    """Wall time and peak memory per setting and method (Markdown; CSV beside): local, not verified."""
-    return f"{BENCH_ROOT}/costs_{dataset}.md"
+    """Wall time and peak memory per setting and method (Markdown; CSV beside), a report item: a
+    measurement that differs every run, so it lives apart (results/costs/), written by Snakemake's
+    `costs` rule only (not a DVC stage), not verified and not compared by `make check-reproduction`."""
+    return f"{COSTS_DIR}/{dataset}_costs.md"
 
 
 # --- DVC's first stage (ncil/dvcgen.py) ----------------------------------------------------------

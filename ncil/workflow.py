@@ -53,7 +53,7 @@ def run_keys(params: dict) -> list[str]:
 @dataclass(frozen=True)
 class Step:
     name: str  # unique, DVC-safe stage name
-    kind: str  # prepare | split | train | evaluate | summarize | tables | paper_tables | figures | figure4
+    kind: str  # prepare | split | train | evaluate | summarize | tables | paper_sections | paper_tables | figures | figure4
     cmd: tuple[str, ...]  # argv after `python -m ncil`
     deps: dict[str, str]  # named inputs (data/artifacts)
     outs: dict[str, str]  # named outputs
@@ -83,12 +83,14 @@ def stage_name(*parts) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", "_".join(str(p) for p in parts)).strip("_")
 
 
-def steps(params: dict, params_file: str = "params.yaml", report: bool = True) -> list[Step]:
+def steps(params: dict, params_file: str = "params.yaml", report: bool = True, root: str = ".") -> list[Step]:
     """All steps of the grid defined by ``params`` (a composed params.yaml mapping).
 
-    ``report``: include the paper's tables and figures. They are files shared by every data set
-    (results/tables/table1.md, ...), so only the root grid (params.yaml) makes them; the paper data
-    sets' grids (grids/<name>/params.yaml) stop at their own results table.
+    Every grid writes its own data set's sections of the paper's tables (results/tables/<dataset>/)
+    and its own figures (named by the data set). ``report``: also assemble Tables 1, 2, 3 and 5
+    (results/tables/table1.md, ...) from the sections of every data set present under ``root``. Those
+    files are shared by all data sets, so only the root grid (params.yaml) has that step, and no file
+    has two producers (issue 10, item 8).
     """
     dataset = params["dataset"]["name"]
     p = ["--params", params_file]
@@ -170,24 +172,58 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True) -
         params=param_keys("tables", params), log=paths.log_file("tables", dataset),
         benchmark=paths.benchmark_file("tables", dataset), cached=False,
     ))
+    out.extend(report_steps(params, p, metrics_files))
     if report:
-        out.extend(report_steps(params, p, metrics_files))
+        out.append(paper_tables_step(params, p, root))
     return out
 
 
-def report_steps(params: dict, p: list[str], metrics_files: list[str]) -> list[Step]:
-    """The paper's tables, Figure 3 of every setting and, when the grid has a PKS method on the ViT,
-    Figure 4 from its seed's checkpoints of the longest setting (the paper shows the tasks 1, 3, 5, ...)."""
-    dataset = params["dataset"]["name"]
-    deps = {f"metrics{i}": m for i, m in enumerate(metrics_files)}
-    table_outs = {}
+def section_dataset(params: dict) -> str:
+    """The grid's data set as the paper tables name it (a paper data set's alias: its canonical name)."""
+    from ncil.paper_values import canonical_dataset
+
+    return canonical_dataset(params["dataset"]["name"])
+
+
+def table_sections(params: dict, root: str = ".") -> list[str]:
+    """The section files Tables 1, 2, 3 and 5 are assembled from: this grid's data set's and those of
+    every other data set with sections under ``root`` (committed files, not outputs of this grid)."""
+    own = section_dataset(params)
+    datasets = sorted({own, *paths.paper_section_datasets(root)})
+    return [f for d in datasets for f in paths.paper_sections(d)]
+
+
+def paper_tables_step(params: dict, p: list[str], root: str = ".") -> Step:
+    """Tables 1, 2, 3 and 5 (Markdown and CSV) from every data set's section files (``table_sections``)."""
+    sections = table_sections(params, root)
+    outs = {}
     for table in paths.PAPER_TABLES:
-        table_outs[f"{table}_md"], table_outs[f"{table}_csv"] = paths.paper_table_files(table)
+        outs[f"{table}_md"], outs[f"{table}_csv"] = paths.paper_table_files(table)
+    log = paths.log_file("tables", "paper")
+    return Step(
+        name="paper_tables", kind="paper_tables",
+        cmd=("paper-tables", *p, "--sections", *sections, "--log", log),
+        deps={f"section{i}": f for i, f in enumerate(sections)}, outs=outs,
+        params=param_keys("paper_tables", params), log=log, benchmark=paths.benchmark_file("tables", "paper"),
+        cached=False,
+    )
+
+
+def report_steps(params: dict, p: list[str], metrics_files: list[str]) -> list[Step]:
+    """This grid's data set's sections of the paper's tables, Figure 3 of every setting and, when the grid
+    has a PKS method on the ViT, Figure 4 from its seed's checkpoints of the longest setting (the paper
+    shows the tasks 1, 3, 5, ...): files named by the data set, so every grid has these steps."""
+    dataset, section = params["dataset"]["name"], section_dataset(params)
+    deps = {f"metrics{i}": m for i, m in enumerate(metrics_files)}
+    section_outs = {}
+    for table in paths.PAPER_TABLES:
+        section_outs[f"{table}_md"], section_outs[f"{table}_csv"] = paths.paper_section_files(section, table)
+    log = paths.log_file("tables", f"{section}_sections")
     out = [Step(
-        name=stage_name("paper_tables", dataset), kind="paper_tables",
-        cmd=("paper-tables", *p, "--metrics", *metrics_files, "--log", paths.log_file("tables", "paper")),
-        deps=deps, outs=table_outs, params=param_keys("paper_tables", params),
-        log=paths.log_file("tables", "paper"), benchmark=paths.benchmark_file("tables", "paper"), cached=False,
+        name=stage_name("paper_sections", dataset), kind="paper_sections",
+        cmd=("paper-sections", *p, "--metrics", *metrics_files, "--log", log),
+        deps=deps, outs=section_outs, params=param_keys("paper_sections", params),
+        log=log, benchmark=paths.benchmark_file("tables", f"{section}_sections"), cached=False,
     )]
     figure_outs, plots, runs = {}, [], grid.runs(params)
     for setting in dict.fromkeys(r.setting for r in runs):
@@ -246,6 +282,7 @@ def param_keys(kind: str, params: dict, method: str | None = None) -> tuple[str,
         "evaluate": tuple(run_keys(params)),
         "summarize": ("preset", "order_seed"),
         "tables": report,
+        "paper_sections": report,
         "paper_tables": report,
         "figures": report,
     }

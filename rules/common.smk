@@ -13,7 +13,7 @@ import yaml
 
 from ncil import grid, paths
 from ncil.config import ConfigError, parse_params
-from ncil.workflow import code_deps, figure4_run, lookup_params, param_keys, raw_inputs
+from ncil.workflow import code_deps, figure4_run, lookup_params, param_keys, raw_inputs, section_dataset, table_sections
 
 PARAMS_FILE = "params.yaml"
 
@@ -52,15 +52,22 @@ GRIDS = load_grids()
 # Data set name -> (params file, params): the `dataset` wildcard picks the grid a job belongs to.
 GRID_OF = {DATASET: (PARAMS_FILE, config)}
 GRID_OF.update({cfg["dataset"]["name"]: (path, cfg) for path, cfg in GRIDS.values()})
+# A paper data set's sections are named by its canonical name (results/tables/cifar100/...).
+GRID_OF.update({section_dataset(cfg): (path, cfg) for path, cfg in list(GRID_OF.values())})
 
 # --- Targets ------------------------------------------------------------------------------------
 RUNS = grid.runs(config)
 TABLES = list(paths.table_files(DATASET))
 METRICS = [run.metrics_file for run in RUNS]
 CHECKPOINTS = [job.run.checkpoint(job.task) for job in grid.train_jobs(config)]  # params.yaml's grid only
-GRID_TABLES = {name: list(paths.table_files(cfg["dataset"]["name"])) for name, (_, cfg) in GRIDS.items()}
-# The paper's tables and figures: params.yaml's grid only (they are files shared by every data set).
+# Each grid writes its own data set's sections of the paper's tables (results/tables/<dataset>/):
+# running a paper data set's grid adds its sections; Tables 1, 2, 3, 5 are then reassembled by
+# params.yaml's grid (`snakemake tables` or `report`), from every data set's sections present.
+GRID_TABLES = {name: [*paths.table_files(cfg["dataset"]["name"]), *paths.paper_sections(section_dataset(cfg))]
+               for name, (_, cfg) in GRIDS.items()}
+# The paper's tables (files shared by every data set: params.yaml's grid assembles them) and figures.
 SETTINGS = list(dict.fromkeys(run.setting for run in RUNS))
+PAPER_SECTIONS = table_sections(config)  # every data set's section files present, and params.yaml's own
 PAPER_TABLES_MD = [paths.paper_table_files(t)[0] for t in paths.PAPER_TABLES]
 PAPER_TABLES_CSV = [paths.paper_table_files(t)[1] for t in paths.PAPER_TABLES]
 FIGURE3_PNG = [paths.curve_figure_files(DATASET, s)[0] for s in SETTINGS]
@@ -69,6 +76,8 @@ FIGURE4 = figure4_run(config)  # (method, run, checkpoints), or None without a P
 REPORT = PAPER_TABLES_MD + PAPER_TABLES_CSV + FIGURE3_PNG + FIGURE3_CSV
 if FIGURE4:
     REPORT += list(paths.weight_map_files(DATASET))
+# The cost summary (Snakemake only: from the benchmark files Snakemake writes; not a DVC stage).
+COSTS = [paths.cost_table_file(DATASET)]
 
 
 wildcard_constraints:

@@ -1,5 +1,7 @@
-# Per-run summary (accuracy matrix, Avg, Last, forgetting), the data set's results table, and the
-# paper's Tables 1, 2, 3, 5 and Figures 3 and 4 (params.yaml's grid only).
+# Per-run summary (accuracy matrix, Avg, Last, forgetting), the data set's results table, its sections
+# of the paper's Tables 1, 2, 3, 5 (every grid), the tables assembled from every data set's sections
+# and Figures 3 and 4 (params.yaml's grid), and the cost summary (Snakemake only).
+# report(...): what `snakemake --report report.html` shows, with the caption beside (report/*.rst).
 
 
 rule summarize:
@@ -35,7 +37,8 @@ rule results_table:
         metrics=grid_metrics,
         code=code("tables"),
     output:
-        markdown="results/tables/{dataset}_results.md",
+        markdown=report("results/tables/{dataset}_results.md", caption="../report/results_table.rst",
+                        category="Results tables", subcategory="{dataset}", labels={"data set": "{dataset}"}),
         csv="results/tables/{dataset}_results.csv",
     params:
         params_file=params_file,
@@ -54,14 +57,58 @@ rule results_table:
         " --markdown {output.markdown} --csv {output.csv} --log {log}"
 
 
-rule paper_tables:
-    """The paper's Tables 1, 2, 3 and 5 (every data set of the grid; the paper's values beside)."""
+rule paper_sections:
+    """One data set's sections of Tables 1, 2, 3 and 5 (its own files: a second grid adds its sections
+    and rewrites no other data set's)."""
     input:
-        metrics=METRICS,
+        metrics=grid_metrics,
+        code=code("paper-sections"),
+    output:
+        table1_md="results/tables/{dataset}/table1.md",
+        table1_csv="results/tables/{dataset}/table1.csv",
+        table2_md="results/tables/{dataset}/table2.md",
+        table2_csv="results/tables/{dataset}/table2.csv",
+        table3_md="results/tables/{dataset}/table3.md",
+        table3_csv="results/tables/{dataset}/table3.csv",
+        table5_md="results/tables/{dataset}/table5.md",
+        table5_csv="results/tables/{dataset}/table5.csv",
+    params:
+        params_file=params_file,
+        config_keys=keys_digest("paper_sections"),
+    log:
+        "logs/tables/{dataset}_sections.log",
+    benchmark:
+        "benchmarks/tables/{dataset}_sections.tsv"
+    threads: 1
+    resources:
+        gpu=0,
+    conda:
+        "../envs/ncil.yaml"
+    shell:
+        "python -m ncil paper-sections --params {params.params_file} --metrics {input.metrics} --log {log}"
+
+
+def paper_table(table):
+    """Table ``table``'s Markdown as a report item, with its caption (report/<table>.rst)."""
+    return report(paths.paper_table_files(table)[0], caption=f"../report/{table}.rst", category="Paper tables",
+                  labels={"table": table})
+
+
+rule paper_tables:
+    """The paper's Tables 1, 2, 3 and 5 from every data set's sections present (PAPER_SECTIONS: this
+    grid's and the committed ones of other data sets; the paper's values beside)."""
+    input:
+        sections=PAPER_SECTIONS,
         code=code("paper-tables"),
     output:
-        markdown=PAPER_TABLES_MD,
-        csv=PAPER_TABLES_CSV,
+        table1_md=paper_table("table1"),
+        table1_csv=paths.paper_table_files("table1")[1],
+        table2_md=paper_table("table2"),
+        table2_csv=paths.paper_table_files("table2")[1],
+        table3_md=paper_table("table3"),
+        table3_csv=paths.paper_table_files("table3")[1],
+        table5_md=paper_table("table5"),
+        table5_csv=paths.paper_table_files("table5")[1],
     params:
         params_file=PARAMS_FILE,
         config_keys=keys_digest("paper_tables"),
@@ -75,7 +122,7 @@ rule paper_tables:
     conda:
         "../envs/ncil.yaml"
     shell:
-        "python -m ncil paper-tables --params {params.params_file} --metrics {input.metrics} --log {log}"
+        "python -m ncil paper-tables --params {params.params_file} --sections {input.sections} --log {log}"
 
 
 rule figures:
@@ -84,7 +131,8 @@ rule figures:
         metrics=METRICS,
         code=code("figures"),
     output:
-        png=FIGURE3_PNG,
+        png=[report(png, caption="../report/figure3.rst", category="Figure 3", subcategory=DATASET,
+                    labels={"data set": DATASET, "setting": setting}) for png, setting in zip(FIGURE3_PNG, SETTINGS)],
         csv=FIGURE3_CSV,
     params:
         params_file=PARAMS_FILE,
@@ -113,7 +161,8 @@ if FIGURE4:
             checkpoints=FIGURE4[2],
             code=code("figure4"),
         output:
-            png=f"results/figures/fig4_{DATASET}.png",
+            png=report(f"results/figures/fig4_{DATASET}.png", caption="../report/figure4.rst", category="Figure 4",
+                       subcategory=DATASET, labels={"data set": DATASET}),
             csv=f"results/figures/fig4_{DATASET}.csv",
         params:
             params_file=PARAMS_FILE,
@@ -132,3 +181,29 @@ if FIGURE4:
             "python -m ncil figure4 --params {params.params_file} --split {input.split}"
             " --checkpoints {input.checkpoints} --p {params.p} --out-png {output.png} --out-csv {output.csv}"
             " --log {log}"
+
+
+rule costs:
+    """What each setting and method cost (training wall time, peak memory) from the benchmark files of
+    the grid's training jobs; after every metrics.json exists. Snakemake only: DVC writes no benchmark
+    files, so it is no DVC stage; a measurement, so it lives in results/costs/ and is not verified."""
+    input:
+        metrics=grid_metrics,
+        code=code("costs"),
+    output:
+        markdown=report("results/costs/{dataset}_costs.md", caption="../report/costs.rst", category="Costs",
+                        subcategory="{dataset}", labels={"data set": "{dataset}"}),
+        csv="results/costs/{dataset}_costs.csv",
+    params:
+        params_file=params_file,
+    log:
+        "logs/costs/{dataset}.log",
+    benchmark:
+        "benchmarks/costs/{dataset}.tsv"
+    threads: 1
+    resources:
+        gpu=0,
+    conda:
+        "../envs/ncil.yaml"
+    shell:
+        "python -m ncil costs --params {params.params_file} --out {output.markdown} --log {log}"

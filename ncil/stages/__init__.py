@@ -15,6 +15,7 @@ STAGES: dict[str, str] = {
     "evaluate": "ncil.stages.evaluate",
     "summarize": "ncil.stages.summarize",
     "tables": "ncil.stages.tables",
+    "paper-sections": "ncil.stages.paper_sections",
     "paper-tables": "ncil.stages.paper_tables",
     "figures": "ncil.stages.figures",
     "figure4": "ncil.stages.figure4",

@@ -1,6 +1,8 @@
-"""``paper-tables``: the paper's Tables 1, 2, 3, 5 (Markdown and CSV) in results/tables/.
+"""``paper-tables``: the paper's Tables 1, 2, 3, 5 (Markdown and CSV) in results/tables/, assembled from
+every data set's section files (``paper-sections``; results/tables/<dataset>/table1.md, ...).
 
-Which cells each table has and their text are ``ncil.report.table_texts``'s (pure).
+Section lines and CSV rows are copied unchanged, so adding a data set changes no other data set's
+lines (issue 10, item 8); the assembly is ``ncil.report.assemble_texts``'s (pure).
 """
 
 from __future__ import annotations
@@ -11,20 +13,36 @@ from dataclasses import dataclass
 from ncil.stages import common
 
 VERB = "paper-tables"
-HELP = "the paper's Tables 1, 2, 3, 5 (Markdown and CSV) in results/tables/"
+HELP = "the paper's Tables 1, 2, 3, 5 (Markdown and CSV) in results/tables/, from every data set's sections"
 
 
 @dataclass(frozen=True)
 class Args:
     params: str
     log: str | None
-    metrics: tuple[str, ...]
+    sections: tuple[str, ...]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_params(parser)
     common.add_log(parser)
-    parser.add_argument("--metrics", nargs="*", default=[], help="metrics.json files of the grid (missing runs: 'not run')")
+    parser.add_argument("--sections", nargs="+", required=True,
+                        help="section files results/tables/<dataset>/table{1,2,3,5}.{md,csv} of every data set to show")
+
+
+def read_sections(files: tuple[str, ...]) -> dict[str, str]:
+    """Path -> text of the section files named; a missing one names its file and its writer."""
+    from pathlib import Path
+
+    from ncil.io import ArtifactError
+
+    out = {}
+    for path in files:
+        if not Path(path).is_file():
+            raise ArtifactError(f"--sections {path}: section file not found (written by that data set's "
+                                "`python -m ncil paper-sections` step)")
+        out[path] = Path(path).read_text(encoding="utf-8")
+    return out
 
 
 def run(args: Args) -> None:
@@ -32,8 +50,12 @@ def run(args: Args) -> None:
     from ncil.progress import say
 
     _, raw = common.load_params(args.params)
-    metrics = [io.read_json(path, "metrics file") for path in args.metrics]
-    texts = report.table_texts(raw, metrics)
+    try:
+        texts = report.assemble_texts(read_sections(args.sections), report.default_context(raw))
+    except ValueError as err:  # a section file that is not one, or a data set's sections incomplete
+        raise common.UsageError(f"--sections: {err}") from None
+    common.refuse_overlap({f"table {p}": p for p in texts} | {"--log": args.log},
+                          {"--params": args.params, **{f"--sections[{i}]": s for i, s in enumerate(args.sections)}})
     io.write_files(texts)  # as a set: a kill leaves files missing, never old and new side by side
     for path in texts:
         say(f"wrote {path}")

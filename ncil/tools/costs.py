@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ncil.stages import common
 
 VERB = "costs"
-HELP = "wall time and peak memory per setting and method from benchmarks/ (not results/)"
+HELP = "wall time and peak memory per setting and method from benchmarks/, in results/costs/ (a report item)"
 
 
 @dataclass(frozen=True)
@@ -16,12 +16,15 @@ class Args:
     params: str
     log: str | None
     root: str
+    out: str | None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_params(parser)
     common.add_log(parser)
     parser.add_argument("--root", default=".", help="project folder holding benchmarks/ (default .)")
+    parser.add_argument("--out", default=None,
+                        help="Markdown table, CSV beside (default: results/costs/<dataset>_costs.md under --root)")
 
 
 def run(args: Args) -> None:
@@ -42,7 +45,9 @@ def run(args: Args) -> None:
                         "seed": run_.seed, "task": task, **costs.read_benchmark(path.read_text(), str(path))})
     rows = costs.cost_rows(records)
     dataset = raw["dataset"]["name"]
-    out = Path(args.root) / paths.cost_table_file(dataset)
+    out = Path(args.out) if args.out else Path(args.root) / paths.cost_table_file(dataset)
+    if out.suffix != ".md":
+        raise common.UsageError(f"--out {out}: expected a Markdown file name ending in .md (the CSV goes beside)")
     io.write_files({out.with_suffix(".md"): costs.to_markdown(rows, dataset), out.with_suffix(".csv"): costs.to_csv(rows)})
     say(f"wrote {out.with_suffix('.md')} ({len(records)} task benchmarks; {missing} not found: run the workflow "
         "with Snakemake to record them)")
