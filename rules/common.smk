@@ -208,3 +208,10 @@ def run_evals(wildcards):
 def grid_metrics(wildcards):
     """Every run's metrics.json of the grid, in the grid's order (setting, method, seed)."""
     return [run.metrics_file for run in grid.runs(grid_params(wildcards)[1])]
+
+
+def paper_table(table):
+    """Table ``table``'s Markdown (results/tables/<table>.md) as a report item with its caption,
+    report/<table>.rst (relative to rules/, where the rule is)."""
+    return report(paths.paper_table_files(table)[0], caption=f"../report/{table}.rst", category="Paper tables",
+                  labels={"table": table})

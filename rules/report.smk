@@ -88,12 +88,6 @@ rule paper_sections:
         "python -m ncil paper-sections --params {params.params_file} --metrics {input.metrics} --log {log}"
 
 
-def paper_table(table):
-    """Table ``table``'s Markdown as a report item, with its caption (report/<table>.rst)."""
-    return report(paths.paper_table_files(table)[0], caption=f"../report/{table}.rst", category="Paper tables",
-                  labels={"table": table})
-
-
 rule paper_tables:
     """The paper's Tables 1, 2, 3 and 5 from every data set's sections present (PAPER_SECTIONS: this
     grid's and the committed ones of other data sets; the paper's values beside)."""

@@ -272,8 +272,6 @@ def test_section_order_puts_own_datasets_sorted_before_the_papers():
         "digits", "folder", "cifar100", "imagenet_subset"]
 
 
-@pytest.mark.xfail(strict=True, reason="ncil/verify.py readme_section matches a heading by prefix (owner H1): "
-                   "use `line == tables.section_heading(dataset)`; remove this marker with that fix")
 def test_readme_copy_of_digits_ignores_a_dataset_whose_name_starts_with_digits():
     other, metrics = _folder_grid()
     other["dataset"]["name"] = "digits_own"

@@ -16,7 +16,7 @@ import yaml
 from ncil.__main__ import VERBS, build_parser, main
 from ncil.stages import STAGES
 from ncil.tools import TOOLS
-from tests.conftest import ROOT, env
+from tests.conftest import ROOT, env, ncil
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -32,7 +32,7 @@ def test_every_workflow_step_runs_a_stage_verb_its_parser_accepts():
     parser = build_parser()
     all_steps = steps(PARAMS)
     assert {s.kind for s in all_steps} >= {"prepare", "split", "train", "evaluate", "summarize", "tables",
-                                           "paper_tables", "figures"}
+                                           "paper_sections", "paper_tables", "figures"}
     for step in all_steps:
         verb = step.cmd[0]
         assert verb in STAGES, f"{step.name}: {verb} is not a stage verb"
@@ -172,3 +172,55 @@ def test_the_installed_package_imports_from_any_folder(tmp_path):
                           env={**env(), "PYTHONPATH": deps})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(src / "ncil" / "__init__.py"), "82.5", "digits"]
+
+
+def test_paper_tables_from_sections_keep_every_committed_byte_and_add_another_data_set(tmp_path):
+    """paper-sections writes one data set's section files; paper-tables assembles the tables from the
+    sections named: the committed digits sections give the committed tables byte for byte, and a
+    second data set's sections add to them without changing a digits line (issue 10, item 8)."""
+    import shutil
+
+    from ncil import paths
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "ncil", tmp_path / "ncil", ignore=shutil.ignore_patterns("__pycache__"))
+    for path in paths.paper_sections("digits"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / path, tmp_path / path)
+    ncil(["paper-tables", "--sections", *paths.paper_sections("digits")], tmp_path)
+    tables = [f for t in paths.PAPER_TABLES for f in paths.paper_table_files(t)]
+    for path in tables:
+        assert (tmp_path / path).read_bytes() == (ROOT / path).read_bytes(), path
+    for path in paths.paper_sections("digits"):  # a copy named "folder" stands for a second grid
+        other = path.replace("/digits/", "/folder/")
+        (tmp_path / other).parent.mkdir(parents=True, exist_ok=True)
+        text = (ROOT / path).read_text().replace("## digits", "## folder").replace("digits,", "folder,")
+        (tmp_path / other).write_text(text)
+    ncil(["paper-tables", "--sections", *paths.paper_sections("digits"), *paths.paper_sections("folder")], tmp_path)
+    for path in paths.paper_sections("digits"):
+        assert (tmp_path / path).read_bytes() == (ROOT / path).read_bytes(), path
+    table1 = (tmp_path / paths.paper_table_files("table1")[0]).read_text()
+    assert "## folder" in table1
+    committed = (ROOT / paths.paper_table_files("table1")[0]).read_text()
+    digits_lines = [line for line in committed.splitlines() if line.startswith("|")]
+    assert all(line in table1.splitlines() for line in digits_lines)
+
+
+def test_paper_tables_refuses_an_incomplete_set_of_sections(tmp_path):
+    import shutil
+
+    from ncil import paths
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "ncil", tmp_path / "ncil", ignore=shutil.ignore_patterns("__pycache__"))
+    files = paths.paper_sections("digits")
+    for path in files:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / path, tmp_path / path)
+    proc = ncil(["paper-tables", "--sections", *files[:-1]], tmp_path, check=False)
+    assert proc.returncode == 2
+    assert files[-1] in proc.stderr and "missing" in proc.stderr
+    assert not (tmp_path / paths.paper_table_files("table1")[0]).exists()  # nothing written
+    (tmp_path / files[0]).unlink()
+    proc = ncil(["paper-tables", "--sections", *files], tmp_path, check=False)
+    assert proc.returncode == 2 and f"--sections {files[0]}: section file not found" in proc.stderr

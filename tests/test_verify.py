@@ -25,7 +25,8 @@ def reported(tmp_path_factory):
     assert metrics, "no committed digits results to verify"
     ncil(["tables", "--metrics", *metrics, "--markdown", paths.table_files("digits")[0],
           "--csv", paths.table_files("digits")[1]], root)
-    ncil(["paper-tables", "--metrics", *metrics], root)
+    ncil(["paper-sections", "--metrics", *metrics], root)
+    ncil(["paper-tables", "--sections", *paths.paper_sections("digits")], root)
     ncil(["figures", "--metrics", *metrics], root)
     table1 = (root / "results/tables/table1.md").read_text()
     block = verify.readme_section(table1, "digits")
@@ -43,7 +44,7 @@ def copy(reported, tmp_path):
 def test_untouched_results_verify_and_cli_exits_zero(copy):
     root, params = copy
     checked = verify.verify(root, params, log=lambda *_: None)
-    assert checked["metrics"] >= 1 and checked["tables"] == 10 and checked["figures"] >= 1 and checked["readme"] == 1
+    assert checked["metrics"] >= 1 and checked["tables"] == 18 and checked["figures"] >= 1 and checked["readme"] == 1
     proc = ncil(["verify"], root)
     assert "every reported number matches" in proc.stdout
 

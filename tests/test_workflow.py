@@ -51,10 +51,13 @@ def test_default_grid_job_graph(tmp_path):
     # of one base recipe (plain, rotation, rotation_resnet18): 3 recipes x 2 base sizes x 3 seeds = 18 base
     # jobs, plus 10 methods x 3 seeds x (3 + 5) incremental jobs.
     assert counts["train_base"] == 18 and counts["train"] == 10 * 3 * (3 + 5)
-    assert counts["total"] == 388  # as at 22d7a6e, before the rules got named wildcards
+    # 388 at 22d7a6e; + each data set's sections of the paper tables (paper_sections, issue 10 item 8)
+    # + the cost summary for the report (costs, Snakemake only: item 11).
+    assert counts["total"] == 390
     assert counts["evaluate"] == counts["summarize"] == 60
     assert counts["split"] == 4 and counts["prepare"] == 1 and counts["results_table"] == 1
-    assert counts["paper_tables"] == counts["figures"] == counts["figure4"] == 1
+    assert counts["paper_sections"] == counts["paper_tables"] == counts["figures"] == counts["figure4"] == 1
+    assert counts["costs"] == 1
     assert "runs/digits/base4/plain/seed1/task_0/model.pt" in proc.stdout
 
 
@@ -146,9 +149,62 @@ def test_parameter_change_reruns_only_its_dependents(reference_run, tmp_path):
     (project / "params.yaml").write_text(params.replace("train_on: seen", "train_on: current"))
     proc = snakemake(project, "--dry-run")
     counts = job_counts(proc.stdout)
-    # Only joint's three incremental tasks, its evaluation and summary, and the tables and figures.
-    assert counts == {"train": 3, "evaluate": 1, "summarize": 1, "results_table": 1, "paper_tables": 1,
-                      "figures": 1, "all": 1, "total": 9}
+    # Only joint's three incremental tasks, its evaluation and summary, and the tables (digits' sections,
+    # then the tables assembled from them), the figures and the cost summary.
+    assert counts == {"train": 3, "evaluate": 1, "summarize": 1, "results_table": 1, "paper_sections": 1,
+                      "paper_tables": 1, "figures": 1, "costs": 1, "all": 1, "total": 11}
     outputs = [line for line in proc.stdout.splitlines() if line.strip().startswith("output:")]
-    assert len(outputs) == 8
+    assert len(outputs) == 10
     assert not [line for line in outputs if "finetune" in line or "base4/plain" in line]
+
+
+# --- A second grid never rewrites the first one's results (issue 10, item 8) ----------------------
+
+
+def _folder_params() -> dict:
+    import copy
+
+    import yaml
+
+    params = copy.deepcopy(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    params["dataset"] = {**params["dataset"], "name": "folder"}
+    return params
+
+
+def test_every_grid_writes_only_its_own_sections_and_figures():
+    """A grid's steps write its data set's section files and figures, never the shared tables (which
+    before this change every grid rebuilt from its own metrics only)."""
+    from ncil import paths
+    from ncil.workflow import steps
+
+    grid_steps = steps(_folder_params(), "grids/folder/params.yaml", report=False)
+    outs = {f for s in grid_steps for f in s.outs.values()}
+    assert set(paths.paper_sections("folder")) <= outs
+    assert not {f for t in paths.PAPER_TABLES for f in paths.paper_table_files(t)} & outs
+    assert not [f for f in outs if "digits" in f]
+    assert {s.kind for s in grid_steps} >= {"paper_sections", "figures"}
+    assert "paper_tables" not in {s.kind for s in grid_steps}
+
+
+def test_the_root_grid_assembles_the_tables_from_every_data_set_present(tmp_path):
+    """paper_tables reads the section files of every data set under the root (committed inputs, not
+    outputs of this grid), and no file has two producers across the two grids."""
+    import yaml
+
+    from ncil import paths
+    from ncil.workflow import steps
+
+    for path in paths.paper_sections("folder"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("x")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    root_steps = steps(params, root=str(tmp_path))
+    (tables,) = [s for s in root_steps if s.kind == "paper_tables"]
+    assert list(tables.deps.values()) == paths.paper_sections("digits") + paths.paper_sections("folder")
+    assert tables.cmd[tables.cmd.index("--sections") + 1:][:16] == tuple(tables.deps.values())
+    producers = [f for s in root_steps + steps(_folder_params(), "grids/folder/params.yaml", report=False)
+                 for f in s.outs.values()]
+    assert len(producers) == len(set(producers))
+    # Without another data set's sections, the tables read digits' only.
+    (alone,) = [s for s in steps(params, root=str(tmp_path / "empty")) if s.kind == "paper_tables"]
+    assert list(alone.deps.values()) == paths.paper_sections("digits")

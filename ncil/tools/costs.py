@@ -48,6 +48,10 @@ def run(args: Args) -> None:
     out = Path(args.out) if args.out else Path(args.root) / paths.cost_table_file(dataset)
     if out.suffix != ".md":
         raise common.UsageError(f"--out {out}: expected a Markdown file name ending in .md (the CSV goes beside)")
-    io.write_files({out.with_suffix(".md"): costs.to_markdown(rows, dataset), out.with_suffix(".csv"): costs.to_csv(rows)})
+    markdown = costs.to_markdown(rows, dataset)
+    if missing:  # said in the table itself, so a reader of the report sees why rows are absent
+        markdown += (f"\n{missing} of {missing + len(records)} training tasks have no benchmark file "
+                     "(benchmarks/train/...: run by `dvc repro`, or not run here yet) and are not counted.\n")
+    io.write_files({out.with_suffix(".md"): markdown, out.with_suffix(".csv"): costs.to_csv(rows)})
     say(f"wrote {out.with_suffix('.md')} ({len(records)} task benchmarks; {missing} not found: run the workflow "
         "with Snakemake to record them)")
