@@ -66,16 +66,31 @@ CHECKPOINTS = [job.run.checkpoint(job.task) for job in grid.train_jobs(config)] 
 GRID_TABLES = {name: [*paths.table_files(cfg["dataset"]["name"]), *paths.paper_sections(section_dataset(cfg))]
                for name, (_, cfg) in GRIDS.items()}
 # The paper's tables (files shared by every data set: params.yaml's grid assembles them) and figures.
-SETTINGS = list(dict.fromkeys(run.setting for run in RUNS))
 PAPER_SECTIONS = table_sections(config)  # every data set's section files present, and params.yaml's own
 PAPER_TABLES_MD = [paths.paper_table_files(t)[0] for t in paths.PAPER_TABLES]
 PAPER_TABLES_CSV = [paths.paper_table_files(t)[1] for t in paths.PAPER_TABLES]
-FIGURE3_PNG = [paths.curve_figure_files(DATASET, s)[0] for s in SETTINGS]
-FIGURE3_CSV = [paths.curve_figure_files(DATASET, s)[1] for s in SETTINGS]
-FIGURE4 = figure4_run(config)  # (method, run, checkpoints), or None without a PKS method on the ViT
-REPORT = PAPER_TABLES_MD + PAPER_TABLES_CSV + FIGURE3_PNG + FIGURE3_CSV
-if FIGURE4:
-    REPORT += list(paths.weight_map_files(DATASET))
+
+
+def grid_figures(params):
+    """(settings, Figure 3 PNGs, their CSVs, Figure 4's (method, run, checkpoints) or None) of a grid:
+    files named by its data set, so every grid has its own figure rules (rules/report.smk)."""
+    dataset = params["dataset"]["name"]
+    settings = list(dict.fromkeys(run.setting for run in grid.runs(params)))
+    curves = [paths.curve_figure_files(dataset, s) for s in settings]
+    return settings, [png for png, _ in curves], [csv for _, csv in curves], figure4_run(params)
+
+
+def figure_files(params):
+    """Every figure file of a grid (Figure 3 of each setting, Figure 4 when it has one)."""
+    _, pngs, csvs, figure4 = grid_figures(params)
+    return pngs + csvs + (list(paths.weight_map_files(params["dataset"]["name"])) if figure4 else [])
+
+
+# Data set -> (params file, params) of every grid, params.yaml's first: each has its figure rules.
+FIGURE_GRIDS = {cfg["dataset"]["name"]: (path, cfg) for path, cfg in [(PARAMS_FILE, config), *GRIDS.values()]}
+for _name, (_, _cfg) in GRIDS.items():
+    GRID_TABLES[_name] += figure_files(_cfg)
+REPORT = PAPER_TABLES_MD + PAPER_TABLES_CSV + figure_files(config)
 # The cost summary (Snakemake only: from the benchmark files Snakemake writes; not a DVC stage).
 COSTS = [paths.cost_table_file(DATASET)]
 
@@ -111,15 +126,16 @@ def code(verb):
     return list(code_deps(verb))
 
 
-def keys_digest(kind):
+def keys_digest(kind, dataset=None):
     """Params function: digest of the params.yaml keys a step reads (ncil.workflow.param_keys), so
-    Snakemake's params trigger reruns a job when, and only when, one of them changes."""
+    Snakemake's params trigger reruns a job when, and only when, one of them changes. ``dataset``: the
+    grid of a job without a `dataset` wildcard (default: its wildcard, else params.yaml's)."""
 
     def digest(wildcards):
-        params = grid_params(wildcards)[1]
+        params = GRID_OF[dataset][1] if dataset else grid_params(wildcards)[1]
         method = getattr(wildcards, "method", None)
         if kind == "figure4":
-            method = FIGURE4[0]
+            method = figure4_run(params)[0]
         values = lookup_params(params, param_keys(kind, params, method))
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -119,62 +119,72 @@ rule paper_tables:
         "python -m ncil paper-tables --params {params.params_file} --sections {input.sections} --log {log}"
 
 
-rule figures:
-    """Figure 3 of every setting: accuracy after each task, one curve per method (PNG and its data)."""
-    input:
-        metrics=METRICS,
-        code=code("figures"),
-    output:
-        png=[report(png, caption="../report/figure3.rst", category="Figure 3", subcategory=DATASET,
-                    labels={"data set": DATASET, "setting": setting}) for png, setting in zip(FIGURE3_PNG, SETTINGS)],
-        csv=FIGURE3_CSV,
-    params:
-        params_file=PARAMS_FILE,
-        config_keys=keys_digest("figures"),
-    log:
-        f"logs/figures/{DATASET}.log",
-    benchmark:
-        f"benchmarks/figures/{DATASET}.tsv"
-    threads: 1
-    resources:
-        gpu=0,
-    conda:
-        "../envs/ncil.yaml"
-    shell:
-        "python -m ncil figures --params {params.params_file} --metrics {input.metrics} --log {log}"
+# Figures 3 and 4 of every grid: their files are named by the grid's data set, whose settings fix how
+# many there are, so each grid has its own rules (params.yaml's: `figures`, `figure4`; a paper data
+# set's: `figures_<dataset>`, `figure4_<dataset>`), defined with the same body here.
+for FIG_DATASET, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
+    FIG_SETTINGS, FIG3_PNG, FIG3_CSV, FIG4 = grid_figures(FIG_CONFIG)
+    FIG_SUFFIX = "" if FIG_DATASET == DATASET else f"_{FIG_DATASET}"
 
-
-if FIGURE4:
-
-    rule figure4:
-        """Figure 4: PKS patch weights of the first base-task images after tasks 1, 3, 5, ... of one run
-        (ncil.workflow.figure4_run: `ours`, the first seed, the longest setting)."""
+    rule:
+        """Figure 3 of every setting: accuracy after each task, one curve per method (PNG and its data)."""
+        name:
+            f"figures{FIG_SUFFIX}"
         input:
-            manifest=f"data/{DATASET}/manifest.json",
-            split=FIGURE4[1].split_file,
-            checkpoints=FIGURE4[2],
-            code=code("figure4"),
+            metrics=[run.metrics_file for run in grid.runs(FIG_CONFIG)],
+            code=code("figures"),
         output:
-            png=report(f"results/figures/fig4_{DATASET}.png", caption="../report/figure4.rst", category="Figure 4",
-                       subcategory=DATASET, labels={"data set": DATASET}),
-            csv=f"results/figures/fig4_{DATASET}.csv",
+            png=[report(png, caption="../report/figure3.rst", category="Figure 3", subcategory=FIG_DATASET,
+                        labels={"data set": FIG_DATASET, "setting": setting}) for png, setting in zip(FIG3_PNG, FIG_SETTINGS)],
+            csv=FIG3_CSV,
         params:
-            params_file=PARAMS_FILE,
-            p=config["method"][FIGURE4[0]].get("pks_p", 2),
-            config_keys=keys_digest("figure4"),
+            params_file=FIG_PARAMS_FILE,
+            config_keys=keys_digest("figures", FIG_DATASET),
         log:
-            f"logs/figures/{DATASET}_pks.log",
+            f"logs/figures/{FIG_DATASET}.log",
         benchmark:
-            f"benchmarks/figures/{DATASET}_pks.tsv"
+            f"benchmarks/figures/{FIG_DATASET}.tsv"
         threads: 1
         resources:
             gpu=0,
         conda:
             "../envs/ncil.yaml"
         shell:
-            "python -m ncil figure4 --params {params.params_file} --split {input.split}"
-            " --checkpoints {input.checkpoints} --p {params.p} --out-png {output.png} --out-csv {output.csv}"
-            " --log {log}"
+            "python -m ncil figures --params {params.params_file} --metrics {input.metrics} --log {log}"
+
+    if FIG4:
+
+        rule:
+            """Figure 4: PKS patch weights of the first base-task images after tasks 1, 3, 5, ... of one run
+            (ncil.workflow.figure4_run: `ours`, the first seed, the longest setting)."""
+            name:
+                f"figure4{FIG_SUFFIX}"
+            input:
+                manifest=paths.data_manifest(FIG_DATASET),
+                split=FIG4[1].split_file,
+                checkpoints=FIG4[2],
+                code=code("figure4"),
+            output:
+                png=report(paths.weight_map_files(FIG_DATASET)[0], caption="../report/figure4.rst",
+                           category="Figure 4", subcategory=FIG_DATASET, labels={"data set": FIG_DATASET}),
+                csv=paths.weight_map_files(FIG_DATASET)[1],
+            params:
+                params_file=FIG_PARAMS_FILE,
+                p=FIG_CONFIG["method"][FIG4[0]].get("pks_p", 2),
+                config_keys=keys_digest("figure4", FIG_DATASET),
+            log:
+                f"logs/figures/{FIG_DATASET}_pks.log",
+            benchmark:
+                f"benchmarks/figures/{FIG_DATASET}_pks.tsv"
+            threads: 1
+            resources:
+                gpu=0,
+            conda:
+                "../envs/ncil.yaml"
+            shell:
+                "python -m ncil figure4 --params {params.params_file} --split {input.split}"
+                " --checkpoints {input.checkpoints} --p {params.p} --out-png {output.png} --out-csv {output.csv}"
+                " --log {log}"
 
 
 rule costs:

@@ -98,8 +98,14 @@ def test_the_rules_show_their_commands():
     """What a reader sees in rules/: every rule calls `python -m ncil <verb>` with named placeholders."""
     for smk in sorted((ROOT / "rules").glob("*.smk")):
         text = smk.read_text()
-        for rule in re.findall(r"^\s*rule (\w+):", text, re.M):
-            body = text.split(f"rule {rule}:", 1)[1].split("\nrule ", 1)[0]
+        # Named rules, and the rules a loop defines (`rule:` with `name:`, one per grid: the figures).
+        bodies = {rule: text.split(f"rule {rule}:", 1)[1].split("\nrule ", 1)[0]
+                  for rule in re.findall(r"^\s*rule (\w+):", text, re.M)}
+        for n, body in enumerate(re.split(r"^\s*rule:\n", text, flags=re.M)[1:]):
+            bodies[f"rule: #{n}"] = re.split(r"^\s*(?:rule|for|if) ", body, maxsplit=1, flags=re.M)[0]
+        if smk.name == "report.smk":  # Figure 3 and Figure 4, once per grid
+            assert len([r for r in bodies if r.startswith("rule: #")]) == 2
+        for rule, body in bodies.items():
             assert "{params.cmd}" not in body, f"{smk.name}: rule {rule}"
             for directive in ("log:", "benchmark:", "shell:", "code=code("):
                 assert directive in body, f"{smk.name}: rule {rule} has no {directive}"

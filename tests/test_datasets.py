@@ -367,7 +367,9 @@ def test_named_target_runs_a_smoke_grid_with_snakemake(tmp_path):
     stages = yaml.safe_load(dvc_yaml)["stages"]  # DVC's stages name exactly the files Snakemake made
     outputs = [next(iter(o)) if isinstance(o, dict) else o for st in stages.values()
                for o in st.get("outs", []) + st.get("metrics", [])]
-    assert len(outputs) == 7 + 2 + 2 * 2 + 1 + 1 + 2  # data, splits, 2 tasks x (model, centers), eval, metrics, table
+    # data, splits, 2 tasks x (model, centers), eval, metrics, table, its sections of the paper tables
+    # (4 x md, csv), Figure 3 (png, csv), Figure 4 (png, csv)
+    assert len(outputs) == 7 + 2 + 2 * 2 + 1 + 1 + 2 + 8 + 2 + 2
     assert all((project / o).exists() for o in outputs), [o for o in outputs if not (project / o).exists()]
 
 
