@@ -236,6 +236,14 @@ def _name(source: str, key: str, name) -> None:
         raise _fail(source, key, f"expected a name of letters, digits, _ and - (it becomes a folder name), got {name!r}")
 
 
+METHOD_CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "method"  # Hydra's method group
+
+
+def defined_methods() -> list[str]:
+    """The method names Hydra can compose (conf/method/*.yaml); empty where conf/ is not beside the package."""
+    return sorted(f.stem for f in METHOD_CONF_DIR.glob("*.yaml")) if METHOD_CONF_DIR.is_dir() else []
+
+
 def parse_params(data: dict, source: str = "params.yaml") -> Params:
     """Validate a params mapping (as composed by Hydra) into a frozen ``Params``."""
     if not isinstance(data, dict):
@@ -254,6 +262,12 @@ def parse_params(data: dict, source: str = "params.yaml") -> Params:
     scenario = {
         name: parse_section(ScenarioConfig, spec, source, f"scenario.{name}") for name, spec in data["scenario"].items()
     }
+    known = defined_methods()
+    for name in data["method"]:
+        _name(source, f"method.{name}", name)
+        if known and name not in known:
+            raise _fail(source, f"method.{name}", f"unknown method (expected one of the methods of {METHOD_CONF_DIR.parent.name}/"
+                        f"{METHOD_CONF_DIR.name}/: {', '.join(known)}; a new method is a file {METHOD_CONF_DIR.name}/<name>.yaml there)")
     method = {name: parse_section(MethodConfig, spec, source, f"method.{name}") for name, spec in data["method"].items()}
     seeds = _coerce(data["seeds"], tuple[int, ...], source, "seeds")
     params = Params(

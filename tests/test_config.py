@@ -94,8 +94,8 @@ BAD_EDITS = [
     ({"method.ours.base_recipe": DELETE}, "method.ours.base_recipe: missing required key"),
     ({"train.epochs": DELETE}, "train.epochs: missing required key"),
     ({"method.joint.train_on": "all"}, "method.joint.train_on: expected one of ['current', 'seen'], got 'all'"),
-    ({"method.fine": {"base_recipe": "plain", "train_on": "current"}, "method.fine.train_on": "al"},
-     "method.fine.train_on: expected one of"),
+    ({"method.finetune.train_on": "al"}, "method.finetune.train_on: expected one of"),
+    ({"method.finetune->jiont": None}, "method.jiont: unknown method (expected one of the methods of conf/method/: baseline,"),  # new
     ({"method": {}}, "method: expected a non-empty mapping of named methods"),
     # names that become folders and wildcards
     ({"method.finetune->fine tune": None}, "method.fine tune: expected a name of letters, digits, _ and -"),  # new

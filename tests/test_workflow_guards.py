@@ -48,9 +48,7 @@ def pristine(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("case", [
-    *[c for c in BAD_EDITS if c != "unknown method"],
-    pytest.param("unknown method", marks=pytest.mark.xfail(
-        strict=True, reason="ncil.config.parse_params (helper H3) does not yet refuse a method outside conf/method")),
+    *BAD_EDITS,
 ])
 def test_snakemake_refuses_a_bad_params_file_in_one_line(pristine, tmp_path, case):
     project = tmp_path / "p"
