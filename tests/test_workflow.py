@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ncil import paths
 from tests.conftest import ROOT, copy_project, env, run
 
 ARTIFACT_DIRS = ("runs", "results", "data")
@@ -28,11 +29,12 @@ def job_counts(output: str) -> dict[str, int]:
 
 
 def artifacts(project: Path) -> dict[str, bytes]:
-    """Every produced artifact (not logs or benchmarks) by relative path."""
+    """Every produced artifact (not logs, benchmarks or the cost table: timings) by relative path."""
     out = {}
+    costs = project / paths.cost_table_file("digits")
     for top in ARTIFACT_DIRS:
         for f in sorted((project / top).rglob("*")):
-            if f.is_file():
+            if f.is_file() and f.parent != costs.parent:
                 out[str(f.relative_to(project))] = f.read_bytes()
     return out
 
