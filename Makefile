@@ -73,6 +73,7 @@ check-reproduction-seed: REPRODUCED = reproduced: seed $(SEED) of every setting 
 # Record the outputs of a finished Snakemake run in dvc.lock (what `dvc repro` would write), this
 # machine as their producer (results/platform.json), and copy the regenerated Table 1 into the README (verify checks the copy).
 lock: $(BIN)/.installed
+	rm -f dvc.lock  # written anew: a stage that left dvc.yaml must not stay behind in the lock
 	dvc commit --force --quiet dvc.yaml
 	python scripts/check_reproduction.py platform --write
 	python -m ncil verify --refresh-readme

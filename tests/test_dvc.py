@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ncil import paths
 from tests.conftest import ROOT, copy_project, run
@@ -154,3 +155,13 @@ def test_snakemake_run_matches_the_dvc_lock(reproduced, tmp_path):
     assert git(clone, "status", "--porcelain", "--", ".", ":!results/costs").stdout == ""
     assert (clone / paths.cost_table_file("digits")).is_file()
     assert json.loads(dvc(clone, "status", "--json").stdout) == {}
+
+
+def test_the_committed_lock_records_exactly_the_stages_of_dvc_yaml():
+    """A stage renamed or removed from dvc.yaml must not stay behind in dvc.lock: the reproduction check
+    compares every output the lock records (a stale `paper_tables_digits` entry once failed it)."""
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert sorted(set(lock) - set(stages)) == [] and sorted(set(stages) - set(lock)) == []
+    recorded = [out["path"] for stage in lock.values() for out in stage.get("outs", [])]
+    assert len(recorded) == len(set(recorded)), "an output recorded by two stages"
