@@ -211,7 +211,7 @@ def check_portable(found: dict[str, str], reference: dict, here: dict) -> tuple[
     expected = reference["hashes"]
     differing = [f"  {f}: reference {expected.get(f)}, here {md5}" for f, md5 in found.items() if expected.get(f) != md5]
     listed = any(same_platform(seen, here) for seen in reference["confirmed_on"])
-    where = f"on {_describe(here)} ({'a listed' if listed else 'a CPU type not yet listed in ' + str(PORTABLE_REFERENCE)})"
+    where = f"on {_describe(here)} ({'a CPU type listed in ' if listed else 'a CPU type not yet listed in '}{PORTABLE_REFERENCE})"
     if not differing:
         extra = "" if listed else "; `python scripts/check_reproduction.py portable --record` lists it"
         return 0, f"portable numerics: the {len(found)} reference outputs are bit-identical to the reference {where}{extra}"
