@@ -151,34 +151,3 @@ def curve_csv_texts(params: dict, metrics: list[dict]) -> dict[str, str]:
     """CSV path -> text of every Figure 3 panel's data."""
     return {png[: -len(".png")] + ".csv": figures.table_to_csv(table)
             for png, (_, table) in curve_tables(params, metrics).items()}
-
-
-# --- What the two table steps do (thin: read, compute above, write) -------------------------------
-
-
-def write_sections(params: dict, metrics_files: list[str]) -> list[str]:
-    """``paper-sections``: this grid's data sets' section files from its metrics; the paths written."""
-    from ncil import io
-
-    texts = section_texts(params, [io.read_json(path, "metrics file") for path in metrics_files])
-    for path, text in texts.items():
-        io.write_text(path, text)
-    return list(texts)
-
-
-def write_tables(params: dict, section_files: list[str]) -> list[str]:
-    """``paper-tables``: Tables 1, 2, 3 and 5 assembled from the section files named (every data set's
-    that is present: ``paths.paper_section_datasets``); the paths written."""
-    from pathlib import Path
-
-    from ncil import io
-
-    sections = {}
-    for path in section_files:
-        if not Path(path).is_file():
-            raise ValueError(f"{path}: section file not found (written by that data set's paper-sections step)")
-        sections[path] = Path(path).read_text(encoding="utf-8")
-    texts = assemble_texts(sections, default_context(params))
-    for path, text in texts.items():
-        io.write_text(path, text)
-    return list(texts)

@@ -49,6 +49,13 @@ def load_params(path: str):
     return load(path)
 
 
+def read_metrics(files) -> list[dict]:
+    """The metrics.json files a report step reads (``--metrics``), each checked to be JSON."""
+    from ncil import io
+
+    return [io.read_json(path, "metrics file") for path in files]
+
+
 def _same(a: str, b: str) -> bool:
     if os.path.realpath(a) == os.path.realpath(b):
         return True

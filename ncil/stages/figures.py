@@ -32,7 +32,7 @@ def run(args: Args) -> None:
     from ncil.progress import say
 
     _, raw = common.load_params(args.params)
-    metrics = [io.read_json(path, "metrics file") for path in args.metrics]
+    metrics = common.read_metrics(args.metrics)
     outputs, notes = {}, []
     for png, (title, table) in report.curve_tables(raw, metrics).items():
         outputs[png[: -len(".png")] + ".csv"] = figures.table_to_csv(table)

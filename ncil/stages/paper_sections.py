@@ -34,7 +34,7 @@ def run(args: Args) -> None:
     from ncil.progress import say
 
     _, raw = common.load_params(args.params)
-    metrics = [io.read_json(path, "metrics file") for path in args.metrics]
+    metrics = common.read_metrics(args.metrics)
     texts = report.section_texts(raw, metrics)
     common.refuse_overlap({f"section {p}": p for p in texts} | {"--log": args.log},
                           {"--params": args.params, **{f"--metrics[{i}]": m for i, m in enumerate(args.metrics)}})

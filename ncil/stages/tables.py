@@ -47,5 +47,5 @@ def run(args: Args) -> None:
     common.refuse_overlap({"--markdown": args.markdown, "--csv": args.csv, "--log": args.log},
                           {"--params": args.params, **{f"--metrics[{i}]": m for i, m in enumerate(args.metrics)}})
     p, _ = common.load_params(args.params)
-    markdown, csv = table_texts(p, [io.read_json(path, "metrics file") for path in args.metrics])
+    markdown, csv = table_texts(p, common.read_metrics(args.metrics))
     io.write_files({args.markdown: markdown, args.csv: csv})
