@@ -40,6 +40,14 @@ def _set_numerics(params_file: str | None) -> None:
             numerics.apply(mode)
 
 
+def _claim_gpus(verb: str, params_file: str | None) -> None:
+    """A train/evaluate job counted as a GPU job takes its own GPU(s) before torch starts (ncil/devices.py)."""
+    from ncil import devices
+
+    if verb in devices.CLAIMING_VERBS and params_file:
+        devices.claim_for_job(params_file)
+
+
 def main(argv: list[str] | None = None) -> int:
     from ncil import progress
     from ncil.config import ConfigError
@@ -56,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ArtifactError(f"--log {log_file}: cannot write the log here ({err.strerror or err})") from None
         progress.log_line("python -m ncil " + " ".join(sys.argv[1:] if argv is None else argv))
         _set_numerics(getattr(namespace, "params", None))
+        _claim_gpus(namespace.verb, getattr(namespace, "params", None))
         module.run(record(module.Args, namespace))
     except (ConfigError, ArtifactError, UsageError) as err:
         progress.log_failure(f"error: {err}", err)
