@@ -1,8 +1,9 @@
-"""The GPU workstation profile: one `gpu` unit, and every train/evaluate job claims it."""
+"""The GPU workstation profile: N `gpu` units, every train/evaluate job claims one, each on its own GPU."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from datetime import datetime
 
@@ -10,6 +11,7 @@ import pytest
 
 from ncil.config import parse_params
 from ncil.hydra_conf import compose
+from tests import conftest
 from tests.conftest import copy_project, ncil, run
 
 
@@ -60,3 +62,42 @@ def test_gpu_jobs_never_overlap_under_the_gpu_profile(tmp_path):
     spans = sorted(_log_span(p) for p in logs)
     for (_, end), (start, _) in zip(spans, spans[1:]):
         assert end <= start, spans
+
+
+def _claims(logs) -> list[tuple[datetime, datetime, str, str]]:
+    """(first line, last line, claimed device, log) of each job log, from its "GPU d of ..." line."""
+    out = []
+    for path in logs:
+        found = re.findall(r" INFO GPU (\S+) of 0,1 \(CUDA_VISIBLE_DEVICES=\1\); pool from NCIL_GPU_POOL$",
+                           path.read_text(), re.M)
+        assert len(found) == 1, (path, path.read_text()[:2000])
+        out.append((*_log_span(path), found[0], path.name))
+    return out
+
+
+@pytest.mark.slow
+def test_n_gpus_run_n_jobs_at_once_each_on_its_own_gpu(tmp_path):
+    """The tiny grid under profiles/gpu with two simulated GPUs (gpu=2, 4 cores): the train and evaluate
+    jobs that overlapped in time held different GPUs, and every output is byte-identical to a plain run."""
+    plain = copy_project(tmp_path / "plain")
+    run([sys.executable, "-m", "snakemake", "--cores", "1", "metrics"], plain)
+    project = copy_project(tmp_path / "gpu")
+    ncil(["params", "runtime.device=cpu", "runtime.gpus_per_job=1"], project)
+    env = {**conftest.env(), "NCIL_GPU_POOL": "0,1", "NCIL_GPU_LOCK_DIR": str(tmp_path / "locks")}
+    for key in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "snakemake", "--workflow-profile", "profiles/gpu", "--resources", "gpu=2",
+           "--cores", "4", "metrics"]
+    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    jobs = _claims(sorted((project / "logs/train").rglob("*.log")) + sorted((project / "logs/evaluate").rglob("*.log")))
+    assert len(jobs) == 9  # shared task 0 + 3 tasks x 2 methods, 2 evaluations
+    assert {device for *_, device, _ in jobs} == {"0", "1"}
+    overlapping = [(a, b) for i, a in enumerate(jobs) for b in jobs[i + 1:] if a[0] < b[1] and b[0] < a[1]]
+    assert overlapping  # the two methods' chains ran side by side after task 0
+    assert all(a[2] != b[2] for a, b in overlapping), overlapping
+    outputs = sorted(p.relative_to(plain) for p in [*(plain / "runs").rglob("*.pt"), *(plain / "runs").rglob("*.parquet"),
+                                                     *(plain / "results").rglob("eval/*.parquet")])
+    assert len(outputs) == 7 * 2 + 4 * 2  # checkpoints and centers of 7 tasks, 4 evaluations per method
+    assert [p for p in outputs if (plain / p).read_bytes() != (project / p).read_bytes()] == []
