@@ -224,7 +224,10 @@ def prepare_folder(folder: Path, default: bool) -> None:
 def _try_lock(path: Path) -> int | None:
     """An open descriptor holding the exclusive flock of ``path``, or None if another process holds it."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except PermissionError:  # another user's lock file in a shared folder: flock needs no write access
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as err:
         raise GpuClaimError(f"GPU lock file {path}: cannot open it ({err.strerror or err}); set {ENV_LOCK_DIR}") from None
     try:
