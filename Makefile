@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: reproduce test test-fast lint verify costs check-reproduction check-reproduction-seed lock clean-venv
+.PHONY: reproduce test test-fast lint verify costs gpu-check check-reproduction check-reproduction-seed lock clean-venv
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,15 @@ verify: $(BIN)/.installed
 # Wall time and peak memory per setting and method, from Snakemake's benchmark files (not in results/).
 costs: $(BIN)/.installed
 	python -m ncil costs
+
+# The GPU path in one command (scripts/gpu_check.py, <= 8 minutes on one GPU, no data set): the tests marked
+# gpu, timed training steps of the paper preset's `ours` at 32, 64 and 224 pixels (compile off and on), a
+# JSON report (GPU_CHECK_OUT) and a table. It needs no venv, only torch, timm, numpy, pyyaml and pytest, so on
+# a bare GPU machine it runs with that machine's python3; on the CPU pass GPU_CHECK_ARGS="--device cpu".
+GPU_CHECK_OUT ?= benchmarks/gpu_check/report.json
+GPU_CHECK_ARGS ?=
+gpu-check:
+	python3 scripts/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 lint: $(BIN)/.installed
 	snakemake --lint

@@ -1,0 +1,93 @@
+"""The paper preset's settings read from ``conf/`` as plain YAML, without Hydra (for ``scripts/gpu_check.py``).
+
+Hydra composes ``conf/`` for the workflow (``ncil.hydra_conf``). A machine that has only torch, numpy,
+pyyaml and this package (a lent GPU machine, say) still needs the paper's model, data set, schedule and
+method settings: this module reads the group files those settings live in, one file per group option,
+and the ``override /group: option`` lines of the experiment files that pick them. It reads nothing
+else of Hydra's grammar (no interpolation, no packages): the group files of ``conf/`` use none, and
+``tests/test_gpu_check.py`` checks that what it reads equals Hydra's composition of the same experiment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# The experiment file of each data set's paper grid (conf/experiment/<name>.yaml).
+PAPER_EXPERIMENTS = ("cifar100", "tinyimagenet", "imagenet_subset")
+
+
+def read_yaml(path: Path):
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such config file (expected a {path.parent.name} option of conf/)") from None
+
+
+def group_option(group: str, option: str, conf_dir: Path = CONF_DIR) -> dict:
+    """The mapping of ``conf/<group>/<option>.yaml``; for ``method`` and ``scenario``, its named entry."""
+    path = Path(conf_dir) / group / f"{option}.yaml"
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping, got {type(data).__name__}")
+    if group in ("method", "scenario"):
+        if option not in data:
+            raise ValueError(f"{path}: expected one entry named {option!r}, got {sorted(data)}")
+        return data[option]
+    return data
+
+
+def experiment_choices(name: str, conf_dir: Path = CONF_DIR) -> dict[str, str | list[str]]:
+    """Group -> option(s) that ``conf/experiment/<name>.yaml`` overrides (``override /dataset: cifar100``)."""
+    path = Path(conf_dir) / "experiment" / f"{name}.yaml"
+    data = read_yaml(path)
+    defaults = data.get("defaults") if isinstance(data, dict) else None
+    if not isinstance(defaults, list):
+        raise ValueError(f"{path}: defaults: expected a list of 'override /group: option' entries")
+    choices: dict[str, str | list[str]] = {}
+    for entry in defaults:
+        if not (isinstance(entry, dict) and len(entry) == 1):
+            raise ValueError(f"{path}: defaults: expected one 'override /group: option' per entry, got {entry!r}")
+        (key, value), = entry.items()
+        if not key.startswith("override /"):
+            raise ValueError(f"{path}: defaults: expected 'override /group', got {key!r}")
+        choices[key.removeprefix("override /")] = value
+    return choices
+
+
+def compose_params(dataset: str, model: str, train: str, method: str = "ours", scenarios: list[str] | None = None,
+                   runtime: dict | None = None, conf_dir: Path = CONF_DIR, overrides: dict | None = None) -> dict:
+    """A params mapping (as ``python -m ncil params`` writes it) from named group options.
+
+    ``overrides`` maps a section name (dataset, model, train, runtime) to keys replaced in it. The
+    top-level keys (preset, order_seed, seeds) are those of ``conf/config.yaml``; ``scenarios`` default
+    to CIFAR-100's 50+10x5 (parse_params needs one; a synthetic task does not use it).
+    """
+    top = read_yaml(Path(conf_dir) / "config.yaml")
+    overrides = overrides or {}
+    sections = {"dataset": group_option("dataset", dataset, conf_dir), "model": group_option("model", model, conf_dir),
+                "train": group_option("train", train, conf_dir),
+                "runtime": {**group_option("runtime", "cpu", conf_dir), **(runtime or {})}}
+    for name, values in overrides.items():
+        sections[name] = {**sections[name], **values}
+    scenarios = scenarios or ["base50_inc10"]
+    return {
+        "preset": top["preset"], "order_seed": top["order_seed"], "seeds": list(top["seeds"]),
+        **sections,
+        "scenario": {s: group_option("scenario", s, conf_dir) for s in scenarios},
+        "method": {method: group_option("method", method, conf_dir)},
+    }
+
+
+def paper_experiment(name: str, conf_dir: Path = CONF_DIR) -> dict:
+    """The paper grid of one data set: its dataset, model and train options and its scenarios."""
+    choices = experiment_choices(name, conf_dir)
+    missing = [g for g in ("dataset", "model", "train", "scenario") if g not in choices]
+    if missing:
+        raise ValueError(f"{Path(conf_dir) / 'experiment' / f'{name}.yaml'}: defaults: no override of {', '.join(missing)}")
+    scenarios = choices["scenario"] if isinstance(choices["scenario"], list) else [choices["scenario"]]
+    return {"dataset": choices["dataset"], "model": choices["model"], "train": choices["train"],
+            "scenarios": list(scenarios)}

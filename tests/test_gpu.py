@@ -1,0 +1,159 @@
+"""The GPU path on a real GPU (marker ``gpu``; skipped without CUDA): ``scripts/gpu_check.py`` runs these.
+
+Every check drives the real training code (``ncil.train.train_task``, ``ncil.methods.objective.step_loss``,
+``ncil.evaluate.predict``, ``ncil.data.augment``) on the synthetic tasks of ``ncil.synthetic`` with a tiny
+ViT, so the whole file takes well under a minute plus one ``torch.compile``. Stated tolerances:
+
+* bf16 autocast against fp32 (the same weights and batch): one training step's loss within 2% (relative),
+  and held-out predictions of a trained model agreeing on at least 98% of the images;
+* ``runtime.compile``: every epoch's mean loss within 2% of the eager run's;
+* determinism: two runs give bit-identical checkpoints and centers with the settings of a deterministic
+  run on CUDA: ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` in the environment before the first cuBLAS call
+  (set below, at import, which pytest does before running any test), ``torch.use_deterministic_algorithms(True)``
+  (``ncil.runtime.setup`` sets it for every task) and ``torch.backends.cudnn.benchmark`` off (torch's
+  default). Their cost is measured by ``scripts/gpu_check.py`` (its "deterministic off" row).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import warnings
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # noqa: E402 (before torch creates a cuBLAS handle)
+
+import numpy as np
+import pytest
+import torch
+
+from ncil import evaluate, plainconf, runtime, synthetic, train
+from ncil.config import parse_params
+from ncil.data import augment
+from ncil.methods.objective import OldKnowledge, step_loss
+from ncil.models.network import load_network
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+TINY_MODEL = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0,
+              "drop_path": 0.0}
+N_OLD, N_NEW, PER_CLASS = 4, 4, 32  # 128 training images: 4 steps of 32 per epoch
+LOSS_RTOL = 0.02
+AGREEMENT = 0.98
+DEVICE = "cuda"  # the helpers take it from here (a CPU dry run of the plumbing sets it to "cpu")
+
+
+def tiny_params(method: str = "ours", compile_: bool = False, epochs: int = 3):
+    data = plainconf.compose_params("cifar100", "vit_paper", "paper", method, overrides={
+        "model": TINY_MODEL, "train": {"epochs": epochs, "batch_size": 32, "lr_step": 0},
+        "runtime": {"device": DEVICE, "threads": 1, "compile": compile_}})
+    return parse_params(data, source="tests/test_gpu.py")
+
+
+def train_tiny(p, method: str = "ours", seed: int = 1):
+    """(checkpoint payload, centers rows, previous payload, previous centers) of the synthetic task 1."""
+    job, split, previous, centers = synthetic.incremental_task(p, method, N_OLD, N_NEW, PER_CLASS, seed)
+    log = logging.getLogger("ncil.test_gpu")
+    log.handlers[:] = [logging.NullHandler()]
+    log.propagate = False
+    payload, rows = train.train_task(p, job, split, previous, centers, log)
+    return payload, rows, previous, centers
+
+
+def test_autocast_training_is_finite_and_matches_fp32():
+    p = tiny_params("ours")
+    payload, _, previous, centers = train_tiny(p)  # trained under bf16 autocast (ncil.runtime.autocast on CUDA)
+    losses = [h["loss"] for h in payload["history"]]
+    assert all(math.isfinite(v) for v in losses), losses
+    assert all(torch.isfinite(v).all() for v in payload["model"].values() if v.is_floating_point())
+
+    # One step of the full objective on the same weights, batch and random draws: bf16 against fp32.
+    device = torch.device(DEVICE)
+    net = load_network(p.model, 3, payload["model"]).to(device).eval()  # eval: no drop-path draws
+    teacher = load_network(p.model, 3, previous["model"]).to(device).eval().requires_grad_(False)
+    old = OldKnowledge(teacher=teacher, centers=torch.from_numpy(centers["center"]).to(device), radius=1.0)
+    pr_centers = torch.cat([old.centers, torch.randn(N_NEW, p.model.embed_dim, device=device)])
+    x = torch.randn(16, 3, 32, 32, device=device)
+    y = torch.arange(16, device=device) % N_NEW + N_OLD
+
+    def loss(autocast: bool) -> float:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(3)
+        with runtime.autocast(device) if autocast else contextlib.nullcontext():
+            value, *_ = step_loss(net, x, y, p.method["ours"], old, pr_centers, generator)
+        return float(value.detach())
+
+    bf16, fp32 = loss(True), loss(False)
+    assert math.isfinite(bf16) and abs(bf16 - fp32) <= LOSS_RTOL * abs(fp32), (bf16, fp32)
+
+    # Evaluation: a model that has learned the task (plain CE, more epochs) predicts the same under both.
+    pf = tiny_params("finetune", epochs=8)
+    trained, *_ = train_tiny(pf, "finetune")
+    net = load_network(pf.model, 3, trained["model"]).to(device)
+    test = synthetic.held_out(pf, N_OLD, N_NEW, 64)
+    args = (net, test.images, pf.dataset.mean, pf.dataset.std, 256, device)
+    with_amp = evaluate.predict(*args)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runtime, "autocast", lambda _device: contextlib.nullcontext())
+        without = evaluate.predict(*args)
+    agreement = float(np.mean(with_amp == without))
+    accuracy = float(np.mean(without == test.labels))  # incremental label = original id here (order 0..n-1)
+    assert agreement >= AGREEMENT, (agreement, accuracy)
+    assert accuracy > 1.0 / (N_OLD + N_NEW), accuracy  # the model learned something: not a comparison of ties
+
+
+SPECS = {
+    "cifar100": augment.AugmentSpec(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), crop_padding=4, hflip=True,
+                                    brightness=63 / 255),
+    "strong jitter": augment.AugmentSpec(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), crop_padding=4, hflip=True,
+                                         brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4),
+    "mean fill": augment.AugmentSpec(mean=(0.5, 0.4, 0.3), std=(0.25, 0.25, 0.25), crop_padding=2,
+                                     crop_fill="mean"),
+    "imagenet_subset": augment.AugmentSpec(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), hflip=True,
+                                           resized_crop=48),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_batched_augmentation_on_cuda_is_seeded(name):
+    spec = SPECS[name]
+    side = 48 if spec.resized_crop else 32
+    x = torch.randint(0, 256, (64, 3, side, side), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(0)).cuda()
+    global_state = torch.cuda.get_rng_state()
+
+    def view(seed: int) -> torch.Tensor:
+        generator = torch.Generator(device="cuda")
+        generator.manual_seed(seed)
+        return augment.augment_batch(x, spec, generator)
+
+    first, second, other = view(5), view(5), view(6)
+    assert first.device.type == "cuda" and first.dtype == torch.float32 and first.shape == (64, 3, side, side)
+    assert torch.equal(first, second)  # identical batches from the same seed
+    assert not torch.equal(first, other)  # the draws come from the generator ...
+    assert torch.equal(global_state, torch.cuda.get_rng_state())  # ... and never from CUDA's global one
+
+
+def test_two_gpu_runs_give_bit_identical_checkpoints():
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (":4096:8", ":16:8")
+    p = tiny_params("ours")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runs = [train_tiny(p)[:2] for _ in range(2)]
+    assert torch.are_deterministic_algorithms_enabled()  # ncil.runtime.setup turned them on
+    assert not torch.backends.cudnn.benchmark
+    nondeterministic = sorted({str(w.message)[:200] for w in caught if "determinis" in str(w.message)})
+    (a, a_rows), (b, b_rows) = runs
+    differing = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    assert not differing, f"tensors differ between two runs: {differing}; nondeterministic ops: {nondeterministic}"
+    assert a["history"] == b["history"]
+    for key in a_rows:
+        assert np.array_equal(a_rows[key], b_rows[key]), key
+
+
+def test_compile_trains_to_the_same_loss():
+    eager, *_ = train_tiny(tiny_params("ours", compile_=False))
+    compiled, *_ = train_tiny(tiny_params("ours", compile_=True))
+    for e, c in zip(eager["history"], compiled["history"], strict=True):
+        assert math.isfinite(c["loss"]) and abs(c["loss"] - e["loss"]) <= LOSS_RTOL * abs(e["loss"]), (e, c)
