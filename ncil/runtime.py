@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import random
 
 import numpy as np
@@ -50,8 +51,12 @@ def setup(runtime: RuntimeConfig, seed: int, task: int) -> tuple[torch.device, t
     random.seed(py_seed)
     np.random.seed(np_seed)
     torch.manual_seed(torch_seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
     device = resolve_device(runtime.device)
+    if device.type == "cuda":
+        # cuBLAS is deterministic only with a fixed workspace (read when its first handle is made);
+        # a value the user set wins. See CUDA's "Results reproducibility" notes for cuBLAS.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
     generator = torch.Generator(device=device)
     generator.manual_seed(data_seed)
     return device, generator
