@@ -70,8 +70,8 @@ def platform_record(cpuinfo: str, machine: str, torch_version: str, torch_cuda: 
         "cpu_model": info.get("model", ""),
         "cpu_name": info.get("model name", processor),
         "cpu_flags": sorted(set(info.get("flags", "").split()) & set(CPU_FLAGS)),
-        "torch": torch_version,
-        "torch_cuda": torch_cuda or "none",
+        "torch": str(torch_version),  # torch.__version__ is a str subclass that weights_only loads refuse
+        "torch_cuda": str(torch_cuda or "none"),
         "torch_cpu_capability": cpu_capability,
     }
     if cuda_device is not None:
