@@ -122,6 +122,6 @@ def run_resume_state(p, args: Args) -> None:
         f"{args.classes}-class head, Adam moments), save {save['save_s']:.3f} s fastest / "
         f"{save['save_median_s']:.3f} s median of {args.saves} on {save['device']}; one epoch = {steps} steps of "
         f"{batch} images at {step['step_ms']:.1f} ms/step ({p.runtime.threads} thread(s), fastest of "
-        f"{args.steps}) = {epoch_s:.1f} s; a save per epoch costs {100 * save['save_s'] / epoch_s:.2f}% of an epoch "
-        f"(median {100 * save['save_median_s'] / epoch_s:.2f}%)"
+        f"{args.steps}) = {epoch_s:.1f} s; a save per epoch costs {100 * save['save_s'] / epoch_s:.3g}% of an epoch "
+        f"(median {100 * save['save_median_s'] / epoch_s:.3g}%)"
     )
