@@ -116,6 +116,7 @@ class RuntimeConfig:
     gpus_per_job: int = 0  # Snakemake `gpu` resource each training job claims
     compile: bool = False  # torch.compile the backbone for training (slow to start; pays off on a GPU)
     numerics: str = "native"  # native (fastest kernels of this CPU) or portable (ncil.numerics: same bits on every x86 CPU type)
+    resume_every: int = 1  # epochs between saves of a training task's resumable state (ncil.resume); 0 = off
 
 
 @dataclass(frozen=True)
@@ -327,6 +328,7 @@ def _validate(p: Params, source: str) -> None:
     if p.runtime.threads < 1:
         raise _fail(source, "runtime.threads", f"expected a positive integer, got {p.runtime.threads}")
     _at_least_zero(source, "runtime.gpus_per_job", p.runtime.gpus_per_job, "a GPU count")
+    _at_least_zero(source, "runtime.resume_every", p.runtime.resume_every, "a number of epochs (0 = off)")
     if p.runtime.numerics not in NUMERICS:
         raise _fail(source, "runtime.numerics", f"expected one of {', '.join(NUMERICS)}, got {p.runtime.numerics!r}")
     if not (p.runtime.device in ("auto", "cpu", "cuda") or p.runtime.device.startswith("cuda:")):

@@ -7,12 +7,13 @@ centers) and returns the new checkpoint payload and centers rows; only the CLI t
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ncil import optim, runtime
+from ncil import optim, resume, runtime
 from ncil.config import BASE_RECIPE_FIELDS, MethodConfig, Params, to_dict
 from ncil.data import arrays, augment
 from ncil.data.scenario import remap_labels
@@ -20,6 +21,9 @@ from ncil.methods.objective import OldKnowledge, needs_teacher, rotations, step_
 from ncil.methods.prototypes import class_centers, gaussian_radius, global_radius
 from ncil.models.network import IncrementalNet, build_network, load_network
 from ncil.progress import EpochProgress
+
+
+EPOCH_COUNTERS = ("seen", "loss_sum", "correct")  # EpochProgress's running sums inside an epoch
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,15 @@ def train_task(
     previous: dict | None,
     previous_centers: dict | None,
     logger: logging.Logger,
+    plan: resume.Plan | None = None,
 ) -> tuple[dict, dict]:
-    """Train task ``job.task``; return (checkpoint payload, centers rows)."""
+    """Train task ``job.task``; return (checkpoint payload, centers rows).
+
+    ``plan`` (``ncil.resume``): a state to resume from, how to save one (every ``plan.every`` epochs
+    and when ``plan.stop_requested()``, after which ``resume.Preempted`` is raised). Resumed or not,
+    the payload and rows are the same bytes.
+    """
+    plan = plan or resume.Plan()
     device, generator = runtime.setup(p.runtime, job.seed, job.task)
     method = job.method
     rot = rotations(method)
@@ -127,18 +138,61 @@ def train_task(
     optimizer, scheduler = optim.build_optimizer(net.parameters(), recipe)
 
     # 4. Epochs. PR's class centers mu (Eq. 4): stored ones for old classes, the model's for new ones.
+    #    A resumed task first takes the saved weights, optimiser, schedule and random streams; a state
+    #    saved inside epoch e draws e's data order again from the data generator's state at e's start,
+    #    then continues from the saved generator state at step s (ncil.resume).
     steps = -(-len(y_all) // p.train.batch_size)
     progress = EpochProgress(logger, f"task {job.task}", recipe.epochs, steps)
     history = []
     pr_centers = None
-    for epoch in range(recipe.epochs):
-        if old is not None and method.pr > 0 and (epoch == 0 or method.pr_centers == "epoch"):
+    state, start = plan.state, resume.Position(0, 0)
+    if state is not None:
+        resume.check_position(plan.path, state, recipe.epochs, steps)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        # Keys interned as the code's own literals: pickle writes a string once per object, so keys
+        # unpickled from the state would add bytes to the checkpoint that an uninterrupted run has not.
+        history = [{sys.intern(k): v for k, v in h.items()} for h in state["history"]]
+        pr_centers = state["pr_centers"].to(device) if state["pr_centers"] is not None else None
+        resume.restore_random(state["random"], generator, device)
+        start = resume.Position(state["epoch"], state["step"])
+        logger.info("task %d: resuming from %s after %s", job.task, plan.path,
+                    resume.describe_position(start.epoch, start.step, steps))
+
+    def stop(position: resume.Position, epoch_generator, counters: dict | None, saved: bool = False):
+        """Save the state at ``position`` (unless ``saved``) and raise ``resume.Preempted``."""
+        if plan.save is None:
+            raise resume.Preempted(position.epoch, position.step, steps, job.task, saved=False)
+        if not saved:
+            save(position, epoch_generator, counters)
+        raise resume.Preempted(position.epoch, position.step, steps, job.task)
+
+    def save(position: resume.Position, epoch_generator, counters: dict | None) -> None:
+        plan.save(resume.capture(position, net, optimizer, scheduler, generator, epoch_generator, device,
+                                 pr_centers, history, {"steps_per_epoch": steps, **(counters or {})}))
+
+    if plan.stop_requested():  # before the first step: the state on disk (if any) is this very position
+        raise resume.Preempted(start.epoch, start.step, steps, job.task, saved=state is not None)
+    for epoch in range(start.epoch, recipe.epochs):
+        inside = state is not None and epoch == start.epoch and start.step > 0  # resumed inside this epoch
+        if not inside and old is not None and method.pr > 0 and (epoch == 0 or method.pr_centers == "epoch"):
             features = extract_features(net, x_new, p.train.eval_batch_size, device, p.dataset.mean, p.dataset.std)
             pr_centers = torch.cat([old.centers, class_centers(features, torch.from_numpy(new_labels))[1].to(device)])
         net.train()
         progress.start_epoch()
-        for idx in arrays.batches(len(y_all), p.train.batch_size, torch_cpu_generator(generator)):
-            idx = idx.to(device)
+        if inside:
+            generator.set_state(state["random"]["data_epoch_start"])
+        epoch_generator = generator.get_state()  # before the epoch's data order is drawn
+        order = list(arrays.batches(len(y_all), p.train.batch_size, torch_cpu_generator(generator)))
+        first = 0
+        if inside:
+            generator.set_state(state["random"]["data"])
+            progress.seen, progress.loss_sum, progress.correct = (state["counters"][k] for k in EPOCH_COUNTERS)
+            first = start.step
+        for step in range(first, steps):
+            idx = order[step].to(device)
             x = augment.augment_batch(x_all.index_select(0, idx), augment_spec, generator)  # (B, C, H, W) float32
             with runtime.autocast(device):
                 loss, terms, logits, targets = step_loss(net, x, y_all[idx], method, old, pr_centers, generator)
@@ -146,9 +200,18 @@ def train_task(
             loss.backward()
             optimizer.step()
             progress.step(float(loss.detach()), len(targets), int((logits.argmax(1) == targets).sum()))
+            if step + 1 < steps and plan.stop_requested():
+                stop(resume.Position(epoch, step + 1), epoch_generator,
+                     {k: getattr(progress, k) for k in EPOCH_COUNTERS})
         history.append(progress.end_epoch(epoch, optimizer.param_groups[0]["lr"]))
         if scheduler is not None:
             scheduler.step()
+        done, saved = epoch + 1, False
+        if plan.save is not None and plan.every and done % plan.every == 0 and done < recipe.epochs:
+            save(resume.Position(done, 0), generator.get_state(), None)
+            saved = True
+        if plan.stop_requested():
+            stop(resume.Position(done, 0), generator.get_state(), None, saved=saved)
     progress.close()
 
     # 5. Class centers and spreads of the new classes (eval mode, no augmentation), after task t-1's rows.

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +32,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's ncil package
 from ncil import io  # noqa: E402
+from ncil.provenance import CPU_PLATFORM_KEYS as PLATFORM_KEYS  # noqa: E402
+from ncil.provenance import current_platform, same_platform  # noqa: E402
 
 
 def targets(params_file: Path, seed: int) -> list[str]:
@@ -54,50 +55,10 @@ def file_md5(path: Path) -> str:
 
 PLATFORM_FILE = Path("results/platform.json")
 
-# The fields of a platform record that decide floating-point results (the rest is for people).
-PLATFORM_KEYS = ("machine", "cpu_vendor", "cpu_family", "cpu_model", "torch", "torch_cpu_capability")
-
-
-def _cpuinfo() -> dict[str, str]:
-    """The first processor's fields of /proc/cpuinfo (empty where there is no such file)."""
-    fields: dict[str, str] = {}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return fields
-    for line in text.splitlines():
-        if not line.strip():
-            break
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-    return fields
-
-
-def current_platform() -> dict:
-    """This machine as far as it decides the numbers: CPU type and instruction set, torch build."""
-    import torch
-
-    info = _cpuinfo()
-    flags = set(info.get("flags", "").split())
-    return {
-        "machine": platform.machine(),
-        "cpu_vendor": info.get("vendor_id", ""),
-        "cpu_family": info.get("cpu family", ""),
-        "cpu_model": info.get("model", ""),
-        "cpu_name": info.get("model name", platform.processor()),
-        "cpu_flags": sorted(flags & {"avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"}),
-        "torch": torch.__version__,
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
-
 
 def recorded_platform(path: Path | None) -> dict | None:
     """The platform record at ``path``, or None where there is none."""
     return io.read_json(path, "platform record") if path is not None and path.is_file() else None
-
-
-def same_platform(a: dict, b: dict) -> bool:
-    return all(a.get(k) == b.get(k) for k in PLATFORM_KEYS)
 
 
 def _describe(p: dict) -> str:

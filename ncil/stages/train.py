@@ -4,11 +4,19 @@ Before any data is loaded, the command is checked: no output is an input (or the
 the outputs can be written, and for task t >= 1 the previous checkpoint is task t-1 of this very run
 (data set, class order, seen classes, seed, method or base recipe, model) and its centers belong to
 it. The loop itself is ``ncil.train.train_task``.
+
+Preemption (``ncil.resume``): the task's resumable state ``resume.pt`` beside the checkpoint is saved
+every ``runtime.resume_every`` epochs and on SIGTERM (then the job exits with ``PREEMPTED_EXIT``, 143);
+a rerun resumes from it, refuses one of another configuration or a damaged one, and removes it once
+the outputs are written. ``platform.json`` beside the checkpoint records the platform that trained it
+(``ncil.provenance.current_platform``) and the checkpoint's SHA-256: removed before training, written
+after the checkpoint, outside the DVC-tracked bytes.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,12 +128,35 @@ def check_previous(previous: dict, job, p, expected_method: str, prev_file: str,
                 "not task t-1 of this run")
 
 
+PLATFORM_NAME = "platform.json"  # the sidecar beside model.pt
+
+
+def platform_path(checkpoint: str) -> Path:
+    return Path(checkpoint).with_name(PLATFORM_NAME)
+
+
+def platform_sidecar(platform: dict, checkpoint: str, checkpoint_sha256: str, earlier: list[dict]) -> dict:
+    """What platform.json holds (pure): the platform, the checkpoint it produced and that file's SHA-256;
+    ``earlier``: the platforms of earlier parts of a resumed task that round differently (omitted if none)."""
+    record = {"platform": platform, "checkpoint": Path(checkpoint).name, "checkpoint_sha256": checkpoint_sha256}
+    if earlier:
+        record["resumed_from_platforms"] = earlier
+    return record
+
+
+def _stop_flag(p):
+    """The SIGTERM flag (installed only when the state is saved at all: runtime.resume_every > 0)."""
+    from ncil import resume
+
+    return resume.StopFlag().install() if p.runtime.resume_every > 0 else None
+
+
 def run(args: Args) -> None:
-    from ncil import io
+    from ncil import io, provenance, resume, runtime
     from ncil.data.arrays import load_split
     from ncil.progress import logger
     from ncil.stages.split import read_split
-    from ncil.train import train_task
+    from ncil.train import run_config_snapshot, train_task
 
     check_paths(args)
     p, _ = common.load_params(args.params)
@@ -136,6 +167,7 @@ def run(args: Args) -> None:
     job = make_job(p, split, args.task, args.seed, args.method, method, args.split)
     log = logger()
     log.info("train %s task %d (method %s, seed %d)", args.split, args.task, args.method, args.seed)
+    flag = _stop_flag(p)  # from here on SIGTERM is a request to save and stop at the next step boundary
     previous = previous_centers = None
     if args.task:
         previous = io.load_checkpoint(args.prev_checkpoint, args.prev_centers)  # also checks the pair
@@ -143,11 +175,47 @@ def run(args: Args) -> None:
         check_previous(previous, job, p, expected_method, args.prev_checkpoint, args.split)
         previous_centers = io.read_centers(args.prev_centers)
     io.ensure_writable(args.checkpoint, args.centers)  # before the data loads and the training starts
+
+    # The resumable state: checked whole and against this job before the data loads.
+    device = runtime.resolve_device(p.runtime.device)
+    state_file = resume.state_path(args.checkpoint)
+    identity = resume.identity(run_config_snapshot(p, job), job.identity, job.task, device.type,
+                               io.sha256_file(args.prev_checkpoint) if args.task else None,
+                               job.class_order, job.tasks)
+    state = resume.load(state_file, identity)
+    here = provenance.current_platform(device, p.runtime.numerics)
+    platforms = list(state.pop("platforms", [])) if state is not None else []
+    earlier = [q for q in platforms if not provenance.same_platform(q, here)]
+    if earlier:
+        log.warning("%s was saved on another platform (%s %s, %s): the resumed checkpoint equals neither "
+                    "platform's uninterrupted run", state_file, earlier[-1].get("cpu_vendor"),
+                    earlier[-1].get("cpu_name"), earlier[-1].get("torch_cpu_capability"))
+    if not any(provenance.same_platform(q, here) for q in platforms):
+        platforms.append(here)
+
+    def save_state(progress: dict) -> None:
+        resume.save(state_file, identity, {**progress, "platforms": platforms})
+
+    plan = resume.Plan(path=state_file, state=state, save=save_state if flag is not None else None,
+                       every=p.runtime.resume_every, stop_requested=flag if flag is not None else resume.never)
+    platform_path(args.checkpoint).unlink(missing_ok=True)
     train_data = load_split(p.dataset.name, "train")
-    payload, centers = train_task(p, job, train_data, previous, previous_centers, log)
+    try:
+        payload, centers = train_task(p, job, train_data, previous, previous_centers, log, plan)
+    except resume.Preempted as stop:
+        where = resume.describe_position(stop.epoch, stop.step, stop.steps)
+        line = (f"preempted: state saved at {where} of task {stop.task} ({state_file}); rerun to resume" if stop.saved
+                else f"preempted: before the first step of task {stop.task}, nothing to save; rerun to train it")
+        log.warning("%s", line)
+        if sys.stderr.isatty():  # elsewhere the logger already wrote it to stderr
+            print(line, file=sys.stderr)
+        raise SystemExit(resume.PREEMPTED_EXIT) from None
     # The checkpoint goes last and records the centers' hash: a job killed between the two writes
     # leaves no checkpoint, so the pair never looks complete with one old and one new file.
     Path(args.checkpoint).unlink(missing_ok=True)
     io.write_centers(args.centers, centers, task=args.task, feature_dim=centers["center"].shape[1])
     io.save_checkpoint(args.checkpoint, payload, centers_file=args.centers)
+    io.write_json(platform_path(args.checkpoint),
+                  platform_sidecar(here, args.checkpoint, io.sha256_file(args.checkpoint), earlier))
+    resume.remove(state_file)  # the task is complete: its outputs supersede the state
     log.info("wrote %s and %s", args.checkpoint, args.centers)
