@@ -189,7 +189,8 @@ import torch
 from ncil import io, resume
 
 path = sys.argv[1]
-resume.save(path, {"task": 0}, {"epoch": 1, "weights": torch.arange(1000.0)})  # the previous state
+FIELDS = dict.fromkeys(resume.PROGRESS_KEYS, 0)  # every field a state must have; values are not checked here
+resume.save(path, {"task": 0}, {**FIELDS, "epoch": 1, "weights": torch.arange(1000.0)})  # the previous state
 real = io._write_all
 
 
@@ -200,8 +201,13 @@ def half_then_wait(tmp, data):
 
 
 io._write_all = half_then_wait
-resume.save(path, {"task": 0}, {"epoch": 2, "weights": torch.zeros(1000)})
+resume.save(path, {"task": 0}, {**FIELDS, "epoch": 2, "weights": torch.zeros(1000)})
 """
+
+
+def _fields() -> dict:
+    """Every field a resumable state must have (``resume.load`` refuses one without them)."""
+    return dict.fromkeys(resume.PROGRESS_KEYS, 0)
 
 
 def test_a_kill_inside_the_state_write_leaves_the_previous_state_usable(tmp_path):
@@ -217,13 +223,13 @@ def test_a_kill_inside_the_state_write_leaves_the_previous_state_usable(tmp_path
     assert len(strays) == 1 and strays[0].startswith(".resume.pt.")  # the half-written second state
     progress = resume.load(path, {"task": 0})
     assert progress["epoch"] == 1 and torch.equal(progress["weights"], torch.arange(1000.0))
-    resume.save(path, {"task": 0}, {"epoch": 2})  # the next save removes the dead writer's temporary
+    resume.save(path, {"task": 0}, {**_fields(), "epoch": 2})  # the next save removes the dead writer's temporary
     assert sorted(q.name for q in tmp_path.iterdir()) == ["resume.pt"]
 
 
 def test_a_damaged_state_is_refused_naming_it(tmp_path):
     path = tmp_path / "resume.pt"
-    resume.save(path, {"task": 0}, {"epoch": 1, "weights": torch.arange(4096.0)})
+    resume.save(path, {"task": 0}, {**_fields(), "epoch": 1, "weights": torch.arange(4096.0)})
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(io.ArtifactError, match=rf"^{path}: corrupt or truncated resumable state .*delete it \(rm {path}\)"):
