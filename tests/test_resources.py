@@ -80,8 +80,8 @@ def test_cpu_device_asks_for_no_gpu_and_uses_threads(cifar_gpu):
     cpu = dataclasses.replace(cifar_gpu, runtime=dataclasses.replace(cifar_gpu.runtime, device="cpu", threads=8))
     req = res.train(cpu, cpu.method["ours"], 50, 10, 0)
     assert (req.cpus, req.gpus) == (8, 0)
-    # 1.533e17 FLOP / (8 x 2e9) = 9.58e6 s + 60 s -> x 2 / 60 -> 319,307 min; memory: CPU base 1200 MB
-    assert req.runtime == 319_307
+    # 1.5327e17 FLOP / (8 x 2e9) = 9,579,099 s + 60 s -> x 2 / 60 = 319,305.3 -> 319,306 min; CPU base 1200 MB
+    assert req.runtime == 319_306
     assert req.mem_mb == 1792
     auto = dataclasses.replace(cifar_gpu, runtime=dataclasses.replace(cifar_gpu.runtime, device="auto", gpus_per_job=0))
     assert res.gpus(auto) == 0 and res.device_kind(auto) == "cpu"
