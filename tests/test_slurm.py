@@ -92,7 +92,7 @@ def slurm_env(conf: str) -> dict:
 
 def snakemake_slurm(project: Path, conf: str, *targets: str, check: bool = True) -> subprocess.CompletedProcess:
     cores = str(min(os.cpu_count() or 1, 8))  # a group job must fit the node (profiles/slurm: cores)
-    cmd = ["snakemake", "--executor", "slurm", "--workflow-profile", "profiles/slurm", "--cores", cores, *targets]
+    cmd = ["snakemake", "--executor", "slurm", "--workflow-profile", "profiles/slurm", "--cores", cores, "--verbose", *targets]
     proc = subprocess.run(cmd, cwd=project, env=slurm_env(conf), capture_output=True, text=True, timeout=SLURM_TIMEOUT)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
@@ -110,8 +110,10 @@ def test_tiny_grid_on_slurm_is_byte_identical_to_a_local_run(cluster, tmp_path):
     assert len(expected) > 20  # data, 2 splits, 7 checkpoints + centers, evaluations, metrics, tables, figures
     assert set(got) == set(expected), f"files differ: {sorted(set(got) ^ set(expected))}"
     assert [f for f in expected if got[f] != expected[f]] == []
-    # the GPU rules went to the gpu partition, the rest to cpu; job logs are kept (also on success)
-    assert re.search(r"sbatch .*-p gpu", log) or "--partition gpu" in log or "-p gpu" in log
+    # GPU rules went to the gpu partition, grouped CPU steps to cpu, with a time limit (`--verbose`
+    # logs each sbatch call); job logs are kept (also on success) under logs/slurm/
+    assert re.search(r"sbatch call: .*rule_train_base.* -p gpu -t \d+ --mem \d+ --requeue", log)
+    assert re.search(r"sbatch call: .*group_setup.* -p cpu -t \d+ --mem \d+", log)
     kept = list((remote / "logs" / "slurm").rglob("*.log"))
     assert any("train_base" in str(p) for p in kept) and any("group_report" in str(p) for p in kept)
     # small steps were grouped: fewer sbatch calls than jobs
