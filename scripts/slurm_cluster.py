@@ -226,6 +226,9 @@ def stop(d: Path) -> list[str]:
                 os.kill(pid, signal.SIGKILL)
             stopped.append(f"{name} {pid}")
     (d / "pids.json").unlink(missing_ok=True)
+    cache = Path("/run/slurm/conf")  # configless slurmd's link to its config cache in d
+    if cache.is_symlink() and Path(os.readlink(cache)).is_relative_to(d):
+        cache.unlink()
     return stopped
 
 
