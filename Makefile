@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: reproduce test test-fast lint verify costs gpu-check check-reproduction check-reproduction-seed lock clean-venv
+.PHONY: reproduce test test-fast test-slurm lint verify costs gpu-check check-reproduction check-reproduction-seed lock clean-venv
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: $(BIN)/.installed
 
 test-fast: $(BIN)/.installed
 	python -m pytest -v -m "not slow"
+
+# profiles/slurm on a one-node SLURM started here (scripts/slurm_cluster.py: root installs slurm-wlm and
+# munge with apt-get); the tiny grid must come out byte-identical to a local run. Skips, saying why, without SLURM.
+test-slurm: $(BIN)/.installed
+	python -m pytest -v -m slurm tests/test_slurm.py
 
 # Recompute every number in results/ (metrics from evaluations, tables and figure data from metrics);
 # exits non-zero naming the first mismatch (file, row, column, expected, found).

@@ -12,6 +12,7 @@ import sys
 import yaml
 
 from ncil import grid, paths
+from ncil import resources as res
 from ncil.config import ConfigError, parse_params
 from ncil.workflow import code_deps, figure4_run, lookup_params, param_keys, raw_inputs, section_dataset, table_sections
 
@@ -231,3 +232,64 @@ def paper_table(table):
     report/<table>.rst (relative to rules/, where the rule is)."""
     return report(paths.paper_table_files(table)[0], caption=f"../report/{table}.rst", category="Paper tables",
                   labels={"table": table})
+
+
+# --- Scheduler requests (ncil/resources.py): threads, mem_mb (MB), runtime (minutes), gpu -------------
+# What a cluster job asks for (profiles/slurm sends them as --cpus-per-task, --mem, -t, --gpus); no
+# command or output depends on them. Override per rule without editing code:
+#     snakemake --set-resources train:runtime=720 train:mem_mb=16000 --set-threads train=8
+_PARSED = {}
+
+
+def parsed_params(wildcards):
+    """The typed params (ncil.config.Params) of a job's grid, parsed once per grid."""
+    path, data = grid_params(wildcards)
+    if path not in _PARSED:
+        _PARSED[path] = parse_params(data, path)
+    return _PARSED[path]
+
+
+def method_of_recipe(params, recipe):
+    """A method of the grid whose task 0 is base recipe ``recipe`` (they share task 0, hence its cost)."""
+    for method in params.method.values():
+        if method.base_recipe == recipe:
+            return method
+    raise ValueError(f"base recipe {recipe!r}: no method of the grid has it")
+
+
+def job_request(wildcards, rule, attempt=1):
+    """ncil.resources' request (cpus, mem_mb, runtime, gpus) of one job of ``rule``."""
+    params = parsed_params(wildcards)
+    if rule == "train_base":
+        method = method_of_recipe(params, wildcards.recipe)
+        return res.train(params, method, int(wildcards.initial), 0, 0, attempt)
+    if rule in ("train", "evaluate"):
+        run = this_run(wildcards)
+        method = params.method[run.method]
+        if rule == "train":
+            return res.train(params, method, run.initial, run.increment, int(wildcards.task), attempt)
+        return res.evaluate(params, method, run.initial, run.increment, run.n_tasks, attempt)
+    if rule == "prepare":
+        return res.prepare(params, attempt)
+    if rule.startswith("figure4"):
+        return res.figure4(params, attempt)
+    return res.small(rule, attempt)
+
+
+def job_threads(rule):
+    """Threads of a job (its --cpus-per-task): runtime.threads of its grid for train and evaluate."""
+    return lambda wildcards: job_request(wildcards, rule).cpus
+
+
+def job_mem_mb(rule):
+    return lambda wildcards, attempt: job_request(wildcards, rule, attempt).mem_mb
+
+
+def job_runtime(rule):
+    """Minutes; a retried job (attempt 2, 3) gets 2x, 3x the limit, so a timed-out task can finish."""
+    return lambda wildcards, attempt: job_request(wildcards, rule, attempt).runtime
+
+
+def job_gpus(rule):
+    """runtime.gpus_per_job of the grid, 0 when runtime.device is cpu (SLURM's --gpus)."""
+    return lambda wildcards: job_request(wildcards, rule).gpus

@@ -19,6 +19,8 @@ rule prepare:
     threads: 1
     resources:
         gpu=0,
+        mem_mb=job_mem_mb("prepare"),
+        runtime=job_runtime("prepare"),
     conda:
         "../envs/ncil.yaml"
     shell:
@@ -43,6 +45,8 @@ rule split:
     threads: 1
     resources:
         gpu=0,
+        mem_mb=job_mem_mb("split"),
+        runtime=job_runtime("split"),
     conda:
         "../envs/ncil.yaml"
     shell:

@@ -23,6 +23,8 @@ rule summarize:
     threads: 1
     resources:
         gpu=0,
+        mem_mb=job_mem_mb("summarize"),
+        runtime=job_runtime("summarize"),
     conda:
         "../envs/ncil.yaml"
     shell:
@@ -50,6 +52,8 @@ rule results_table:
     threads: 1
     resources:
         gpu=0,
+        mem_mb=job_mem_mb("results_table"),
+        runtime=job_runtime("results_table"),
     conda:
         "../envs/ncil.yaml"
     shell:
@@ -82,6 +86,8 @@ rule paper_sections:
     threads: 1
     resources:
         gpu=0,
+        mem_mb=job_mem_mb("paper_sections"),
+        runtime=job_runtime("paper_sections"),
     conda:
         "../envs/ncil.yaml"
     shell:
@@ -113,6 +119,8 @@ rule paper_tables:
     threads: 1
     resources:
         gpu=0,
+        mem_mb=job_mem_mb("paper_tables"),
+        runtime=job_runtime("paper_tables"),
     conda:
         "../envs/ncil.yaml"
     shell:
@@ -147,6 +155,8 @@ for FIG_DATASET, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
         threads: 1
         resources:
             gpu=0,
+            mem_mb=job_mem_mb(f"figures{FIG_SUFFIX}"),
+            runtime=job_runtime(f"figures{FIG_SUFFIX}"),
         conda:
             "../envs/ncil.yaml"
         shell:
@@ -179,6 +189,8 @@ for FIG_DATASET, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
             threads: 1
             resources:
                 gpu=0,
+                mem_mb=job_mem_mb(f"figure4{FIG_SUFFIX}"),
+                runtime=job_runtime(f"figure4{FIG_SUFFIX}"),
             conda:
                 "../envs/ncil.yaml"
             shell:
@@ -207,6 +219,8 @@ rule costs:
     threads: 1
     resources:
         gpu=0,
+        mem_mb=job_mem_mb("costs"),
+        runtime=job_runtime("costs"),
     conda:
         "../envs/ncil.yaml"
     shell:

@@ -19,10 +19,11 @@ rule train_base:
         "logs/train/{dataset}/base{initial}/{recipe}/seed{seed}/task_0.log",
     benchmark:
         "benchmarks/train/{dataset}/base{initial}/{recipe}/seed{seed}/task_0.tsv"
-    threads: config["runtime"]["threads"]
+    threads: job_threads("train_base")
     resources:
-        gpu=config["runtime"]["gpus_per_job"],
-        mem_mb=2000,
+        gpu=job_gpus("train_base"),
+        mem_mb=job_mem_mb("train_base"),
+        runtime=job_runtime("train_base"),
     conda:
         "../envs/ncil.yaml"
     shell:
@@ -51,10 +52,11 @@ rule train:
         "logs/train/{dataset}/{setting}/{method}/seed{seed}/task_{task}.log",
     benchmark:
         "benchmarks/train/{dataset}/{setting}/{method}/seed{seed}/task_{task}.tsv"
-    threads: config["runtime"]["threads"]
+    threads: job_threads("train")
     resources:
-        gpu=config["runtime"]["gpus_per_job"],
-        mem_mb=2000,
+        gpu=job_gpus("train"),
+        mem_mb=job_mem_mb("train"),
+        runtime=job_runtime("train"),
     conda:
         "../envs/ncil.yaml"
     shell:
@@ -81,10 +83,11 @@ rule evaluate:
         "logs/evaluate/{dataset}/{setting}/{method}/seed{seed}.log",
     benchmark:
         "benchmarks/evaluate/{dataset}/{setting}/{method}/seed{seed}.tsv"
-    threads: config["runtime"]["threads"]
+    threads: job_threads("evaluate")
     resources:
-        gpu=config["runtime"]["gpus_per_job"],
-        mem_mb=2000,
+        gpu=job_gpus("evaluate"),
+        mem_mb=job_mem_mb("evaluate"),
+        runtime=job_runtime("evaluate"),
     conda:
         "../envs/ncil.yaml"
     shell:
