@@ -40,8 +40,18 @@ def init_repo(project: Path) -> Path:
 
 
 def tracked_bytes(project: Path) -> dict[str, bytes]:
-    return {str(f.relative_to(project)): f.read_bytes()
-            for top in ("runs", "data") for f in sorted((project / top).rglob("*")) if f.is_file()}
+    """Every file of runs/ and data/ that DVC tracks (dvc.lock's outputs; the untracked platform.json
+    sidecars beside the checkpoints are machine records, not artifacts)."""
+    from ncil import io
+
+    outs = {out["path"] for stage in io.read_yaml(project / "dvc.lock")["stages"].values() for out in stage.get("outs", [])}
+    files = {}
+    for top in ("runs", "data"):
+        for f in sorted((project / top).rglob("*")):
+            rel = f.relative_to(project).as_posix()
+            if f.is_file() and any(rel == o or rel.startswith(o.rstrip("/") + "/") for o in outs):
+                files[rel] = f.read_bytes()
+    return files
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +112,7 @@ def test_fresh_clone_reproduces_the_committed_lock(reproduced, tmp_path):
 @pytest.mark.slow
 def test_push_pull_round_trip(reproduced, tmp_path):
     before = tracked_bytes(reproduced)
+    assert sum(name.endswith("/model.pt") for name in before) == 7  # shared task 0 + 3 tasks x 2 methods
     dvc(reproduced, "remote", "add", "-f", "-d", "local", str(tmp_path / "remote"))
     dvc(reproduced, "push")
     for top in ("runs", "data", ".dvc/cache"):
