@@ -236,7 +236,7 @@ def paper_table(table):
 
 # --- Scheduler requests (ncil/resources.py): threads, mem_mb (MB), runtime (minutes), gpu -------------
 # What a cluster job asks for (profiles/slurm sends them as --cpus-per-task, --mem, -t, --gpus); no
-# command or output depends on them. Override per rule without editing code:
+# command or output depends on them. Override any of them without editing code:
 #     snakemake --set-resources train:runtime=720 train:mem_mb=16000 --set-threads train=8
 _PARSED = {}
 
@@ -257,39 +257,39 @@ def method_of_recipe(params, recipe):
     raise ValueError(f"base recipe {recipe!r}: no method of the grid has it")
 
 
-def job_request(wildcards, rule, attempt=1):
-    """ncil.resources' request (cpus, mem_mb, runtime, gpus) of one job of ``rule``."""
+def job_request(wildcards, rule_name, attempt=1):
+    """ncil.resources' request (cpus, mem_mb, runtime, gpus) of one job of the rule named ``rule_name``."""
     params = parsed_params(wildcards)
-    if rule == "train_base":
+    if rule_name == "train_base":
         method = method_of_recipe(params, wildcards.recipe)
         return res.train(params, method, int(wildcards.initial), 0, 0, attempt)
-    if rule in ("train", "evaluate"):
+    if rule_name in ("train", "evaluate"):
         run = this_run(wildcards)
         method = params.method[run.method]
-        if rule == "train":
+        if rule_name == "train":
             return res.train(params, method, run.initial, run.increment, int(wildcards.task), attempt)
         return res.evaluate(params, method, run.initial, run.increment, run.n_tasks, attempt)
-    if rule == "prepare":
+    if rule_name == "prepare":
         return res.prepare(params, attempt)
-    if rule.startswith("figure4"):
+    if rule_name.startswith("figure4"):
         return res.figure4(params, attempt)
-    return res.small(rule, attempt)
+    return res.small(rule_name, attempt)
 
 
-def job_threads(rule):
+def job_threads(rule_name):
     """Threads of a job (its --cpus-per-task): runtime.threads of its grid for train and evaluate."""
-    return lambda wildcards: job_request(wildcards, rule).cpus
+    return lambda wildcards: job_request(wildcards, rule_name).cpus
 
 
-def job_mem_mb(rule):
-    return lambda wildcards, attempt: job_request(wildcards, rule, attempt).mem_mb
+def job_mem_mb(rule_name):
+    return lambda wildcards, attempt: job_request(wildcards, rule_name, attempt).mem_mb
 
 
-def job_runtime(rule):
+def job_runtime(rule_name):
     """Minutes; a retried job (attempt 2, 3) gets 2x, 3x the limit, so a timed-out task can finish."""
-    return lambda wildcards, attempt: job_request(wildcards, rule, attempt).runtime
+    return lambda wildcards, attempt: job_request(wildcards, rule_name, attempt).runtime
 
 
-def job_gpus(rule):
+def job_gpus(rule_name):
     """runtime.gpus_per_job of the grid, 0 when runtime.device is cpu (SLURM's --gpus)."""
-    return lambda wildcards: job_request(wildcards, rule).gpus
+    return lambda wildcards: job_request(wildcards, rule_name).gpus
