@@ -16,6 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from statistics import mean
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's ncil package
+from ncil.costs import read_benchmark  # noqa: E402
+
 STAMP = re.compile(r"^\s*\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]")
 
 
@@ -61,7 +64,7 @@ def main(argv: list[str]) -> int:
         path = project / bench
         if not path.exists():
             continue
-        own = float(path.read_text().splitlines()[1].split("\t")[0])
+        own = read_benchmark(path.read_text(), str(path))["s"]  # the command's own wall time
         rows.append((rule, span, own, span - own))
     if not rows:
         print("no finished job with a benchmark file found", file=sys.stderr)
