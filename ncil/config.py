@@ -64,6 +64,7 @@ class ModelConfig:
     mlp_ratio: float = 4.0  # MLP hidden size / embed_dim
     drop_path: float = 0.1  # stochastic depth, linearly spaced over the blocks
     locality_strength: float = 1.0  # GPSA locality initialisation
+    resnet_width: int = 64  # hybrid backbone (official preset): channels of the ResNet-18's first stage, doubled per stage (64 = the released code)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class MethodConfig:
     """One method: its task-0 recipe and the loss terms of tasks t >= 1 (weights 0 = term off)."""
 
     base_recipe: str  # name of the task-0 recipe; methods with the same recipe share task 0
+    preset: str = "paper"  # paper (what the paper describes) or official (the released code); method-spec Section 0
     train_on: str = "current"  # current: only task t's classes (NECIL); seen: all classes so far (joint)
     backbone: str = "vit"  # vit (the `model` section) or resnet18 (torchvision, CIFAR stem; PASS)
     rotation: bool = False  # PASS self-supervision: 4 rotations, labels 4y+k (method-spec 2.3)
@@ -117,6 +119,7 @@ class RuntimeConfig:
     compile: bool = False  # torch.compile the backbone for training (slow to start; pays off on a GPU)
     numerics: str = "native"  # native (fastest kernels of this CPU) or portable (ncil.numerics: same bits on every x86 CPU type)
     resume_every: int = 1  # epochs between saves of a training task's resumable state (ncil.resume); 0 = off
+    precision: str = "auto"  # GPU arithmetic: fp32, bf16 (autocast) or auto (the method's preset: PRESET_PRECISION); CPU runs are always fp32
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,10 @@ class Params:
 
 # The fixed sections of params.yaml and their records (scenario and method hold named entries).
 SECTIONS = {"dataset": DatasetConfig, "model": ModelConfig, "train": TrainConfig, "runtime": RuntimeConfig}
-PRESETS = ("paper",)
+PRESETS = ("paper", "official")
+PRECISIONS = ("auto", "fp32", "bf16")  # runtime.precision
+# runtime.precision auto on a GPU, per method preset. The released code has no autocast (models/fcs.py): fp32.
+PRESET_PRECISION = {"paper": "bf16", "official": "fp32"}
 BACKBONES = ("vit",)
 OPTIMIZERS = ("adam", "sgd")
 METHOD_BACKBONES = ("vit", "resnet18")
@@ -144,7 +150,7 @@ PR_CENTERS = ("task_start", "epoch")
 NUMERICS = ("native", "portable")  # runtime.numerics (ncil.numerics)
 CROP_FILLS = ("black", "mean")  # as ncil.data.augment.CROP_FILLS
 # Method fields that shape task 0: methods sharing a base recipe must agree on them.
-BASE_RECIPE_FIELDS = ("backbone", "rotation", "ce_temperature")
+BASE_RECIPE_FIELDS = ("preset", "backbone", "rotation", "ce_temperature")
 # Names of scenarios, methods and base recipes become folder names and Snakemake wildcard values.
 NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -296,7 +302,7 @@ def _validate(p: Params, source: str) -> None:
                                           f"got {p.order_seed}")
     _validate_dataset(p, source)
     _choice(source, "model.name", p.model.name, BACKBONES)
-    for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio"):
+    for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "resnet_width"):
         _positive(source, f"model.{key}", getattr(p.model, key))
     if p.model.img_size != p.dataset.image_size:
         raise _fail(
@@ -329,6 +335,7 @@ def _validate(p: Params, source: str) -> None:
         raise _fail(source, "runtime.threads", f"expected a positive integer, got {p.runtime.threads}")
     _at_least_zero(source, "runtime.gpus_per_job", p.runtime.gpus_per_job, "a GPU count")
     _at_least_zero(source, "runtime.resume_every", p.runtime.resume_every, "a number of epochs (0 = off)")
+    _choice(source, "runtime.precision", p.runtime.precision, PRECISIONS)
     if p.runtime.numerics not in NUMERICS:
         raise _fail(source, "runtime.numerics", f"expected one of {', '.join(NUMERICS)}, got {p.runtime.numerics!r}")
     if not (p.runtime.device in ("auto", "cpu", "cuda") or p.runtime.device.startswith("cuda:")):
@@ -350,6 +357,7 @@ def _validate(p: Params, source: str) -> None:
         key = f"method.{name}"
         _name(source, key, name)
         _name(source, f"{key}.base_recipe", m.base_recipe)
+        _choice(source, f"{key}.preset", m.preset, PRESETS)
         _choice(source, f"{key}.train_on", m.train_on, TRAIN_ON)
         _choice(source, f"{key}.backbone", m.backbone, METHOD_BACKBONES)
         _choice(source, f"{key}.pks_weighting", m.pks_weighting, PKS_WEIGHTINGS)
@@ -440,6 +448,25 @@ def load_params(path: str | Path = "params.yaml") -> tuple[Params, dict]:
 
     raw = io.read_yaml(path)
     return parse_params(raw, source=str(path)), raw
+
+
+def resolve_precision(requested: str, device_type: str, preset: str) -> str:
+    """The arithmetic a step runs in: fp32 on a CPU; on a GPU ``requested``, where auto means the preset's."""
+    if device_type != "cuda":
+        return "fp32"
+    return PRESET_PRECISION[preset] if requested == "auto" else requested
+
+
+def non_default_fields(obj, names=None) -> dict:
+    """The fields of a frozen config that differ from their declared defaults (required fields always)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        if names is not None and f.name not in names:
+            continue
+        value = getattr(obj, f.name)
+        if f.default is dataclasses.MISSING or value != f.default:
+            out[f.name] = to_dict(value)
+    return out
 
 
 def to_dict(obj) -> dict:

@@ -6,14 +6,15 @@ import numpy as np
 import torch
 
 from ncil import runtime
-from ncil.config import ModelConfig, Params, parse_section
+from ncil.config import ModelConfig, Params, parse_section, resolve_precision
 from ncil.data import arrays
 from ncil.data.scenario import remap_labels
 from ncil.models.network import load_network
 
 
 @torch.no_grad()
-def predict(net, images: np.ndarray, mean, std, batch_size: int, device: torch.device, rotations: int = 1) -> np.ndarray:
+def predict(net, images: np.ndarray, mean, std, batch_size: int, device: torch.device, rotations: int = 1,
+            precision: str = "fp32") -> np.ndarray:
     """Argmax class for uint8 images (N, H, W, C) over the rotation-0 columns ``logits[:, ::rotations]``.
 
     Each batch is normalised on its own, so memory holds only one float batch (not a float copy of
@@ -23,7 +24,7 @@ def predict(net, images: np.ndarray, mean, std, batch_size: int, device: torch.d
     preds = []
     for start in range(0, len(images), batch_size):
         x = arrays.to_tensor(images[start : start + batch_size], mean, std)  # (b, C, H, W) float32
-        with runtime.autocast(device):
+        with runtime.autocast(device, precision):
             logits = net(x.to(device))["logits"]  # (b, rotations * n_seen)
         preds.append(logits[:, ::rotations].float().argmax(1).cpu())  # (b, n_seen) -> (b,)
     return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
@@ -46,11 +47,12 @@ def evaluate_checkpoint(p: Params, checkpoint: dict, test_split: arrays.Split, t
     model_cfg = parse_section(ModelConfig, checkpoint["config"]["model"], "checkpoint", "config.model")
     backbone = checkpoint.get("backbone", "vit")
     net = load_network(model_cfg, p.dataset.channels, checkpoint["model"], backbone).to(device)
+    precision = resolve_precision(p.runtime.precision, device.type, checkpoint["config"].get("preset", "paper"))
     return {
         "sample": rows,
         "label": labels,
         "original_label": test_split.labels[rows],
         "label_task": np.asarray([task_of[int(o)] for o in test_split.labels[rows]]),
         "prediction": predict(net, images, p.dataset.mean, p.dataset.std, p.train.eval_batch_size, device,
-                              int(checkpoint.get("rotations", 1))),
+                              int(checkpoint.get("rotations", 1)), precision),
     }

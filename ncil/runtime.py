@@ -77,6 +77,11 @@ def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     return module
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op context on CPU (keeps CPU results exact and reproducible)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for ``precision`` bf16 on CUDA; a no-op context otherwise (fp32; CPU results stay exact).
+
+    ``precision`` is resolved by ``ncil.config.resolve_precision`` (``runtime.precision``, recorded in
+    every checkpoint).
+    """
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=device.type == "cuda" and precision == "bf16")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ncil import optim, resume, runtime
-from ncil.config import BASE_RECIPE_FIELDS, MethodConfig, Params, to_dict
+from ncil.config import BASE_RECIPE_FIELDS, MethodConfig, Params, non_default_fields, resolve_precision, to_dict
 from ncil.data import arrays, augment
 from ncil.data.scenario import remap_labels
 from ncil.methods.objective import OldKnowledge, needs_teacher, rotations, step_loss
@@ -40,22 +40,29 @@ class TaskJob:
 
 
 def method_snapshot(job: TaskJob) -> dict:
-    """The method settings that shaped this task: the base recipe's fields only, for task 0."""
+    """The method settings that shaped this task: its preset and every option that differs from the default.
+
+    Task 0 records only the base recipe's fields. Options left at their defaults are not listed, so
+    an option added later (defaulting to the earlier behaviour) leaves existing checkpoints' bytes as
+    they are; ``MethodConfig`` holds the defaults.
+    """
     if job.task == 0:
-        return {"base_recipe": job.method_name, **{f: getattr(job.method, f) for f in BASE_RECIPE_FIELDS}}
-    return to_dict(job.method)
+        return {"base_recipe": job.method_name, "preset": job.method.preset,
+                **non_default_fields(job.method, BASE_RECIPE_FIELDS)}
+    return {"preset": job.method.preset, **non_default_fields(job.method)}
 
 
-def run_config_snapshot(p: Params, job: TaskJob) -> dict:
+def run_config_snapshot(p: Params, job: TaskJob, device_type: str) -> dict:
     """The resolved configuration a checkpoint carries (everything that shaped its weights)."""
     return {
-        "preset": p.preset,
+        "preset": job.method.preset,
         "order_seed": p.order_seed,
         "seed": job.seed,
         "dataset": to_dict(p.dataset),
         "model": to_dict(p.model),
         "train": to_dict(p.train),
-        "runtime": {"threads": p.runtime.threads, "numerics": p.runtime.numerics},
+        "runtime": {"threads": p.runtime.threads, "numerics": p.runtime.numerics,
+                    "precision": resolve_precision(p.runtime.precision, device_type, job.method.preset)},
         "method": job.method_name,
         "method_config": method_snapshot(job),
     }
@@ -99,6 +106,7 @@ def train_task(
     """
     plan = plan or resume.Plan()
     device, generator = runtime.setup(p.runtime, job.seed, job.task)
+    precision = resolve_precision(p.runtime.precision, device.type, job.method.preset)
     method = job.method
     rot = rotations(method)
     label_map = remap_labels(job.class_order)
@@ -178,7 +186,8 @@ def train_task(
     for epoch in range(start.epoch, recipe.epochs):
         inside = state is not None and epoch == start.epoch and start.step > 0  # resumed inside this epoch
         if not inside and old is not None and method.pr > 0 and (epoch == 0 or method.pr_centers == "epoch"):
-            features = extract_features(net, x_new, p.train.eval_batch_size, device, p.dataset.mean, p.dataset.std)
+            features = extract_features(net, x_new, p.train.eval_batch_size, device, p.dataset.mean, p.dataset.std,
+                                        precision)
             pr_centers = torch.cat([old.centers, class_centers(features, torch.from_numpy(new_labels))[1].to(device)])
         net.train()
         progress.start_epoch()
@@ -194,7 +203,7 @@ def train_task(
         for step in range(first, steps):
             idx = order[step].to(device)
             x = augment.augment_batch(x_all.index_select(0, idx), augment_spec, generator)  # (B, C, H, W) float32
-            with runtime.autocast(device):
+            with runtime.autocast(device, precision):
                 loss, terms, logits, targets = step_loss(net, x, y_all[idx], method, old, pr_centers, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -215,7 +224,8 @@ def train_task(
     progress.close()
 
     # 5. Class centers and spreads of the new classes (eval mode, no augmentation), after task t-1's rows.
-    features = extract_features(net, x_new, p.train.eval_batch_size, device, p.dataset.mean, p.dataset.std)
+    features = extract_features(net, x_new, p.train.eval_batch_size, device, p.dataset.mean, p.dataset.std,
+                                        precision)
     new_labels_t = torch.from_numpy(new_labels)
     class_ids, centers = class_centers(features, new_labels_t)
     spreads = [float(gaussian_radius(features[new_labels_t == c])) for c in class_ids.tolist()]
@@ -241,7 +251,7 @@ def train_task(
         "rotations": rot,  # head columns per class: logits[:, ::rotations] are the class scores
         "head_layout": "rotation4" if rot == 4 else "plain",
         "backbone": method.backbone,
-        "config": run_config_snapshot(p, job),
+        "config": run_config_snapshot(p, job, device.type),
         "history": history_without_timing(history),
         "model": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
     }
@@ -275,7 +285,7 @@ def empty_centers(dim: int) -> dict:
 
 @torch.no_grad()
 def extract_features(net: IncrementalNet, x: torch.Tensor, batch_size: int, device: torch.device,
-                     mean=None, std=None) -> torch.Tensor:
+                     mean=None, std=None, precision: str = "fp32") -> torch.Tensor:
     """[CLS] features (N, D) in eval mode, on the CPU; leaves the network in eval mode.
 
     ``x`` is either normalised float32 (N, C, H, W) or uint8 pixels, which are normalised with
@@ -288,7 +298,7 @@ def extract_features(net: IncrementalNet, x: torch.Tensor, batch_size: int, devi
         batch = x[start : start + batch_size].to(device)
         if batch.dtype == torch.uint8:
             batch = augment.normalize(augment.to_unit(batch), mean, std)  # (b, C, H, W) float32
-        with runtime.autocast(device):
+        with runtime.autocast(device, precision):
             cls, _ = net.backbone(batch)
         out.append(cls.float().cpu())
     return torch.cat(out) if out else torch.zeros(0, net.feature_dim)

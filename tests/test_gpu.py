@@ -80,7 +80,7 @@ def test_autocast_training_is_finite_and_matches_fp32():
     def loss(autocast: bool) -> float:
         generator = torch.Generator(device=device)
         generator.manual_seed(3)
-        with runtime.autocast(device) if autocast else contextlib.nullcontext():
+        with runtime.autocast(device, "bf16") if autocast else contextlib.nullcontext():
             value, *_ = step_loss(net, x, y, p.method["ours"], old, pr_centers, generator)
         return float(value.detach())
 
@@ -92,11 +92,9 @@ def test_autocast_training_is_finite_and_matches_fp32():
     trained, *_ = train_tiny(pf, "finetune")
     net = load_network(pf.model, 3, trained["model"]).to(device)
     test = synthetic.held_out(pf, N_OLD, N_NEW, 64)
-    args = (net, test.images, pf.dataset.mean, pf.dataset.std, 256, device)
-    with_amp = evaluate.predict(*args)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runtime, "autocast", lambda _device: contextlib.nullcontext())
-        without = evaluate.predict(*args)
+    args = (net, test.images, pf.dataset.mean, pf.dataset.std, 256, device, 1)
+    with_amp = evaluate.predict(*args, "bf16")
+    without = evaluate.predict(*args, "fp32")
     agreement = float(np.mean(with_amp == without))
     accuracy = float(np.mean(without == test.labels))  # incremental label = original id here (order 0..n-1)
     assert agreement >= AGREEMENT, (agreement, accuracy)

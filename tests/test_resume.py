@@ -66,7 +66,8 @@ def test_resume_every_is_validated_and_stays_out_of_the_checkpoint():
     p = parse_params(compose(["runtime.resume_every=5"]))
     job = train.TaskJob(0, 1, list(range(10)), [[0, 1, 2, 3]], "plain", p.method["finetune"], {})
     assert p.runtime.resume_every == 5
-    assert train.run_config_snapshot(p, job)["runtime"] == {"threads": 1, "numerics": "native"}
+    assert train.run_config_snapshot(p, job, "cpu")["runtime"] == {"threads": 1, "numerics": "native",
+                                                                   "precision": "fp32"}
 
 
 CPUINFO = """processor\t: 0

@@ -4,6 +4,10 @@ Five GPSA blocks (ConViT) form the encoder over the patch tokens; one CaiT class
 the decoder that updates only the [CLS] token; a final LayerNorm is applied to [CLS]. ``forward``
 returns the [CLS] embedding (the prototype space, ``P_{t,cls}`` of Eq. 2) and the patch tokens after
 the encoder (``P_{t,i}``, the patches PKS distils).
+
+The class-attention block has plain residuals, as ConViT's (method-spec 3.1, item 2): timm's CaiT
+block would scale both branches by a learned LayerScale that starts at 1e-4, which leaves [CLS]
+almost equal to its initial token for the first epochs and adds 2 x D parameters ConViT has not.
 """
 
 from __future__ import annotations
@@ -15,18 +19,41 @@ from ncil.config import ModelConfig
 
 
 def import_timm_blocks():
-    """timm's ConViT block (GPSA), CaiT class-attention block and truncated-normal initialiser."""
+    """timm's ConViT block (GPSA), the class-attention block built from timm parts, the truncated-normal initialiser."""
     from timm.layers import trunc_normal_
-    from timm.models.cait import LayerScaleBlockClassAttn
     from timm.models.convit import Block
 
-    return Block, LayerScaleBlockClassAttn, trunc_normal_
+    return Block, ClassAttentionBlock, trunc_normal_
+
+
+class ClassAttentionBlock(nn.Module):
+    """Updates only [CLS]: cls += DropPath(ClassAttn(LN([cls; patches]))); cls += DropPath(MLP(LN(cls))).
+
+    Queries come from [CLS], keys and values from all N + 1 tokens (q, k, v without bias, the output
+    projection with bias): timm's ``ClassAttn`` and ``Mlp`` with plain residuals, no LayerScale.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False, drop_path: float = 0.0):
+        super().__init__()
+        from timm.layers import DropPath, Mlp
+        from timm.models.cait import ClassAttn
+
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = ClassAttn(dim, num_heads=num_heads, qkv_bias=qkv_bias)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, patches: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        """patches (B, N, D), cls (B, 1, D) -> updated cls (B, 1, D)."""
+        cls = cls + self.drop_path(self.attn(self.norm1(torch.cat((cls, patches), dim=1))))
+        return cls + self.drop_path(self.mlp(self.norm2(cls)))
 
 
 class ViT(nn.Module):
     def __init__(self, cfg: ModelConfig, in_chans: int):
         super().__init__()
-        Block, LayerScaleBlockClassAttn, trunc_normal_ = import_timm_blocks()
+        Block, ClassAttentionBlock, trunc_normal_ = import_timm_blocks()
 
         self.embed_dim = cfg.embed_dim
         self.num_patches = (cfg.img_size // cfg.patch_size) ** 2
@@ -46,7 +73,7 @@ class ViT(nn.Module):
             )
             for i in range(cfg.depth)
         )
-        self.class_attn = LayerScaleBlockClassAttn(
+        self.class_attn = ClassAttentionBlock(
             cfg.embed_dim, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=False, drop_path=rates[-1]
         )
         self.norm = nn.LayerNorm(cfg.embed_dim)

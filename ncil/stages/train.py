@@ -179,7 +179,7 @@ def run(args: Args) -> None:
     # The resumable state: checked whole and against this job before the data loads.
     device = runtime.resolve_device(p.runtime.device)
     state_file = resume.state_path(args.checkpoint)
-    identity = resume.identity(run_config_snapshot(p, job), job.identity, job.task, device.type,
+    identity = resume.identity(run_config_snapshot(p, job, device.type), job.identity, job.task, device.type,
                                io.sha256_file(args.prev_checkpoint) if args.task else None,
                                job.class_order, job.tasks)
     state = resume.load(state_file, identity)
