@@ -27,7 +27,9 @@ STAGE_MODULES: dict[str, str] = {**STAGES, **TOOLS}
 ENTRY_MODULES: tuple[str, ...] = ("ncil.__main__",)
 ENTRY_FILES: tuple[str, ...] = ()
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the folder holding this ncil package
-RUN_KEYS = ["preset", "order_seed", "dataset", "model", "train", "runtime.threads", "runtime.numerics"]
+# What shapes a training or evaluation job (its method section is added per job). The grid-level `preset`
+# is not here: each method carries its own (method.<name>.preset), which is what a checkpoint records.
+RUN_KEYS = ["order_seed", "dataset", "model", "train", "runtime.threads", "runtime.numerics", "runtime.precision"]
 # Where the raw data lives and whether it may be downloaded: only the prepare step reads these, so
 # moving a data set's folder reruns prepare (whose unchanged arrays then stop the cascade), not training.
 LOCATION_KEYS = ("root", "download")
