@@ -109,13 +109,25 @@ def dataset_mb(p: Params) -> float:
 def forward_flop(p: Params, method: MethodConfig | None = None) -> float:
     """FLOP of one image's forward pass (a multiply-add counts 2): the ViT's depth blocks plus its
     class-attention block, each 12 d^2 per token (attention and a 4x MLP) and 4 n^2 d of attention;
-    ResNet-18 (``backbone: resnet18``) from its 32x32 cost, scaled by the pixels."""
+    ResNet-18 (``backbone: resnet18``) from its 32x32 cost, scaled by the pixels; the hybrid
+    (``backbone: hybrid``) as a ResNet-18 of ``model.resnet_width`` (convolutions scale with the width
+    squared; the 7x7 stem of 224-pixel images divides the pixels the blocks see by 16) plus the GPSA
+    encoder on the patch tokens (no class-attention block: it is not built)."""
     if method is not None and method.backbone == "resnet18":
         return RESNET18_FLOP_32 * (p.dataset.image_size / 32) ** 2
     m = p.model
-    tokens = (m.img_size // m.patch_size) ** 2 + 1
-    per_block = 2 * (4 + 2 * m.mlp_ratio) * m.embed_dim**2 * tokens + 4 * tokens**2 * m.embed_dim
-    return (m.depth + 1) * per_block
+    if method is not None and method.backbone == "hybrid":
+        from ncil.models.hybrid import uses_imagenet_stem
+
+        side = m.img_size / 4 if uses_imagenet_stem(m.img_size) else m.img_size
+        resnet = RESNET18_FLOP_32 * (side / 32) ** 2 * (m.resnet_width / 64) ** 2
+        return resnet + m.depth * _block_flop(m, (m.img_size // m.patch_size) ** 2)
+    return (m.depth + 1) * _block_flop(m, (m.img_size // m.patch_size) ** 2 + 1)
+
+
+def _block_flop(m, tokens: int) -> float:
+    """One transformer block over ``tokens`` tokens: 12 d^2 per token (qkv, proj, 4x MLP) and 4 n^2 d of attention."""
+    return 2 * (4 + 2 * m.mlp_ratio) * m.embed_dim**2 * tokens + 4 * tokens**2 * m.embed_dim
 
 
 def task_classes(p: Params, initial: int, increment: int, task: int, method: MethodConfig) -> int:
@@ -136,12 +148,15 @@ def _mem(mb: float) -> int:
 def train(p: Params, method: MethodConfig, initial: int, increment: int, task: int, attempt: int = 1) -> Request:
     """One training task: ``epochs`` (task 0: ``base_epochs`` when set) over the task's images, each
     row a forward and a backward (3 forward-equivalents), 4 rows an image with rotation, plus the old
-    model's forward for t >= 1."""
+    model's forward for t >= 1. The official preset adds up to one mixup row per image and round
+    (method-spec 2.4: rows whose pair has two classes) and, with the contrastive loss, the key
+    encoder's forward over the rotated strong views (4.2)."""
     kind = device_kind(p)
     train_pc, _ = images_per_class(p)
     images = task_classes(p, initial, increment, task, method) * train_pc
-    rows = 4 if method.rotation else 1
-    per_image = 3 * rows + (rows if task > 0 else 0)
+    views = 4 if method.rotation else 1
+    rows = views + method.mixup_rounds
+    per_image = 3 * rows + (rows if task > 0 else 0) + (views if method.contrastive > 0 else 0)
     epochs = p.train.base_epochs if task == 0 and p.train.base_epochs else p.train.epochs
     flop = epochs * images * per_image * forward_flop(p, method)
     rate = THROUGHPUT[kind] * (p.runtime.threads if kind == "cpu" else max(1, gpus(p)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import pytest
@@ -51,6 +52,28 @@ def test_forward_flop(digits, cifar_gpu):
     # the paper's ViT at 32x32 / patch 4: 65 tokens of dim 384 (README: 1.209 GFLOP by torch's counter)
     assert res.forward_flop(cifar_gpu) == 6 * (2 * 12 * 384**2 * 65 + 4 * 65**2 * 384) == 1_419_125_760
     assert res.forward_flop(cifar_gpu, cifar_gpu.method["pass_resnet18"]) == res.RESNET18_FLOP_32
+
+
+def test_forward_flop_of_the_hybrid_backbone(digits, cifar_gpu):
+    hybrid = dataclasses.replace(cifar_gpu.method["ours"], backbone="hybrid")
+    # CIFAR, width 64: ResNet-18 0.56 GFLOP + 5 GPSA blocks over 64 tokens (no CLS, no class-attention
+    # block): 5 x (2 x 12 x 384^2 x 64 + 4 x 64^2 x 384) = 5 x 232,783,872
+    assert res.forward_flop(cifar_gpu, hybrid) == pytest.approx(0.56e9 + 5 * 232_783_872)
+    # digits, width 16: 0.56e9 x (8/32)^2 x (16/64)^2 = 2,187,500, + 5 x (2 x 12 x 64^2 x 16 + 4 x 16^2 x 64)
+    narrow = dataclasses.replace(digits, model=dataclasses.replace(digits.model, resnet_width=16))
+    assert res.forward_flop(narrow, hybrid) == pytest.approx(2_187_500 + 5 * 1_638_400)
+
+
+def test_official_rows_add_mixup_and_key_encoder(cifar_gpu, monkeypatch):
+    monkeypatch.setattr(res, "forward_flop", lambda p, method=None: 1e9)  # 1 GFLOP an image
+    ours = cifar_gpu.method["ours"]
+    official = dataclasses.replace(ours, mixup_rounds=4, contrastive=0.1)
+    # task 1, 10 classes' training images, 400 epochs at 6e13 FLOP/s: ours 16 forward-equivalents an
+    # image (12 + the teacher's 4); official 3 x 8 rows + the teacher's 8 + the key encoder's 4 = 36
+    images = 10 * res.images_per_class(cifar_gpu)[0]
+    seconds = lambda fe: 400 * images * fe * 1e9 / 6e13  # noqa: E731
+    assert res.train(cifar_gpu, ours, 50, 10, 1).runtime == math.ceil(2 * (180 + seconds(16)) / 60)
+    assert res.train(cifar_gpu, official, 50, 10, 1).runtime == math.ceil(2 * (180 + seconds(36)) / 60)
 
 
 def test_train_request_scales_with_schedule_and_data(cifar_gpu):
