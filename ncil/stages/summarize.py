@@ -22,7 +22,7 @@ PROVENANCE_KEYS = ("preset", "metric_convention", "order_seed", "seed", "code_ve
 SUMMARY_KEYS = ("avg_accuracy", "last_accuracy", "avg_forgetting", "accuracy_per_step")  # metrics.summarize
 TOP_LEVEL_KEYS = ("run", "provenance", "acc_matrix", "test_counts", *SUMMARY_KEYS, "variants")
 OPTIONAL_KEYS = ("variants",)  # files written before the variants were added lack them
-OPTIONAL_PROVENANCE_KEYS = ("precision",)  # files written before the precision was recorded lack it
+# provenance.precision is not in PROVENANCE_KEYS: files written before it was recorded lack it.
 UNRECORDED_PRECISION = "unrecorded"  # a checkpoint (or metrics file) from before the precision was recorded
 
 
