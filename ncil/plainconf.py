@@ -71,6 +71,21 @@ def method_default(key: str):
     return next(f.default for f in dataclasses.fields(MethodConfig) if f.name == key)
 
 
+def experiment_overrides(name: str, conf_dir: Path = CONF_DIR) -> dict[str, dict]:
+    """Section -> keys that ``conf/experiment/<name>.yaml`` sets itself, after its defaults (the paper
+    grids' ``dataset: {val_fraction: 0.0}``): ``compose_params``'s ``overrides``."""
+    path = Path(conf_dir) / "experiment" / f"{name}.yaml"
+    data = read_yaml(path)
+    out = {}
+    for key, value in (data.items() if isinstance(data, dict) else []):
+        if key == "defaults":
+            continue
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: {key}: expected a mapping of keys replaced in that section, got {value!r}")
+        out[key] = dict(value)
+    return out
+
+
 def compose_params(dataset: str, model: str, train: str, method: str = "ours", scenarios: list[str] | None = None,
                    runtime: dict | None = None, conf_dir: Path = CONF_DIR, overrides: dict | None = None) -> dict:
     """A params mapping (as ``python -m ncil params`` writes it) from named group options.
@@ -98,11 +113,12 @@ def compose_params(dataset: str, model: str, train: str, method: str = "ours", s
 
 
 def paper_experiment(name: str, conf_dir: Path = CONF_DIR) -> dict:
-    """The paper grid of one data set: its dataset, model and train options and its scenarios."""
+    """The paper grid of one data set: its dataset, model and train options, its scenarios and the keys it
+    sets itself (``overrides``: ``experiment_overrides``)."""
     choices = experiment_choices(name, conf_dir)
     missing = [g for g in ("dataset", "model", "train", "scenario") if g not in choices]
     if missing:
         raise ValueError(f"{Path(conf_dir) / 'experiment' / f'{name}.yaml'}: defaults: no override of {', '.join(missing)}")
     scenarios = choices["scenario"] if isinstance(choices["scenario"], list) else [choices["scenario"]]
     return {"dataset": choices["dataset"], "model": choices["model"], "train": choices["train"],
-            "scenarios": list(scenarios)}
+            "scenarios": list(scenarios), "overrides": experiment_overrides(name, conf_dir)}

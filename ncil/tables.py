@@ -22,6 +22,7 @@ import numpy as np
 
 from ncil import paper_values
 from ncil.metrics import CONVENTION_TEXT
+from ncil.stages.summarize import UNRECORDED_PRECISION, join_values  # the metrics layout's owner
 
 COLUMNS = ("avg_accuracy", "last_accuracy", "avg_forgetting")
 HEADERS = {"avg_accuracy": "Avg", "last_accuracy": "Last", "avg_forgetting": "Forgetting"}
@@ -33,9 +34,12 @@ TABLE_TITLES = {
     "table2": "Table 2: average forgetting F_T (lower is better)",
     "table3": "Table 3: ablation, Last top-1 accuracy",
     "table5": "Table 5: choice of W_i in PKS, Last top-1 accuracy",
+    "table4": "Table 4: DyTox and DyTox + PKS/PR (exemplar-based), Avg, Last and forgetting",
 }
 TABLE_METRICS = {"table1": ("avg_accuracy", "last_accuracy"), "table2": ("avg_forgetting",),
-                 "table3": ("last_accuracy",), "table5": ("last_accuracy",)}
+                 "table3": ("last_accuracy",), "table5": ("last_accuracy",),
+                 "table4": ("avg_accuracy", "last_accuracy", "avg_forgetting")}
+TABLE4 = "table4"  # not in TABLE_NAMES: no data set has sections of it (no grid runs DyTox); ``table4_texts``
 CSV_FIELDS = ["table", "dataset", "setting", "row", "method", "metric", "paper", "mean", "std", "n", "seeds",
               "diff", "status"]
 
@@ -46,9 +50,26 @@ def mean_std(values) -> tuple[float, float]:
     return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else 0.0)
 
 
+def precision_of(m: dict) -> str | None:
+    """The training precision a metrics.json records (``provenance.precision``), None if it has none."""
+    value = m.get("provenance", {}).get("precision")
+    return None if value is None else str(value)
+
+
+def joined_precision(values) -> str | None:
+    """Several results' training precisions as one (``join_values``): None when none records one (the
+    tables then print no precision, as before it was recorded), "unrecorded" for those that do not
+    beside those that do."""
+    values = list(values)
+    if all(v is None for v in values):
+        return None
+    return join_values(UNRECORDED_PRECISION if v is None else v for v in values)
+
+
 def aggregate(metrics: list[dict]) -> list[dict]:
     """Group metrics.json contents by (data set, setting, method): mean, std and n of each metric
-    (``<metric>_mean`` / ``<metric>_std``), of the Acc_k curve (``curve_mean`` / ``curve_std``) and the seeds.
+    (``<metric>_mean`` / ``<metric>_std``), of the Acc_k curve (``curve_mean`` / ``curve_std``), the seeds
+    and the training precision of the seeds' runs (``precision``: ``joined_precision`` of theirs).
     Rows come in first-seen order of (data set, setting, method); seeds sorted."""
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for m in metrics:
@@ -61,7 +82,7 @@ def aggregate(metrics: list[dict]) -> list[dict]:
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"{dataset}/{setting}/{method}: seed listed twice in {seeds}")
         row = {"dataset": dataset, "setting": setting, "label": members[0]["run"]["label"], "method": method,
-               "seeds": seeds, "n": len(members)}
+               "seeds": seeds, "n": len(members), "precision": joined_precision(precision_of(m) for m in members)}
         for col in COLUMNS:
             row[f"{col}_mean"], row[f"{col}_std"] = mean_std([m[col] for m in members])
         curves = [m["accuracy_per_step"] for m in members if "accuracy_per_step" in m]
@@ -81,18 +102,29 @@ def _num(x: float | None) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
 
 
+def _precision_part(precision: str | None) -> str:
+    return "" if precision is None else f"training precision `{precision}`; "
+
+
 def context_line(context: dict) -> str:
-    return (f"Preset `{context['preset']}`; metric convention `{context['convention']}` ({CONVENTION_TEXT}); "
+    """The line under a paper table's title: preset, training precision (``context["precision"]``; no
+    such part when it is None or absent: results from before it was recorded), metric convention,
+    class-order seed, seeds."""
+    return (f"Preset `{context['preset']}`; {_precision_part(context.get('precision'))}"
+            f"metric convention `{context['convention']}` ({CONVENTION_TEXT}); "
             f"class-order seed {context['order_seed']}; mean ± std over seeds {context['seeds']} "
             "(n per cell). Accuracies in %.")
 
 
 def to_markdown(rows: list[dict], dataset: str, context: dict) -> str:
-    """The per-data-set overview: every (setting, method) of the grid with Avg, Last, forgetting."""
+    """The per-data-set overview: every (setting, method) of the grid with Avg, Last, forgetting. The
+    training precision is the rows' own (``aggregate``), so the table says what its numbers came from."""
+    precision = joined_precision(r.get("precision") for r in rows) if rows else None
     lines = [
         f"# Results on {dataset}",
         "",
-        f"Preset `{context['preset']}`; metric convention `{context['convention']}` (sample-weighted Acc_k, "
+        f"Preset `{context['preset']}`; {_precision_part(precision)}"
+        f"metric convention `{context['convention']}` (sample-weighted Acc_k, "
         "base task included in Avg, forgetting with the max over earlier steps); class-order seed "
         f"{context['order_seed']}; mean ± std over seeds {context['seeds']} (n per row). Accuracies in %.",
         "",
@@ -267,30 +299,33 @@ def cells_to_markdown(table: str, cells: list[dict], context: dict) -> str:
 # --- Assembling a paper table from every data set's section --------------------------------------
 
 _CONTEXT_LINE = re.compile(
-    r"Preset `(?P<preset>[^`]*)`; metric convention `(?P<convention>[^`]*)` \(.*\); class-order seed "
+    r"Preset `(?P<preset>[^`]*)`; (?:training precision `(?P<precision>[^`]*)`; )?"  # absent: written before it
+    r"metric convention `(?P<convention>[^`]*)` \(.*\); class-order seed "
     r"(?P<order_seed>.*); mean ± std over seeds \[(?P<seeds>[0-9, ]*)\] \(n per cell\)\. Accuracies in %\.")
 
 
 def parse_context_line(line: str, source: str) -> dict:
-    """The context (preset, convention, class-order seed, seeds) that ``context_line`` wrote."""
+    """The context (preset, precision, convention, class-order seed, seeds) that ``context_line`` wrote
+    (a section written before the precision was recorded: precision None)."""
     match = _CONTEXT_LINE.fullmatch(line)
     if match is None:
-        raise ValueError(f"{source}: line 3 is not a table context line (expected \"Preset `...`; metric "
-                         f"convention ...; mean ± std over seeds [...] ...\"), found {line!r}")
+        raise ValueError(f"{source}: line 3 is not a table context line (expected \"Preset `...`; training "
+                         f"precision `...`; metric convention ...; mean ± std over seeds [...] ...\"), found {line!r}")
     seeds = match["seeds"].strip()
-    return {"preset": match["preset"], "convention": match["convention"], "order_seed": match["order_seed"],
-            "seeds": [int(s) for s in seeds.split(", ")] if seeds else []}
+    return {"preset": match["preset"], "precision": match["precision"],
+            "convention": match["convention"],
+            "order_seed": match["order_seed"], "seeds": [int(s) for s in seeds.split(", ")] if seeds else []}
 
 
 def merge_contexts(contexts: list[dict]) -> dict:
     """One context for several data sets: each field's distinct values joined by ", " (ordered as
     ``context_from`` orders them), the seeds' union; equal to ``context_from`` over all their metrics."""
     def join(key):
-        found = {v for c in contexts for v in str(c[key]).split(", ")}
-        return ", ".join(sorted(found, key=lambda v: (len(v), v)))
+        return join_values(c[key] for c in contexts)
 
-    return {"preset": join("preset"), "convention": join("convention"), "order_seed": join("order_seed"),
-            "seeds": sorted({s for c in contexts for s in c["seeds"]})}
+    return {"preset": join("preset"), "precision": joined_precision(c.get("precision") for c in contexts),
+            "convention": join("convention"),
+            "order_seed": join("order_seed"), "seeds": sorted({s for c in contexts for s in c["seeds"]})}
 
 
 def split_section(table: str, markdown: str, source: str) -> tuple[dict, list[str]]:
@@ -336,15 +371,52 @@ def paper_tables(rows: list[dict], grid_settings: dict[str, list[str]], context:
     return out
 
 
+# --- Table 4: DyTox (not implemented here) ------------------------------------------------------
+
+
+def table4_cells(rows: list[dict]) -> list[dict]:
+    """Every cell of Table 4 (CIFAR-100 B0 with DyTox, ``paper_values`` table4): the paper's value beside
+    ours, "not run" where ``rows`` (``aggregate`` output) has no ``dytox`` / ``dytox_ours`` result of that
+    setting (always today: DyTox is not implemented, method-spec 5.7)."""
+    by_key = {(paper_values.canonical_dataset(r["dataset"]), r["label"], r["method"]): r for r in rows}
+    cells = []
+    for v in paper_values.reported():
+        if v["table"] != TABLE4:
+            continue
+        r = by_key.get((v["dataset"], v["setting"], v["method"]))
+        for metric in TABLE_METRICS[TABLE4]:
+            rec = {"table": TABLE4, "dataset": v["dataset"], "setting": v["setting"], "row": v["row"],
+                   "method": v["method"], "metric": metric, "paper": v[metric], "mean": None, "std": None, "n": 0,
+                   "seeds": "", "diff": None, "status": "not run"}
+            if r is not None:
+                rec.update(mean=r[f"{metric}_mean"], std=r[f"{metric}_std"], n=r["n"],
+                           seeds=" ".join(map(str, r["seeds"])), status="ok")
+                if not math.isnan(rec["mean"]):
+                    rec["diff"] = rec["mean"] - v[metric]
+            cells.append(rec)
+    return cells
+
+
+def table4_texts(rows: list[dict]) -> tuple[str, str]:
+    """(Markdown, CSV) of Table 4: the paper's DyTox rows with ours beside ("not run" without a run)."""
+    cells = table4_cells(rows)
+    lines = [f"# {TABLE_TITLES[TABLE4]}", "", f"{paper_values.TABLE4_SETTING}. Source: {paper_values.TABLE4_SOURCE}. "
+             "N=10 is 10+10x9, N=20 is 5+5x19. This project has no DyTox implementation (the released code ships "
+             "no DyTox driver, method-spec 5.7), so ours reads \"not run\".", EXPLANATION, ""]
+    lines += section_lines("cifar100", cells)
+    return "\n".join(lines), cells_to_csv(cells)
+
+
 def context_from(metrics: list[dict], defaults: dict) -> dict:
-    """Preset, convention, class-order seed and seeds named by the results themselves (``defaults``, from
-    params.yaml, where there are none); several values are listed joined by ", "."""
+    """Preset, training precision, convention, class-order seed and seeds named by the results themselves
+    (``defaults``, from params.yaml, where there are none); several values are listed joined by ", "."""
     def values(get, default):
         found = sorted({str(get(m)) for m in metrics}, key=lambda v: (len(v), v))
         return ", ".join(found) if found else str(default)
 
     return {
         "preset": values(lambda m: m["provenance"]["preset"], defaults["preset"]),
+        "precision": joined_precision(precision_of(m) for m in metrics) if metrics else defaults.get("precision"),
         "convention": values(lambda m: m["provenance"]["metric_convention"], defaults["convention"]),
         "order_seed": values(lambda m: m["provenance"]["order_seed"], defaults["order_seed"]),
         "seeds": sorted({m["run"]["seed"] for m in metrics}) or list(defaults["seeds"]),

@@ -158,8 +158,10 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True, r
             name=stage_name("summarize", dataset, run.run_id), kind="summarize",
             cmd=("summarize", *p, "--split", run.split_file, "--evals", *evals, "--setting", run.setting,
                  "--method", run.method, "--seed", str(run.seed), "--out", run.metrics_file,
-                 "--log", paths.log_file("summarize", tag)),
-            deps={"split": run.split_file, "evals": eval_dir}, outs={"metrics": run.metrics_file},
+                 "--checkpoints", *checkpoints, "--log", paths.log_file("summarize", tag)),
+            deps={"split": run.split_file, "evals": eval_dir,  # the checkpoints: their training precision
+                  **{f"checkpoint{t}": c for t, c in enumerate(checkpoints)}},
+            outs={"metrics": run.metrics_file},
             params=param_keys("summarize", params), log=paths.log_file("summarize", tag),
             benchmark=paths.benchmark_file("summarize", tag), cached=False, metric=True,
         ))
@@ -196,10 +198,11 @@ def table_sections(params: dict, root: str = ".") -> list[str]:
 
 
 def paper_tables_step(params: dict, p: list[str], root: str = ".") -> Step:
-    """Tables 1, 2, 3 and 5 (Markdown and CSV) from every data set's section files (``table_sections``)."""
+    """Tables 1, 2, 3 and 5 (Markdown and CSV) from every data set's section files (``table_sections``),
+    and Table 4 (the paper's DyTox values, ours "not run")."""
     sections = table_sections(params, root)
     outs = {}
-    for table in paths.PAPER_TABLES:
+    for table in (*paths.PAPER_TABLES, "table4"):
         outs[f"{table}_md"], outs[f"{table}_csv"] = paths.paper_table_files(table)
     log = paths.log_file("tables", "paper")
     return Step(

@@ -91,7 +91,7 @@ def figure_files(params):
 FIGURE_GRIDS = {cfg["dataset"]["name"]: (path, cfg) for path, cfg in [(PARAMS_FILE, config), *GRIDS.values()]}
 for _name, (_, _cfg) in GRIDS.items():
     GRID_TABLES[_name] += figure_files(_cfg)
-REPORT = PAPER_TABLES_MD + PAPER_TABLES_CSV + figure_files(config)
+REPORT = PAPER_TABLES_MD + PAPER_TABLES_CSV + list(paths.paper_table_files("table4")) + figure_files(config)
 # The cost summary (Snakemake only: from the benchmark files Snakemake writes; not a DVC stage).
 COSTS = [paths.cost_table_file(DATASET)]
 

@@ -5,10 +5,12 @@
 
 
 rule summarize:
-    """Accuracy matrix, Avg, Last and forgetting of one run, from its per-task predictions."""
+    """Accuracy matrix, Avg, Last and forgetting of one run, from its per-task predictions (and the
+    precision its checkpoints were trained in)."""
     input:
         split="results/{dataset}/{setting}/split.json",
         evals="results/{dataset}/{setting}/{method}/seed{seed}/eval",
+        checkpoints=run_checkpoints,  # their config.runtime.precision: the run's training precision
         code=code("summarize"),
     output:
         metrics="results/{dataset}/{setting}/{method}/seed{seed}/metrics.json",
@@ -30,7 +32,7 @@ rule summarize:
     shell:
         "python -m ncil summarize --params {params.params_file} --split {input.split} --evals {params.evals}"
         " --setting {wildcards.setting} --method {wildcards.method} --seed {wildcards.seed}"
-        " --out {output.metrics} --log {log}"
+        " --out {output.metrics} --checkpoints {input.checkpoints} --log {log}"
 
 
 rule results_table:
@@ -96,7 +98,8 @@ rule paper_sections:
 
 rule paper_tables:
     """The paper's Tables 1, 2, 3 and 5 from every data set's sections present (PAPER_SECTIONS: this
-    grid's and the committed ones of other data sets; the paper's values beside)."""
+    grid's and the committed ones of other data sets; the paper's values beside), and Table 4 (DyTox,
+    which no grid runs: the paper's values, ours "not run")."""
     input:
         sections=PAPER_SECTIONS,
         code=code("paper-tables"),
@@ -109,6 +112,8 @@ rule paper_tables:
         table3_csv=paths.paper_table_files("table3")[1],
         table5_md=paper_table("table5"),
         table5_csv=paths.paper_table_files("table5")[1],
+        table4_md=paths.paper_table_files("table4")[0],  # DyTox: the paper's values, ours "not run"
+        table4_csv=paths.paper_table_files("table4")[1],
     params:
         params_file=PARAMS_FILE,
         config_keys=keys_digest("paper_tables"),

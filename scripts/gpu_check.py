@@ -118,10 +118,12 @@ def shape(args) -> dict:
 
 def params_for(experiment: str, args, compile_: bool, epochs: int, batch: int):
     exp = plainconf.paper_experiment(experiment)
-    overrides = {"train": {"epochs": epochs, "batch_size": batch, "lr_step": 0},
-                 "runtime": {"device": args.device, "threads": 4 if args.cuda else 1, "compile": compile_}}
+    overrides = {section: dict(keys) for section, keys in exp["overrides"].items()}  # the experiment's own keys
+    overrides["train"] = {**overrides.get("train", {}), "epochs": epochs, "batch_size": batch, "lr_step": 0}
+    overrides["runtime"] = {**overrides.get("runtime", {}), "device": args.device,
+                            "threads": 4 if args.cuda else 1, "compile": compile_}
     if not args.cuda:
-        overrides["model"] = REDUCED_MODEL
+        overrides["model"] = {**overrides.get("model", {}), **REDUCED_MODEL}
     data = plainconf.compose_params(exp["dataset"], exp["model"], exp["train"], METHOD, exp["scenarios"][:1],
                                     overrides=overrides)
     return parse_params(data, source=f"conf/experiment/{experiment}.yaml (plain YAML, scripts/gpu_check.py)")
@@ -301,8 +303,9 @@ def projected_hours(rows: list[dict], batch: int = 64) -> list[dict]:
     out = []
     for name in plainconf.PAPER_EXPERIMENTS:
         exp = plainconf.paper_experiment(name)
-        dataset = plainconf.group_option("dataset", exp["dataset"])
-        model = parse_params(plainconf.compose_params(exp["dataset"], exp["model"], exp["train"]),
+        dataset = {**plainconf.group_option("dataset", exp["dataset"]), **exp["overrides"].get("dataset", {})}
+        model = parse_params(plainconf.compose_params(exp["dataset"], exp["model"], exp["train"],
+                                                      overrides=exp["overrides"]),
                              source=f"conf/experiment/{name}.yaml").model
         recipe_cfg = parse_section(TrainConfig, plainconf.group_option("train", exp["train"]), "conf/train", "train")
         per_class = DATASETS[dataset["name"]].smallest_class or NOMINAL_CLASS_IMAGES[dataset["name"]]

@@ -6,8 +6,17 @@ far, and prints Avg / Last / forgetting (the paper's definitions, ``ncil.metrics
 a[k, k] (is each new task learned at all?). Nothing is written under data/, runs/ or results/;
 task-0 models are cached under --cache keyed by everything that shapes them.
 
+The paper data sets' reported grids train on the whole training set (``dataset.val_fraction: 0`` in
+conf/experiment/, as the paper did), so their prepared validation split is empty. For them this
+script carves ``--val-fraction`` (0.1) of each class's training images out in memory, with the
+data set's ``split_seed`` and the prepare step's own rule (``stratified_split``): the same images a
+``dataset.val_fraction=0.1`` prepare would have set aside. It trains on the rest and evaluates on those;
+nothing reported ever sees them held out. A data set prepared with validation images (digits: 0.1)
+uses its prepared split as it is.
+
     python scripts/tune_on_val.py --method ours --setting base4_inc2 --seeds 1,2 \
         method.ours.feature_kd=1.0 train.epochs=30
+    python scripts/tune_on_val.py --method ours --setting base50_inc10 +experiment=cifar100
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's
 from ncil import io
 from ncil.config import parse_params, to_dict
 from ncil.data import arrays
+from ncil.data.prepare import stratified_split
 from ncil.evaluate import evaluate_checkpoint
 from ncil.hydra_conf import compose
 from ncil.metrics import accuracy_matrix, summarize
@@ -39,7 +49,7 @@ def cached_task0(p, job, train, cache: Path, logger) -> tuple[dict, dict]:
     and stored there in the pipeline's formats (``ncil.io``: hashed, checked on load)."""
     shape = {"seed": job.seed, "tasks0": job.tasks[0], "model": to_dict(p.model), "train": to_dict(p.train),
              "dataset": to_dict(p.dataset), "recipe": method_snapshot(job), "threads": p.runtime.threads,
-             "numerics": p.runtime.numerics}
+             "numerics": p.runtime.numerics, "train_images": len(train.labels)}  # a carved training set differs
     key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
     ckpt, centers_file = cache / f"{key}.pt", cache / f"{key}.centers.parquet"
     if ckpt.exists():
@@ -50,11 +60,39 @@ def cached_task0(p, job, train, cache: Path, logger) -> tuple[dict, dict]:
     return payload, centers
 
 
-def run(p, method_name: str, setting: str, seed: int, split: str, cache: Path, logger) -> dict:
+TUNING_VAL_FRACTION = 0.1  # --val-fraction's default: the share carved out when the prepared val split is empty
+
+
+def tuning_splits(train: arrays.Split, val: arrays.Split, val_fraction: float,
+                  split_seed: int) -> tuple[arrays.Split, arrays.Split]:
+    """(images to train on, images to tune on) (pure).
+
+    ``val`` non-empty (the data set was prepared with ``dataset.val_fraction > 0``): ``(train, val)``
+    unchanged. Empty (a reported grid's data, prepared with ``val_fraction: 0``): per class,
+    ``round(n * val_fraction)`` of ``train``'s images go to tuning, drawn by ``stratified_split`` with
+    ``split_seed`` (what the prepare step would have carved), the rest stay for training.
+    """
+    if len(val.labels):
+        return train, val
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"--val-fraction: expected a share in (0, 1) to carve from the training images "
+                         f"(the prepared val split is empty), got {val_fraction}")
+    rows = stratified_split(train.labels, 0.0, val_fraction, split_seed)
+    return (arrays.Split(train.images[rows["train"]], train.labels[rows["train"]]),
+            arrays.Split(train.images[rows["val"]], train.labels[rows["val"]]))
+
+
+def run(p, method_name: str, setting: str, seed: int, split: str, cache: Path, logger,
+        val_fraction: float = TUNING_VAL_FRACTION) -> dict:
     scenario = p.scenario[setting]
     record = build_split(p.dataset.name, p.dataset.n_classes, p.order_seed, scenario.initial_increment,
                          scenario.increment)  # the split stage's own record
-    train, held_out = arrays.load_split(p.dataset.name, "train"), arrays.load_split(p.dataset.name, split)
+    train = arrays.load_split(p.dataset.name, "train")
+    if split == "val":
+        train, held_out = tuning_splits(train, arrays.load_split(p.dataset.name, "val"), val_fraction,
+                                        p.dataset.split_seed)
+    else:
+        held_out = train
     method = p.method[method_name]
     previous = centers = None
     evaluations = []
@@ -77,6 +115,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[1],
                     help="comma-separated run seeds, e.g. 1,2 (default 1)")
     ap.add_argument("--split", default="val", choices=["val", "train"], help="never the test split")
+    ap.add_argument("--val-fraction", type=float, default=TUNING_VAL_FRACTION,
+                    help="share of each class's training images to tune on when the prepared val split is empty "
+                         f"(the paper data sets' reported grids); default {TUNING_VAL_FRACTION}")
     ap.add_argument("--cache", default="/tmp/ncil_tune_cache")
     ap.add_argument("override", nargs="*")
     args = ap.parse_args()
@@ -86,7 +127,7 @@ def main() -> None:
     results = []
     start = time.perf_counter()
     for seed in args.seeds:
-        results.append(run(p, args.method, args.setting, seed, args.split, Path(args.cache), logger))
+        results.append(run(p, args.method, args.setting, seed, args.split, Path(args.cache), logger, args.val_fraction))
     avg = np.mean([r["avg_accuracy"] for r in results])
     last = np.mean([r["last_accuracy"] for r in results])
     forg = np.mean([r["avg_forgetting"] for r in results])

@@ -85,9 +85,10 @@ def test_cpu_run_projects_every_paper_setting(cpu_report):
         ("tinyimagenet", "100+20x5"), ("tinyimagenet", "100+10x10"), ("tinyimagenet", "100+5x20"),
         ("imagenet_subset", "50+5x10"), ("imagenet_subset", "50+10x5"), ("imagenet_subset", "40+3x20")]
     cifar = projection[0]
-    # 450 training images a class (500 less the 10% validation), 400 epochs a task, batch 64
-    assert cifar["train_images_per_class"] == 450 and cifar["epochs"] == [400, 400]
-    assert cifar["steps"] == 400 * math.ceil(50 * 450 / 64) + 5 * 400 * math.ceil(10 * 450 / 64) == 282_800
+    # 500 training images a class (the reported grid carves no validation), 400 epochs a task, batch 64:
+    # 400 x ceil(25,000 / 64) + 5 x 400 x ceil(5,000 / 64) = 400 x 391 + 2,000 x 79
+    assert cifar["train_images_per_class"] == 500 and cifar["epochs"] == [400, 400]
+    assert cifar["steps"] == 400 * math.ceil(50 * 500 / 64) + 5 * 400 * math.ceil(10 * 500 / 64) == 314_400
     assert projection[6]["epochs"] == [160, 400]  # ImageNet-Subset's SGD base task (method-spec 5.6)
     assert all(h["hours_compiled"] is None for h in projection)  # no compiled row was timed
     rates = {r["image_size"]: r["achieved_tflops"] * 1e12 for r in cpu_report[0]["timings"] if r["deterministic"]}
@@ -196,7 +197,9 @@ def test_plain_conf_reads_what_hydra_composes(experiment):
 
     hydra = compose([f"+experiment={experiment}"])
     exp = plainconf.paper_experiment(experiment)
-    plain = plainconf.compose_params(exp["dataset"], exp["model"], exp["train"], "ours", exp["scenarios"])
+    plain = plainconf.compose_params(exp["dataset"], exp["model"], exp["train"], "ours", exp["scenarios"],
+                                     overrides=exp["overrides"])
+    assert exp["overrides"] == {"dataset": {"val_fraction": 0.0}}  # the paper trains on every training image
     for section in ("preset", "order_seed", "seeds", "dataset", "model", "train", "runtime"):
         assert plain[section] == hydra[section], section
     assert plain["scenario"] == hydra["scenario"]

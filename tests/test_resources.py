@@ -33,15 +33,16 @@ def test_images_and_bytes(digits, cifar_gpu):
     # digits: 180 a class, round(36.0) = 36 to test, round(144 * 0.1) = 14 to val, 130 to train
     assert res.images_per_class(digits) == (130, 36)
     assert res.dataset_mb(digits) == pytest.approx(10 * 180 * 8 * 8 * 1 / 1e6)
-    # CIFAR-100: 500 a class, 50 to val, its own 100 test images; 100 x 600 x 32 x 32 x 3 bytes
-    assert res.images_per_class(cifar_gpu) == (450, 100)
+    # CIFAR-100: 500 a class, all to train (the reported grid carves no val: dataset.val_fraction 0), its
+    # own 100 test images; 100 x 600 x 32 x 32 x 3 bytes
+    assert res.images_per_class(cifar_gpu) == (500, 100)
     assert res.dataset_mb(cifar_gpu) == pytest.approx(184.32)
 
 
 def test_smoke_cuts_shrink_the_data(cifar_gpu):
     d = dataclasses.replace(cifar_gpu.dataset, max_classes=10, max_train_per_class=20, max_test_per_class=5)
     p = dataclasses.replace(cifar_gpu, dataset=d)
-    assert res.images_per_class(p) == (18, 5)
+    assert res.images_per_class(p) == (20, 5)  # val_fraction 0: all 20 train
     assert res.n_classes(p) == 10
     assert res.dataset_mb(p) == pytest.approx(10 * (20 + 100) * 3072 / 1e6)
 
@@ -78,16 +79,17 @@ def test_official_rows_add_mixup_and_key_encoder(cifar_gpu, monkeypatch):
 
 def test_train_request_scales_with_schedule_and_data(cifar_gpu):
     ours = cifar_gpu.method["ours"]  # rotation: 4 rows an image
-    # task 0: 400 epochs x 22,500 images x 12 forward-equivalents x 1.419 GFLOP / 6e13 = 2554.4 s, + 180 s
-    # startup, x 2 = 91.1 min -> 92; memory (4000 + 3 x 22,500 x 3072 / 1e6) x 1.25 = 5259 -> 5376 MB
-    assert res.train(cifar_gpu, ours, 50, 10, 0) == res.Request(cpus=4, mem_mb=5376, runtime=92, gpus=1)
-    # task 1: 4,500 images x 16 (the old model's forward too): 681.2 s + 180 s -> 28.7 min -> 29
-    assert res.train(cifar_gpu, ours, 50, 10, 1) == res.Request(cpus=4, mem_mb=5120, runtime=29, gpus=1)
+    # task 0: 400 epochs x 25,000 images x 12 forward-equivalents x 1.419 GFLOP / 6e13 = 2838.3 s, + 180 s
+    # startup, x 2 = 100.6 min -> 101; memory (4000 + 3 x 25,000 x 3072 / 1e6) x 1.25 = 5288 -> 5376 MB
+    assert res.train(cifar_gpu, ours, 50, 10, 0) == res.Request(cpus=4, mem_mb=5376, runtime=101, gpus=1)
+    # task 1: 5,000 images x 16 (the old model's forward too): 756.9 s + 180 s -> 31.2 min -> 32;
+    # memory (4000 + 3 x 5,000 x 3072 / 1e6) x 1.25 = 5057.6 -> 5120 MB
+    assert res.train(cifar_gpu, ours, 50, 10, 1) == res.Request(cpus=4, mem_mb=5120, runtime=32, gpus=1)
     # a retried job (attempt 2) gets twice the limit
-    assert res.train(cifar_gpu, ours, 50, 10, 1, attempt=2).runtime == 58
-    # half the epochs: 340.6 s + 180 s -> 17.4 min -> 18
+    assert res.train(cifar_gpu, ours, 50, 10, 1, attempt=2).runtime == 64
+    # half the epochs: 378.4 s + 180 s -> 18.6 min -> 19
     half = dataclasses.replace(cifar_gpu, train=dataclasses.replace(cifar_gpu.train, epochs=200))
-    assert res.train(half, ours, 50, 10, 1).runtime == 18
+    assert res.train(half, ours, 50, 10, 1).runtime == 19
 
 
 def test_joint_trains_on_every_seen_class(digits):
@@ -103,8 +105,8 @@ def test_cpu_device_asks_for_no_gpu_and_uses_threads(cifar_gpu):
     cpu = dataclasses.replace(cifar_gpu, runtime=dataclasses.replace(cifar_gpu.runtime, device="cpu", threads=8))
     req = res.train(cpu, cpu.method["ours"], 50, 10, 0)
     assert (req.cpus, req.gpus) == (8, 0)
-    # 1.5327e17 FLOP / (8 x 2e9) = 9,579,099 s + 60 s -> x 2 / 60 = 319,305.3 -> 319,306 min; CPU base 1200 MB
-    assert req.runtime == 319_306
+    # 1.7030e17 FLOP / (8 x 2e9) = 10,643,443 s + 60 s -> x 2 / 60 = 354,783.4 -> 354,784 min; CPU base 1200 MB
+    assert req.runtime == 354_784
     assert req.mem_mb == 1792
     auto = dataclasses.replace(cifar_gpu, runtime=dataclasses.replace(cifar_gpu.runtime, device="auto", gpus_per_job=0))
     assert res.gpus(auto) == 0 and res.device_kind(auto) == "cpu"

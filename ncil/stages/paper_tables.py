@@ -1,5 +1,7 @@
 """``paper-tables``: the paper's Tables 1, 2, 3, 5 (Markdown and CSV) in results/tables/, assembled from
-every data set's section files (``paper-sections``; results/tables/<dataset>/table1.md, ...).
+every data set's section files (``paper-sections``; results/tables/<dataset>/table1.md, ...), and Table 4
+(DyTox, results/tables/table4.{md,csv}): the paper's values with ours "not run" (``ncil.tables.table4_texts``;
+no grid runs DyTox, so it has no sections).
 
 Section lines and CSV rows are copied unchanged, so adding a data set changes no other data set's
 lines (issue 10, item 8); the assembly is ``ncil.report.assemble_texts``'s (pure).
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 from ncil.stages import common
 
 VERB = "paper-tables"
-HELP = "the paper's Tables 1, 2, 3, 5 (Markdown and CSV) in results/tables/, from every data set's sections"
+HELP = ("the paper's Tables 1, 2, 3, 5 (Markdown and CSV) in results/tables/, from every data set's sections, "
+        "and Table 4 (DyTox: the paper's values, ours not run)")
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ def read_sections(files: tuple[str, ...]) -> dict[str, str]:
 
 
 def run(args: Args) -> None:
-    from ncil import io, report
+    from ncil import io, paths, report, tables
     from ncil.progress import say
 
     _, raw = common.load_params(args.params)
@@ -54,6 +57,8 @@ def run(args: Args) -> None:
         texts = report.assemble_texts(read_sections(args.sections), report.default_context(raw))
     except ValueError as err:  # a section file that is not one, or a data set's sections incomplete
         raise common.UsageError(f"--sections: {err}") from None
+    md_path, csv_path = paths.paper_table_files(tables.TABLE4)
+    texts[md_path], texts[csv_path] = tables.table4_texts([])  # no grid has DyTox results
     common.refuse_overlap({f"table {p}": p for p in texts} | {"--log": args.log},
                           {"--params": args.params, **{f"--sections[{i}]": s for i, s in enumerate(args.sections)}})
     io.write_files(texts)  # as a set: a kill leaves files missing, never old and new side by side

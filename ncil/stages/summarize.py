@@ -2,6 +2,10 @@
 
 The file's layout lives here only: ``build_metrics`` writes it and ``validate_metrics`` checks it
 (``ncil.verify`` uses both). The evaluations must be exactly one per task of the split, in order.
+
+``provenance.precision`` is the arithmetic the run's checkpoints were trained in (each checkpoint's
+``config.runtime.precision``, resolved on its device by ``ncil.config.resolve_precision``: fp32 on a
+CPU), read from the checkpoints given with ``--checkpoints``; files written without it lack the key.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ PROVENANCE_KEYS = ("preset", "metric_convention", "order_seed", "seed", "code_ve
 SUMMARY_KEYS = ("avg_accuracy", "last_accuracy", "avg_forgetting", "accuracy_per_step")  # metrics.summarize
 TOP_LEVEL_KEYS = ("run", "provenance", "acc_matrix", "test_counts", *SUMMARY_KEYS, "variants")
 OPTIONAL_KEYS = ("variants",)  # files written before the variants were added lack them
+# provenance.precision is not in PROVENANCE_KEYS: files written before it was recorded lack it.
+UNRECORDED_PRECISION = "unrecorded"  # a checkpoint (or metrics file) from before the precision was recorded
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,7 @@ class Args:
     method: str
     seed: int
     out: str
+    checkpoints: tuple[str, ...] = ()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--checkpoints", nargs="+", default=(),
+                        help="the run's checkpoints after tasks 0..T-1: their training precision is recorded")
 
 
 def check_evaluations(evaluations: list[dict], files, split: dict, split_file: str) -> None:
@@ -57,9 +66,25 @@ def check_evaluations(evaluations: list[dict], files, split: dict, split_file: s
                                 f"{split_file}), found {ev['task']}")
 
 
+def join_values(values) -> str:
+    """Distinct values, each split at ", ", joined by ", " shortest first, then alphabetically (pure; the
+    tables join several runs' precisions, presets, ... the same way)."""
+    found = {part for v in values for part in str(v).split(", ")}
+    return ", ".join(sorted(found, key=lambda v: (len(v), v)))
+
+
+def training_precision(configs: list[dict]) -> str:
+    """The precision the checkpoints with these config snapshots were trained in (pure): each one's
+    ``runtime.precision`` (``UNRECORDED_PRECISION`` where a snapshot has none: trained before it was
+    recorded), the distinct values ``join_values``-joined (a run whose base task ran on a GPU in bf16 and
+    the later tasks on a CPU: "bf16, fp32")."""
+    return join_values(str(c.get("runtime", {}).get("precision", UNRECORDED_PRECISION)) for c in configs)
+
+
 def build_metrics(evaluations: list[dict], split: dict, run: dict, preset: str, order_seed: int,
-                  code_version: str) -> dict:
-    """The metrics record of one run (pure). ``run``: dataset, setting, method, seed."""
+                  code_version: str, precision: str | None = None) -> dict:
+    """The metrics record of one run (pure). ``run``: dataset, setting, method, seed. ``precision``
+    (``training_precision`` of its checkpoints): recorded in the provenance when given."""
     from ncil import metrics
     from ncil.provenance import setting_label
 
@@ -69,7 +94,8 @@ def build_metrics(evaluations: list[dict], split: dict, run: dict, preset: str, 
     return {
         "run": {**run, "label": setting_label(split["initial_increment"], split["increment"], n_tasks)},
         "provenance": {"preset": preset, "metric_convention": metrics.CONVENTION, "order_seed": order_seed,
-                       "seed": run["seed"], "code_version": code_version, "class_order": split["class_order"]},
+                       "seed": run["seed"], "code_version": code_version, "class_order": split["class_order"],
+                       **({} if precision is None else {"precision": precision})},
         "acc_matrix": [[None if v != v else float(v) for v in row] for row in acc],
         "test_counts": [int(c) for c in counts],
         **summary,
@@ -115,5 +141,12 @@ def run(args: Args) -> None:
     split = read_split(args.split)
     evaluations = [io.read_predictions(path, split["tasks"]) for path in args.evals]
     check_evaluations(evaluations, args.evals, split, args.split)
+    precision = None
+    if args.checkpoints:
+        if len(args.checkpoints) != len(args.evals):
+            raise io.ArtifactError(f"--checkpoints: expected one checkpoint per evaluation ({len(args.evals)}), "
+                                   f"found {len(args.checkpoints)}")
+        precision = training_precision([io.load_checkpoint(c)["config"] for c in args.checkpoints])
     run_identity = {"dataset": p.dataset.name, "setting": args.setting, "method": args.method, "seed": args.seed}
-    io.write_json(args.out, build_metrics(evaluations, split, run_identity, p.preset, p.order_seed, code_version()))
+    io.write_json(args.out, build_metrics(evaluations, split, run_identity, p.preset, p.order_seed, code_version(),
+                                          precision))
