@@ -138,6 +138,9 @@ def run(args: Args) -> None:
                           {"--params": args.params, "--split": args.split,
                            **{f"--evals[{i}]": e for i, e in enumerate(args.evals)}})
     p, _ = common.load_params(args.params)
+    if args.method not in p.method:
+        raise common.UsageError(f"--method {args.method}: not a method of {args.params} "
+                                f"(expected one of {', '.join(p.method)})")
     split = read_split(args.split)
     evaluations = [io.read_predictions(path, split["tasks"]) for path in args.evals]
     check_evaluations(evaluations, args.evals, split, args.split)
@@ -148,5 +151,5 @@ def run(args: Args) -> None:
                                    f"found {len(args.checkpoints)}")
         precision = training_precision([io.load_checkpoint(c)["config"] for c in args.checkpoints])
     run_identity = {"dataset": p.dataset.name, "setting": args.setting, "method": args.method, "seed": args.seed}
-    io.write_json(args.out, build_metrics(evaluations, split, run_identity, p.preset, p.order_seed, code_version(),
-                                          precision))
+    io.write_json(args.out, build_metrics(evaluations, split, run_identity, p.method[args.method].preset,
+                                          p.order_seed, code_version(), precision))
