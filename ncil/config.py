@@ -109,6 +109,15 @@ class MethodConfig:
     pks_detach: bool = False  # stop the gradient through the PKS weights
     pr: float = 0.0  # lambda_pr: prototype restoration, Eq. 4-6
     pr_centers: str = "task_start"  # class centers mu of Eq. 4: task_start (code, D8) or epoch (recomputed)
+    # --- the released code's extra terms and forms (method-spec Sections 0 and 8; defaults = the paper) ---
+    mixup_rounds: int = 0  # mixup virtual classes: rounds per step (method-spec 2.4; 0 = off, released code 4)
+    contrastive: float = 0.0  # lambda_con: supervised contrastive loss (method-spec 4.2; code 0.1, 0.03 for 40+3x20)
+    contrastive_temperature: float = 0.07  # tau_c of the contrastive similarities (method-spec 4.2)
+    transfer: float = 0.0  # lambda_tr: transfer layer T and its loss (method-spec 4.4; 0 = no T, released code 1)
+    pks_form: str = "paper"  # paper (Eq. 2-3: per-sample sum + CLS term) or official (method-spec 4.6 [code], D5)
+    pr_form: str = "paper"  # paper (Eq. 4-6: one joint CE) or official (method-spec 4.7 [code]: L_off + 0.1 L_rest, D7/D9)
+    proto_aug_form: str = "paper"  # paper or official (method-spec 4.5: through T, real columns 0..4K_tot only)
+    train_images: str = "train"  # train (val images held out) or train_val (the released code trains on all of them)
 
 
 @dataclass(frozen=True)
@@ -147,10 +156,13 @@ METHOD_BACKBONES = ("vit", "resnet18")
 TRAIN_ON = ("current", "seen")
 PKS_WEIGHTINGS = ("inverse", "uniform", "direct")
 PR_CENTERS = ("task_start", "epoch")
+FORMS = ("paper", "official")  # method pks_form, pr_form, proto_aug_form
+TRAIN_IMAGES = ("train", "train_val")  # method train_images
 NUMERICS = ("native", "portable")  # runtime.numerics (ncil.numerics)
 CROP_FILLS = ("black", "mean")  # as ncil.data.augment.CROP_FILLS
 # Method fields that shape task 0: methods sharing a base recipe must agree on them.
-BASE_RECIPE_FIELDS = ("preset", "backbone", "rotation", "ce_temperature")
+BASE_RECIPE_FIELDS = ("preset", "backbone", "rotation", "ce_temperature", "mixup_rounds", "contrastive",
+                      "contrastive_temperature", "train_images")
 # Names of scenarios, methods and base recipes become folder names and Snakemake wildcard values.
 NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -363,8 +375,13 @@ def _validate(p: Params, source: str) -> None:
         _choice(source, f"{key}.pks_weighting", m.pks_weighting, PKS_WEIGHTINGS)
         _choice(source, f"{key}.pks_p", m.pks_p, (1, 2))
         _choice(source, f"{key}.pr_centers", m.pr_centers, PR_CENTERS)
+        for form in ("pks_form", "pr_form", "proto_aug_form"):
+            _choice(source, f"{key}.{form}", getattr(m, form), FORMS)
+        _choice(source, f"{key}.train_images", m.train_images, TRAIN_IMAGES)
         _positive(source, f"{key}.ce_temperature", m.ce_temperature)
-        for weight in ("feature_kd", "proto_aug", "pks", "pr"):
+        _positive(source, f"{key}.contrastive_temperature", m.contrastive_temperature)
+        _at_least_zero(source, f"{key}.mixup_rounds", m.mixup_rounds, "a number of rounds (0 = off)")
+        for weight in ("feature_kd", "proto_aug", "pks", "pr", "contrastive", "transfer"):
             if getattr(m, weight) < 0:
                 raise _fail(source, f"{key}.{weight}", f"expected a weight >= 0, got {getattr(m, weight)}")
         base = tuple(getattr(m, f) for f in BASE_RECIPE_FIELDS)
