@@ -277,7 +277,9 @@ def train_task(
         "n_outputs": n_outputs,
         "rotations": rot,  # head columns per class: logits[:, :rotations * n_seen:rotations] are the class scores
         "head_layout": "rotation4" if rot == 4 else "plain",
-        **({"mixup_columns": layout.n_mixup} if is_official else {}),  # after the real columns (method-spec 2.5)
+        # Official preset: the mixup columns after the real ones (method-spec 2.5) and the task's trained T (5.4).
+        **({"mixup_columns": layout.n_mixup,
+            "transfer": {k: v.detach().cpu().clone() for k, v in transfer.state_dict().items()}} if is_official else {}),
         "backbone": method.backbone,
         "config": run_config_snapshot(p, job, device.type),
         "history": history_without_timing(history),

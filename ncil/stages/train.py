@@ -209,7 +209,7 @@ def run(args: Args) -> None:
                        every=p.runtime.resume_every, stop_requested=flag if flag is not None else resume.never)
     platform_path(args.checkpoint).unlink(missing_ok=True)
     train_data = load_split(p.dataset.name, "train")
-    if getattr(method, "train_images", "train") == "train_val":  # the released code trains on both (method-spec 8)
+    if method.train_images == "train_val":  # the released code trains on both (method-spec 8)
         train_data = with_validation(train_data, load_split(p.dataset.name, "val"))
     try:
         payload, centers = train_task(p, job, train_data, previous, previous_centers, log, plan)
