@@ -1,0 +1,111 @@
+"""Mixup virtual classes of the `official` preset (method-spec 2.4; FCS/IL2A, absent from the paper).
+
+Per step, ``rounds`` (4) times: a random permutation pi of the B unrotated standard views; the positions i
+with y_i != y_pi(i) are kept; lambda ~ Beta(alpha, alpha) (alpha = 20), set to 0.5 outside [0.4, 0.6];
+the mixed image lambda x_i + (1 - lambda) x_pi(i) gets the virtual label of the unordered pair
+(``HeadLayout.virtual_labels``). The rounds are concatenated in order; mixed images are not rotated.
+
+Randomness comes only from a ``torch.Generator``. ``torch.distributions.Beta`` cannot take one, so Beta is
+drawn exactly from uniforms: for integer alpha, Gamma(alpha, 1) = sum of alpha Exp(1) variables, Exp(1) =
+-log(1 - U), and G1 / (G1 + G2) ~ Beta(alpha, alpha) for independent G1, G2 ~ Gamma(alpha, 1). The uniforms
+are float64 and ``-log1p(-U)`` is finite for U in [0, 1), so no lambda is ever NaN.
+
+Draw order of ``mixup_batch`` (fixes the bytes; all from ``generator``, on its device), for each round r in
+0..rounds-1:
+  1. ``torch.randperm(B)``: the permutation pi;
+  2. ``torch.rand((B, 2, alpha), float64)``: uniforms for one lambda per position i (all B positions, kept
+     or not, so the number of draws does not depend on the labels); position i uses [i, 0, :] for G1 and
+     [i, 1, :] for G2.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ncil.methods.head_layout import HeadLayout
+
+MIXUP_ALPHA = 20  # Beta(20, 20), spec 2.4 / 4.8
+MIXUP_ROUNDS = 4  # mix_time
+MIXUP_CLAMP = (0.4, 0.6)  # lambda outside this range ...
+MIXUP_FALLBACK = 0.5  # ... is replaced by 0.5
+
+
+def beta_symmetric(alpha: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n draws of Beta(alpha, alpha) for a positive integer alpha, float64 (n,), on the generator's device.
+
+    One ``torch.rand((n, 2, alpha), float64)`` draw: G_k = sum_j -log1p(-U[:, k, j]) ~ Gamma(alpha, 1), and
+    the result is G_0 / (G_0 + G_1), exact in distribution.
+    """
+    if not isinstance(alpha, int) or isinstance(alpha, bool) or alpha < 1:
+        raise ValueError(f"mixup alpha must be a positive integer (exact Gamma sums), got {alpha!r}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n!r}")
+    u = torch.rand((n, 2, alpha), generator=generator, dtype=torch.float64, device=generator.device)  # (n, 2, alpha)
+    gammas = (-torch.log1p(-u)).sum(dim=2)  # (n, 2), each ~ Gamma(alpha, 1)
+    return gammas[:, 0] / gammas.sum(dim=1)  # (n,)
+
+
+def clamp_lambdas(lam: torch.Tensor, clamp: tuple[float, float] = MIXUP_CLAMP, fallback: float = MIXUP_FALLBACK) -> torch.Tensor:
+    """lambda outside [clamp[0], clamp[1]] -> fallback (spec 2.4 step 3: outside [0.4, 0.6] -> 0.5); same shape."""
+    low, high = clamp
+    return torch.where((lam < low) | (lam > high), torch.full_like(lam, fallback), lam)
+
+
+def mix_round(
+    x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, layout: HeadLayout
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One mixup round with given draws (pure): x (B, C, H, W), y (B,), perm (B,), lam (B,) -> (M, C, H, W), (M,).
+
+    Keeps the positions i (ascending) with y[i] != y[perm[i]]; row m of the result is
+    lam[i] * x[i] + (1 - lam[i]) * x[perm[i]] (lam cast to x's dtype first) with label
+    ``layout.virtual_labels(y[i], y[perm[i]])``. lam is used as given (clamp it before).
+    """
+    if x.ndim != 4 or y.shape != (x.shape[0],) or perm.shape != y.shape or lam.shape != y.shape:
+        raise ValueError(
+            f"expected x (B, C, H, W), y (B,), perm (B,), lam (B,), got {tuple(x.shape)}, {tuple(y.shape)}, "
+            f"{tuple(perm.shape)}, {tuple(lam.shape)}"
+        )
+    perm = perm.to(y.device)
+    keep = y[perm] != y  # (B,) bool
+    keep_x, perm_x = keep.to(x.device), perm.to(x.device)
+    first, second = x[keep_x], x[perm_x][keep_x]  # (M, C, H, W) each
+    lam_k = lam.to(device=x.device, dtype=x.dtype)[keep_x].view(-1, 1, 1, 1)  # (M, 1, 1, 1)
+    mixed = lam_k * first + (1 - lam_k) * second  # (M, C, H, W)
+    return mixed, layout.virtual_labels(y[keep], y[perm][keep])
+
+
+def mixup_batch(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    layout: HeadLayout,
+    generator: torch.Generator,
+    *,
+    rounds: int = MIXUP_ROUNDS,
+    alpha: int = MIXUP_ALPHA,
+    clamp: tuple[float, float] = MIXUP_CLAMP,
+    fallback: float = MIXUP_FALLBACK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup virtual-class images of one batch (spec 2.4): x (B, C, H, W) normalised, unrotated standard views,
+    y (B,) incremental labels of the current task -> x_mix (M, C, H, W), y_mix (M,) int64.
+
+    M = number of kept positions summed over the rounds (about 4B (1 - p_same)); the labels lie in
+    ``layout.mixup_columns``. See the module docstring for the draw order. The caller appends these rows
+    after the 4B rotated views (``rotate_batch``).
+    """
+    if rounds < 0:
+        raise ValueError(f"mixup rounds must be >= 0, got {rounds!r}")
+    if x.ndim != 4 or y.shape != (x.shape[0],):
+        raise ValueError(f"expected x (B, C, H, W) and y (B,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if y.numel() and (int(y.min()) < layout.n_old or int(y.max()) >= layout.n_total):
+        raise ValueError(f"mixup labels must be current-task labels in [{layout.n_old}, {layout.n_total})")
+    n = x.shape[0]
+    images, labels = [], []
+    for _ in range(rounds):
+        perm = torch.randperm(n, generator=generator, device=generator.device)  # (B,)
+        lam = clamp_lambdas(beta_symmetric(alpha, n, generator), clamp, fallback)  # (B,) float64
+        mixed, virtual = mix_round(x, y, perm, lam, layout)
+        images.append(mixed)
+        labels.append(virtual)
+    if not images:
+        return x.new_empty((0, *x.shape[1:])), torch.empty(0, dtype=torch.int64, device=y.device)
+    return torch.cat(images), torch.cat(labels)
