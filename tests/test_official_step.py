@@ -311,3 +311,17 @@ def test_the_strong_view_is_seeded_normalised_and_draws_after_the_standard_view(
     rgb = torch.tensor([1.0, 0.5, 0.0]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
     grey = augment.random_grayscale(rgb, torch.Generator().manual_seed(0), p=1.0)
     assert torch.allclose(grey, torch.full((1, 3, 2, 2), 0.299 + 0.5 * 0.587))
+
+
+def test_an_official_task_stopped_at_every_step_boundary_ends_in_the_uninterrupted_bytes(tmp_path):
+    """The resumable state holds T beside the network (``TrainedModules``): a stopped and resumed task 1
+    of ours_official (T trained, PR centres frozen) ends in the bytes of an uninterrupted run."""
+    from test_resume import _interrupted_at_every_boundary, _same_outputs
+
+    p = _params()
+    data = _split()
+    (clean0, clean1) = _train_two(p, "ours_official", OURS_OFFICIAL, data)
+    job1 = train.TaskJob(1, 1, list(range(10)), TASKS, "ours_official", OURS_OFFICIAL, {})
+    resumed1, positions = _interrupted_at_every_boundary(p, job1, data, *clean0, tmp_path / "t1.pt")
+    assert positions == [(0, 1), (1, 0), (1, 1), (2, 0)]  # 20 new images, batch 16: 2 steps per epoch
+    assert _same_outputs(resumed1, clean1)
