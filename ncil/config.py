@@ -98,7 +98,7 @@ class MethodConfig:
     base_recipe: str  # name of the task-0 recipe; methods with the same recipe share task 0
     preset: str = "paper"  # paper (what the paper describes) or official (the released code); method-spec Section 0
     train_on: str = "current"  # current: only task t's classes (NECIL); seen: all classes so far (joint)
-    backbone: str = "vit"  # vit (the `model` section) or resnet18 (torchvision, CIFAR stem; PASS)
+    backbone: str = "vit"  # vit (the `model` section), resnet18 (torchvision, CIFAR stem; PASS) or hybrid (released code, 3.1)
     rotation: bool = False  # PASS self-supervision: 4 rotations, labels 4y+k (method-spec 2.3)
     ce_temperature: float = 1.0  # logits / temperature in the cross-entropy (PASS uses 0.1)
     feature_kd: float = 0.0  # lambda_fkd: PASS feature distillation, Frobenius norm (4.3)
@@ -152,7 +152,7 @@ PRECISIONS = ("auto", "fp32", "bf16")  # runtime.precision
 PRESET_PRECISION = {"paper": "bf16", "official": "fp32"}
 BACKBONES = ("vit",)
 OPTIMIZERS = ("adam", "sgd")
-METHOD_BACKBONES = ("vit", "resnet18")
+METHOD_BACKBONES = ("vit", "resnet18", "hybrid")
 TRAIN_ON = ("current", "seen")
 PKS_WEIGHTINGS = ("inverse", "uniform", "direct")
 PR_CENTERS = ("task_start", "epoch")

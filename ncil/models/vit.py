@@ -88,12 +88,21 @@ class ViT(nn.Module):
     def feature_dim(self) -> int:
         return self.embed_dim
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, C, H, W) -> ([CLS] (B, D), patch tokens after the encoder (B, N, D))."""
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) -> patch tokens after the GPSA encoder (B, N, D), before any class attention.
+
+        Reads only ``patch_embed``, ``pos_embed`` and ``blocks``, so the hybrid backbone's ConViT
+        branch (ncil/models/hybrid.py), which builds just those, shares this arithmetic.
+        """
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D), row-major patches
         tokens = tokens + self.pos_embed
         for block in self.blocks:
             tokens = block(tokens)  # (B, N, D)
+        return tokens
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C, H, W) -> ([CLS] (B, D), patch tokens after the encoder (B, N, D))."""
+        tokens = self.encode(x)  # (B, N, D)
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
         cls = self.class_attn(tokens, cls)  # (B, 1, D): attends over [CLS; patches]
         cls = self.norm(cls).squeeze(1)  # (B, D)
