@@ -23,6 +23,11 @@ class ConfigError(ValueError):
     """A configuration key is unknown, missing or has an invalid value."""
 
 
+# A method's per-setting weights: ((scenario name, weight), ...), sorted by name; written in YAML as a
+# mapping {scenario name: weight}. Hashable and comparable, as every field of a frozen config.
+ScenarioWeights = tuple[tuple[str, float], ...]
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
     name: str  # registry name of the data set (digits, ...)
@@ -113,6 +118,7 @@ class MethodConfig:
     mixup_rounds: int = 0  # mixup virtual classes: rounds per step (method-spec 2.4; 0 = off, released code 4)
     contrastive: float = 0.0  # lambda_con: supervised contrastive loss (method-spec 4.2; code 0.1, 0.03 for 40+3x20)
     contrastive_temperature: float = 0.07  # tau_c of the contrastive similarities (method-spec 4.2)
+    contrastive_by_scenario: ScenarioWeights = ()  # lambda_con in the named scenarios instead of `contrastive` (4.8 table: 40+3x20 0.03); method_for_split
     transfer: float = 0.0  # lambda_tr: transfer layer T and its loss (method-spec 4.4; 0 = no T, released code 1)
     pks_form: str = "paper"  # paper (Eq. 2-3: per-sample sum + CLS term) or official (method-spec 4.6 [code], D5)
     pr_form: str = "paper"  # paper (Eq. 4-6: one joint CE) or official (method-spec 4.7 [code]: L_off + 0.1 L_rest, D7/D9)
@@ -133,7 +139,7 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class Params:
-    preset: str  # paper (method-spec Section 0) or official (later)
+    preset: str  # the grid's: its methods' one preset (paper or official, method-spec Section 0) or mixed; GRID_PRESETS
     order_seed: int  # seed of the class order (1993 in every paper of the field)
     seeds: tuple[int, ...]  # initialisation seeds of the runs
     dataset: DatasetConfig
@@ -147,6 +153,8 @@ class Params:
 # The fixed sections of params.yaml and their records (scenario and method hold named entries).
 SECTIONS = {"dataset": DatasetConfig, "model": ModelConfig, "train": TrainConfig, "runtime": RuntimeConfig}
 PRESETS = ("paper", "official")
+# The top-level `preset` of a grid: the one preset all its methods share, or mixed (conf/preset/*.yaml).
+GRID_PRESETS = (*PRESETS, "mixed")
 PRECISIONS = ("auto", "fp32", "bf16")  # runtime.precision
 # runtime.precision auto on a GPU, per method preset. The released code has no autocast (models/fcs.py): fp32.
 PRESET_PRECISION = {"paper": "bf16", "official": "fp32"}
@@ -173,6 +181,8 @@ def _fail(source: str, key: str, message: str) -> ConfigError:
 
 def _coerce(value, annotation, source: str, key: str):
     """Check ``value`` against a (simple) type annotation and return it in that type."""
+    if annotation == ScenarioWeights:
+        return _scenario_weights(value, source, key)
     origin = typing.get_origin(annotation)
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(annotation)
@@ -201,6 +211,24 @@ def _coerce(value, annotation, source: str, key: str):
             raise _fail(source, key, f"expected a string, got {value!r}")
         return value
     raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # programming error
+
+
+def _scenario_weights(value, source: str, key: str) -> ScenarioWeights:
+    """A mapping {scenario: weight} (or the pairs ``to_dict`` writes) as sorted (name, weight) pairs."""
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, (list, tuple)) and len(v) == 2 for v in value):
+        pairs = [tuple(v) for v in value]
+    else:
+        raise _fail(source, key, f"expected a mapping of scenario names to weights, got {value!r}")
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise _fail(source, key, f"expected each scenario once, got {names}")
+    out = []
+    for name, weight in pairs:
+        _name(source, f"{key}.{name}", name)
+        out.append((name, _coerce(weight, float, source, f"{key}.{name}")))
+    return tuple(sorted(out))
 
 
 def _reads_as_number(text: str) -> bool:
@@ -256,11 +284,17 @@ def _name(source: str, key: str, name) -> None:
 
 
 METHOD_CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "method"  # Hydra's method group
+SCENARIO_CONF_DIR = METHOD_CONF_DIR.parent / "scenario"  # Hydra's scenario group
 
 
 def defined_methods() -> list[str]:
     """The method names Hydra can compose (conf/method/*.yaml); empty where conf/ is not beside the package."""
     return sorted(f.stem for f in METHOD_CONF_DIR.glob("*.yaml")) if METHOD_CONF_DIR.is_dir() else []
+
+
+def defined_scenarios() -> list[str]:
+    """The scenario names Hydra can compose (conf/scenario/*.yaml); empty where conf/ is not beside the package."""
+    return sorted(f.stem for f in SCENARIO_CONF_DIR.glob("*.yaml")) if SCENARIO_CONF_DIR.is_dir() else []
 
 
 def parse_params(data: dict, source: str = "params.yaml") -> Params:
@@ -302,7 +336,7 @@ def parse_params(data: dict, source: str = "params.yaml") -> Params:
 
 
 def _validate(p: Params, source: str) -> None:
-    _choice(source, "preset", p.preset, PRESETS)
+    _choice(source, "preset", p.preset, GRID_PRESETS)
     if not p.seeds:
         raise _fail(source, "seeds", "expected at least one seed")
     if len(set(p.seeds)) != len(p.seeds):
@@ -364,7 +398,6 @@ def _validate(p: Params, source: str) -> None:
         except ValueError as err:
             field_name, message = str(err).split(": ", 1)
             raise _fail(source, f"scenario.{name}.{field_name}", message) from None
-    recipes: dict[str, tuple[str, tuple]] = {}
     for name, m in p.method.items():
         key = f"method.{name}"
         _name(source, key, name)
@@ -384,14 +417,79 @@ def _validate(p: Params, source: str) -> None:
         for weight in ("feature_kd", "proto_aug", "pks", "pr", "contrastive", "transfer"):
             if getattr(m, weight) < 0:
                 raise _fail(source, f"{key}.{weight}", f"expected a weight >= 0, got {getattr(m, weight)}")
-        base = tuple(getattr(m, f) for f in BASE_RECIPE_FIELDS)
-        other = recipes.setdefault(m.base_recipe, (name, base))
-        if other[1] != base:
-            raise _fail(
-                source, f"{key}.base_recipe",
-                f"{m.base_recipe!r} is shared with method {other[0]!r}, which differs in "
-                f"{', '.join(BASE_RECIPE_FIELDS)}: give one of them another base_recipe name",
-            )
+        _validate_scenario_weights(p, source, name, m)
+    _validate_grid_preset(p, source)
+    # Methods of one base recipe share task 0 of every base split: its fields must agree there, the
+    # contrastive weight as each split resolves it (method_for_split).
+    for split in sorted({paths.base_split_id(sc.initial_increment) for sc in p.scenario.values()}):
+        recipes: dict[str, tuple[str, tuple]] = {}
+        for name, m in p.method.items():
+            resolved = method_for_split(p, m, split)
+            base = tuple(getattr(resolved, f) for f in BASE_RECIPE_FIELDS)
+            other = recipes.setdefault(m.base_recipe, (name, base))
+            if other[1] != base:
+                differ = [f for f, a, b in zip(BASE_RECIPE_FIELDS, other[1], base) if a != b]
+                raise _fail(
+                    source, f"method.{name}.base_recipe",
+                    f"{m.base_recipe!r} is shared with method {other[0]!r}, which differs in "
+                    f"{', '.join(differ)} for task 0 of {split} (methods of one base_recipe must agree on "
+                    f"{', '.join(BASE_RECIPE_FIELDS)}): give one of them another base_recipe name",
+                )
+
+
+def _validate_scenario_weights(p: Params, source: str, name: str, m: MethodConfig) -> None:
+    """contrastive_by_scenario: known scenario names, weights >= 0, one weight per shared task 0."""
+    key = f"method.{name}.contrastive_by_scenario"
+    known = set(defined_scenarios()) | set(p.scenario)
+    for scenario, weight in m.contrastive_by_scenario:
+        if scenario not in known:
+            raise _fail(source, f"{key}.{scenario}", f"unknown scenario (expected one of the scenarios of "
+                        f"{SCENARIO_CONF_DIR.parent.name}/{SCENARIO_CONF_DIR.name}/ or of this grid: "
+                        f"{', '.join(sorted(known))})")
+        if weight < 0:
+            raise _fail(source, f"{key}.{scenario}", f"expected a weight >= 0, got {weight}")
+    seen: dict[str, tuple[str, float]] = {}
+    for scenario, sc in p.scenario.items():
+        split = paths.base_split_id(sc.initial_increment)
+        weight = method_for_split(p, m, scenario).contrastive
+        other = seen.setdefault(split, (scenario, weight))
+        if other[1] != weight:
+            raise _fail(source, key, f"scenarios {other[0]!r} and {scenario!r} share task 0 ({split}) but give "
+                        f"contrastive weights {other[1]} and {weight}: task 0 trains with one weight; expected "
+                        f"the same weight for both (or a grid without one of them)")
+
+
+def _validate_grid_preset(p: Params, source: str) -> None:
+    """The top-level preset names the grid's results: its methods' one preset, or mixed."""
+    presets = {m.preset for m in p.method.values()}
+    expected = next(iter(presets)) if len(presets) == 1 else "mixed"
+    if p.preset != expected:
+        which = ", ".join(f"{name} ({m.preset})" for name, m in p.method.items())
+        instead = f", or list methods of the {p.preset} preset: method=[...]" if p.preset in PRESETS else ""
+        raise _fail(source, "preset", f"expected {expected!r}, the preset of the grid's methods {which}; "
+                    f"got {p.preset!r} (compose with preset={expected}, conf/preset/{expected}.yaml{instead})")
+
+
+def method_for_split(p: Params, method: MethodConfig, split: str) -> MethodConfig:
+    """The method as it trains in ``split``: a scenario name, or ``base<F>`` for the task 0 shared by F.
+
+    Applies ``contrastive_by_scenario`` (method-spec 4.8: the released code uses lambda_con = 0.03 in
+    40+3x20, 0.1 elsewhere): ``contrastive`` becomes the split's weight and the mapping is emptied, so
+    the result (and a checkpoint's snapshot of it) names the weight that shaped the weights. A base
+    split takes the weight of its scenarios (``_validate`` checks that they agree). A method without
+    the mapping comes back as it is (the same object).
+    """
+    scenarios = [split] if split in p.scenario else [
+        name for name, sc in p.scenario.items() if paths.base_split_id(sc.initial_increment) == split]
+    if not scenarios:
+        bases = sorted({paths.base_split_id(sc.initial_increment) for sc in p.scenario.values()})
+        raise ValueError(f"split {split!r}: expected a scenario of the grid ({', '.join(p.scenario)}) "
+                         f"or the base split of one ({', '.join(bases)})")
+    if not method.contrastive_by_scenario:
+        return method
+    weights = dict(method.contrastive_by_scenario)
+    chosen = next((weights[s] for s in scenarios if s in weights), method.contrastive)
+    return dataclasses.replace(method, contrastive=chosen, contrastive_by_scenario=())
 
 
 def _validate_dataset(p: Params, source: str) -> None:

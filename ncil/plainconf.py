@@ -4,8 +4,9 @@ Hydra composes ``conf/`` for the workflow (``ncil.hydra_conf``). A machine that 
 pyyaml and this package (a lent GPU machine, say) still needs the paper's model, data set, schedule and
 method settings: this module reads the group files those settings live in, one file per group option,
 and the ``override /group: option`` lines of the experiment files that pick them. It reads nothing
-else of Hydra's grammar (no interpolation, no packages): the group files of ``conf/`` use none, and
-``tests/test_gpu_check.py`` checks that what it reads equals Hydra's composition of the same experiment.
+else of Hydra's grammar (no interpolation, no packages, no defaults lists inside group files: it refuses
+a file that has one, such as the official preset's methods), and ``tests/test_gpu_check.py`` checks that
+what it reads equals Hydra's composition of the same experiment.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def group_option(group: str, option: str, conf_dir: Path = CONF_DIR) -> dict:
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping, got {type(data).__name__}")
+    if "defaults" in data:
+        raise ValueError(f"{path}: composes other files (a defaults list), which only Hydra reads "
+                         f"(ncil.hydra_conf.compose); expected a group file without one")
     if group in ("method", "scenario"):
         if option not in data:
             raise ValueError(f"{path}: expected one entry named {option!r}, got {sorted(data)}")
@@ -58,12 +62,22 @@ def experiment_choices(name: str, conf_dir: Path = CONF_DIR) -> dict[str, str | 
     return choices
 
 
+def method_default(key: str):
+    """The default of a MethodConfig field (what a method file that leaves ``key`` out gets)."""
+    import dataclasses
+
+    from ncil.config import MethodConfig
+
+    return next(f.default for f in dataclasses.fields(MethodConfig) if f.name == key)
+
+
 def compose_params(dataset: str, model: str, train: str, method: str = "ours", scenarios: list[str] | None = None,
                    runtime: dict | None = None, conf_dir: Path = CONF_DIR, overrides: dict | None = None) -> dict:
     """A params mapping (as ``python -m ncil params`` writes it) from named group options.
 
     ``overrides`` maps a section name (dataset, model, train, runtime) to keys replaced in it. The
-    top-level keys (preset, order_seed, seeds) are those of ``conf/config.yaml``; ``scenarios`` default
+    top-level keys order_seed and seeds are those of ``conf/config.yaml``; ``preset`` is the method's own
+    (the grid preset of a one-method grid, as ``ncil.config`` validates it); ``scenarios`` default
     to CIFAR-100's 50+10x5 (parse_params needs one; a synthetic task does not use it).
     """
     top = read_yaml(Path(conf_dir) / "config.yaml")
@@ -74,11 +88,12 @@ def compose_params(dataset: str, model: str, train: str, method: str = "ours", s
     for name, values in overrides.items():
         sections[name] = {**sections[name], **values}
     scenarios = scenarios or ["base50_inc10"]
+    spec = group_option("method", method, conf_dir)
     return {
-        "preset": top["preset"], "order_seed": top["order_seed"], "seeds": list(top["seeds"]),
+        "preset": spec.get("preset", method_default("preset")), "order_seed": top["order_seed"], "seeds": list(top["seeds"]),
         **sections,
         "scenario": {s: group_option("scenario", s, conf_dir) for s in scenarios},
-        "method": {method: group_option("method", method, conf_dir)},
+        "method": {method: spec},
     }
 
 

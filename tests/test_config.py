@@ -185,7 +185,7 @@ def test_hand_edited_params_file_is_refused_naming_the_file(tmp_path, text, repl
     ("model.foo.bar=1", "override 'model.foo.bar=1': no key model.foo in conf/ (keys of model: name, img_size,"),
     ("method=[finetune,jiont]", "override 'method=[finetune,jiont]': no option 'jiont' in conf/method/ "
                                 "(did you mean joint?)"),
-    ("method=[fooo]", "override 'method=[fooo]': no option 'fooo' in conf/method/ (options: baseline, finetune,"),
+    ("method=[fooo]", "override 'method=[fooo]': no option 'fooo' in conf/method/ (options: baseline, fcs, finetune,"),
     ("dataset=cifar", "override 'dataset=cifar': no option 'cifar' in conf/dataset/ (did you mean cifar100?)"),
     ("+experiment=cifar", "override '+experiment=cifar': no option 'cifar' in conf/experiment/ (did you mean"),
     ("train.epochs==3", "override 'train.epochs==3': expected key=value in Hydra's override grammar (extraneous"),
