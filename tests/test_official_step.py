@@ -88,6 +88,7 @@ def test_paper_preset_checkpoints_keep_the_bytes_of_the_regenerated_commit(tmp_p
 # --- The official step ------------------------------------------------------------------------------------
 
 import copy  # noqa: E402
+import functools  # noqa: E402
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -107,21 +108,22 @@ from ncil.methods.official import identity_transfer, map_prototypes  # noqa: E40
 from ncil.models.network import build_network  # noqa: E402
 from ncil.train import extract_features  # noqa: E402
 
-TINY = ["model=vit_digits_tiny", "train=smoke", "train.epochs=2", "train.batch_size=16", "method=[ours]",
-        "runtime.device=cpu"]
+# The official preset's methods on a tiny hybrid backbone (ResNet-18 of width 4 + the tiny ViT; 8x8 digits).
+TINY = ["preset=official", "model=vit_digits_tiny", "+model.resnet_width=4", "train=smoke", "train.epochs=2",
+        "train.batch_size=16", "runtime.device=cpu"]
 TASKS = [[0, 1, 2, 3], [4, 5]]  # K_old = 4 after task 0, C_1 = 2
-FCS = MethodConfig(base_recipe="official_base", preset="official", rotation=True, ce_temperature=0.1,
-                   feature_kd=10.0, proto_aug=10.0, proto_aug_form="official", mixup_rounds=4, contrastive=0.1,
-                   transfer=1.0)
-OURS_OFFICIAL = dataclasses.replace(FCS, pks=1.0, pks_form="official", pr=1.0, pr_form="official")
 TASK0_TERMS = {"ce", "con"}
 FCS_TERMS = {"ce", "con", "fkd", "transfer", "proto"}
 OURS_OFFICIAL_TERMS = FCS_TERMS | {"pks", "pr_offset", "pr_restore"}
 
 
-def _params(**methods):
-    p = parse_params(compose(TINY))
-    return dataclasses.replace(p, method=methods or {"fcs": FCS, "ours_official": OURS_OFFICIAL})
+@functools.cache
+def _params():
+    return parse_params(compose(TINY))
+
+
+def _method(name: str) -> MethodConfig:
+    return _params().method[name]
 
 
 def _split() -> arrays.Split:
@@ -163,8 +165,9 @@ def _step_setup(method: MethodConfig, n_old=4, n_new=2, batch=6, seed=0):
     return net, old, pr_centers, x, xs, y, task
 
 
-@pytest.mark.parametrize("method, expected", [(OURS_OFFICIAL, OURS_OFFICIAL_TERMS), (FCS, FCS_TERMS)])
-def test_the_step_has_every_term_of_its_method_and_the_total_is_their_sum(method, expected):
+@pytest.mark.parametrize("name, expected", [("ours_official", OURS_OFFICIAL_TERMS), ("fcs", FCS_TERMS)])
+def test_the_step_has_every_term_of_its_method_and_the_total_is_their_sum(name, expected):
+    method = _method(name)
     net, old, pr_centers, x, xs, y, task = _step_setup(method)
     gen = torch.Generator().manual_seed(0)
     net.train()
@@ -210,7 +213,7 @@ def test_growth_keeps_the_old_real_rows_bit_identical_and_replaces_the_mixup_row
     first = HeadLayout(0, 4)  # task 0: 4 x 4 real + 6 mixup columns
     second = first.next(2)  # task 1: 4 x 6 real + 1 mixup column
     assert (first.n_outputs, second.n_outputs) == (16 + 6, 24 + 1)
-    net = build_network(_params().model, 1, first.n_outputs)
+    net = build_network(_params().model, 1, first.n_outputs, "hybrid")
     with torch.no_grad():
         net.head.bias.copy_(torch.arange(first.n_outputs, dtype=torch.float32))  # tag every old row
     weight, bias = net.head.weight.detach().clone(), net.head.bias.detach().clone()
@@ -261,7 +264,7 @@ def test_official_tasks_train_end_to_end_with_the_transfer_layer_and_the_mapped_
         return layer
 
     monkeypatch.setattr(train, "official_transfer", recording)
-    (payload0, rows0), (payload1, rows1) = _train_two(p, "ours_official", OURS_OFFICIAL)
+    (payload0, rows0), (payload1, rows1) = _train_two(p, "ours_official", _method("ours_official"))
     d = payload0["model"]["head.weight"].shape[1]
     assert len(starts) == 2 and all(torch.equal(w, torch.eye(d)) and torch.equal(b, torch.zeros(d)) for w, b in starts)
     # Head sizes: 4 K_tot + C (C - 1) / 2.
@@ -276,7 +279,7 @@ def test_official_tasks_train_end_to_end_with_the_transfer_layer_and_the_mapped_
     mapped = map_prototypes(transfer, torch.from_numpy(rows0["center"])).numpy()
     np.testing.assert_array_equal(rows1["center"][:4], mapped)
     np.testing.assert_array_equal(rows1["spread"][:4], rows0["spread"])  # rho is never remapped
-    net = build_network(p.model, 1, payload1["n_outputs"])
+    net = build_network(p.model, 1, payload1["n_outputs"], "hybrid")
     net.load_state_dict(payload1["model"])
     data = _split()
     _, images, labels = arrays.select_classes(data, TASKS[1], train.remap_labels(list(range(10))))
@@ -287,8 +290,8 @@ def test_official_tasks_train_end_to_end_with_the_transfer_layer_and_the_mapped_
 
 def test_fcs_trains_without_pks_and_pr_and_two_runs_give_the_same_bytes():
     p = _params()
-    first = _train_two(p, "fcs", FCS)
-    second = _train_two(p, "fcs", FCS)
+    first = _train_two(p, "fcs", _method("fcs"))
+    second = _train_two(p, "fcs", _method("fcs"))
     for (pa, ra), (pb, rb) in zip(first, second):
         assert _checkpoint_bytes(pa) == _checkpoint_bytes(pb)
         assert all(np.array_equal(ra[k], rb[k]) for k in ra)
@@ -320,8 +323,8 @@ def test_an_official_task_stopped_at_every_step_boundary_ends_in_the_uninterrupt
 
     p = _params()
     data = _split()
-    (clean0, clean1) = _train_two(p, "ours_official", OURS_OFFICIAL, data)
-    job1 = train.TaskJob(1, 1, list(range(10)), TASKS, "ours_official", OURS_OFFICIAL, {})
+    (clean0, clean1) = _train_two(p, "ours_official", _method("ours_official"), data)
+    job1 = train.TaskJob(1, 1, list(range(10)), TASKS, "ours_official", _method("ours_official"), {})
     resumed1, positions = _interrupted_at_every_boundary(p, job1, data, *clean0, tmp_path / "t1.pt")
     assert positions == [(0, 1), (1, 0), (1, 1), (2, 0)]  # 20 new images, batch 16: 2 steps per epoch
     assert _same_outputs(resumed1, clean1)

@@ -173,6 +173,10 @@ def run(args: Args) -> None:
     if args.task >= len(split["tasks"]):
         raise common.UsageError(f"--task {args.task}: {args.split} has only {len(split['tasks'])} tasks")
     method = resolve_method(p, args, args.params)
+    if method.contrastive_by_scenario:  # per-setting lambda_con (method-spec 4.8); paper methods have none
+        from ncil.config import method_for_split
+
+        method = method_for_split(p, method, Path(args.split).parent.name)
     job = make_job(p, split, args.task, args.seed, args.method, method, args.split)
     log = logger()
     log.info("train %s task %d (method %s, seed %d)", args.split, args.task, args.method, args.seed)
