@@ -89,7 +89,6 @@ def test_paper_preset_checkpoints_keep_the_bytes_of_the_regenerated_commit(tmp_p
 
 import copy  # noqa: E402
 import functools  # noqa: E402
-import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 
