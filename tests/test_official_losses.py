@@ -13,6 +13,8 @@ from ncil.methods.official import (
     OFFICIAL_WEIGHTS,
     PR_RESTORE_WEIGHT,
     OfficialWeights,
+    class_statistics,
+    classification_loss,
     identity_transfer,
     map_prototypes,
     offset_loss_official,
@@ -406,3 +408,23 @@ def test_map_prototypes_no_gradient():
     tr = linear([[0.0, 1.0], [1.0, 0.0]], [0.5, 0.0])
     out = map_prototypes(tr, t([[1.0, 2.0], [3.0, 4.0]]))
     assert out.tolist() == [[2.5, 1.0], [4.5, 3.0]] and not out.requires_grad
+
+
+def test_class_statistics_by_hand():
+    # Class 3: (0, 0), (2, 4) -> mean (1, 2); unbiased variances 2, 8 -> rho = 5.
+    # Class 7: (1, 1), (1, 3), (1, 5) -> mean (1, 3); variances 0, 4 -> rho = 2.
+    feats = t([[0.0, 0.0], [1.0, 1.0], [2.0, 4.0], [1.0, 3.0], [1.0, 5.0]])
+    classes, centers, rhos = class_statistics(feats, torch.tensor([3, 7, 3, 7, 7]))
+    assert classes.tolist() == [3, 7]
+    assert centers.tolist() == [[1.0, 2.0], [1.0, 3.0]]
+    assert rhos.tolist() == pytest.approx([5.0, 2.0], rel=1e-12)
+
+
+# --- classification (4.1) ------------------------------------------------------------------------------------------
+
+
+def test_classification_loss_uses_all_columns_and_temperature():
+    # One row, logits (0.1, 0, 0) with tau = 0.1 -> (1, 0, 0); target 2 (e.g. a mixup column):
+    # CE = log(e + 2) - 0 = 1.551445.
+    loss = classification_loss(t([[0.1, 0.0, 0.0]]), torch.tensor([2]))
+    assert loss.item() == pytest.approx(math.log(math.e + 2), rel=1e-12)

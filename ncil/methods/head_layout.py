@@ -128,13 +128,17 @@ class HeadLayout:
         a, b = max(a_global, b_global) - self.n_old, min(a_global, b_global) - self.n_old
         return self.n_real + a * (a - 1) // 2 + b
 
-    def virtual_labels(self, y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
-        """Tensor form of ``virtual_label``: y1, y2 (M,) current-task labels, y1 != y2 row-wise -> (M,) int64."""
+    def virtual_labels(self, y1: torch.Tensor, y2: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
+        """Tensor form of ``virtual_label``: y1, y2 (M,) current-task labels, y1 != y2 row-wise -> (M,) int64.
+
+        ``validate=False`` skips the value checks (they synchronise with the device); use it only where the
+        caller has already checked the labels.
+        """
         if y1.shape != y2.shape or y1.ndim != 1:
             raise ValueError(f"expected y1 and y2 of one shape (M,), got {tuple(y1.shape)} and {tuple(y2.shape)}")
         if not self.mixup:
             raise ValueError("virtual_labels needs a layout with mixup=True")
-        if y1.numel():
+        if validate and y1.numel():
             lo, hi = int(torch.minimum(y1, y2).min()), int(torch.maximum(y1, y2).max())
             if lo < self.n_old or hi >= self.n_total:
                 raise ValueError(f"mixup classes must be current-task labels in [{self.n_old}, {self.n_total}), got range [{lo}, {hi}]")

@@ -52,13 +52,14 @@ def clamp_lambdas(lam: torch.Tensor, clamp: tuple[float, float] = MIXUP_CLAMP, f
 
 
 def mix_round(
-    x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, layout: HeadLayout
+    x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, layout: HeadLayout, *, validate: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One mixup round with given draws (pure): x (B, C, H, W), y (B,), perm (B,), lam (B,) -> (M, C, H, W), (M,).
 
     Keeps the positions i (ascending) with y[i] != y[perm[i]]; row m of the result is
     lam[i] * x[i] + (1 - lam[i]) * x[perm[i]] (lam cast to x's dtype first) with label
-    ``layout.virtual_labels(y[i], y[perm[i]])``. lam is used as given (clamp it before).
+    ``layout.virtual_labels(y[i], y[perm[i]])``. lam is used as given (clamp it before). ``validate=False``
+    skips the label-range check (a device sync), for callers that checked y already.
     """
     if x.ndim != 4 or y.shape != (x.shape[0],) or perm.shape != y.shape or lam.shape != y.shape:
         raise ValueError(
@@ -71,7 +72,7 @@ def mix_round(
     first, second = x[keep_x], x[perm_x][keep_x]  # (M, C, H, W) each
     lam_k = lam.to(device=x.device, dtype=x.dtype)[keep_x].view(-1, 1, 1, 1)  # (M, 1, 1, 1)
     mixed = lam_k * first + (1 - lam_k) * second  # (M, C, H, W)
-    return mixed, layout.virtual_labels(y[keep], y[perm][keep])
+    return mixed, layout.virtual_labels(y[keep], y[perm][keep], validate=validate)
 
 
 def mixup_batch(
@@ -96,14 +97,16 @@ def mixup_batch(
         raise ValueError(f"mixup rounds must be >= 0, got {rounds!r}")
     if x.ndim != 4 or y.shape != (x.shape[0],):
         raise ValueError(f"expected x (B, C, H, W) and y (B,), got {tuple(x.shape)} and {tuple(y.shape)}")
-    if y.numel() and (int(y.min()) < layout.n_old or int(y.max()) >= layout.n_total):
-        raise ValueError(f"mixup labels must be current-task labels in [{layout.n_old}, {layout.n_total})")
+    if y.numel():
+        lo, hi = torch.stack(torch.aminmax(y)).tolist()  # one device sync
+        if lo < layout.n_old or hi >= layout.n_total:
+            raise ValueError(f"mixup labels must be current-task labels in [{layout.n_old}, {layout.n_total}), got [{lo}, {hi}]")
     n = x.shape[0]
     images, labels = [], []
     for _ in range(rounds):
         perm = torch.randperm(n, generator=generator, device=generator.device)  # (B,)
         lam = clamp_lambdas(beta_symmetric(alpha, n, generator), clamp, fallback)  # (B,) float64
-        mixed, virtual = mix_round(x, y, perm, lam, layout)
+        mixed, virtual = mix_round(x, y, perm, lam, layout, validate=False)  # y checked above
         images.append(mixed)
         labels.append(virtual)
     if not images:

@@ -25,7 +25,7 @@ from torch import nn
 
 from ncil.methods.head_layout import HeadLayout, take_columns
 from ncil.methods.pks import pks_loss_code
-from ncil.methods.prototypes import augment_prototypes, global_radius, offset_loss, split_halves
+from ncil.methods.prototypes import augment_prototypes, class_centers, gaussian_radius, global_radius, offset_loss, split_halves
 
 # --- weights (spec 4.8 table, [code] column) ------------------------------------------------------------------
 
@@ -251,3 +251,22 @@ def update_prototypes_official(
     centers = torch.cat([mapped.to(new_centers), new_centers])  # (K_tot, d)
     rhos = torch.cat([old_rhos.to(new_rhos), new_rhos])  # (K_tot,)
     return centers, rhos, global_radius(rhos)
+
+
+def class_statistics(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-class prototype and radius contribution of the new classes (5.4 step 2): features (N, d) of the trained
+    model (eval mode, test transform, unrotated), labels (N,) -> (classes (C,) ascending, centers (C, d), rhos (C,)),
+    rho_c = trace(unbiased Sigma_c) / d. Every class needs at least 2 samples."""
+    classes, centers = class_centers(features, labels)
+    rhos = torch.stack([gaussian_radius(features[labels == c]) for c in classes.tolist()])  # (C,)
+    return classes, centers, rhos
+
+
+# --- classification (4.1) -----------------------------------------------------------------------------------------
+
+
+def classification_loss(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """L_clf (4.1): CE(z / tau, Y') over all R = B' rows and ALL head columns (real and mixup); logits (R, n_outputs)."""
+    if logits.ndim != 2 or targets.shape != (logits.shape[0],):
+        raise ValueError(f"expected logits (R, n_outputs) and targets (R,), got {tuple(logits.shape)} and {tuple(targets.shape)}")
+    return F.cross_entropy(logits / temperature, targets)
