@@ -14,8 +14,13 @@ from ncil.models.network import load_network
 
 @torch.no_grad()
 def predict(net, images: np.ndarray, mean, std, batch_size: int, device: torch.device, rotations: int = 1,
-            precision: str = "fp32") -> np.ndarray:
-    """Argmax class for uint8 images (N, H, W, C) over the rotation-0 columns ``logits[:, ::rotations]``.
+            precision: str = "fp32", n_classes: int | None = None) -> np.ndarray:
+    """Argmax class for uint8 images (N, H, W, C) over the rotation-0 columns of the real classes.
+
+    The columns read are ``logits[:, :rotations * n_classes:rotations]`` (``n_classes`` None: every
+    column group of the head), so columns after the real classes' (the official preset's mixup
+    classes, method-spec 2.5) are never predicted. With a head of exactly rotations x n_classes
+    columns this is ``logits[:, ::rotations]``.
 
     Each batch is normalised on its own, so memory holds only one float batch (not a float copy of
     the whole test set: ~3 GB for ImageNet-Subset's 5,000 images at 224x224).
@@ -26,7 +31,8 @@ def predict(net, images: np.ndarray, mean, std, batch_size: int, device: torch.d
         x = arrays.to_tensor(images[start : start + batch_size], mean, std)  # (b, C, H, W) float32
         with runtime.autocast(device, precision):
             logits = net(x.to(device))["logits"]  # (b, rotations * n_seen)
-        preds.append(logits[:, ::rotations].float().argmax(1).cpu())  # (b, n_seen) -> (b,)
+        end = logits.shape[1] if n_classes is None else rotations * n_classes
+        preds.append(logits[:, :end:rotations].float().argmax(1).cpu())  # (b, n_seen) -> (b,)
     return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
 
 
@@ -54,5 +60,5 @@ def evaluate_checkpoint(p: Params, checkpoint: dict, test_split: arrays.Split, t
         "original_label": test_split.labels[rows],
         "label_task": np.asarray([task_of[int(o)] for o in test_split.labels[rows]]),
         "prediction": predict(net, images, p.dataset.mean, p.dataset.std, p.train.eval_batch_size, device,
-                              int(checkpoint.get("rotations", 1)), precision),
+                              int(checkpoint.get("rotations", 1)), precision, n_classes=len(seen)),
     }

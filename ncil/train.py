@@ -17,6 +17,7 @@ from ncil import optim, resume, runtime
 from ncil.config import BASE_RECIPE_FIELDS, MethodConfig, Params, non_default_fields, resolve_precision, to_dict
 from ncil.data import arrays, augment
 from ncil.data.scenario import remap_labels
+from ncil.methods import official_step as official
 from ncil.methods.objective import OldKnowledge, needs_teacher, rotations, step_loss
 from ncil.methods.prototypes import class_centers, gaussian_radius, global_radius
 from ncil.models.network import IncrementalNet, build_network, load_network
@@ -112,13 +113,22 @@ def train_task(
     label_map = remap_labels(job.class_order)
     seen = [c for t in job.tasks[: job.task + 1] for c in t]
     n_seen, n_old = len(seen), len(seen) - len(job.tasks[job.task])
+    is_official = official.is_official(method)  # the official preset's step (ncil.methods.official_step)
+    if is_official:
+        official.check_method(method)
+        layout = official.head_layout(method, n_old, n_seen - n_old)
+    n_outputs = layout.n_outputs if is_official else rot * n_seen
 
     # 1. The model: fresh for task 0; otherwise task t-1's weights with the head grown to n_seen classes.
+    #    Official preset (method-spec 3.4): rows 0..rot*K_old-1 kept, the previous mixup rows replaced.
     if job.task == 0:
-        net = build_network(p.model, p.dataset.channels, rot * n_seen, method.backbone)
+        net = build_network(p.model, p.dataset.channels, n_outputs, method.backbone)
     else:
         net = load_network(p.model, p.dataset.channels, previous["model"], method.backbone)
-        net.head.grow(rot * n_seen)
+        if is_official:
+            net.head.regrow(len(layout.rows_kept_on_growth), n_outputs)
+        else:
+            net.head.grow(rot * n_seen)
     net.to(device)
     runtime.maybe_compile(net.backbone, p.runtime.compile)
     old = old_knowledge(previous, previous_centers, method, p, device) if job.task > 0 else None
@@ -142,8 +152,16 @@ def train_task(
 
     # 3. Optimiser, schedule and epochs of this task (method-spec 5.1; 5.6 for a task 0 with its own
     #    recipe, e.g. ImageNet-Subset's SGD base task): a fresh optimiser and scheduler per task.
+    #    Official preset: T is recreated as the identity (3.4) and trained beside the network; the key
+    #    encoder gets its own BN buffers (4.2). ``trained`` is what the optimiser and a resumable state hold.
     recipe = optim.task_recipe(p.train, job.task)
-    optimizer, scheduler = optim.build_optimizer(net.parameters(), recipe)
+    trained, step_state = net, None
+    if is_official:
+        transfer = official_transfer(net.feature_dim, device)
+        trained = official.TrainedModules(net, transfer)
+        step_state = official.OfficialTask(layout, transfer, official.key_encoder_buffers(net.backbone),
+                                           proto_batch=p.train.batch_size)
+    optimizer, scheduler = optim.build_optimizer(trained.parameters(), recipe)
 
     # 4. Epochs. PR's class centers mu (Eq. 4): stored ones for old classes, the model's for new ones.
     #    A resumed task first takes the saved weights, optimiser, schedule and random streams; a state
@@ -156,7 +174,7 @@ def train_task(
     state, start = plan.state, resume.Position(0, 0)
     if state is not None:
         resume.check_position(plan.path, state, recipe.epochs, steps)
-        net.load_state_dict(state["model"])
+        trained.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -178,7 +196,7 @@ def train_task(
         raise resume.Preempted(position.epoch, position.step, steps, job.task)
 
     def save(position: resume.Position, epoch_generator, counters: dict | None) -> None:
-        plan.save(resume.capture(position, net, optimizer, scheduler, generator, epoch_generator, device,
+        plan.save(resume.capture(position, trained, optimizer, scheduler, generator, epoch_generator, device,
                                  pr_centers, history, {"steps_per_epoch": steps, **(counters or {})}))
 
     if plan.stop_requested():  # before the first step: the state on disk (if any) is this very position
@@ -203,8 +221,15 @@ def train_task(
         for step in range(first, steps):
             idx = order[step].to(device)
             x = augment.augment_batch(x_all.index_select(0, idx), augment_spec, generator)  # (B, C, H, W) float32
-            with runtime.autocast(device, precision):
-                loss, terms, logits, targets = step_loss(net, x, y_all[idx], method, old, pr_centers, generator)
+            if is_official:
+                x_strong = augment.strong_view(x_all.index_select(0, idx), augment_spec, p.dataset.image_size,
+                                               generator)  # (B, C, H, W) float32, method-spec 2.2
+                with runtime.autocast(device, precision):
+                    loss, terms, logits, targets = official.official_step(net, x, x_strong, y_all[idx], method,
+                                                                          step_state, old, pr_centers, generator)
+            else:
+                with runtime.autocast(device, precision):
+                    loss, terms, logits, targets = step_loss(net, x, y_all[idx], method, old, pr_centers, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -232,6 +257,8 @@ def train_task(
     counts = np.bincount(new_labels, minlength=n_seen)
     original = {label: o for o, label in label_map.items()}
     rows = empty_centers(net.feature_dim) if previous_centers is None else previous_centers
+    if is_official and n_old:  # method-spec 5.4: the old prototypes move into the new space through T
+        rows = {**rows, "center": mapped_centers(transfer, rows["center"], device)}
     rows = {
         "class_id": np.concatenate([rows["class_id"], class_ids.numpy()]).astype(np.int32),
         "original_class": np.concatenate([rows["original_class"], [original[int(c)] for c in class_ids]]).astype(np.int32),
@@ -247,15 +274,33 @@ def train_task(
         "identity": job.identity,
         "class_order": list(job.class_order),
         "seen_classes": seen,
-        "n_outputs": rot * n_seen,
-        "rotations": rot,  # head columns per class: logits[:, ::rotations] are the class scores
+        "n_outputs": n_outputs,
+        "rotations": rot,  # head columns per class: logits[:, :rotations * n_seen:rotations] are the class scores
         "head_layout": "rotation4" if rot == 4 else "plain",
+        # Official preset: the mixup columns after the real ones (method-spec 2.5) and the task's trained T (5.4).
+        **({"mixup_columns": layout.n_mixup,
+            "transfer": {k: v.detach().cpu().clone() for k, v in transfer.state_dict().items()}} if is_official else {}),
         "backbone": method.backbone,
         "config": run_config_snapshot(p, job, device.type),
         "history": history_without_timing(history),
         "model": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
     }
     return payload, rows
+
+
+def official_transfer(dim: int, device: torch.device) -> torch.nn.Linear:
+    """The transfer layer T of an official task: Linear(d, d) with W = I, b = 0, no random draws (3.4)."""
+    from ncil.methods.official import identity_transfer
+
+    return identity_transfer(dim, device=device)
+
+
+def mapped_centers(transfer: torch.nn.Module, centers: np.ndarray, device: torch.device) -> np.ndarray:
+    """Stored old prototypes (K_old, d) mapped through the task's trained T (method-spec 5.4 step 1), float32."""
+    from ncil.methods.official import map_prototypes
+
+    mapped = map_prototypes(transfer, torch.from_numpy(np.ascontiguousarray(centers)).to(device))  # (K_old, d)
+    return mapped.float().cpu().numpy()
 
 
 def torch_cpu_generator(generator: torch.Generator) -> torch.Generator:

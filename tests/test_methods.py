@@ -155,3 +155,39 @@ def test_freed_memory_is_kept_for_reuse_on_glibc():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
     assert keep_freed_memory() is True
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("fcs", {"ce", "con", "fkd", "transfer", "proto"}),
+    ("ours_official", {"ce", "con", "fkd", "transfer", "proto", "pks", "pr_offset", "pr_restore"}),
+])
+def test_each_official_method_uses_its_loss_terms(name, expected):
+    """The official preset's methods as configured (conf/method/{fcs,ours_official}.yaml) train with
+    ``official_step``: fcs has neither PKS nor PR, ours_official both in code form; task 0 is L_clf + L_con."""
+    from ncil.methods import official_step as official
+    from ncil.methods.official import identity_transfer
+
+    method = parse_params(compose(["preset=official"])).method[name]
+    assert official.is_official(method) and method.pks_form == method.pr_form == "official"
+    cfg = ModelConfig("vit", img_size=8, patch_size=2, embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0,
+                      drop_path=0.0, resnet_width=4)
+    torch.manual_seed(0)
+    layout = official.head_layout(method, 2, 2)
+    net = build_network(cfg, 1, layout.n_outputs, method.backbone)
+    teacher = copy.deepcopy(net).eval().requires_grad_(False)
+    centers = torch.randn(2, net.feature_dim)
+    old = OldKnowledge(teacher=teacher, centers=centers, radius=0.5)
+    task = official.OfficialTask(layout, identity_transfer(net.feature_dim), official.key_encoder_buffers(net.backbone), 8)
+    x, xs, y = torch.randn(6, 1, 8, 8), torch.randn(6, 1, 8, 8), torch.tensor([2, 3, 2, 3, 3, 2])
+    gen = torch.Generator().manual_seed(0)
+    net.train()
+    loss, terms, logits, targets = official.official_step(net, x, xs, y, method, task, old,
+                                                          torch.cat([centers, torch.randn(2, net.feature_dim)]), gen)
+    assert set(terms) == expected and loss.item() == pytest.approx(sum(terms.values()), rel=1e-5)
+    assert logits.shape == (targets.shape[0], 4 * 4 + 1) and targets.shape[0] >= 24  # 4B rotated + mixup rows
+    layout0 = official.head_layout(method, 0, 4)
+    net0 = build_network(cfg, 1, layout0.n_outputs, method.backbone)
+    task0 = official.OfficialTask(layout0, identity_transfer(net0.feature_dim), official.key_encoder_buffers(net0.backbone), 8)
+    net0.train()
+    _, terms0, _, _ = official.official_step(net0, x, xs, y - 2, method, task0, None, None, gen)
+    assert set(terms0) == {"ce", "con"}

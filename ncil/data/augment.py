@@ -405,3 +405,39 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator
     if spec.jitter:
         x = color_jitter(x, generator, spec.brightness, spec.contrast, spec.saturation, spec.hue)
     return normalize(x, spec.mean, spec.std)
+
+
+# --- The official preset's extra strong view (method-spec 2.2), the contrastive loss's key --------------
+
+STRONG_SCALE = (0.2, 1.0)  # RandomResizedCrop scale of the strong view
+STRONG_GRAYSCALE_P = 0.2  # RandomGrayscale probability
+STRONG_JITTER = 0.4  # ColorJitter(0.4, 0.4, 0.4, 0.4)
+STRONG_FLIP_P = 0.5  # RandomHorizontalFlip
+
+
+def random_grayscale(x: torch.Tensor, generator: torch.Generator, p: float = STRONG_GRAYSCALE_P) -> torch.Tensor:
+    """RandomGrayscale(p) on float (B, C, H, W): each image becomes its luma, repeated over the C channels,
+    with probability ``p`` (one ``rand`` of B values). Grey images (C = 1) are unchanged but still draw."""
+    chosen = torch.rand(x.shape[0], generator=generator, device=x.device) < p  # (B,)
+    if x.shape[1] == 1:
+        return x
+    return torch.where(chosen.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
+
+
+def strong_view(x: torch.Tensor, spec: AugmentSpec, size: int, generator: torch.Generator) -> torch.Tensor:
+    """The official preset's second training view (method-spec 2.2): uint8 or float (B, C, H, W) ->
+    normalised float32 (B, C, size, size).
+
+    RandomResizedCrop(size, scale=(0.2, 1.0)) -> RandomGrayscale(0.2) -> ColorJitter(0.4, 0.4, 0.4, 0.4)
+    -> RandomHorizontalFlip(0.5) -> normalise with ``spec``'s constants, drawing from ``generator`` in
+    that order: the crop windows (one ``rand`` of (B, 22)), the grayscale choice (B), the jitter's order
+    and factors (``color_jitter``; on grey images saturation and hue change nothing but still draw), the
+    flip (B). The released code runs this pipeline twice and keeps the second result; that only spends
+    random numbers and is skipped here. ``augment_batch`` is independent of this function: a step that
+    calls both draws ``augment_batch``'s numbers first.
+    """
+    x = random_resized_crop(to_unit(x), size, generator, scale=STRONG_SCALE)  # (B, C, S, S) float in [0, 1]
+    x = random_grayscale(x, generator)
+    x = color_jitter(x, generator, STRONG_JITTER, STRONG_JITTER, STRONG_JITTER, STRONG_JITTER)
+    x = random_hflip(x, generator, STRONG_FLIP_P)
+    return normalize(x, spec.mean, spec.std)

@@ -128,6 +128,15 @@ def check_previous(previous: dict, job, p, expected_method: str, prev_file: str,
                 "not task t-1 of this run")
 
 
+def with_validation(train_data, val_data):
+    """The training split followed by the validation split's images (method ``train_images: train_val``)."""
+    import numpy as np
+
+    from ncil.data.arrays import Split
+
+    return Split(np.concatenate([train_data.images, val_data.images]), np.concatenate([train_data.labels, val_data.labels]))
+
+
 PLATFORM_NAME = "platform.json"  # the sidecar beside model.pt
 
 
@@ -164,6 +173,10 @@ def run(args: Args) -> None:
     if args.task >= len(split["tasks"]):
         raise common.UsageError(f"--task {args.task}: {args.split} has only {len(split['tasks'])} tasks")
     method = resolve_method(p, args, args.params)
+    if method.contrastive_by_scenario:  # per-setting lambda_con (method-spec 4.8); paper methods have none
+        from ncil.config import method_for_split
+
+        method = method_for_split(p, method, Path(args.split).parent.name)
     job = make_job(p, split, args.task, args.seed, args.method, method, args.split)
     log = logger()
     log.info("train %s task %d (method %s, seed %d)", args.split, args.task, args.method, args.seed)
@@ -200,6 +213,8 @@ def run(args: Args) -> None:
                        every=p.runtime.resume_every, stop_requested=flag if flag is not None else resume.never)
     platform_path(args.checkpoint).unlink(missing_ok=True)
     train_data = load_split(p.dataset.name, "train")
+    if method.train_images == "train_val":  # the released code trains on both (method-spec 8)
+        train_data = with_validation(train_data, load_split(p.dataset.name, "val"))
     try:
         payload, centers = train_task(p, job, train_data, previous, previous_centers, log, plan)
     except resume.Preempted as stop:
