@@ -418,6 +418,7 @@ def _validate(p: Params, source: str) -> None:
             if getattr(m, weight) < 0:
                 raise _fail(source, f"{key}.{weight}", f"expected a weight >= 0, got {getattr(m, weight)}")
         _validate_scenario_weights(p, source, name, m)
+        _validate_preset_options(source, key, m)
     _validate_grid_preset(p, source)
     # Methods of one base recipe share task 0 of every base split: its fields must agree there, the
     # contrastive weight as each split resolves it (method_for_split).
@@ -563,6 +564,29 @@ def load_params(path: str | Path = "params.yaml") -> tuple[Params, dict]:
 
     raw = io.read_yaml(path)
     return parse_params(raw, source=str(path)), raw
+
+
+# Options only the official preset's step reads (ncil.methods.official_step), with their off values: a
+# paper-preset method that set one would have it silently ignored by the paper step, so it is refused.
+OFFICIAL_ONLY = {"mixup_rounds": 0, "contrastive": 0.0, "contrastive_by_scenario": (), "transfer": 0.0,
+                 "pks_form": "paper", "pr_form": "paper", "proto_aug_form": "paper"}
+
+
+def _validate_preset_options(source: str, key: str, m: MethodConfig) -> None:
+    """A method's options must be ones its preset's step trains with (before anything runs)."""
+    if m.preset == "paper":
+        for option, off in OFFICIAL_ONLY.items():
+            if getattr(m, option) != off:
+                raise _fail(source, f"{key}.{option}", f"only the official preset's step uses it: expected {off!r} "
+                                                       f"under preset paper, got {getattr(m, option)!r} "
+                                                       f"(or set {key}.preset: official)")
+        return
+    if not m.rotation:
+        raise _fail(source, f"{key}.rotation", "the official preset's step needs rotation: true (method-spec 2.3)")
+    for weight, form in (("pks", "pks_form"), ("pr", "pr_form"), ("proto_aug", "proto_aug_form")):
+        if getattr(m, weight) > 0 and getattr(m, form) != "official":
+            raise _fail(source, f"{key}.{form}", f"the official preset's step implements {weight} in the official "
+                                                 f"form only: expected 'official', got {getattr(m, form)!r}")
 
 
 def resolve_precision(requested: str, device_type: str, preset: str) -> str:

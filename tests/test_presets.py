@@ -6,6 +6,7 @@ import dataclasses
 import functools
 
 import pytest
+import yaml
 
 from ncil import config, plainconf
 from ncil.config import BASE_RECIPE_FIELDS, ConfigError, MethodConfig, method_for_split, non_default_fields, parse_params
@@ -124,14 +125,12 @@ def test_official_methods_share_task_0():
 
 @pytest.mark.parametrize(("key", "value", "differ"), [
     ("mixup_rounds", 2, "mixup_rounds"), ("train_images", "train", "train_images"),
-    ("contrastive_temperature", 0.1, "contrastive_temperature"), ("preset", "paper", "preset"),
+    ("contrastive_temperature", 0.1, "contrastive_temperature"),
     ("contrastive_by_scenario", {"base4_inc2": 0.05}, "contrastive"),
 ])
 def test_a_task_0_mismatch_between_official_methods_is_refused(key, value, differ):
     data = composed("preset=official")
     data["method"]["ours_official"][key] = value
-    if key == "preset":
-        data["preset"] = "mixed"  # the grid preset of an official and a paper method
     with pytest.raises(ConfigError) as err:
         parse_params(data)
     assert str(err.value).startswith(
@@ -273,3 +272,23 @@ def test_plain_reader_refuses_a_composed_method_file():
                                          r"Hydra reads"):
         plainconf.group_option("method", "fcs")
     assert plainconf.compose_params("digits", "vit_digits", "digits", "ours")["preset"] == "paper"
+
+
+@pytest.mark.parametrize("option, value", [("mixup_rounds", 4), ("contrastive", 0.1), ("transfer", 1.0),
+                                           ("pks_form", "official"), ("pr_form", "official"),
+                                           ("proto_aug_form", "official")])
+def test_paper_method_refuses_options_only_the_official_step_reads(option, value):
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["method"]["ours"][option] = value
+    with pytest.raises(ConfigError, match=rf"method\.ours\.{option}: only the official preset's step uses it"):
+        parse_params(data)
+
+
+def test_official_method_refuses_a_paper_form_it_cannot_train():
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["method"]["ours"] = {"base_recipe": "official", "preset": "official", "rotation": True, "pr": 1.0,
+                              "pr_form": "paper"}
+    data["preset"] = "mixed"
+    with pytest.raises(ConfigError, match=r"method\.ours\.pr_form: the official preset's step implements pr "
+                                          r"in the official form only"):
+        parse_params(data)
