@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ncil.config import ModelConfig
-from ncil.models.vit import ViT, _init_linear_and_norm, import_timm_blocks
+from ncil.models.vit import ViT, _init_linear_and_norm, gpsa_blocks, import_timm_blocks
 
 FUSION_SCALE = 0.1  # weight of the ConViT branch in M = R + 0.1 * adapt(nearest(P)) (released code's constant)
 IMAGENET_STEM_MIN_SIZE = 128  # inputs at least this side get the 7x7/2 + max-pool stem
@@ -148,25 +148,13 @@ class GPSAEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig, in_chans: int):
         super().__init__()
-        Block, _, trunc_normal_ = import_timm_blocks()
+        trunc_normal_ = import_timm_blocks()[2]
 
         self.embed_dim = cfg.embed_dim
         self.grid = cfg.img_size // cfg.patch_size
         self.patch_embed = nn.Conv2d(in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid**2, cfg.embed_dim))
-        rates = torch.linspace(0, cfg.drop_path, cfg.depth + 1).tolist()
-        self.blocks = nn.ModuleList(
-            Block(
-                cfg.embed_dim,
-                cfg.num_heads,
-                mlp_ratio=cfg.mlp_ratio,
-                qkv_bias=False,
-                drop_path=rates[i],
-                use_gpsa=True,
-                locality_strength=cfg.locality_strength,
-            )
-            for i in range(cfg.depth)
-        )
+        self.blocks = gpsa_blocks(cfg)
         trunc_normal_(self.pos_embed, std=0.02)
         for block in self.blocks:
             block.apply(_init_linear_and_norm)

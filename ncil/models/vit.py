@@ -50,29 +50,41 @@ class ClassAttentionBlock(nn.Module):
         return cls + self.drop_path(self.mlp(self.norm2(cls)))
 
 
+def drop_path_rates(cfg: ModelConfig) -> list[float]:
+    """Stochastic-depth rates linspace(0, drop_path, depth + 1): one per GPSA block, the class-attention block's last."""
+    return torch.linspace(0, cfg.drop_path, cfg.depth + 1).tolist()
+
+
+def gpsa_blocks(cfg: ModelConfig) -> nn.ModuleList:
+    """The encoder: ``cfg.depth`` ConViT GPSA blocks (timm's ``Block``, ``use_gpsa``), before their init."""
+    Block = import_timm_blocks()[0]
+    rates = drop_path_rates(cfg)
+    return nn.ModuleList(
+        Block(
+            cfg.embed_dim,
+            cfg.num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            qkv_bias=False,
+            drop_path=rates[i],
+            use_gpsa=True,
+            locality_strength=cfg.locality_strength,
+        )
+        for i in range(cfg.depth)
+    )
+
+
 class ViT(nn.Module):
     def __init__(self, cfg: ModelConfig, in_chans: int):
         super().__init__()
-        Block, ClassAttentionBlock, trunc_normal_ = import_timm_blocks()
+        _, ClassAttentionBlock, trunc_normal_ = import_timm_blocks()
 
         self.embed_dim = cfg.embed_dim
         self.num_patches = (cfg.img_size // cfg.patch_size) ** 2
         self.patch_embed = nn.Conv2d(in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, cfg.embed_dim))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
-        rates = torch.linspace(0, cfg.drop_path, cfg.depth + 1).tolist()  # one rate per block, CA block last
-        self.blocks = nn.ModuleList(
-            Block(
-                cfg.embed_dim,
-                cfg.num_heads,
-                mlp_ratio=cfg.mlp_ratio,
-                qkv_bias=False,
-                drop_path=rates[i],
-                use_gpsa=True,
-                locality_strength=cfg.locality_strength,
-            )
-            for i in range(cfg.depth)
-        )
+        rates = drop_path_rates(cfg)
+        self.blocks = gpsa_blocks(cfg)
         self.class_attn = ClassAttentionBlock(
             cfg.embed_dim, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=False, drop_path=rates[-1]
         )
