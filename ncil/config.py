@@ -583,7 +583,7 @@ def _validate_preset_options(source: str, key: str, m: MethodConfig) -> None:
         return
     if not m.rotation:
         raise _fail(source, f"{key}.rotation", "the official preset's step needs rotation: true (method-spec 2.3)")
-    for weight, form in (("pks", "pks_form"), ("pr", "pr_form"), ("proto_aug", "proto_aug_form")):
+    for weight, form in (("pr", "pr_form"), ("proto_aug", "proto_aug_form")):  # PKS has both forms there
         if getattr(m, weight) > 0 and getattr(m, form) != "official":
             raise _fail(source, f"{key}.{form}", f"the official preset's step implements {weight} in the official "
                                                  f"form only: expected 'official', got {getattr(m, form)!r}")
