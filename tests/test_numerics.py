@@ -107,3 +107,11 @@ def test_reference_jobs_reproduce_the_committed_hashes(tmp_path, capsys):
     with capsys.disabled():
         print("\n" + message)
     assert code in (0, 4), message
+
+
+def test_emulated_runs_are_prefixed_with_qemu_and_never_recorded(tmp_path):
+    assert check_reproduction.emulator_prefix("EPYC-Milan") == ["qemu-x86_64", "-cpu", "EPYC-Milan"]
+    assert check_reproduction.emulator_prefix(None) == []
+    with pytest.raises(SystemExit, match="an emulated CPU is not a machine"):
+        check_reproduction.portable_command(tmp_path / "ref.json", record=True, folder=tmp_path, emulate="EPYC-Milan")
+    assert not (tmp_path / "params.yaml").exists()  # refused before any job ran
