@@ -13,7 +13,7 @@ bits come from each microarchitecture's tables. ``torch.sqrt`` on float32 is suc
 correctly rounded: about 1 in 6 results differ from the IEEE square root), and Adam's denominator
 sqrt(v) uses it, so ``portable`` also builds Adam with ``fused=True``: ATen's fused CPU kernel takes
 the square root with the IEEE ``vsqrtps`` instruction, which every x86 CPU rounds the same way
-(``adam_options``; issue 14, /work/x14/h6 for the probes).
+(``adam_options``; issue 14).
 """
 
 from __future__ import annotations
