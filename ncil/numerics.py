@@ -6,12 +6,21 @@ pins all three to one code path before torch is loaded: MKL's conditional numeri
 in its COMPATIBLE branch, ATen's vectorised kernels at AVX2, oneDNN's JIT at AVX2. These libraries
 read the variables once, when they load, so the mode must be set before ``import torch``: the CLI
 does it first thing in every process a workflow step starts.
+
+Pinning the libraries is not enough for instructions whose results are implementation-defined:
+``rcpps`` / ``rsqrtps`` (and their AVX forms) promise only a maximum relative error, and the exact
+bits come from each microarchitecture's tables. ``torch.sqrt`` on float32 is such a kernel (it is not
+correctly rounded: about 1 in 6 results differ from the IEEE square root), and Adam's denominator
+sqrt(v) uses it, so ``portable`` also builds Adam with ``fused=True``: ATen's fused CPU kernel takes
+the square root with the IEEE ``vsqrtps`` instruction, which every x86 CPU rounds the same way
+(``adam_options``; issue 14).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 
 PORTABLE_ENV = {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
@@ -38,6 +47,20 @@ def apply(mode: str) -> None:
     for key in PORTABLE_ENV:
         os.environ.pop(key, None)
     os.environ.update({k: v for k, v in wanted.items() if k in PORTABLE_ENV})
+
+
+def portable_active(env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``env`` (default: this process's environment) carries the portable mode's variables,
+    as ``apply("portable")`` sets them; ``apply("native")`` removes them."""
+    env = os.environ if env is None else env
+    return all(env.get(key) == value for key, value in PORTABLE_ENV.items())
+
+
+def adam_options(env: Mapping[str, str] | None = None) -> dict[str, bool]:
+    """Extra keyword arguments of ``torch.optim.Adam`` in the current mode: ``{"fused": True}`` when
+    portable (an IEEE square root in the update, see the module docstring), ``{}`` when native (the
+    default single-tensor/foreach path, unchanged)."""
+    return {"fused": True} if portable_active(env) else {}
 
 
 def mode_of_params_file(path: str) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ncil import numerics
 from ncil.config import TrainConfig
 
 
@@ -54,7 +55,9 @@ def build_optimizer(parameters, recipe: Recipe):
         optimizer = torch.optim.SGD(parameters, lr=recipe.lr, momentum=recipe.momentum,
                                     weight_decay=recipe.weight_decay)
     else:
-        optimizer = torch.optim.Adam(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        # runtime.numerics=portable: fused=True, an IEEE sqrt in the update (ncil/numerics.py); native: no extra argument
+        optimizer = torch.optim.Adam(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                     **numerics.adam_options())
     if recipe.milestones:
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(recipe.milestones),
                                                          gamma=recipe.gamma)

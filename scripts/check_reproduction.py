@@ -4,6 +4,7 @@
     python scripts/check_reproduction.py lock               # every output on disk hashes to dvc.lock
     python scripts/check_reproduction.py platform --write   # record this machine as the lock's producer
     python scripts/check_reproduction.py portable           # rerun the portable-numerics reference jobs
+    python scripts/check_reproduction.py portable --emulate EPYC-Milan  # ... under qemu-x86_64 -cpu EPYC-Milan
 
 `lock` compares the MD5 of each file output recorded in dvc.lock (the hash DVC records for a file) with
 the file on disk, skipping outputs that are not on disk (the seeds that were not rerun) and directory
@@ -151,16 +152,26 @@ REFERENCE_JOBS = (  # (name, argv after `python -m ncil`), run in order in one f
 REFERENCE_FILES = ("runs/t0/model.pt", "runs/t0/centers.parquet", "runs/t1/model.pt", "runs/t1/centers.parquet")
 
 
-def run_reference_jobs(folder: Path) -> dict[str, str]:
-    """Run the reference jobs in ``folder`` (fresh processes: the mode is set before torch loads) and
-    return the MD5 of each checked output."""
+def emulator_prefix(cpu: str | None) -> list[str]:
+    """The command prefix that runs a job under QEMU's user-mode emulator with CPU model ``cpu``
+    (e.g. EPYC-Milan: a Zen 3 CPUID without AVX-512), or none. QEMU computes IEEE operations
+    (add, mul, div, fma, sqrt, conversions) bit-exactly but rcpps/rsqrtps with its own tables, so an
+    emulated run tests whether any kernel depends on those implementation-defined instructions;
+    it is not a run on that CPU."""
+    return ["qemu-x86_64", "-cpu", cpu] if cpu else []
+
+
+def run_reference_jobs(folder: Path, emulate: str | None = None) -> dict[str, str]:
+    """Run the reference jobs in ``folder`` (fresh processes: the mode is set before torch loads),
+    under ``emulator_prefix(emulate)``, and return the MD5 of each checked output."""
     import os
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(reference_params(), sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for name, argv in REFERENCE_JOBS:
-        done = subprocess.run([sys.executable, "-m", "ncil", *argv], cwd=folder, env=env, capture_output=True, text=True)
+        done = subprocess.run([*emulator_prefix(emulate), sys.executable, "-m", "ncil", *argv], cwd=folder, env=env,
+                              capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"reference job {name} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
     return {f: file_md5(folder / f) for f in REFERENCE_FILES}
@@ -187,12 +198,21 @@ def write_platform(path: Path) -> None:
     io.write_json(path, current_platform())
 
 
-def portable_command(reference_file: Path, record: bool, folder: Path | None) -> int:
+def portable_command(reference_file: Path, record: bool, folder: Path | None, emulate: str | None = None) -> int:
     import tempfile
 
+    if emulate and record:
+        raise SystemExit("--record with --emulate: an emulated CPU is not a machine; it is never recorded")
     here = current_platform()
     with tempfile.TemporaryDirectory(prefix="ncil-portable-") as tmp:
-        found = run_reference_jobs(folder or Path(tmp))
+        found = run_reference_jobs(folder or Path(tmp), emulate)
+    if emulate:
+        reference = io.read_json(reference_file, "portable reference")
+        differing = [f"  {f}: reference {reference['hashes'].get(f)}, emulated {md5}" for f, md5 in found.items()
+                     if reference["hashes"].get(f) != md5]
+        print(f"portable numerics under qemu-x86_64 -cpu {emulate} (emulated, not a real machine): "
+              + ("bit-identical to the reference" if not differing else "differ:\n" + "\n".join(differing)))
+        return 1 if differing else 0
     reference = io.read_json(reference_file, "portable reference") if reference_file.is_file() else None
     if reference is None:
         if not record:
@@ -226,9 +246,11 @@ def main(argv: list[str]) -> int:
     pt.add_argument("--record", action="store_true",
                     help="hashes equal: add this CPU type to confirmed_on; no reference yet: write it from this machine")
     pt.add_argument("--folder", type=Path, help="where to run the jobs (default: a temporary folder)")
+    pt.add_argument("--emulate", metavar="CPU", help="run the jobs under qemu-x86_64 -cpu CPU (e.g. EPYC-Milan); "
+                    "compares, never records")
     args = parser.parse_args(argv)
     if args.command == "portable":
-        return portable_command(args.reference, args.record, args.folder)
+        return portable_command(args.reference, args.record, args.folder, args.emulate)
     if args.command == "targets":
         print(" ".join(targets(args.params, args.seed)))
         return 0

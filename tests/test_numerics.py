@@ -51,6 +51,33 @@ def test_mode_is_read_from_a_params_file_without_torch(tmp_path):
     assert numerics.mode_of_params_file(str(params)) == "native"
 
 
+def test_portable_is_read_from_the_three_variables_and_only_then_fuses_adam():
+    portable = {"PATH": "/bin", **numerics.PORTABLE_ENV}
+    assert numerics.portable_active(portable) and numerics.adam_options(portable) == {"fused": True}
+    partial = {k: v for k, v in portable.items() if k != "ONEDNN_MAX_CPU_ISA"}  # two of three: not the mode
+    assert not numerics.portable_active(partial) and numerics.adam_options(partial) == {}
+    other = {**portable, "ATEN_CPU_CAPABILITY": "avx512"}  # a different value: not the mode either
+    assert numerics.adam_options(other) == {}
+    assert numerics.adam_options(numerics.environment("native", portable)) == {}  # native: torch's default Adam
+
+
+@pytest.mark.parametrize("mode, fused", [("native", "None"), ("portable", "True")])
+def test_build_optimizer_fuses_adam_in_portable_processes_only(mode, fused):
+    """In a fresh process (the mode is set before torch loads, as the CLI does): native builds Adam exactly as
+    before (``fused`` left at torch's default None), portable with ``fused=True``; SGD is the same in both."""
+    code = ("import sys; from ncil import numerics; numerics.apply(sys.argv[1]); import torch; "
+            "from ncil.optim import Recipe, build_optimizer; w = [torch.nn.Parameter(torch.zeros(3))]; "
+            "adam, _ = build_optimizer(w, Recipe('adam', 1, 1e-3, 2e-4, 0.0, (), 0, 0.1)); "
+            "sgd, _ = build_optimizer(w, Recipe('sgd', 1, 0.1, 5e-4, 0.9, (), 0, 0.1)); "
+            "print(adam.defaults['fused'], adam.defaults['foreach'], 'fused' in sgd.defaults and sgd.defaults['fused'])")
+    env = {k: v for k, v in os.environ.items() if k not in numerics.PORTABLE_ENV}
+    out = subprocess.run([sys.executable, "-c", code, mode], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True).stdout
+    adam_fused, adam_foreach, sgd_fused = out.split()
+    assert (adam_fused, adam_foreach) == (fused, "None")
+    assert sgd_fused in ("None", "False")  # SGD: never fused by this mode
+
+
 HERE = {"machine": "x86_64", "cpu_vendor": "AuthenticAMD", "cpu_family": "25", "cpu_model": "1", "torch": "2.14.1",
         "torch_cpu_capability": "AVX2"}
 
@@ -80,3 +107,11 @@ def test_reference_jobs_reproduce_the_committed_hashes(tmp_path, capsys):
     with capsys.disabled():
         print("\n" + message)
     assert code in (0, 4), message
+
+
+def test_emulated_runs_are_prefixed_with_qemu_and_never_recorded(tmp_path):
+    assert check_reproduction.emulator_prefix("EPYC-Milan") == ["qemu-x86_64", "-cpu", "EPYC-Milan"]
+    assert check_reproduction.emulator_prefix(None) == []
+    with pytest.raises(SystemExit, match="an emulated CPU is not a machine"):
+        check_reproduction.portable_command(tmp_path / "ref.json", record=True, folder=tmp_path, emulate="EPYC-Milan")
+    assert not (tmp_path / "params.yaml").exists()  # refused before any job ran
