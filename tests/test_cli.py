@@ -158,7 +158,8 @@ def test_rotation_method_chain(tiny_project):
     assert ckpt["rotations"] == 4 and ckpt["model"]["head.weight"].shape == (24, 16)
     assert ckpt["config"]["method_config"]["pks"] == 10.0 and ckpt["config"]["method_config"]["pr"] == 10.0
     base_ckpt = io.load_checkpoint(p / base / "model.pt")
-    assert base_ckpt["config"]["method_config"] == {"base_recipe": "rotation", "backbone": "vit", "rotation": True,
+    # task 0 records its preset and the base-recipe fields that differ from the defaults (backbone vit is one)
+    assert base_ckpt["config"]["method_config"] == {"base_recipe": "rotation", "preset": "paper", "rotation": True,
                                                    "ce_temperature": 0.1}
     # Old head rows (4 classes x 4 rotations) are task 0's rows until training moves them: same shape kept.
     centers = io.read_centers(p / inc / "centers.parquet")
