@@ -17,7 +17,6 @@ A caller reproducing one byte stream must fix the order of these calls within a 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,36 +26,9 @@ from ncil.methods.head_layout import HeadLayout, take_columns
 from ncil.methods.pks import pks_loss_code
 from ncil.methods.prototypes import augment_prototypes, class_centers, gaussian_radius, global_radius, offset_loss, split_halves
 
-# --- weights (spec 4.8 table, [code] column) ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OfficialWeights:
-    """The released configs' loss weights and constants (method-spec 4.8; 2.4 for mixup, 4.5 for protoAug)."""
-
-    ce_temperature: float = 0.1  # temp: L_clf and L_proto divide logits by it (4.1, 4.5)
-    feature_kd: float = 10.0  # lambda_fkd (4.3)
-    proto_aug: float = 10.0  # lambda_proto (4.5)
-    transfer: float = 1.0  # lambda_transfer (4.4)
-    contrastive: float = 0.1  # lambda_contrast; 0.03 for 40+3x20 (4.2)
-    contrast_temperature: float = 0.07  # contrast_T (4.2)
-    pks: float = 1.0  # code hybrid: not multiplied (4.6 [code], D6)
-    pr_offset: float = 1.0  # L_off weight (4.7 [code], D6)
-    pr_restore: float = 0.1  # ratio_old on the restoration CE (4.7 [code])
-    mixup_alpha: int = 20  # Beta(20, 20) (2.4)
-    mixup_rounds: int = 4  # mix_time (2.4)
-    mixup_clamp: tuple[float, float] = (0.4, 0.6)  # lambda outside -> mixup_fallback (2.4)
-    mixup_fallback: float = 0.5
-    proto_aug_batch: int = 64  # protoAug draws 64 prototypes, even for a short last batch (4.5)
-
-    @classmethod
-    def for_split(cls, first: int, increment: int) -> "OfficialWeights":
-        """Weights of one split F + C x T: lambda_con = 0.03 for 40+3x20, else 0.1 (4.2, 4.8; 5.6 for Tiny/ImageNet)."""
-        return cls(contrastive=0.03) if (first, increment) == (40, 3) else cls()
-
-
-OFFICIAL_WEIGHTS = OfficialWeights()
-PR_RESTORE_WEIGHT = OFFICIAL_WEIGHTS.pr_restore  # 0.1, multiplies ``restoration_official`` (4.7 [code])
+# The weight of the restoration CE inside L_pr (the code's ratio_old; 4.7 [code]). The other weights are method
+# options, owned by conf/preset/method/official.yaml (the 4.8 table).
+PR_RESTORE_WEIGHT = 0.1
 
 
 # --- transfer layer (3.4, 4.4) ----------------------------------------------------------------------------------
