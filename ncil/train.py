@@ -115,7 +115,6 @@ def train_task(
     n_seen, n_old = len(seen), len(seen) - len(job.tasks[job.task])
     is_official = official.is_official(method)  # the official preset's step (ncil.methods.official_step)
     if is_official:
-        official.check_method(method)
         layout = official.head_layout(method, n_old, n_seen - n_old)
     n_outputs = layout.n_outputs if is_official else rot * n_seen
 

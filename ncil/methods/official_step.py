@@ -59,18 +59,6 @@ def is_official(method: MethodConfig) -> bool:
     return method.preset == "official"
 
 
-def check_method(method: MethodConfig) -> None:
-    """Refuse an `official`-preset method this step cannot train, naming the option and what it expects."""
-    if not method.rotation:
-        raise ValueError("method.rotation: the official preset's step needs rotation: true (method-spec 2.3)")
-    if method.pr > 0 and method.pr_form != "official":
-        raise ValueError(f"method.pr_form: the official preset's step implements PR in the official form only, "
-                         f"got {method.pr_form!r}")
-    if method.proto_aug > 0 and method.proto_aug_form != "official":
-        raise ValueError(f"method.proto_aug_form: the official preset's step implements protoAug in the official "
-                         f"form only, got {method.proto_aug_form!r}")
-
-
 def head_layout(method: MethodConfig, n_old: int, n_new: int) -> HeadLayout:
     """The head's columns in task t: rotations x K_tot real columns, then C_t (C_t - 1) / 2 mixup ones (2.5)."""
     return HeadLayout(n_old, n_new, rotations(method), mixup=method.mixup_rounds > 0)
