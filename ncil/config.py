@@ -153,7 +153,7 @@ class Params:
 # The fixed sections of params.yaml and their records (scenario and method hold named entries).
 SECTIONS = {"dataset": DatasetConfig, "model": ModelConfig, "train": TrainConfig, "runtime": RuntimeConfig}
 PRESETS = ("paper", "official")
-# The top-level `preset` of a grid: the one preset all its methods share, or mixed (conf/preset/*.yaml).
+# The top-level `preset` of a grid: paper or official (all its methods of that preset), or mixed (either; conf/preset/*.yaml).
 GRID_PRESETS = (*PRESETS, "mixed")
 PRECISIONS = ("auto", "fp32", "bf16")  # runtime.precision
 # runtime.precision auto on a GPU, per method preset. The released code has no autocast (models/fcs.py): fp32.
@@ -461,10 +461,11 @@ def _validate_scenario_weights(p: Params, source: str, name: str, m: MethodConfi
 
 
 def _validate_grid_preset(p: Params, source: str) -> None:
-    """The top-level preset names the grid's results: its methods' one preset, or mixed."""
+    """The top-level preset names the grid's methods: paper or official (every method of that preset),
+    or mixed (methods of either preset: the default digits grid, and any method list under it)."""
     presets = {m.preset for m in p.method.values()}
     expected = next(iter(presets)) if len(presets) == 1 else "mixed"
-    if p.preset != expected:
+    if p.preset != expected and p.preset != "mixed":
         which = ", ".join(f"{name} ({m.preset})" for name, m in p.method.items())
         instead = f", or list methods of the {p.preset} preset: method=[...]" if p.preset in PRESETS else ""
         raise _fail(source, "preset", f"expected {expected!r}, the preset of the grid's methods {which}; "
