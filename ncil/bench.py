@@ -5,6 +5,10 @@ backward pass plus the old model's forward pass (method-spec 5.3: one old-model 
 Everything a method adds on top (rotation, PKS, PR, prototype augmentation, the optimiser step)
 shows up as the ratio step / floor.
 
+An `official` method (ncil.methods.official_step) is timed the same way; its rows are the 4B rotated
+views plus the mixup images, its floor the student's and the old model's passes over those rows, so the
+ratio shows the key encoder on the strong views, the contrastive, transfer, protoAug, PKS and PR terms.
+
 Timing on a shared CPU is noisy (other tenants, frequency changes), and the noise only ever adds time.
 So the two are timed in alternating rounds (a slow spell hits both alike) and the ratio compares the
 fastest round of each, the convention of Python's ``timeit``; the medians are reported beside it.
@@ -20,7 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from ncil.config import MethodConfig, Params
+from ncil.methods import official_step as official
 from ncil.methods.baseline import rotate_batch
+from ncil.methods.mixup import mixup_batch
 from ncil.methods.objective import OldKnowledge, rotations, step_loss
 from ncil.models.network import build_network
 from ncil.runtime import keep_freed_memory
@@ -42,10 +48,13 @@ def _interleaved_seconds(fns: dict, rounds: int, warmup: int) -> dict[str, list[
 
 def bench_step(p: Params, method: MethodConfig, batch_size: int, steps: int = 20, warmup: int = 3,
                n_old: int = 4, n_new: int = 2, seed: int = 0) -> dict:
-    """Seconds of one full training step and of its floor, on synthetic images (``steps`` rounds)."""
+    """Seconds of one full training step and of its floor, on synthetic images (``steps`` rounds): an
+    incremental step with ``n_old`` old and ``n_new`` new classes."""
     torch.manual_seed(seed)
     torch.set_num_threads(p.runtime.threads)
     keep_freed_memory()  # as train does (ncil.runtime.setup)
+    if official.is_official(method):
+        return _bench_official_step(p, method, batch_size, steps, warmup, n_old, n_new, seed)
     rot = rotations(method)
     net = build_network(p.model, p.dataset.channels, rot * (n_old + n_new), method.backbone)
     teacher = copy.deepcopy(net).eval().requires_grad_(False)
@@ -74,11 +83,61 @@ def bench_step(p: Params, method: MethodConfig, batch_size: int, steps: int = 20
         with torch.no_grad():
             teacher.backbone(xr)
 
+    return _timed(full_step, floor, steps, warmup, int(xr.shape[0]), batch_size, p.runtime.threads, net)
+
+
+def _bench_official_step(p: Params, method: MethodConfig, batch_size: int, steps: int, warmup: int,
+                         n_old: int, n_new: int, seed: int) -> dict:
+    """``bench_step`` for an official method: ``official_step`` as train calls it (network and T in one
+    Adam, the key encoder's own BN buffers, a strong view per image), against the floor over X' (the 4B
+    rotated views and the mixup images of one draw)."""
+    from ncil.train import official_transfer
+
+    layout = official.head_layout(method, n_old, n_new)
+    net = build_network(p.model, p.dataset.channels, layout.n_outputs, method.backbone)
+    teacher = copy.deepcopy(net).eval().requires_grad_(False)
+    dim = net.feature_dim
+    old = OldKnowledge(teacher=teacher, centers=torch.randn(n_old, dim), radius=0.5)
+    pr_centers = torch.cat([old.centers, torch.randn(n_new, dim)])  # (K_tot, d)
+    transfer = official_transfer(dim, torch.device("cpu"))
+    trained = official.TrainedModules(net, transfer)
+    task = official.OfficialTask(layout, transfer, official.key_encoder_buffers(net.backbone), proto_batch=batch_size)
+    size = p.dataset.image_size
+    x = torch.randn(batch_size, p.dataset.channels, size, size)
+    x_strong = torch.randn(batch_size, p.dataset.channels, size, size)
+    y = torch.randint(n_old, n_old + n_new, (batch_size,))
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(trained.parameters(), lr=1e-4)
+    net.train()
+
+    def full_step():
+        loss, *_ = official.official_step(net, x, x_strong, y, method, task, old, pr_centers, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    xs, ys = rotate_batch(x, y)  # X': the rotated rows, then (with mixup) one draw of the mixup images
+    if method.mixup_rounds > 0:
+        x_mix, y_mix = mixup_batch(x, y, layout, torch.Generator().manual_seed(seed), rounds=method.mixup_rounds)
+        xs, ys = torch.cat([xs, x_mix]), torch.cat([ys, y_mix])
+
+    def floor():
+        logits = net(xs)["logits"]
+        net.zero_grad(set_to_none=True)
+        F.cross_entropy(logits, ys).backward()
+        with torch.no_grad():
+            teacher.backbone(xs)
+
+    return _timed(full_step, floor, steps, warmup, int(xs.shape[0]), batch_size, p.runtime.threads, net)
+
+
+def _timed(full_step, floor, steps: int, warmup: int, rows: int, batch_size: int, threads: int, net) -> dict:
+    """Time ``full_step`` and ``floor`` in alternating rounds; the fastest and the median round of each."""
     times = _interleaved_seconds({"step": full_step, "floor": floor}, steps, warmup)
     step_s, floor_s = min(times["step"]), min(times["floor"])
     step_median, floor_median = statistics.median(times["step"]), statistics.median(times["floor"])
     return {
-        "rows": int(xr.shape[0]),
+        "rows": rows,
         "step_ms": 1e3 * step_s,
         "floor_ms": 1e3 * floor_s,
         "ratio": step_s / floor_s,
@@ -86,7 +145,7 @@ def bench_step(p: Params, method: MethodConfig, batch_size: int, steps: int = 20
         "floor_median_ms": 1e3 * floor_median,
         "median_ratio": step_median / floor_median,
         "images_per_s": batch_size / step_s,
-        "threads": p.runtime.threads,
+        "threads": threads,
         "parameters": sum(q.numel() for q in net.backbone.parameters()),
     }
 

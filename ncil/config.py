@@ -441,9 +441,12 @@ def _validate(p: Params, source: str) -> None:
 def _validate_scenario_weights(p: Params, source: str, name: str, m: MethodConfig) -> None:
     """contrastive_by_scenario: known scenario names, weights >= 0, one weight per shared task 0."""
     key = f"method.{name}.contrastive_by_scenario"
-    known = set(defined_scenarios()) | set(p.scenario)
+    defined = defined_scenarios()
+    known = set(defined) | set(p.scenario)
     for scenario, weight in m.contrastive_by_scenario:
-        if scenario not in known:
+        if not defined and re.fullmatch(r"base\d+_inc\d+", scenario):
+            pass  # no conf/ beside the package (an installed copy): a well-formed name of another grid
+        elif scenario not in known:
             raise _fail(source, f"{key}.{scenario}", f"unknown scenario (expected one of the scenarios of "
                         f"{SCENARIO_CONF_DIR.parent.name}/{SCENARIO_CONF_DIR.name}/ or of this grid: "
                         f"{', '.join(sorted(known))})")

@@ -144,6 +144,11 @@ TABLE_ROWS = {
 # `lwf` is feature distillation only, not the paper's LwF-MC, so it is not compared with that row.)
 EXTRA_METHODS = [("Fine-tuning (lower bound)", "finetune"), ("Joint training (upper bound)", "joint"),
                  ("LwF-style feature KD", "lwf")]
+# The released code's preset (issue 12): rows of Tables 1-3 on every data set, after the paper's rows,
+# with no paper value (the paper reports its method, not its code's preset; FCS's own published curves
+# are ``FCS_PUBLISHED``, another backbone). "not run" where a grid does not run them (only CIFAR-100's does).
+OFFICIAL_ROWS = [("FCS as released (`official` preset)", "fcs"), ("Ours as released (`official` preset)", "ours_official")]
+OFFICIAL_ROW_TABLES = ("table1", "table2", "table3")
 
 
 # --- FCS's published numbers (issue 12, item 2) ---------------------------------------------------

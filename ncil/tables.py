@@ -161,7 +161,8 @@ def section_cells(table: str, dataset: str, rows: list[dict], settings: list[str
     (``paper_values.DATASETS``) shows the paper's rows and settings with its value, ours and the
     difference (no cells where the paper does not report the table); another data set shows the rows
     that have a method here (plus our baselines and its other methods in Tables 1 and 2), over
-    ``settings`` (its grid's setting labels), ours only.
+    ``settings`` (its grid's setting labels), ours only. Tables 1-3 end with the official preset's rows
+    (``paper_values.OFFICIAL_ROWS``), which have no paper value.
     """
     by_key = {(paper_values.canonical_dataset(r["dataset"]), r["label"], r["method"]): r for r in rows}
     reported = {(v["dataset"], v["setting"], v["row"]): v for v in paper_values.reported() if v["table"] == table}
@@ -180,8 +181,9 @@ def section_cells(table: str, dataset: str, rows: list[dict], settings: list[str
         rec["status"] = "ok" if r is not None else ("not run" if method else "not implemented")
         cells.append(rec)
 
+    official_rows = paper_values.OFFICIAL_ROWS if table in paper_values.OFFICIAL_ROW_TABLES else []
     if dataset not in paper_values.DATASETS:
-        row_specs = [(label, m) for label, m in paper_values.TABLE_ROWS[table] if m]
+        row_specs = [(label, m) for label, m in paper_values.TABLE_ROWS[table] if m] + official_rows
         if table in ("table1", "table2"):
             row_specs = paper_values.EXTRA_METHODS + row_specs
             known = {m for _, m in row_specs}
@@ -196,7 +198,7 @@ def section_cells(table: str, dataset: str, rows: list[dict], settings: list[str
         return cells
     paper_settings = [s for s in paper_values.DATASETS[dataset][1]
                       if any((dataset, s, lab) in reported for lab, _ in paper_values.TABLE_ROWS[table])]
-    for label, method in paper_values.TABLE_ROWS[table]:
+    for label, method in paper_values.TABLE_ROWS[table] + official_rows:
         for setting in paper_settings:
             v = reported.get((dataset, setting, label), {})
             for metric in metrics:

@@ -210,6 +210,22 @@ def test_params_cli_reports_a_bad_override_in_one_line(tmp_path, override, messa
     assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
+def test_params_out_elsewhere_leaves_the_pipeline_alone(tmp_path):
+    """`params --out other.yaml` writes that file only: the dvc.yaml beside it (the repository's
+    pipeline) is generated for params.yaml alone, unless --dvc-yaml names one for the other file."""
+    from tests.conftest import copy_project
+
+    project = copy_project(tmp_path / "project")
+    ncil(["params", "--out", "params.yaml"], project)  # the copy's own params.yaml and dvc.yaml
+    pipeline = (project / "dvc.yaml").read_bytes()
+    ncil(["params", "method=[ours]", "--out", "other.yaml"], project)
+    assert list(io.read_yaml(project / "other.yaml")["method"]) == ["ours"]
+    assert (project / "dvc.yaml").read_bytes() == pipeline
+    ncil(["params", "method=[ours]", "--out", "other.yaml", "--dvc-yaml", "other_dvc.yaml"], project)
+    assert "--params other.yaml" in (project / "other_dvc.yaml").read_text()
+    assert (project / "dvc.yaml").read_bytes() == pipeline and b"--params params.yaml" in pipeline
+
+
 def test_group_overrides_compose():
     data = compose(["model=vit_paper", "dataset.image_size=32", "method=[finetune]", "train.epochs=3"])
     assert data["model"]["embed_dim"] == 384 and list(data["method"]) == ["finetune"]
@@ -229,11 +245,11 @@ def test_default_grid_has_every_method_and_bounds_experiment_only_two():
 
     data = compose([])
     parse_params(data)
-    assert len(data["method"]) == 10 and data["train"]["batch_size"] == 16
+    assert len(data["method"]) == 12 and data["train"]["batch_size"] == 16
     jobs = grid.train_jobs(data)
-    # 3 base recipes (plain, rotation, rotation_resnet18) x 2 base sizes x 3 seeds shared task-0 jobs,
-    # plus 10 methods x 3 seeds x (3 + 5) incremental tasks.
-    assert sum(j.task == 0 for j in jobs) == 18 and len(jobs) == 18 + 10 * 3 * 8
+    # 4 base recipes (plain, rotation, rotation_resnet18, official) x 2 base sizes x 3 seeds shared task-0
+    # jobs, plus 12 methods x 3 seeds x (3 + 5) incremental tasks.
+    assert sum(j.task == 0 for j in jobs) == 24 and len(jobs) == 24 + 12 * 3 * 8
     bounds = compose(["+experiment=digits_bounds"])
     assert sorted(bounds["method"]) == ["finetune", "joint"]
     assert len(grid.train_jobs(bounds)) == 6 + 2 * 3 * 8

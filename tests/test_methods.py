@@ -132,6 +132,40 @@ def test_bench_step_times_the_full_step_and_its_floor_on_the_same_rows():
     assert result["threads"] == 1 and result["parameters"] > 0
 
 
+def test_bench_of_an_official_method_times_its_step_against_the_floor_over_x_prime(monkeypatch):
+    """The official step trains on X' = 4B rotated views + the mixup images (method-spec 2.4): the floor
+    runs over one such X', the very rows of the step's first draw (the same seed), and the old model too."""
+    from types import SimpleNamespace
+
+    from ncil import bench
+
+    p = parse_params(compose(["model=vit_digits_tiny", "+model.resnet_width=4", "preset=official",
+                              "method=[ours_official]"]))
+    sizes = {"student": [], "teacher": []}
+
+    def recording_build(*args, **kwargs):
+        net = build_network(*args, **kwargs)
+        net.register_forward_pre_hook(lambda m, a: sizes["student"].append(a[0].shape[0]))
+        return net
+
+    def recording_deepcopy(net):  # the bench's teacher: a deep copy of the student network
+        twin = copy.deepcopy(net)
+        twin._forward_pre_hooks.clear()
+        twin.backbone.register_forward_pre_hook(lambda m, a: sizes["teacher"].append(a[0].shape[0]))
+        return twin
+
+    monkeypatch.setattr(bench, "build_network", recording_build)
+    monkeypatch.setattr(bench, "copy", SimpleNamespace(deepcopy=recording_deepcopy))
+    result = bench.bench_step(p, p.method["ours_official"], batch_size=4, steps=2, warmup=0)
+    rows = result["rows"]
+    assert 16 < rows <= 16 + 4 * 4  # 4 rotations of 4 images, then at most 4 rounds x 4 mixup images
+    # the student's passes, in order: step 1 (its X'), floor, step 2 (X' of the next draw), floor
+    assert len(sizes["student"]) == 4 and sizes["student"][0] == sizes["student"][1] == sizes["student"][3] == rows
+    assert len(sizes["teacher"]) == 4 and sizes["teacher"][:2] == [rows, rows]  # one old-model pass each
+    assert result["ratio"] == pytest.approx(result["step_ms"] / result["floor_ms"])
+    assert result["parameters"] == sum(q.numel() for q in build_network(p.model, 1, 10, "hybrid").backbone.parameters())
+
+
 def test_bench_rounds_alternate_and_keep_every_round(monkeypatch):
     """The two timed functions take turns within every round, after untimed warm-up calls."""
     import itertools

@@ -47,9 +47,9 @@ def test_new_options_default_to_the_paper():
 def test_paper_methods_snapshot_as_before():
     """Checkpoints list the options that differ from the defaults: for the paper's methods exactly the
     keys of their method files, so the new options add nothing to their bytes."""
-    p = parse_params(composed())
+    p = parse_params(composed("preset=paper"))
     for name, m in p.method.items():
-        assert set(non_default_fields(m)) <= set(composed()["method"][name]), name
+        assert set(non_default_fields(m)) <= set(composed("preset=paper")["method"][name]), name
         assert method_for_split(p, m, "base4_inc2") is m and method_for_split(p, m, "base5") is m
 
 
@@ -209,30 +209,35 @@ def test_default_params_yaml_is_unchanged_byte_for_byte(tmp_path):
 
 
 def test_preset_official_composes_the_official_methods():
-    default, official = composed(), composed("preset=official")
+    default, official, paper = composed(), composed("preset=official"), composed("preset=paper")
     assert official["preset"] == "official" and list(official["method"]) == ["fcs", "ours_official"]
-    assert list(official) == list(default)  # same keys in the same order
+    assert paper["preset"] == "paper" and "fcs" not in paper["method"] and "ours" in paper["method"]
+    assert list(official) == list(default) == list(paper)  # same keys in the same order
     for key in ("dataset", "model", "train", "runtime", "scenario", "order_seed", "seeds"):
-        assert official[key] == default[key], key
-    assert default["preset"] == "paper" and "fcs" not in default["method"]
+        assert official[key] == default[key] == paper[key], key
+    assert default["preset"] == "mixed"  # the default digits grid runs both presets' methods
 
 
 def test_preset_mixed_lists_both_presets_methods():
-    assert list(composed("preset=mixed")["method"]) == [*composed()["method"], "fcs", "ours_official"]
+    assert list(composed("preset=mixed")["method"]) == [*composed("preset=paper")["method"], "fcs", "ours_official"]
+    assert composed("preset=mixed") == composed()  # the default
+    # under mixed any method list composes (`method=[ours]`, `dvc exp run -S 'method=[fcs]'`): either preset
+    assert parse_params(composed("method=[ours]")).preset == "mixed"
+    assert parse_params(composed("method=[fcs]")).preset == "mixed"
     p = parse_params(composed("preset=mixed", "method=[ours,ours_official]"))
     assert p.preset == "mixed" and [m.preset for m in p.method.values()] == ["paper", "official"]
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["method=[ours,ours_official]"],
+    (["preset=paper", "method=[ours,ours_official]"],
      "preset: expected 'mixed', the preset of the grid's methods ours (paper), ours_official (official); got 'paper' "
      "(compose with preset=mixed, conf/preset/mixed.yaml, or list methods of the paper preset: method=[...])"),
-    (["+experiment=cifar100_b40_inc3", "preset=official"],
-     "preset: expected 'paper', the preset of the grid's methods baseline (paper), pks (paper), pr (paper), ours "
-     "(paper), ours_w_uniform (paper), ours_w_direct (paper), pass_resnet18 (paper); got 'official' (compose with "
+    (["+experiment=tinyimagenet_b100_inc5", "preset=official"],
+     "preset: expected 'paper', the preset of the grid's methods ours (paper); got 'official' (compose with "
      "preset=paper, conf/preset/paper.yaml, or list methods of the official preset: method=[...])"),
-    (["preset=mixed", "method=[fcs]"], "preset: expected 'official', the preset of the grid's methods fcs (official); "
-                                       "got 'mixed' (compose with preset=official, conf/preset/official.yaml)"),
+    (["preset=paper", "method=[fcs]"], "preset: expected 'official', the preset of the grid's methods fcs (official); "
+                                       "got 'paper' (compose with preset=official, conf/preset/official.yaml, or list "
+                                       "methods of the paper preset: method=[...])"),
 ])
 def test_the_grid_preset_must_name_its_methods_presets(overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -253,12 +258,13 @@ def test_an_unknown_preset_is_named():
 
 def test_official_cifar_grid_and_digits_hybrid_width():
     """The paper CIFAR grid's model (vit_paper: the ConViT branch of 3.1) keeps the released ResNet width
-    64; a digits grid of the official methods narrows it by an override."""
+    64; the digits model (vit_digits) narrows it to 16, and an override changes it."""
     cifar = parse_params(composed(*OFFICIAL_CIFAR))
     assert (cifar.model.embed_dim, cifar.model.depth, cifar.model.num_heads, cifar.model.resnet_width) == (384, 5, 12, 64)
     assert list(cifar.scenario) == ["base50_inc10", "base50_inc5", "base40_inc3"]
-    digits = parse_params(composed("preset=official", "+model.resnet_width=16"))
-    assert digits.model.resnet_width == 16 and digits.preset == "official"
+    assert parse_params(composed()).model.resnet_width == 16
+    digits = parse_params(composed("preset=official", "model.resnet_width=8"))
+    assert digits.model.resnet_width == 8 and digits.preset == "official"
     data = composed("preset=official")
     data["model"]["resnet_width"] = 0
     with pytest.raises(ConfigError, match=r"^params.yaml: model.resnet_width: expected a positive value, got 0"):
@@ -291,4 +297,15 @@ def test_official_method_refuses_a_paper_form_it_cannot_train():
     data["preset"] = "mixed"
     with pytest.raises(ConfigError, match=r"method\.ours\.pr_form: the official preset's step implements pr "
                                           r"in the official form only"):
+        parse_params(data)
+
+
+def test_scenario_weights_of_other_grids_parse_without_conf(monkeypatch, tmp_path):
+    """An installed copy of the package has no conf/ beside it: the default grid's fcs still parses
+    (its 40+3x20 weight names a CIFAR scenario), while a malformed scenario name is still refused."""
+    monkeypatch.setattr(config, "SCENARIO_CONF_DIR", tmp_path / "no-conf" / "scenario")
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert dict(parse_params(data).method["fcs"].contrastive_by_scenario) == {"base40_inc3": 0.03}
+    data["method"]["fcs"]["contrastive_by_scenario"] = {"cifar40_3": 0.03}
+    with pytest.raises(ConfigError, match=r"method\.fcs\.contrastive_by_scenario\.cifar40_3: unknown scenario"):
         parse_params(data)
