@@ -166,6 +166,28 @@ def test_bench_of_an_official_method_times_its_step_against_the_floor_over_x_pri
     assert result["parameters"] == sum(q.numel() for q in build_network(p.model, 1, 10, "hybrid").backbone.parameters())
 
 
+def test_official_floor_includes_the_key_encoder_pass_only_with_the_contrastive_loss(monkeypatch):
+    """The key encoder is the third backbone pass of an official step (method-spec 5.3): the floor runs it
+    over the 4B rotated strong views when the contrastive loss is on, and not for a method without it."""
+    from ncil import bench
+    from ncil.methods import official_step
+
+    calls = []
+    real = official_step.key_features
+    monkeypatch.setattr(official_step, "key_features", lambda bb, x, buf: calls.append(x.shape[0]) or real(bb, x, buf))
+    p = parse_params(compose(["model=vit_digits_tiny", "+model.resnet_width=4", "preset=official",
+                              "method=[ours_official]"]))
+    bench.bench_step(p, p.method["ours_official"], batch_size=4, steps=2, warmup=0)
+    assert calls == [16] * 4  # step, floor, step, floor: 4 rotations x 4 strong views each
+    calls.clear()
+    data = compose(["model=vit_digits_tiny", "+model.resnet_width=4", "preset=official", "method=[ours_official]"])
+    data["method"]["ours_official"]["contrastive"] = 0.0
+    data["method"]["ours_official"]["contrastive_by_scenario"] = {}
+    p = parse_params(data)
+    bench.bench_step(p, p.method["ours_official"], batch_size=4, steps=2, warmup=0)
+    assert calls == []
+
+
 def test_bench_rounds_alternate_and_keep_every_round(monkeypatch):
     """The two timed functions take turns within every round, after untimed warm-up calls."""
     import itertools

@@ -57,7 +57,7 @@ def run(args: Args) -> None:
     say(
         f"{args.method}: {result['rows']} rows/step ({result['parameters']:,} backbone parameters, "
         f"{result['threads']} thread(s), {args.steps} alternating rounds): fastest step {result['step_ms']:.1f} ms, "
-        f"fastest floor {result['floor_ms']:.1f} ms (student fwd+bwd + old-model fwd), ratio {result['ratio']:.3f}; "
+        f"fastest floor {result['floor_ms']:.1f} ms ({result['floor_passes']}), ratio {result['ratio']:.3f}; "
         f"medians {result['step_median_ms']:.1f} / {result['floor_median_ms']:.1f} ms, ratio {result['median_ratio']:.3f}; "
         f"{result['images_per_s']:.0f} images/s"
     )
