@@ -73,12 +73,13 @@ def method_default(key: str):
 
 def experiment_overrides(name: str, conf_dir: Path = CONF_DIR) -> dict[str, dict]:
     """Section -> keys that ``conf/experiment/<name>.yaml`` sets itself, after its defaults (the paper
-    grids' ``dataset: {val_fraction: 0.0}``): ``compose_params``'s ``overrides``."""
+    grids' ``dataset: {val_fraction: 0.0}``): ``compose_params``'s ``overrides``. The grid's ``preset``
+    is not one: a one-method grid's preset is its method's own (``compose_params``)."""
     path = Path(conf_dir) / "experiment" / f"{name}.yaml"
     data = read_yaml(path)
     out = {}
     for key, value in (data.items() if isinstance(data, dict) else []):
-        if key == "defaults":
+        if key in ("defaults", "preset"):
             continue
         if not isinstance(value, dict):
             raise ValueError(f"{path}: {key}: expected a mapping of keys replaced in that section, got {value!r}")

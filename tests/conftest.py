@@ -21,11 +21,17 @@ defaults:
   - train: smoke
   - runtime: cpu
   - scenario: [base4_inc2]
-  - method: [finetune, joint]
+  - preset: tiny    # TINY_PRESET: the bounds, as a preset option like conf/preset/*.yaml
   - _self_
-preset: paper
 order_seed: 1993
 seeds: [1]
+"""
+TINY_PRESET = """\
+# @package _global_
+defaults:
+  - /method: [finetune, joint]
+  - _self_
+preset: paper
 """
 
 
@@ -63,6 +69,7 @@ def copy_project(dest: Path, tiny: bool = True) -> Path:
             shutil.copy2(src, dest / name)
     if tiny:
         (dest / "conf" / "config.yaml").write_text(TINY_CONFIG)
+        (dest / "conf" / "preset" / "tiny.yaml").write_text(TINY_PRESET)
     ncil(["params"], dest)
     return dest
 

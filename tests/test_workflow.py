@@ -49,14 +49,15 @@ def test_default_grid_job_graph(tmp_path):
     shutil.copytree(ROOT / "grids", project / "grids")  # as in a clone: the paper data sets' grids beside
     proc = snakemake(project, "--dry-run")
     counts = job_counts(proc.stdout)
-    # 2 settings (4+2x3: 4 tasks, 5+1x5: 6 tasks) x 10 methods x 3 seeds. Task 0 is shared by the methods
-    # of one base recipe (plain, rotation, rotation_resnet18): 3 recipes x 2 base sizes x 3 seeds = 18 base
-    # jobs, plus 10 methods x 3 seeds x (3 + 5) incremental jobs.
-    assert counts["train_base"] == 18 and counts["train"] == 10 * 3 * (3 + 5)
+    # 2 settings (4+2x3: 4 tasks, 5+1x5: 6 tasks) x 12 methods x 3 seeds. Task 0 is shared by the methods
+    # of one base recipe (plain, rotation, rotation_resnet18, official): 4 recipes x 2 base sizes x 3 seeds
+    # = 24 base jobs, plus 12 methods x 3 seeds x (3 + 5) incremental jobs.
+    assert counts["train_base"] == 24 and counts["train"] == 12 * 3 * (3 + 5)
     # 388 at 22d7a6e; + each data set's sections of the paper tables (paper_sections, issue 10 item 8)
-    # + the cost summary for the report (costs, Snakemake only: item 11).
-    assert counts["total"] == 390
-    assert counts["evaluate"] == counts["summarize"] == 60
+    # + the cost summary for the report (costs, Snakemake only: item 11); 468 with fcs and ours_official
+    # (issue 12: 6 base jobs, 48 incremental ones, 12 evaluations and 12 summaries more).
+    assert counts["total"] == 468
+    assert counts["evaluate"] == counts["summarize"] == 72
     assert counts["split"] == 4 and counts["prepare"] == 1 and counts["results_table"] == 1
     assert counts["paper_sections"] == counts["paper_tables"] == counts["figures"] == counts["figure4"] == 1
     assert counts["costs"] == 1
