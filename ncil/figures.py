@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from ncil import paper_values
+
 DPI = 100
 
 
@@ -77,8 +79,12 @@ def png_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
+OFFICIAL_METHODS = {method for _, method in paper_values.OFFICIAL_ROWS}
+
+
 def draw_curves(table: list[dict], title: str):
-    """Figure 3 panel: Acc_k (mean over seeds, shaded ± std) against the task number, one line per method."""
+    """Figure 3 panel: Acc_k (mean over seeds, shaded ± std) against the task number, one line per method
+    (the official preset's methods dashed)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     tasks = [r["task"] for r in table]
@@ -86,6 +92,8 @@ def draw_curves(table: list[dict], title: str):
         mean = np.array([r[m] for r in table])
         std = np.array([r[f"{m}_std"] for r in table])
         style = {"color": "tab:red", "linewidth": 2} if m == "ours" else {}
+        if m in OFFICIAL_METHODS:  # the released code's preset: dashed (and past the 10 colours of the cycle)
+            style["linestyle"] = "--"
         ax.plot(tasks, mean, marker="o", markersize=3, label=f"{m} (n={table[0][f'{m}_n']})", **style)
         ax.fill_between(tasks, mean - std, mean + std, alpha=0.15, color=ax.lines[-1].get_color())
     ax.set_xlabel("task (base task = 1)")
