@@ -15,7 +15,7 @@ spec.loader.exec_module(check_reproduction)
 def test_targets_are_one_seed_of_every_setting_and_method():
     targets = check_reproduction.targets(ROOT / "params.yaml", 1)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert len(targets) == len(params["scenario"]) * len(params["method"]) == 20
+    assert len(targets) == len(params["scenario"]) * len(params["method"]) == 24
     assert "results/digits/base5_inc1/ours/seed1/metrics.json" in targets
     assert all("/seed1/" in t for t in targets)
 

@@ -216,7 +216,7 @@ def test_a_second_dataset_adds_its_sections_and_every_digits_byte_stays():
         assert new_rows.index(folder_rows[0]) == new_rows.index(digits_rows[-1]) + 1
         # Both grids' settings are named; the header's context covers both (presets and seeds).
         assert {r.split(",")[2] for r in folder_rows} == {"4+2x3", "2+4x2"}
-        assert "Preset `paper, smoke`" in new_md and "seeds [1, 2, 3]" in new_md
+        assert "Preset `paper, smoke, official`" in new_md and "seeds [1, 2, 3]" in new_md
     t1 = _csv(texts[paths.paper_table_files("table1")[1]])
     ours = next(r for r in t1 if r["dataset"] == "folder" and r["method"] == "ours" and r["setting"] == "4+2x3"
                 and r["metric"] == "last_accuracy")
