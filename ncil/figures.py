@@ -92,9 +92,10 @@ def draw_curves(table: list[dict], title: str):
         mean = np.array([r[m] for r in table])
         std = np.array([r[f"{m}_std"] for r in table])
         style = {"color": "tab:red", "linewidth": 2} if m == "ours" else {}
-        if m in OFFICIAL_METHODS:  # the released code's preset: dashed (and past the 10 colours of the cycle)
-            style["linestyle"] = "--"
-        ax.plot(tasks, mean, marker="o", markersize=3, label=f"{m} (n={table[0][f'{m}_n']})", **style)
+        preset = ""
+        if m in OFFICIAL_METHODS:  # the released code's preset: named, dashed (past the 10 colours of the cycle)
+            style["linestyle"], preset = "--", ", official preset"
+        ax.plot(tasks, mean, marker="o", markersize=3, label=f"{m} (n={table[0][f'{m}_n']}{preset})", **style)
         ax.fill_between(tasks, mean - std, mean + std, alpha=0.15, color=ax.lines[-1].get_color())
     ax.set_xlabel("task (base task = 1)")
     ax.set_ylabel("top-1 accuracy Acc_k (%)")

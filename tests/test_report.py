@@ -115,6 +115,14 @@ def test_png_is_deterministic_and_carries_no_software_or_date():
     assert len(data) == 2 * 2 * 16 and data[0] == {"map": "uniform", "sample": 5, "patch": 0, "weight": 1.0}
 
 
+def test_figure3_names_and_dashes_the_official_presets_methods():
+    table = [{"task": k, **{f"{m}{suffix}": v for m in ("ours", "fcs") for suffix, v in (("", 50.0 + k), ("_std", 1.0),
+                                                                                         ("_n", 3))}} for k in (1, 2)]
+    fig = figures.draw_curves(table, "t")
+    lines = {line.get_label(): line.get_linestyle() for line in fig.axes[0].get_lines()}
+    assert lines == {"ours (n=3)": "-", "fcs (n=3, official preset)": "--"}
+
+
 def test_cost_rows_sum_tasks_average_seeds_and_take_the_peak():
     from ncil import costs
 
