@@ -18,6 +18,7 @@ fastest round of each, the convention of Python's ``timeit``; the medians are re
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 import statistics
 import time
 
@@ -56,36 +57,69 @@ def bench_step(p: Params, method: MethodConfig, batch_size: int, steps: int = 20
     keep_freed_memory()  # as train does (ncil.runtime.setup)
     if official.is_official(method):
         return _bench_official_step(p, method, batch_size, steps, warmup, n_old, n_new, seed)
-    rot = rotations(method)
-    net = build_network(p.model, p.dataset.channels, rot * (n_old + n_new), method.backbone)
+    task = _synthetic_task(p, method, rotations(method) * (n_old + n_new), batch_size, n_old, n_new, seed)
+    net, x, y = task.net, task.x, task.y
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    full_step = _train_step(lambda: step_loss(net, x, y, method, task.old, task.pr_centers, task.generator)[0],
+                            optimizer)
+    xr, yr = rotate_batch(x, y) if method.rotation else (x, y)  # the same rows the step trains on
+    floor = _backbone_floor(net, task.old.teacher, xr, yr)
+    return _timed(full_step, floor, steps, warmup, int(xr.shape[0]), batch_size, p.runtime.threads, net,
+                  "student fwd+bwd + old-model fwd")
+
+
+@dataclass
+class _SyntheticTask:
+    """An incremental task on random images: the network (train mode), its frozen copy as the old model with
+    random stored centres, the PR centres of every class, one batch (x, its strong view or None, y) and the
+    step's generator."""
+
+    net: torch.nn.Module
+    old: OldKnowledge
+    pr_centers: torch.Tensor  # (n_old + n_new, d)
+    x: torch.Tensor
+    x_strong: torch.Tensor | None
+    y: torch.Tensor
+    generator: torch.Generator
+
+
+def _synthetic_task(p: Params, method: MethodConfig, n_outputs: int, batch_size: int, n_old: int, n_new: int,
+                    seed: int, strong_view: bool = False) -> _SyntheticTask:
+    net = build_network(p.model, p.dataset.channels, n_outputs, method.backbone)
     teacher = copy.deepcopy(net).eval().requires_grad_(False)
     dim = net.feature_dim
     old = OldKnowledge(teacher=teacher, centers=torch.randn(n_old, dim), radius=0.5)
     pr_centers = torch.cat([old.centers, torch.randn(n_new, dim)])
-    size = p.dataset.image_size
-    x = torch.randn(batch_size, p.dataset.channels, size, size)
+    shape = (batch_size, p.dataset.channels, p.dataset.image_size, p.dataset.image_size)
+    x = torch.randn(shape)
+    x_strong = torch.randn(shape) if strong_view else None
     y = torch.randint(n_old, n_old + n_new, (batch_size,))
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     net.train()
+    return _SyntheticTask(net, old, pr_centers, x, x_strong, y, torch.Generator().manual_seed(seed))
 
-    def full_step():
-        loss, *_ = step_loss(net, x, y, method, old, pr_centers, generator)
+
+def _train_step(loss_of, optimizer):
+    """One optimiser step on the loss ``loss_of()`` returns, as train takes it."""
+    def step():
+        loss = loss_of()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    return step
 
-    xr, yr = rotate_batch(x, y) if method.rotation else (x, y)  # the same rows the step trains on
 
+def _backbone_floor(net, teacher, rows: torch.Tensor, labels: torch.Tensor, extra=None):
+    """The floor: the student's forward and backward over ``rows`` and the old model's forward over them,
+    then ``extra()`` (another pass the method needs), if given."""
     def floor():
-        logits = net(xr)["logits"]
+        logits = net(rows)["logits"]
         net.zero_grad(set_to_none=True)
-        F.cross_entropy(logits, yr).backward()
+        F.cross_entropy(logits, labels).backward()
         with torch.no_grad():
-            teacher.backbone(xr)
-
-    return _timed(full_step, floor, steps, warmup, int(xr.shape[0]), batch_size, p.runtime.threads, net,
-                  "student fwd+bwd + old-model fwd")
+            teacher.backbone(rows)
+        if extra is not None:
+            extra()
+    return floor
 
 
 def _bench_official_step(p: Params, method: MethodConfig, batch_size: int, steps: int, warmup: int,
@@ -98,46 +132,26 @@ def _bench_official_step(p: Params, method: MethodConfig, batch_size: int, steps
     from ncil.train import official_transfer
 
     layout = official.head_layout(method, n_old, n_new)
-    net = build_network(p.model, p.dataset.channels, layout.n_outputs, method.backbone)
-    teacher = copy.deepcopy(net).eval().requires_grad_(False)
-    dim = net.feature_dim
-    old = OldKnowledge(teacher=teacher, centers=torch.randn(n_old, dim), radius=0.5)
-    pr_centers = torch.cat([old.centers, torch.randn(n_new, dim)])  # (K_tot, d)
-    transfer = official_transfer(dim, torch.device("cpu"))
-    trained = official.TrainedModules(net, transfer)
-    task = official.OfficialTask(layout, transfer, official.key_encoder_buffers(net.backbone), proto_batch=batch_size)
-    size = p.dataset.image_size
-    x = torch.randn(batch_size, p.dataset.channels, size, size)
-    x_strong = torch.randn(batch_size, p.dataset.channels, size, size)
-    y = torch.randint(n_old, n_old + n_new, (batch_size,))
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(trained.parameters(), lr=1e-4)
-    net.train()
-
-    def full_step():
-        loss, *_ = official.official_step(net, x, x_strong, y, method, task, old, pr_centers, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    task = _synthetic_task(p, method, layout.n_outputs, batch_size, n_old, n_new, seed, strong_view=True)
+    net, x, y = task.net, task.x, task.y
+    transfer = official_transfer(net.feature_dim, torch.device("cpu"))
+    step_state = official.OfficialTask(layout, transfer, official.key_encoder_buffers(net.backbone),
+                                       proto_batch=batch_size)
+    optimizer = torch.optim.Adam(official.TrainedModules(net, transfer).parameters(), lr=1e-4)
+    full_step = _train_step(lambda: official.official_step(net, x, task.x_strong, y, method, step_state, task.old,
+                                                           task.pr_centers, task.generator)[0], optimizer)
 
     xs, ys = rotate_batch(x, y)  # X': the rotated rows, then (with mixup) one draw of the mixup images
     if method.mixup_rounds > 0:
         x_mix, y_mix = mixup_batch(x, y, layout, torch.Generator().manual_seed(seed), rounds=method.mixup_rounds)
         xs, ys = torch.cat([xs, x_mix]), torch.cat([ys, y_mix])
-
-    strong4, _ = rotate_batch(x_strong, y)  # X_aug: the key encoder's rows (4B)
-    floor_buffers = official.key_encoder_buffers(net.backbone)  # its own copy: the step's stay the step's
-
-    def floor():
-        logits = net(xs)["logits"]
-        net.zero_grad(set_to_none=True)
-        F.cross_entropy(logits, ys).backward()
-        with torch.no_grad():
-            teacher.backbone(xs)
-        if method.contrastive > 0:
-            official.key_features(net.backbone, strong4, floor_buffers)
-
-    passes = "student fwd+bwd + old-model fwd" + (" + key-encoder fwd" if method.contrastive > 0 else "")
+    extra = None
+    if method.contrastive > 0:  # the key encoder over X_aug (4B rows), with its own copy of the BN buffers
+        strong4, _ = rotate_batch(task.x_strong, y)
+        floor_buffers = official.key_encoder_buffers(net.backbone)
+        extra = lambda: official.key_features(net.backbone, strong4, floor_buffers)  # noqa: E731
+    floor = _backbone_floor(net, task.old.teacher, xs, ys, extra)
+    passes = "student fwd+bwd + old-model fwd" + (" + key-encoder fwd" if extra else "")
     return _timed(full_step, floor, steps, warmup, int(xs.shape[0]), batch_size, p.runtime.threads, net, passes)
 
 
