@@ -56,10 +56,24 @@ def setup(runtime: RuntimeConfig, seed: int, task: int) -> tuple[torch.device, t
         # cuBLAS is deterministic only with a fixed workspace (read when its first handle is made);
         # a value the user set wins. See CUDA's "Results reproducibility" notes for cuBLAS.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        repeatable_attention()
     torch.use_deterministic_algorithms(True, warn_only=True)
     generator = torch.Generator(device=device)
     generator.manual_seed(data_seed)
     return device, generator
+
+
+def repeatable_attention() -> None:
+    """Leave ``scaled_dot_product_attention`` on CUDA only the backends whose backward repeats bitwise.
+
+    Under ``use_deterministic_algorithms(True, warn_only=True)`` torch 2.11 still picks cuDNN attention
+    on sm90, and its backward did not repeat at 224 px (197 keys; ../shared/docs/gpu-baseline.md); the
+    memory-efficient kernel's backward accumulates with atomics. Flash attention (bf16/fp16) and the
+    math backend (any dtype, so fp32 runs) repeat at every size measured. A CUDA job always asks for
+    determinism, so this is set in every one; the CPU backends are not touched (CPU bytes unchanged).
+    """
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    torch.backends.cuda.enable_mem_efficient_sdp(False)
 
 
 def resolve_device(name: str) -> torch.device:
