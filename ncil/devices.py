@@ -313,12 +313,11 @@ def unclaimed_warning(pool: Pool) -> str:
 def runtime_of_params_file(path: str) -> dict:
     """The ``runtime`` section of a params file, read without torch ({} where it cannot be read: the
     verb's own parser then reports the file properly)."""
-    import yaml
+    from ncil import io
 
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-    except (OSError, yaml.YAMLError):
+        data = io.read_yaml(path)
+    except (OSError, io.ArtifactError):
         return {}
     runtime = data.get("runtime") if isinstance(data, dict) else None
     return runtime if isinstance(runtime, dict) else {}

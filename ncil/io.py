@@ -282,14 +282,60 @@ def _require(path: str | Path, what: str) -> Path:
 # --- YAML and JSON -------------------------------------------------------------------------------
 
 
-def read_yaml(path: str | Path) -> dict:
+def _repeated_key(node, path: tuple[str, ...] = ()) -> tuple[str, str] | None:
+    """The first key that a mapping of the composed YAML ``node`` holds twice: (dotted path, where its
+    two places are, "lines 3 and 7" counted from 1); None where every key is unique (merge keys ``<<``
+    excepted)."""
     import yaml
 
-    path = _require(path, "YAML file")
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], yaml.Mark] = {}
+        for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge":
+                continue
+            name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark)
+            ident = (key.tag, name)  # `1` and "1" are two keys; `epochs` and "epochs" one
+            if ident in first:
+                a, b = first[ident], key.start_mark
+                where = (f"lines {a.line + 1} and {b.line + 1}" if a.line != b.line
+                         else f"line {a.line + 1}, columns {a.column + 1} and {b.column + 1}")
+                return ".".join((*path, name)), where
+            first[ident] = key.start_mark
+            found = _repeated_key(value, (*path, name))
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found = _repeated_key(item, (*path, str(i)))
+            if found:
+                return found
+    return None
+
+
+def parse_yaml(text: str, source: str | Path):
+    """The value of the YAML document ``text`` (read from ``source``); every YAML file the pipeline reads
+    comes through here. A key given twice in one mapping is refused: PyYAML (and so Snakemake's
+    ``configfile:``) would silently keep the last value, while DVC refuses the file."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        node = loader.get_single_node()
+        repeated = _repeated_key(node)
+        if repeated:
+            key, where = repeated
+            raise ArtifactError(f"{source}: {key}: the key is given twice, at {where} "
+                                f"(expected each key once; only the last would count)")
+        return None if node is None else loader.construct_document(node)
     except yaml.YAMLError as err:
-        raise ArtifactError(f"{path}: not valid YAML ({err})") from None
+        raise ArtifactError(f"{source}: not valid YAML ({_one_line(err)})") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = _require(path, "YAML file")
+    data = parse_yaml(path.read_text(encoding="utf-8"), path)
     if not isinstance(data, dict):
         raise ArtifactError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data

@@ -65,12 +65,11 @@ def adam_options(env: Mapping[str, str] | None = None) -> dict[str, bool]:
 
 def mode_of_params_file(path: str) -> str:
     """``runtime.numerics`` of a params file, read without importing torch (default native)."""
-    import yaml
+    from ncil import io
 
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-    except (OSError, yaml.YAMLError):
+        data = io.read_yaml(path)
+    except (OSError, io.ArtifactError):
         return "native"  # the verb's own parsing reports the file properly
     runtime = data.get("runtime") if isinstance(data, dict) else None
     return str(runtime.get("numerics", "native")) if isinstance(runtime, dict) else "native"

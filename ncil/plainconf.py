@@ -19,13 +19,13 @@ PAPER_EXPERIMENTS = ("cifar100", "tinyimagenet", "imagenet_subset")
 
 
 def read_yaml(path: Path):
-    import yaml
+    from ncil import io
 
     try:
-        with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such config file (expected a {path.parent.name} option of conf/)") from None
+    return io.parse_yaml(text, path)  # a key given twice is refused, as everywhere
 
 
 def group_option(group: str, option: str, conf_dir: Path = CONF_DIR) -> dict:

@@ -9,11 +9,10 @@ import json
 import os
 import sys
 
-import yaml
-
 from ncil import grid, paths
 from ncil import resources as res
 from ncil.config import ConfigError, parse_params
+from ncil.io import ArtifactError, read_yaml
 from ncil.workflow import code_deps, figure4_run, lookup_params, param_keys, raw_inputs, section_dataset, table_sections
 
 PARAMS_FILE = "params.yaml"
@@ -28,6 +27,17 @@ def validate(data, source):
         sys.exit(f"error: {err}")
 
 
+def read_params(path):
+    """A params file through the CLI's YAML reader: a key given twice stops Snakemake here (its own
+    `configfile:` reader silently keeps the last value)."""
+    try:
+        return read_yaml(path)
+    except ArtifactError as err:
+        sys.exit(f"error: {err}")
+
+
+for _path in workflow.configfiles:  # params.yaml and any --configfile
+    read_params(_path)
 validate(config, PARAMS_FILE)
 DATASET = config["dataset"]["name"]
 
@@ -41,8 +51,7 @@ def load_grids():
     for name in paths.GRID_NAMES:
         path = paths.grid_params(name)
         if os.path.exists(path):
-            with open(path) as fh:
-                data = yaml.safe_load(fh)
+            data = read_params(path)
             validate(data, path)
             if data["dataset"]["name"] != DATASET:
                 grids[name] = (path, data)

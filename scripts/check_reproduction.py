@@ -38,7 +38,7 @@ from ncil.provenance import current_platform, same_platform  # noqa: E402
 
 
 def targets(params_file: Path, seed: int) -> list[str]:
-    params = yaml.safe_load(params_file.read_text())
+    params = io.read_yaml(params_file)
     if seed not in params["seeds"]:
         raise SystemExit(f"{params_file}: seeds: {seed} is not one of the grid's seeds {params['seeds']}")
     dataset = params["dataset"]["name"]
@@ -85,7 +85,7 @@ def metric_deltas(paths: list[Path]) -> list[str]:
 
 
 def check_lock(lock_file: Path, platform_file: Path | None = None, here: dict | None = None) -> int:
-    lock = yaml.safe_load(lock_file.read_text())
+    lock = io.read_yaml(lock_file)
     checked, differing, metrics = 0, [], []
     for stage in lock["stages"].values():
         for out in stage.get("outs", []):
@@ -129,7 +129,7 @@ def reference_params(params_file: Path = ROOT / "params.yaml") -> dict:
     """The tiny reference grid: the default digits set-up, one setting (4+2x3), ``ours``, seed 1,
     2 epochs per task, one thread, portable numerics. Tasks 0 and 1 exercise the ViT, rotations,
     the teacher, PKS and PR; a few seconds each."""
-    params = yaml.safe_load(params_file.read_text())
+    params = io.read_yaml(params_file)
     params["train"] = {**params["train"], "epochs": 2}
     params["runtime"] = {**params["runtime"], "device": "cpu", "threads": 1, "numerics": "portable"}
     params["scenario"] = {"base4_inc2": params["scenario"]["base4_inc2"]}

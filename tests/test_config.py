@@ -1,8 +1,10 @@
 import copy
+import shutil
 
 import pytest
 
 from ncil import io
+from ncil.io import ArtifactError
 from ncil.config import ConfigError, parse_params
 from ncil.hydra_conf import compose
 from tests.conftest import ROOT, ncil
@@ -176,6 +178,56 @@ def test_hand_edited_params_file_is_refused_naming_the_file(tmp_path, text, repl
     with pytest.raises(ConfigError) as err:
         load_params(path)
     assert str(err.value).startswith(f"{path}: {message}"), str(err.value)
+
+
+# A key given twice: PyYAML (and Snakemake's configfile:) keep the last value silently, DVC refuses the file.
+REPEATED_KEYS = [
+    ("epochs: 20,", "epochs: 2, epochs: 50,", "train.epochs: the key is given twice, at line 21, columns 9 and 20"),
+    ("seeds: [1, 2, 3]", "seeds: [1, 2, 3]\nseeds: [4]", "seeds: the key is given twice, at lines 84 and 85"),
+    ("dataset:\n  name: digits", "dataset:\n  name: digits\n  name: cifar100",
+     "dataset.name: the key is given twice, at lines 3 and 4"),
+]
+
+
+@pytest.mark.parametrize("text, replacement, message", REPEATED_KEYS)
+def test_a_key_given_twice_is_refused_naming_the_file_the_key_and_both_lines(tmp_path, text, replacement, message):
+    from ncil import devices, numerics
+    from ncil.config import load_params
+
+    path = tmp_path / "params.yaml"
+    original = (ROOT / "params.yaml").read_text()
+    assert original.count(text) == 1
+    path.write_text(original.replace(text, replacement))
+    with pytest.raises(ArtifactError) as err:
+        load_params(path)
+    assert str(err.value).startswith(f"{path}: {message}") and "\n" not in str(err.value), str(err.value)
+    # The pre-torch readers use the same loader: they fall back to their defaults, and the verb refuses the file.
+    assert numerics.mode_of_params_file(str(path)) == "native" and devices.runtime_of_params_file(str(path)) == {}
+    proc = ncil(["dvc-yaml", "--params", str(path), "--out", str(tmp_path / "dvc.yaml")], ROOT, check=False)
+    assert proc.returncode == 2 and proc.stderr == f"error: {path}: {message} (expected each key once; only the " \
+        "last would count)\n", proc.stderr
+    assert not (tmp_path / "dvc.yaml").exists()
+
+
+def test_yaml_reader_keeps_distinct_keys_and_merge_keys(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text('base: &b {x: 1, y: 2}\nc:\n  <<: *b\n  x: 3\n1: int\n"1": text\nlist: [{k: 1}, {k: 2}]\n')
+    assert io.read_yaml(path) == {"base": {"x": 1, "y": 2}, "c": {"x": 3, "y": 2}, 1: "int", "1": "text",
+                                  "list": [{"k": 1}, {"k": 2}]}
+    path.write_text('list:\n  - {k: 1}\n  - {k: 1, "k": 2}\n')  # a quoted key is the same key
+    with pytest.raises(ArtifactError, match=r"a.yaml: list.1.k: the key is given twice, at line 3, columns 6 and 12"):
+        io.read_yaml(path)
+
+
+def test_plain_conf_reader_refuses_a_key_given_twice(tmp_path):
+    from ncil import plainconf
+
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    train = conf / "train" / "paper.yaml"
+    train.write_text(train.read_text() + "epochs: 1\n")
+    with pytest.raises(ArtifactError, match=r"paper.yaml: epochs: the key is given twice, at lines \d+ and \d+"):
+        plainconf.group_option("train", "paper", conf)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -23,6 +23,9 @@ BAD_EDITS = {
     "unknown key": ("seeds: [1]", "seeds: [1]\nseed: 3", ["seed", "unknown key"]),
     "unknown choice": ("train_on: seen", "train_on: everything", ["method.joint.train_on", "everything"]),
     "unknown method": ("  joint:", "  jiont:", ["method.jiont"]),
+    # A key given twice: Snakemake's configfile: would keep the last value silently (DVC refuses the file).
+    "key given twice": ("epochs: 1,", "epochs: 1, epochs: 50,", ["train.epochs", "given twice", "columns"]),
+    "top-level key twice": ("seeds: [1]", "seeds: [1]\nseeds: [2]", ["seeds", "given twice", "lines"]),
 }
 # Outputs that exist before the bad edit and must survive it (a committed table, a task-0 checkpoint).
 KEPT = ["results/tables/digits_results.md", "runs/digits/base4/plain/seed1/task_0/model.pt"]
@@ -169,3 +172,17 @@ def test_every_named_target_works_on_a_fresh_clone(clone, target):
         return
     assert proc.returncode == 0, out
     assert "MissingInputException" not in out and "cifar100" not in out.split("Job stats", 1)[-1], out
+
+
+def test_a_grid_file_with_a_key_given_twice_is_refused_naming_it(pristine, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(pristine, project)
+    grid = project / paths.grid_params("cifar100")
+    grid.parent.mkdir(parents=True)
+    text = (ROOT / paths.grid_params("cifar100")).read_text()
+    grid.write_text(text.replace("\nseeds:", "\nseeds: [1]\nseeds:", 1))
+    proc = run([sys.executable, "-m", "snakemake", "-n"], project, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out, out
+    assert re.search(r"^error: grids/cifar100/params.yaml: seeds: the key is given twice, at lines \d+ and \d+ ", out,
+                     re.M), out
