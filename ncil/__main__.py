@@ -41,11 +41,13 @@ def _set_numerics(params_file: str | None) -> None:
 
 
 def _claim_gpus(verb: str, params_file: str | None) -> None:
-    """A train/evaluate job counted as a GPU job takes its own GPU(s) before torch starts (ncil/devices.py)."""
+    """A train/evaluate job counted as a GPU job takes its own GPU(s) before torch starts (ncil/devices.py);
+    then a CUDA device this machine lacks is refused before any data loads."""
     from ncil import devices
 
     if verb in devices.CLAIMING_VERBS and params_file:
         devices.claim_for_job(params_file)
+        devices.require_cuda_if_asked(params_file)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -384,8 +384,9 @@ def _validate(p: Params, source: str) -> None:
     _choice(source, "runtime.precision", p.runtime.precision, PRECISIONS)
     if p.runtime.numerics not in NUMERICS:
         raise _fail(source, "runtime.numerics", f"expected one of {', '.join(NUMERICS)}, got {p.runtime.numerics!r}")
-    if not (p.runtime.device in ("auto", "cpu", "cuda") or p.runtime.device.startswith("cuda:")):
-        raise _fail(source, "runtime.device", f"expected auto, cpu, cuda or cuda:N, got {p.runtime.device!r}")
+    if not (p.runtime.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", p.runtime.device)):
+        raise _fail(source, "runtime.device", f"expected auto, cpu, cuda or cuda:N (N a device index 0, 1, ...), "
+                                              f"got {p.runtime.device!r}")
     base_splits = {paths.base_split_id(sc.initial_increment): sc.initial_increment for sc in p.scenario.values()}
     for name, sc in p.scenario.items():
         _name(source, f"scenario.{name}", name)

@@ -149,6 +149,51 @@ def plan(env: Mapping[str, str], gpus_per_job: int, listing: Listing | None = No
     return Plan(gpus_per_job, pool)
 
 
+def check_pool(pool: Pool, device: str, listing: Listing | None = None) -> None:
+    """``NCIL_GPU_POOL`` must name GPUs of this machine where a job opens CUDA on one of them
+    (``runtime.device`` not cpu) and the driver lists GPUs: ``CUDA_VISIBLE_DEVICES=a`` would hide every
+    real GPU, and the job would fall back to the CPU or fail. Simulated ids (the tests') are fine on a
+    machine without GPUs, or for jobs on the CPU. UUIDs (GPU-/MIG-) are taken as they are."""
+    if pool.source != ENV_POOL or device == "cpu":
+        return
+    buses, source = (listing or driver_listing)()
+    if not buses:
+        return
+    known = tuple(str(i) for i in range(len(buses)))
+    unknown = [d for d in pool.devices if d not in known and not d.startswith(("GPU-", "MIG-"))]
+    if unknown:
+        raise GpuClaimError(f"{ENV_POOL}={','.join(pool.devices)!r}: {unknown[0]!r} is not a GPU of this machine "
+                            f"(expected ids among {','.join(known)}, the {len(known)} GPU(s) {source} lists, or "
+                            f"GPU-/MIG- UUIDs; unset {ENV_POOL} to claim from all of them)")
+
+
+def cuda_refusal(device: str, source: str, env: Mapping[str, str] | None = None) -> str:
+    """Why ``runtime.device`` (of the params file ``source``) cannot run on this machine, in one line; ''
+    when it can. Only cuda and cuda:N can be refused, when torch finds no CUDA GPU here (torch is
+    imported for that, so call this after any GPU claim has set ``CUDA_VISIBLE_DEVICES``)."""
+    if not device.startswith("cuda"):
+        return ""
+    import torch
+
+    if torch.cuda.is_available():
+        return ""
+    env = os.environ if env is None else env
+    hidden = env.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and hidden.strip() in ("", "-1"):  # CUDA's ways to hide every GPU (visible_devices)
+        why = f"CUDA_VISIBLE_DEVICES={hidden!r} hides every GPU"
+    else:
+        why = f"torch {torch.__version__} finds no CUDA GPU on this machine"
+    return (f"{source}: runtime.device: {device!r} needs a CUDA GPU, but {why}; compose runtime=cpu (or "
+            f"runtime.device=auto) to run here, or run on a GPU machine")
+
+
+def require_cuda_if_asked(params_file: str) -> None:
+    """The CLI's check for train/evaluate, before any data loads: a CUDA device missing here is one line, exit 2."""
+    refusal = cuda_refusal(str(runtime_of_params_file(params_file).get("device", "auto")), params_file)
+    if refusal:
+        raise GpuClaimError(refusal)
+
+
 def lock_dir(env: Mapping[str, str], uid: int | None = None) -> Path:
     """``NCIL_GPU_LOCK_DIR``, else ``$XDG_RUNTIME_DIR/ncil-gpus``, else ``/tmp/ncil-gpus-<uid>``."""
     if env.get(ENV_LOCK_DIR):
@@ -362,6 +407,7 @@ def claim_for_job(params_file: str, env: MutableMapping[str, str] | None = None,
                 say(shared)
         return None
     check_device(device, decision.count)
+    check_pool(decision.pool, device)
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         raise GpuClaimError("a GPU claim must come before CUDA starts, but torch has initialised CUDA in this process")

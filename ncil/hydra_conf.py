@@ -14,15 +14,23 @@ def compose(overrides: list[str] | None = None, conf_dir: str | Path = CONF_DIR)
     A bad override (unknown key or group option, unparsable text) raises ``ConfigError`` with one
     line naming the override, what is wrong and the closest existing names.
     """
+    import yaml
     from hydra.errors import HydraException
+
+    from ncil.config import ConfigError
 
     overrides = list(overrides or [])
     try:
         return _compose(overrides, conf_dir)
     except HydraException as err:
-        from ncil.config import ConfigError
-
         raise ConfigError(override_error(err, overrides, conf_dir)) from None
+    except yaml.YAMLError as err:  # a conf/ file Hydra's loader refuses (a key given twice, bad syntax)
+        mark = getattr(err, "problem_mark", None)
+        if mark is not None and Path(mark.name).is_file():
+            from ncil import io
+
+            io.parse_yaml(Path(mark.name).read_text(encoding="utf-8"), mark.name)  # its one-line error
+        raise ConfigError(f"{mark.name if mark else conf_dir}: not valid YAML ({' '.join(str(err).split())})") from None
 
 
 def _compose(overrides: list[str], conf_dir: str | Path) -> dict:

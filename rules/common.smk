@@ -12,6 +12,7 @@ import sys
 from ncil import grid, paths
 from ncil import resources as res
 from ncil.config import ConfigError, parse_params
+from ncil.devices import cuda_refusal
 from ncil.io import ArtifactError, read_yaml
 from ncil.workflow import code_deps, figure4_run, lookup_params, param_keys, raw_inputs, section_dataset, table_sections
 
@@ -40,6 +41,21 @@ for _path in workflow.configfiles:  # params.yaml and any --configfile
     read_params(_path)
 validate(config, PARAMS_FILE)
 DATASET = config["dataset"]["name"]
+
+# runtime.device cuda on a machine without CUDA (runtime=gpu composed here by mistake): a dry run says so,
+# a local run stops before its first training or evaluation job (exit 2); a cluster executor's jobs run on
+# other nodes, whose own CLI check refuses a node without CUDA.
+CUDA_REFUSAL = cuda_refusal(str(config["runtime"]["device"]), PARAMS_FILE) if workflow.is_main_process else ""
+if CUDA_REFUSAL:
+    print(f"warning: {CUDA_REFUSAL} (a local run of training or evaluation jobs stops before they start)",
+          file=sys.stderr)
+
+
+onstart:
+    if CUDA_REFUSAL and workflow.local_exec and any(
+        job.rule.name in ("train_base", "train", "evaluate") for job in workflow.dag.needrun_jobs()):
+        print(f"error: {CUDA_REFUSAL}", file=sys.stderr)
+        sys.exit(2)
 
 
 def load_grids():

@@ -1,4 +1,5 @@
 import copy
+import re
 import shutil
 
 import pytest
@@ -217,6 +218,29 @@ def test_yaml_reader_keeps_distinct_keys_and_merge_keys(tmp_path):
     path.write_text('list:\n  - {k: 1}\n  - {k: 1, "k": 2}\n')  # a quoted key is the same key
     with pytest.raises(ArtifactError, match=r"a.yaml: list.1.k: the key is given twice, at line 3, columns 6 and 12"):
         io.read_yaml(path)
+
+
+def test_hydra_composition_refuses_a_key_given_twice_in_one_line(tmp_path):
+    """Hydra's own loader refuses it too, with a multi-line YAML traceback: ours names the key and lines."""
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    train = conf / "train" / "digits.yaml"
+    lines = train.read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("epochs:")) + 1
+    train.write_text(train.read_text() + "epochs: 3\n")
+    with pytest.raises(ArtifactError) as err:
+        compose([], conf)
+    assert str(err.value).startswith(f"{train}: epochs: the key is given twice, at lines {first} and "
+                                     f"{len(lines) + 1} ") and "\n" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("device", ["cuda:-1", "cuda:abc", "cuda:", "cuda: 1", "cuda:1.5"])
+def test_a_malformed_cuda_device_is_refused_when_composing(device):
+    with pytest.raises(ConfigError, match=r"runtime.device: expected auto, cpu, cuda or cuda:N \(N a device index "
+                                          rf"0, 1, ...\), got '{re.escape(device)}'$"):
+        parse_params(compose([f"runtime.device='{device}'"]))
+    assert parse_params(compose(["runtime.device=cuda:0"])).runtime.device == "cuda:0"
+    assert parse_params(compose(["runtime.device='cuda:12'"])).runtime.device == "cuda:12"
 
 
 def test_plain_conf_reader_refuses_a_key_given_twice(tmp_path):

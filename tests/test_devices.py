@@ -177,6 +177,45 @@ def _params(tmp_path, device="cpu", gpus=1) -> str:
     return str(path)
 
 
+TWO_GPUS = lambda: (("0000:1a:00.0", "0000:3b:00.0"), "/proc/driver/nvidia/gpus")  # noqa: E731
+
+
+def test_a_pool_naming_no_gpu_of_this_machine_is_refused_where_a_job_opens_cuda():
+    with pytest.raises(GpuClaimError, match=r"^NCIL_GPU_POOL='a': 'a' is not a GPU of this machine \(expected ids "
+                                            r"among 0,1, the 2 GPU\(s\) /proc/driver/nvidia/gpus lists, or GPU-/MIG- "
+                                            r"UUIDs; unset NCIL_GPU_POOL to claim from all of them\)$"):
+        devices.check_pool(Pool(("a",), "NCIL_GPU_POOL"), "auto", TWO_GPUS)
+    with pytest.raises(GpuClaimError, match=r"'2' is not a GPU of this machine"):
+        devices.check_pool(Pool(("1", "2"), "NCIL_GPU_POOL"), "cuda", TWO_GPUS)
+    devices.check_pool(Pool(("1", "GPU-8f2c1a4e"), "NCIL_GPU_POOL"), "cuda", TWO_GPUS)  # ids of this machine
+    devices.check_pool(Pool(("a",), "NCIL_GPU_POOL"), "cpu", TWO_GPUS)  # a CPU job hides nothing it uses
+    devices.check_pool(Pool(("a",), "NCIL_GPU_POOL"), "auto", NO_DRIVER)  # no GPU here: simulated devices
+    devices.check_pool(Pool(("7",), "CUDA_VISIBLE_DEVICES"), "auto", TWO_GPUS)  # only the override is checked
+
+
+def test_the_hook_refuses_a_pool_that_would_hide_the_real_gpus(tmp_path, monkeypatch):
+    monkeypatch.setattr(devices, "driver_listing", lambda *args, **kwargs: TWO_GPUS())
+    env = {"NCIL_GPU_POOL": "a", "NCIL_GPU_LOCK_DIR": str(tmp_path / "locks")}
+    with pytest.raises(GpuClaimError, match=r"^NCIL_GPU_POOL='a': 'a' is not a GPU of this machine"):
+        devices.claim_for_job(_params(tmp_path, device="auto"), env, log=lambda line: None)
+    assert "CUDA_VISIBLE_DEVICES" not in env and not devices._HELD
+
+
+def test_a_cuda_job_on_a_machine_without_cuda_stops_in_one_line_before_its_data(tmp_path):
+    """CUDA_VISIBLE_DEVICES='' hides every GPU, so torch finds none here on any machine."""
+    params = _params(tmp_path, device="cuda:0", gpus=0)
+    env = {**conftest.env(), "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(conftest.ROOT)}
+    cmd = [sys.executable, "-m", "ncil", "train", "--params", params, "--split", str(tmp_path / "split.json"),
+           "--task", "0", "--seed", "1", "--method", "finetune", "--checkpoint", str(tmp_path / "model.pt"),
+           "--centers", str(tmp_path / "centers.parquet")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr == (
+        f"error: {params}: runtime.device: 'cuda:0' needs a CUDA GPU, but CUDA_VISIBLE_DEVICES='' hides every GPU; "
+        "compose runtime=cpu (or runtime.device=auto) to run here, or run on a GPU machine\n"), proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written
+    assert devices.cuda_refusal("cpu", "p.yaml") == devices.cuda_refusal("auto", "p.yaml") == ""  # never refused
+
+
 def test_the_hook_sets_cuda_visible_devices_and_logs_the_claim(tmp_path):
     env = {"NCIL_GPU_POOL": "0,1,2,3", "NCIL_GPU_LOCK_DIR": str(tmp_path / "locks")}
     (tmp_path / "locks").mkdir()

@@ -135,6 +135,26 @@ def test_dvc_exp_run_with_a_bad_override_runs_no_stage(dvc_project, tmp_path):
     assert (project / paths.PARAMS_CHECK_STAMP).exists()  # persist: not even the stamp is removed
 
 
+def test_gpu_runtime_without_cuda_stops_both_engines_before_any_job(dvc_project, tmp_path, monkeypatch):
+    """runtime=gpu composed where there is no CUDA (CUDA_VISIBLE_DEVICES='' hides any GPU, so on every
+    machine): a dry run warns; a local Snakemake run exits 2 and DVC stops at check_params, before any job."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    project = tmp_path / "p"
+    shutil.copytree(dvc_project, project, symlinks=True)
+    ncil(["params", "runtime=gpu"], project)  # composing is fine: the grid may be meant for another machine
+    refusal = "params.yaml: runtime.device: 'cuda' needs a CUDA GPU, but CUDA_VISIBLE_DEVICES='' hides every GPU"
+    dry = run([sys.executable, "-m", "snakemake", "-n"], project)
+    assert f"warning: {refusal}" in dry.stderr, dry.stderr
+    real = run([sys.executable, "-m", "snakemake", "--cores", "1"], project, check=False)
+    assert real.returncode == 2 and f"\nerror: {refusal}" in real.stderr, real.stderr
+    assert not (project / "logs").exists() and not (project / "data").exists()  # no job started
+    proc = dvc(project, "repro", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"error: {refusal}" in out, out
+    assert re.findall(r"Running stage '(\w+)'", out) == ["check_params"], out
+    assert not (project / "data").exists()
+
+
 # --- Named targets on a fresh clone -----------------------------------------------------------------
 README_TARGETS = ["results/digits/base4_inc2/joint/seed2/metrics.json",
                   "runs/digits/base5_inc1/finetune/seed1/task_3/model.pt"]
