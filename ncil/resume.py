@@ -300,7 +300,8 @@ def remove(path: str | Path) -> None:
 
 class StopFlag:
     """Set by SIGTERM (preemption) or SIGINT (Ctrl-C); the training loop reads it at every step boundary.
-    Callable: ``flag()`` -> bool; ``signum``: the first signal received (None: none)."""
+    Callable: ``flag()`` -> bool; ``signum``: the first signal received (None: none). A second Ctrl-C
+    raises ``KeyboardInterrupt`` (for a job still loading its data, or inside a long step)."""
 
     def __init__(self):
         self.requested = False
@@ -311,6 +312,8 @@ class StopFlag:
         return self.requested
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop at once, not at the next step boundary
         self.requested = True
         self.signum = self.signum or signum
 

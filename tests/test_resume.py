@@ -470,9 +470,25 @@ def test_stop_flag_takes_sigint_and_sigterm_and_gives_their_exit_status():
         signal.raise_signal(signal.SIGINT)  # no KeyboardInterrupt: a request
         signal.raise_signal(signal.SIGTERM)
         assert flag() and flag.signum == signal.SIGINT and flag.exit_status == 130
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
+            signal.raise_signal(signal.SIGINT)
     finally:
         flag.uninstall()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_stop_line_says_what_stopped_the_job_and_what_was_saved():
+    from ncil.stages.train import stop_line
+
+    state, flag = Path("runs/x/task_0/resume.pt"), resume.StopFlag()
+    flag.signum = signal.SIGINT
+    assert stop_line(resume.Preempted(3, 0, 9, 0), flag, state) == \
+        f"interrupted: state saved at epoch 3 step 9/9 of task 0 ({state}); rerun to resume"
+    assert stop_line(resume.Preempted(0, 0, 9, 1, saved=False), flag, state) == \
+        "interrupted: before the first step of task 1, nothing to save; rerun to train it"
+    flag.signum = signal.SIGTERM
+    assert stop_line(resume.Preempted(2, 4, 9, 1, saved=False), flag, state) == \
+        "preempted: runtime.resume_every is 0, no state saved; rerun to train task 1 again from epoch 1"
 
 
 def test_an_unreadable_state_is_named_unreadable_not_corrupt(tmp_path, monkeypatch):

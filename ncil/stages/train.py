@@ -195,6 +195,13 @@ def stop_line(stop, flag, state_file: Path) -> str:
             "again from epoch 1")
 
 
+def tell(log, line: str) -> None:
+    """One warning line in the log and on stderr."""
+    log.warning("%s", line)
+    if sys.stderr.isatty():  # elsewhere the logger already wrote it to stderr
+        print(line, file=sys.stderr)
+
+
 def run(args: Args) -> None:
     from ncil import resume
     from ncil.progress import logger
@@ -212,11 +219,15 @@ def run(args: Args) -> None:
         method = method_for_split(p, method, Path(args.split).parent.name)
     job = make_job(p, split, args.task, args.seed, args.method, method, args.split)
     log = logger()
-    log.info("train %s task %d (method %s, seed %d)", args.split, args.task, args.method, args.seed)
     # From here on SIGTERM or SIGINT is a request to save and stop at the next step boundary.
     flag = resume.StopFlag().install()
     try:
+        log.info("train %s task %d (method %s, seed %d)", args.split, args.task, args.method, args.seed)
         _train(args, p, split, method, job, log, flag)
+    except KeyboardInterrupt:  # a second Ctrl-C before the first was served
+        tell(log, "interrupted again: stopped at once, without saving; a rerun resumes from the last saved state "
+                  f"({resume.state_path(args.checkpoint)}) if there is one")
+        raise SystemExit(resume.INTERRUPTED_EXIT) from None
     finally:
         flag.uninstall()
 
@@ -264,10 +275,7 @@ def _train(args: Args, p, split: dict, method, job, log, flag) -> None:
     try:
         payload, centers = train_task(p, job, train_data, previous, previous_centers, log, plan)
     except resume.Preempted as stop:
-        line = stop_line(stop, flag, state_file)
-        log.warning("%s", line)
-        if sys.stderr.isatty():  # elsewhere the logger already wrote it to stderr
-            print(line, file=sys.stderr)
+        tell(log, stop_line(stop, flag, state_file))
         raise SystemExit(flag.exit_status) from None
     # The checkpoint goes last and records the centers' hash: a job killed between the two writes
     # leaves no checkpoint, so the pair never looks complete with one old and one new file.
