@@ -2,8 +2,8 @@
 
 A training job keeps ``resume.pt`` beside its checkpoint (``runs/.../task_<t>/resume.pt``; neither a
 Snakemake nor a DVC output): written at the end of every ``runtime.resume_every`` epochs and when the job
-is told to stop (SIGTERM), read when the job starts again, removed once the checkpoint and the centers
-are written. A resumed task gives the bytes an uninterrupted one gives, so the state holds everything
+is told to stop (SIGTERM, Ctrl-C), read when the job starts again, removed once the checkpoint and the
+centers are written. A resumed task gives the bytes an uninterrupted one gives, so the state holds everything
 the rest of the task depends on:
 
 * ``identity``: what the task is and what it reads: the params (the run's config snapshot, the job, the

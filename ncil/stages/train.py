@@ -8,7 +8,8 @@ it. The loop itself is ``ncil.train.train_task``.
 Preemption (``ncil.resume``): the task's resumable state ``resume.pt`` beside the checkpoint is saved
 every ``runtime.resume_every`` epochs and on SIGTERM or Ctrl-C (SIGINT) (then the job exits with 143 or
 130, one line on stderr); a rerun resumes from it, refuses a damaged one or one of other params, split,
-data or code (``code_identity``, ``data_identity``), and removes it once the outputs are written. ``platform.json`` beside the checkpoint records the platform that trained it
+data or code (``data_identity``, ``code_identity``), and removes it once the outputs are written.
+``platform.json`` beside the checkpoint records the platform that trained it
 (``ncil.provenance.current_platform``) and the checkpoint's SHA-256: removed before training, written
 after the checkpoint, outside the DVC-tracked bytes.
 """
