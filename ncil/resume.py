@@ -2,18 +2,25 @@
 
 A training job keeps ``resume.pt`` beside its checkpoint (``runs/.../task_<t>/resume.pt``; neither a
 Snakemake nor a DVC output): written at the end of every ``runtime.resume_every`` epochs and when the job
-is told to stop (SIGTERM), read when the job starts again, removed once the checkpoint and the centers
-are written. A resumed task gives the bytes an uninterrupted one gives, so the state holds everything
+is told to stop (SIGTERM, Ctrl-C), read when the job starts again, removed once the checkpoint and the
+centers are written. A resumed task gives the bytes an uninterrupted one gives, so the state holds everything
 the rest of the task depends on:
 
-* ``identity``: what the task is (the run's config snapshot, the job, the task, the device type, the
-  previous checkpoint's SHA-256, the class order): a state of another configuration is refused,
-  naming the first field that differs;
+* ``identity``: what the task is and what it reads: the params (the run's config snapshot, the job, the
+  task, the device type), the previous checkpoint's SHA-256, the split record, the SHA-256 of the prepared
+  data files it trains on (from the data's manifest) and of every package file the train step runs (its
+  import closure, as dvc.yaml lists it). A state whose identity differs is refused (exit 2), naming the
+  first field that differs and what changed (params, previous checkpoint, split, data or code);
 * ``progress``: the position (``epoch``, 0-based, and ``step``, the steps of that epoch already
   taken), the model, optimiser and scheduler, every random stream (Python ``random``, NumPy's global
   generator, torch's CPU generator, CUDA's when on CUDA, the task's data generator now and at the start
   of the epoch, from which the epoch's data order is drawn again), PR's class centers once computed,
   the epoch history and the running counters of the epoch.
+
+Refused, not discarded: a state can hold hours of training, and the change may be undone (a reverted
+edit, the previous data restored), so the choice to throw it away is left to the user, who is told the
+one command that does (as for a damaged state). Resuming anyway would give a checkpoint that matches
+neither the old nor the new inputs' uninterrupted run.
 
 The file is a plain dict of tensors and primitives (``torch.load(weights_only=True)``) with a
 ``content_sha256`` over the rest (``ncil.io.content_digest``), written atomically through ``ncil.io``:
@@ -34,10 +41,12 @@ import numpy as np
 from ncil import io
 
 STATE_NAME = "resume.pt"
-RESUME_FORMAT = 1
+RESUME_FORMAT = 2  # 2: the identity holds the split record, the data's and the code's SHA-256
 # 128 + SIGTERM: the status of a process that SIGTERM ended, which is what SLURM and Snakemake already
 # treat as "terminated" (requeue / retry); apart from ncil's 1 (a fault) and 2 (an expected error).
 PREEMPTED_EXIT = 128 + signal.SIGTERM
+INTERRUPTED_EXIT = 128 + signal.SIGINT  # Ctrl-C: the shell's status of a process that SIGINT ended
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PROGRESS_KEYS = ("epoch", "step", "model", "optimizer", "scheduler", "random", "pr_centers", "history", "counters")
 
 
@@ -78,9 +87,13 @@ def describe_position(epoch: int, step: int, steps: int) -> str:
     return f"epoch {epoch + 1} step {step}/{steps}"
 
 
-def identity(config: dict, job: dict, task: int, device: str, previous_sha256: str | None,
-             class_order: list[int], tasks: list[list[int]]) -> dict:
-    """What a state must match to be resumed (pure): the first differing field is named on refusal."""
+def identity(config: dict, job: dict, task: int, device: str, previous_sha256: str | None, split: dict,
+             data: dict[str, str | None], code: dict[str, str]) -> dict:
+    """What a state must match to be resumed (pure): the first differing field is named on refusal.
+
+    ``split``: the split record (class order, tasks); ``data``: prepared file -> SHA-256 (the manifest's);
+    ``code``: package file -> SHA-256, for every file the train step runs.
+    """
     return {
         "format_version": RESUME_FORMAT,
         "task": task,
@@ -88,9 +101,27 @@ def identity(config: dict, job: dict, task: int, device: str, previous_sha256: s
         "config": config,
         "device": device,
         "previous_checkpoint_sha256": previous_sha256,
-        "class_order": list(class_order),
-        "tasks": [list(t) for t in tasks],
+        "split": dict(split),
+        "data": dict(data),
+        "code": dict(code),
     }
+
+
+# What changed, by the identity's top-level field (the rest is the params: config, job, task, device).
+CHANGED = {
+    "previous_checkpoint_sha256": "another previous checkpoint (--prev-checkpoint was retrained or replaced)",
+    "split": "another split (the --split file changed)",
+    "data": "other data (the prepared data changed: a new prepare)",
+    "code": "other training code (a file the train step runs changed)",
+}
+
+
+def mismatch_message(path: Path, diff: tuple) -> str:
+    """The refusal of a state whose identity differs (pure): the field, both values, what changed, the way out."""
+    field, want, got = diff
+    top = field.split(".")[1].split("[")[0] if "." in field else field
+    return (f"{path}: {field}: expected {want!r}, found {got!r}: this resumable state belongs to "
+            f"{CHANGED.get(top, 'another configuration')}; {_delete_hint(path)}")
 
 
 def first_difference(expected, found, where: str = "identity"):
@@ -219,10 +250,16 @@ def load(path: str | Path, expected_identity: dict) -> dict | None:
     if not path.exists():
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, zip errors...
-        raise io.ArtifactError(f"{path}: corrupt or truncated resumable state ({type(err).__name__}: "
-                               f"{' '.join(str(err).split())}); {_delete_hint(path)}") from None
+        fh = open(path, "rb")  # opened apart from the load: an unreadable file is not a corrupt one
+    except OSError as err:  # a folder in its place, no read permission, an I/O error
+        raise io.ArtifactError(f"{path}: cannot read the resumable state ({err.strerror or err}); check the "
+                               f"file and its permissions (rm {path} trains this task again from epoch 1)") from None
+    with fh:
+        try:
+            payload = torch.load(fh, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, zip errors...
+            raise io.ArtifactError(f"{path}: corrupt or truncated resumable state ({type(err).__name__}: "
+                                   f"{' '.join(str(err).split())}); {_delete_hint(path)}") from None
     if not isinstance(payload, dict) or payload.get("format_version") != RESUME_FORMAT:
         found = payload.get("format_version") if isinstance(payload, dict) else type(payload).__name__
         raise io.ArtifactError(f"{path}: format_version: expected a resumable state of format {RESUME_FORMAT}, "
@@ -233,9 +270,7 @@ def load(path: str | Path, expected_identity: dict) -> dict | None:
                                f"them (modified or corrupted after it was saved); {_delete_hint(path)}")
     diff = first_difference(expected_identity, payload.get("identity"))
     if diff is not None:
-        field, want, got = diff
-        raise io.ArtifactError(f"{path}: {field}: expected {want!r}, found {got!r}: this resumable state belongs "
-                               f"to another configuration; {_delete_hint(path)}")
+        raise io.ArtifactError(mismatch_message(path, diff))
     progress = payload.get("progress")
     missing = [k for k in PROGRESS_KEYS if not isinstance(progress, dict) or k not in progress]
     if missing:
@@ -260,27 +295,38 @@ def remove(path: str | Path) -> None:
     Path(path).unlink(missing_ok=True)
 
 
-# --- Stop requests (SIGTERM) ---------------------------------------------------------------------
+# --- Stop requests (SIGTERM, SIGINT) -------------------------------------------------------------
 
 
 class StopFlag:
-    """Set by SIGTERM; the training loop reads it at every step boundary. Callable: ``flag()`` -> bool."""
+    """Set by SIGTERM (preemption) or SIGINT (Ctrl-C); the training loop reads it at every step boundary.
+    Callable: ``flag()`` -> bool; ``signum``: the first signal received (None: none). A second Ctrl-C
+    raises ``KeyboardInterrupt`` (for a job still loading its data, or inside a long step)."""
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signum = None
+        self._previous = {}
 
     def __call__(self) -> bool:
         return self.requested
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop at once, not at the next step boundary
         self.requested = True
+        self.signum = self.signum or signum
 
     def install(self) -> StopFlag:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
 
     def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
+        self._previous = {}
+
+    @property
+    def exit_status(self) -> int:
+        """The job's exit status after the stop: 130 for Ctrl-C, else 143 (as if the signal had ended it)."""
+        return INTERRUPTED_EXIT if self.signum == signal.SIGINT else PREEMPTED_EXIT

@@ -395,3 +395,79 @@ def test_shipped_imagenet_subset_class_list_has_100_distinct_wnids():
     assert len(names) == 100 and len(set(names)) == 100 and names == sorted(names)
     assert all(len(n) == 9 and n[0] == "n" and n[1:].isdigit() for n in names)
     assert {"n01558993", "n02123159", "n12998815"} <= set(names)  # first entries / the one n12 synset
+
+
+# --- Images are read as they are, or refused (issue 20 item 5) -----------------------------------
+
+
+def test_a_16_bit_grey_image_is_scaled_to_8_bits_not_clipped(tmp_path):
+    """16-bit grey (mode I;16) keeps its high byte, v >> 8; 32-bit integer and float pixels are refused."""
+    from PIL import Image
+
+    from ncil.data.images import read_image
+
+    values = np.array([[0, 128, 20000, 65535]] * 4, dtype=np.uint16)  # (4, 4)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as img:
+        assert img.mode == "I;16"  # what Pillow makes of a 16-bit grey PNG
+    grey = read_image(tmp_path / "deep.png", 4, 1, 0)  # (4, 4, 1)
+    assert grey[0, :, 0].tolist() == [0, 0, 78, 255]  # 20000 >> 8 = 78 (convert("L") clipped it to 255)
+    assert read_image(tmp_path / "deep.png", 4, 3, 0)[0].tolist() == [[0] * 3, [0] * 3, [78] * 3, [255] * 3]
+    for name, array in (("wide.tif", values.astype(np.int32)), ("float.tif", values.astype(np.float32))):
+        Image.fromarray(array).save(tmp_path / name)
+        with pytest.raises(io.ArtifactError, match=rf"^{tmp_path / name}: pixels of mode [IF] \(32-bit integer"):
+            read_image(tmp_path / name, 4, 1, 0)
+
+
+def _bomb(path: Path) -> None:
+    """A small PNG whose header says 30000 x 30000 pixels: past Pillow's decompression-bomb limit."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", 30000, 30000)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+def _broken(kind: str, folder: Path) -> Path:
+    """A file of ``kind`` that does not decode, last in its class folder (after the good images)."""
+    from PIL import Image
+
+    good = fx.class_image(np.random.default_rng(0), 0, 16, 16)
+    if kind == "text named .png":
+        path = folder / "zzz.png"
+        path.write_text("not an image\n")
+    elif kind == "truncated png":
+        path = folder / "zzz.png"
+        Image.fromarray(good).save(path)
+        path.write_bytes(path.read_bytes()[:-40])
+    elif kind == "truncated jpeg":
+        path = folder / "zzz.jpg"
+        Image.fromarray(good).save(path, quality=95)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path = folder / "zzz.png"
+        _bomb(path)
+    return path
+
+
+@pytest.mark.parametrize("kind, said", [("text named .png", "cannot decode the image (UnidentifiedImageError"),
+                                        ("truncated png", "cannot decode the image (OSError"),
+                                        ("truncated jpeg", "cannot decode the image (OSError"),
+                                        ("decompression bomb", "refused as a possible decompression bomb (Image size")])
+def test_a_broken_image_is_refused_in_one_line_before_the_prepared_data_is_touched(kind, said, project, tmp_path,
+                                                                                    capsys):
+    """The last image of the test set is broken: found before the old manifest and arrays are touched."""
+    write_params(fixture_overrides("folder", tmp_path))
+    cli("prepare")
+    before = {p.name: p.read_bytes() for p in Path("data/folder").iterdir()}
+    broken = _broken(kind, tmp_path / "raw/my_images/test/hen")
+    err = cli_error(capsys, "prepare")
+    assert err.startswith(f"error: {broken}: {said}") and err.count("\n") == 1, err  # one line, naming the file
+    assert {p.name: p.read_bytes() for p in Path("data/folder").iterdir()} == before
+    io.verify_manifest("data/folder/manifest.json")  # the old data is whole

@@ -340,6 +340,191 @@ def test_a_truncated_state_is_refused_not_silently_restarted(preempted, tmp_path
     assert not (project / BASE_TASK / "model.pt").exists()
 
 
+# --- The state belongs to its data, its split and its code (issue 20 item 3) ----------------------
+
+
+def test_a_refusal_names_what_changed_params_split_data_or_code():
+    path = Path("runs/x/task_0/resume.pt")
+    said = {field: resume.mismatch_message(path, (field, "a", "b")) for field in
+            ("identity.config.train.lr", "identity.job.seed", "identity.previous_checkpoint_sha256",
+             "identity.split.class_order[5]", "identity.data.data/digits/train_images.npy",
+             "identity.code.ncil/train.py")}
+    belongs = {field: text.split("belongs to ")[1].split(" ")[0:2] for field, text in said.items()}
+    assert belongs == {"identity.config.train.lr": ["another", "configuration;"],
+                       "identity.job.seed": ["another", "configuration;"],
+                       "identity.previous_checkpoint_sha256": ["another", "previous"],
+                       "identity.split.class_order[5]": ["another", "split"],
+                       "identity.data.data/digits/train_images.npy": ["other", "data"],
+                       "identity.code.ncil/train.py": ["other", "training"]}
+    assert said["identity.code.ncil/train.py"] == (
+        f"{path}: identity.code.ncil/train.py: expected 'a', found 'b': this resumable state belongs to other "
+        f"training code (a file the train step runs changed); delete it (rm {path}) to train this task again "
+        "from epoch 1")
+
+
+def test_the_code_identity_covers_the_files_the_train_step_runs():
+    """The files hashed into a state are the ones dvc.yaml and the Snakemake rule list for a train step."""
+    from ncil import workflow
+    from ncil.stages import train as train_stage
+
+    code = train_stage.code_identity()
+    assert sorted(code) == list(workflow.code_deps("train"))
+    assert code["ncil/train.py"] == hashlib.sha256((ROOT / "ncil/train.py").read_bytes()).hexdigest()
+
+
+def _reprepare_with_one_image_replaced(project: Path) -> str:
+    """What ``prepare`` writes after one training image of a task-0 class was replaced in the source: the
+    new arrays, then the manifest with their checksums (digits come from scikit-learn, so the prepared array
+    stands in for the source). Returns the new SHA-256 of the training images."""
+    folder = project / "data/digits"
+    images, labels = io.read_array(folder / "train_images.npy"), io.read_array(folder / "train_labels.npy")
+    task0_class = json.loads((project / BASE_SPLIT).read_text())["tasks"][0][0]
+    row = int(np.flatnonzero(labels == task0_class)[0])
+    images = images.copy()
+    images[row] = 255 - images[row]  # another image of the same class
+    io.write_array(folder / "train_images.npy", images)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    extra = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "dataset", "files")}
+    io.write_manifest(folder / "manifest.json", "digits", [folder / name for name in manifest["files"]], extra)
+    return io.sha256_file(folder / "train_images.npy")
+
+
+def test_a_state_of_other_data_is_refused_and_a_fresh_run_equals_the_uninterrupted_one(preempted, tmp_path):
+    project = _copy(preempted, tmp_path)
+    state = f"{BASE_TASK}/resume.pt"
+    old = io.sha256_file(project / "data/digits/train_images.npy")
+    new = _reprepare_with_one_image_replaced(project)
+    proc = ncil([*TASK0, *_outputs(BASE_TASK)], project, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert (f"error: {state}: identity.data.data/digits/train_images.npy: expected {new!r}, found {old!r}: this "
+            f"resumable state belongs to other data (the prepared data changed: a new prepare); delete it (rm {state})"
+            ) in proc.stderr
+    assert (project / state).is_file() and not (project / BASE_TASK / "model.pt").exists()
+    (project / state).unlink()  # what the refusal says to do
+    ncil([*TASK0, *_outputs(BASE_TASK)], project)
+    ncil([*TASK0, *_outputs("clean_new")], project)  # an uninterrupted run on the new data
+    assert _md5s(project / BASE_TASK) == _md5s(project / "clean_new")
+    assert _md5s(project / "clean_new") != preempted[4]  # the replaced image changes the checkpoint
+
+
+def test_a_state_of_another_split_is_refused_naming_it(preempted, tmp_path):
+    project = _copy(preempted, tmp_path)
+    split_file = project / BASE_SPLIT
+    split = json.loads(split_file.read_text())
+    order = split["class_order"]
+    order[-2], order[-1] = order[-1], order[-2]  # the same task 0, another order of the classes after it
+    split_file.write_text(json.dumps(split))
+    proc = ncil([*TASK0, *_outputs(BASE_TASK)], project, check=False)
+    state = f"{BASE_TASK}/resume.pt"
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert (f"error: {state}: identity.split.class_order[{len(order) - 2}]: expected {order[-2]}, found {order[-1]}: "
+            f"this resumable state belongs to another split (the --split file changed)") in proc.stderr
+
+
+def test_a_state_of_other_code_is_refused_and_code_outside_the_step_does_not_matter(preempted, tmp_path):
+    """The project's copy of the package is what `python -m ncil` runs there (cwd first on sys.path)."""
+    project = _copy(preempted, tmp_path)
+    state, trained = f"{BASE_TASK}/resume.pt", project / "ncil/train.py"
+    original = trained.read_text()
+    trained.write_text(original + "# an edit\n")
+    proc = ncil([*TASK0, *_outputs(BASE_TASK)], project, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert (f"error: {state}: identity.code.ncil/train.py: expected {io.sha256_file(trained)!r}, found "
+            f"{hashlib.sha256(original.encode()).hexdigest()!r}: this resumable state belongs to other training "
+            "code") in proc.stderr
+    trained.write_text(original)
+    tables = project / "ncil/tables.py"  # not run by a train step
+    tables.write_text(tables.read_text() + "# an edit\n")
+    proc = ncil([*TASK0, *_outputs(BASE_TASK)], project)
+    assert "task 0: resuming from" in proc.stderr
+    assert _md5s(project / BASE_TASK) == preempted[4]
+
+
+# --- Clear stops: Ctrl-C, an unreadable state (issue 20 item 8) ----------------------------------
+
+
+def test_ctrl_c_saves_the_state_says_one_line_and_exits_130_then_the_rerun_resumes(preempted, tmp_path):
+    project = _copy(preempted, tmp_path)
+    shutil.rmtree(project / BASE_TASK)
+    log = project / "logs/int.log"
+    proc = subprocess.Popen([sys.executable, "-m", "ncil", *TASK0, *_outputs(BASE_TASK), "--log", "logs/int.log"],
+                            cwd=project, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(log, f"task 0 epoch 1/{EPOCHS} ", proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-3000:]  # 128 + SIGINT, as a shell reports a Ctrl-C
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    lines = [line for line in stderr.splitlines() if "interrupted" in line]
+    assert len(lines) == 1 and "interrupted: state saved at epoch " in lines[0], stderr[-3000:]
+    assert lines[0].endswith(f"of task 0 ({BASE_TASK}/resume.pt); rerun to resume")
+    assert (project / BASE_TASK / "resume.pt").is_file() and not (project / BASE_TASK / "model.pt").exists()
+    proc = ncil([*TASK0, *_outputs(BASE_TASK), "--log", "logs/int.log"], project)
+    assert "task 0: resuming from" in proc.stderr
+    assert _md5s(project / BASE_TASK) == preempted[4]
+
+
+def test_stop_flag_takes_sigint_and_sigterm_and_gives_their_exit_status():
+    flag = resume.StopFlag().install()
+    try:
+        assert not flag() and flag.exit_status == resume.PREEMPTED_EXIT
+        signal.raise_signal(signal.SIGINT)  # no KeyboardInterrupt: a request
+        signal.raise_signal(signal.SIGTERM)
+        assert flag() and flag.signum == signal.SIGINT and flag.exit_status == 130
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        flag.uninstall()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_stop_line_says_what_stopped_the_job_and_what_was_saved():
+    from ncil.stages.train import stop_line
+
+    state, flag = Path("runs/x/task_0/resume.pt"), resume.StopFlag()
+    flag.signum = signal.SIGINT
+    assert stop_line(resume.Preempted(3, 0, 9, 0), flag, state) == \
+        f"interrupted: state saved at epoch 3 step 9/9 of task 0 ({state}); rerun to resume"
+    assert stop_line(resume.Preempted(0, 0, 9, 1, saved=False), flag, state) == \
+        "interrupted: before the first step of task 1, nothing to save; rerun to train it"
+    flag.signum = signal.SIGTERM
+    assert stop_line(resume.Preempted(2, 4, 9, 1, saved=False), flag, state) == \
+        "preempted: runtime.resume_every is 0, no state saved; rerun to train task 1 again from epoch 1"
+
+
+def test_an_unreadable_state_is_named_unreadable_not_corrupt(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    folder = tmp_path / "resume.pt"
+    folder.mkdir()  # a folder in its place
+    with pytest.raises(io.ArtifactError, match=rf"^{folder}: cannot read the resumable state \(Is a directory\); "
+                                               r"check the file and its permissions"):
+        resume.load(folder, {"task": 0})
+    path = tmp_path / "denied" / "resume.pt"
+    resume.save(path, {"task": 0}, _fields())
+    real_open = builtins.open
+
+    def denied(file, *args, **kwargs):  # what chmod 000 gives a user other than root (tests may run as root)
+        if Path(str(file)) == path:
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", denied)
+    with pytest.raises(io.ArtifactError, match=rf"^{path}: cannot read the resumable state \(Permission denied\)"):
+        resume.load(path, {"task": 0})
+
+
+def test_a_folder_in_place_of_the_state_is_refused_by_train(preempted, tmp_path):
+    project = _copy(preempted, tmp_path)
+    state = project / BASE_TASK / "resume.pt"
+    state.unlink()
+    state.mkdir()
+    proc = ncil([*TASK0, *_outputs(BASE_TASK)], project, check=False)
+    assert proc.returncode == 2
+    assert f"error: {BASE_TASK}/resume.pt: cannot read the resumable state (Is a directory)" in proc.stderr
+    assert "corrupt" not in proc.stderr
+
+
 # --- Under Snakemake: kill -9 the training job at a random epoch, rerun, compare -------------------
 
 TARGET = "results/digits/base4_inc2/finetune/seed1/eval"

@@ -2,8 +2,9 @@
 
 A source module (``cifar``, ``tinyimagenet``, ``imagefolder``) turns an on-disk layout into a
 ``RawDataset``: class names plus a training set and, where the data set has one, its real test set.
-Images are only decoded when ``prepare`` writes them, block by block, so a large data set never has
-to fit in memory.
+Images are only decoded when ``prepare`` reads them, block by block, so a large data set never has
+to fit in memory (``prepare`` decodes every image once to check it, before it touches the old
+prepared data, then again to write it).
 """
 
 from __future__ import annotations
@@ -61,10 +62,33 @@ def read_image(path: Path, size: int, channels: int, resize: int) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB" if channels == 3 else "L")
+            img = eight_bit(img, path).convert("RGB" if channels == 3 else "L")
             return fit_image(img, size, resize)
+    except Image.DecompressionBombError as err:  # more pixels than Pillow's limit (Image.MAX_IMAGE_PIXELS) allows
+        raise ArtifactError(f"{path}: refused as a possible decompression bomb ({err})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ArtifactError(f"{path}: cannot decode the image ({type(err).__name__}: {err})") from None
+
+
+SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N")  # how Pillow opens a 16-bit grey PNG or TIFF
+
+
+def eight_bit(img, path: Path):
+    """``img`` with 8-bit channels, for ``convert``: 16-bit grey (0..65535) scaled down, not clipped.
+
+    A 16-bit grey pixel is stored as its high byte (v >> 8), as Pillow reads a 16-bit colour PNG and
+    libpng's strip_16 does, so the image keeps its contrast (``convert`` would clip every value above 255
+    to white). 32-bit integer and float pixels (modes I, F; signed 16-bit) have no range to scale from and
+    are refused.
+    """
+    from PIL import Image
+
+    if img.mode in SIXTEEN_BIT_GREY:
+        return Image.fromarray((np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8))  # (H, W) uint8, mode L
+    if img.mode in ("I", "F") or img.mode.startswith("I;"):
+        raise ArtifactError(f"{path}: pixels of mode {img.mode} (32-bit integer, float or signed) have no range to "
+                            "scale to 8 bits; save the image with 8- or 16-bit unsigned channels")
+    return img
 
 
 def fit_image(img, size: int, resize: int) -> np.ndarray:

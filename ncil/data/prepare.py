@@ -158,6 +158,17 @@ def limit(raw, cfg: DatasetConfig):
     return RawDataset(classes, train, test, raw.source)
 
 
+def image_blocks(part, shape: tuple, source: str, image_file: str):
+    """The images of ``part`` (an ``ImageSet``) decoded ``CHUNK`` rows at a time, each block checked to be
+    uint8 of ``shape`` (a ConfigError naming ``image_file`` otherwise)."""
+    n = len(part.labels)
+    for start in range(0, n, CHUNK):
+        block = part.load(np.arange(start, min(start + CHUNK, n)))
+        if block.shape[1:] != shape or block.dtype != np.uint8:
+            raise ConfigError(shape_message(source, block.shape[1:], image_file, shape))
+        yield block
+
+
 def prepare_raw(cfg: DatasetConfig, out_dir: str | None = None) -> dict:
     """A data set read from ``cfg.root``: the real test set as test, val carved from train by a seed.
 
@@ -179,10 +190,12 @@ def prepare_raw(cfg: DatasetConfig, out_dir: str | None = None) -> dict:
     if missing:
         raise ConfigError(f"dataset: classes {[raw.classes[c] for c in missing[:5]]} have no training images left")
     shape = (cfg.image_size, cfg.image_size, cfg.channels)
-    for name in paths.DATA_SPLITS:  # one image of each set decoded now: a wrong size deletes nothing
-        first = parts[name].load(np.arange(min(1, len(parts[name].labels))))
-        if len(first) and (first.shape[1:] != shape or first.dtype != np.uint8):
-            raise ConfigError(shape_message(raw.source, first.shape[1:], split_files(cfg.name, name, out_dir)[0], shape))
+    # Every image decoded and checked now, before the old prepared data is touched: a broken, unreadable
+    # or wrongly sized image (the first or the last) deletes nothing. The writing below decodes them again:
+    # twice the decoding time, rather than the disk room of a second copy of the arrays.
+    for name in paths.DATA_SPLITS:
+        for _ in image_blocks(parts[name], shape, raw.source, split_files(cfg.name, name, out_dir)[0]):
+            pass
     manifest = manifest_file(cfg.name, out_dir)
     sizes = {}
     for name in paths.DATA_SPLITS:
@@ -195,15 +208,7 @@ def prepare_raw(cfg: DatasetConfig, out_dir: str | None = None) -> dict:
         image_file, label_file = split_files(cfg.name, name, out_dir)
         part = parts[name]
         n = len(part.labels)
-
-        def blocks(part=part, n=n, image_file=image_file):
-            for start in range(0, n, CHUNK):
-                block = part.load(np.arange(start, min(start + CHUNK, n)))
-                if block.shape[1:] != shape or block.dtype != np.uint8:
-                    raise ConfigError(shape_message(raw.source, block.shape[1:], image_file, shape))
-                yield block
-
-        io.write_array_chunks(image_file, (n, *shape), np.uint8, blocks())
+        io.write_array_chunks(image_file, (n, *shape), np.uint8, image_blocks(part, shape, raw.source, image_file))
         io.write_array(label_file, part.labels.astype(np.int64))
         written += [image_file, label_file]
         counts[name] = int(n)

@@ -6,9 +6,10 @@ the outputs can be written, and for task t >= 1 the previous checkpoint is task 
 it. The loop itself is ``ncil.train.train_task``.
 
 Preemption (``ncil.resume``): the task's resumable state ``resume.pt`` beside the checkpoint is saved
-every ``runtime.resume_every`` epochs and on SIGTERM (then the job exits with ``PREEMPTED_EXIT``, 143);
-a rerun resumes from it, refuses one of another configuration or a damaged one, and removes it once
-the outputs are written. ``platform.json`` beside the checkpoint records the platform that trained it
+every ``runtime.resume_every`` epochs and on SIGTERM or Ctrl-C (SIGINT) (then the job exits with 143 or
+130, one line on stderr); a rerun resumes from it, refuses a damaged one or one of other params, split,
+data or code (``data_identity``, ``code_identity``), and removes it once the outputs are written.
+``platform.json`` beside the checkpoint records the platform that trained it
 (``ncil.provenance.current_platform``) and the checkpoint's SHA-256: removed before training, written
 after the checkpoint, outside the DVC-tracked bytes.
 """
@@ -153,19 +154,59 @@ def platform_sidecar(platform: dict, checkpoint: str, checkpoint_sha256: str, ea
     return record
 
 
-def _stop_flag(p):
-    """The SIGTERM flag (installed only when the state is saved at all: runtime.resume_every > 0)."""
+# The entry point every verb runs through, as ncil.workflow.ENTRY_MODULES (tests/test_resume.py checks
+# that code_identity covers exactly the files dvc.yaml and the Snakemake rule list for a train step).
+ENTRY_MODULES = ("ncil.__main__",)
+
+
+def code_identity() -> dict[str, str]:
+    """SHA-256 of every package file the train step runs (its import closure, ncil/codedeps.py), by path."""
+    from ncil import codedeps, io
+
+    root = Path(__file__).resolve().parents[2]  # the folder holding the ncil package
+    files = codedeps.step_code_files(VERB, {VERB: __name__}, root, ENTRY_MODULES)
+    return {f: io.sha256_file(root / f) for f in files}
+
+
+def data_identity(dataset: str, splits: list[str]) -> dict[str, str | None]:
+    """The manifest's SHA-256 of each prepared file the task reads, by path (None: not listed).
+
+    The manifest is read, not verified here: ``load_split`` checks the files against these very entries.
+    """
+    from ncil import io, paths
+
+    files = io.verify_manifest(paths.data_manifest(dataset), names=[])["files"]  # format checked, nothing hashed
+    entries = {f: files.get(Path(f).name) for split in splits for f in paths.data_arrays(dataset, split)}
+    return {f: e.get("sha256") if isinstance(e, dict) else None for f, e in entries.items()}
+
+
+def stop_line(stop, flag, state_file: Path) -> str:
+    """The one line a stopped job prints (pure): what stopped it, where, what was saved."""
+    import signal
+
     from ncil import resume
 
-    return resume.StopFlag().install() if p.runtime.resume_every > 0 else None
+    word = "interrupted" if flag.signum == signal.SIGINT else "preempted"
+    if stop.saved:
+        where = resume.describe_position(stop.epoch, stop.step, stop.steps)
+        return f"{word}: state saved at {where} of task {stop.task} ({state_file}); rerun to resume"
+    if stop.epoch == 0 and stop.step == 0:
+        return f"{word}: before the first step of task {stop.task}, nothing to save; rerun to train it"
+    return (f"{word}: runtime.resume_every is 0, no state saved; rerun to train task {stop.task} "
+            "again from epoch 1")
+
+
+def tell(log, line: str) -> None:
+    """One warning line in the log and on stderr."""
+    log.warning("%s", line)
+    if sys.stderr.isatty():  # elsewhere the logger already wrote it to stderr
+        print(line, file=sys.stderr)
 
 
 def run(args: Args) -> None:
-    from ncil import io, provenance, resume, runtime
-    from ncil.data.arrays import load_split
+    from ncil import resume
     from ncil.progress import logger
     from ncil.stages.split import read_split
-    from ncil.train import run_config_snapshot, train_task
 
     check_paths(args)
     p, _ = common.load_params(args.params)
@@ -179,8 +220,24 @@ def run(args: Args) -> None:
         method = method_for_split(p, method, Path(args.split).parent.name)
     job = make_job(p, split, args.task, args.seed, args.method, method, args.split)
     log = logger()
-    log.info("train %s task %d (method %s, seed %d)", args.split, args.task, args.method, args.seed)
-    flag = _stop_flag(p)  # from here on SIGTERM is a request to save and stop at the next step boundary
+    # From here on SIGTERM or SIGINT is a request to save and stop at the next step boundary.
+    flag = resume.StopFlag().install()
+    try:
+        log.info("train %s task %d (method %s, seed %d)", args.split, args.task, args.method, args.seed)
+        _train(args, p, split, method, job, log, flag)
+    except KeyboardInterrupt:  # a second Ctrl-C before the first was served
+        tell(log, "interrupted again: stopped at once, without saving; a rerun resumes from the last saved state "
+                  f"({resume.state_path(args.checkpoint)}) if there is one")
+        raise SystemExit(resume.INTERRUPTED_EXIT) from None
+    finally:
+        flag.uninstall()
+
+
+def _train(args: Args, p, split: dict, method, job, log, flag) -> None:
+    from ncil import io, provenance, resume, runtime
+    from ncil.data.arrays import load_split
+    from ncil.train import run_config_snapshot, train_task
+
     previous = previous_centers = None
     if args.task:
         previous = io.load_checkpoint(args.prev_checkpoint, args.prev_centers)  # also checks the pair
@@ -189,12 +246,13 @@ def run(args: Args) -> None:
         previous_centers = io.read_centers(args.prev_centers)
     io.ensure_writable(args.checkpoint, args.centers)  # before the data loads and the training starts
 
-    # The resumable state: checked whole and against this job before the data loads.
+    # The resumable state: checked whole and against this job (params, split, data, code) before the data loads.
     device = runtime.resolve_device(p.runtime.device)
     state_file = resume.state_path(args.checkpoint)
+    splits = ["train", "val"] if method.train_images == "train_val" else ["train"]
     identity = resume.identity(run_config_snapshot(p, job, device.type), job.identity, job.task, device.type,
                                io.sha256_file(args.prev_checkpoint) if args.task else None,
-                               job.class_order, job.tasks)
+                               split, data_identity(p.dataset.name, splits), code_identity())
     state = resume.load(state_file, identity)
     here = provenance.current_platform(device, p.runtime.numerics)
     platforms = list(state.pop("platforms", [])) if state is not None else []
@@ -209,8 +267,8 @@ def run(args: Args) -> None:
     def save_state(progress: dict) -> None:
         resume.save(state_file, identity, {**progress, "platforms": platforms})
 
-    plan = resume.Plan(path=state_file, state=state, save=save_state if flag is not None else None,
-                       every=p.runtime.resume_every, stop_requested=flag if flag is not None else resume.never)
+    plan = resume.Plan(path=state_file, state=state, save=save_state if p.runtime.resume_every > 0 else None,
+                       every=p.runtime.resume_every, stop_requested=flag)
     platform_path(args.checkpoint).unlink(missing_ok=True)
     train_data = load_split(p.dataset.name, "train")
     if method.train_images == "train_val":  # the released code trains on both (method-spec 8)
@@ -218,13 +276,8 @@ def run(args: Args) -> None:
     try:
         payload, centers = train_task(p, job, train_data, previous, previous_centers, log, plan)
     except resume.Preempted as stop:
-        where = resume.describe_position(stop.epoch, stop.step, stop.steps)
-        line = (f"preempted: state saved at {where} of task {stop.task} ({state_file}); rerun to resume" if stop.saved
-                else f"preempted: before the first step of task {stop.task}, nothing to save; rerun to train it")
-        log.warning("%s", line)
-        if sys.stderr.isatty():  # elsewhere the logger already wrote it to stderr
-            print(line, file=sys.stderr)
-        raise SystemExit(resume.PREEMPTED_EXIT) from None
+        tell(log, stop_line(stop, flag, state_file))
+        raise SystemExit(flag.exit_status) from None
     # The checkpoint goes last and records the centers' hash: a job killed between the two writes
     # leaves no checkpoint, so the pair never looks complete with one old and one new file.
     Path(args.checkpoint).unlink(missing_ok=True)
