@@ -77,11 +77,32 @@ def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     return module
 
 
+# Modules whose weights autocast casts to the compute dtype at every call (CUDA and CPU autocast alike).
+AUTOCAST_WEIGHT_MODULES = (torch.nn.Linear, torch.nn.Conv2d)
+
+
+def autocast_enabled(device: torch.device, precision: str) -> bool:
+    return device.type == "cuda" and precision == "bf16"
+
+
+def cast_frozen_weights(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """The Linear and Conv2d weights and biases of a frozen ``module`` in ``dtype``, in place, once.
+
+    Under autocast these layers cast their fp32 parameters to ``dtype`` at every call (round to nearest
+    even, as ``Tensor.to``); casting once gives the same values, so a forward under autocast is unchanged
+    while the per-call casts are gone. Other parameters (LayerNorm, BatchNorm, positional embeddings,
+    GPSA's gates) stay fp32, as autocast reads them. Only for modules that are never trained.
+    """
+    for m in module.modules():
+        if isinstance(m, AUTOCAST_WEIGHT_MODULES):
+            m.to(dtype)
+    return module
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 autocast for ``precision`` bf16 on CUDA; a no-op context otherwise (fp32; CPU results stay exact).
 
     ``precision`` is resolved by ``ncil.config.resolve_precision`` (``runtime.precision``, recorded in
     every checkpoint).
     """
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=device.type == "cuda" and precision == "bf16")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast_enabled(device, precision))

@@ -82,6 +82,8 @@ def old_knowledge(previous: dict, previous_centers: dict, method: MethodConfig, 
     if needs_teacher(method):
         teacher = load_network(p.model, p.dataset.channels, previous["model"], method.backbone).to(device)
         teacher.eval().requires_grad_(False)
+        if runtime.autocast_enabled(device, resolve_precision(p.runtime.precision, device.type, method.preset)):
+            runtime.cast_frozen_weights(teacher.backbone, torch.bfloat16)  # once per task, not at every step
     spreads = torch.from_numpy(previous_centers["spread"])
     return OldKnowledge(
         teacher=teacher,
