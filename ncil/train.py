@@ -84,6 +84,7 @@ def old_knowledge(previous: dict, previous_centers: dict, method: MethodConfig, 
         teacher.eval().requires_grad_(False)
         if runtime.autocast_enabled(device, resolve_precision(p.runtime.precision, device.type, method.preset)):
             runtime.cast_frozen_weights(teacher.backbone, torch.bfloat16)  # once per task, not at every step
+        runtime.maybe_compile(teacher.backbone, p.runtime.compile)
     spreads = torch.from_numpy(previous_centers["spread"])
     return OldKnowledge(
         teacher=teacher,
@@ -221,6 +222,7 @@ def train_task(
             progress.seen, progress.loss_sum, progress.correct = (state["counters"][k] for k in EPOCH_COUNTERS)
             first = start.step
         for step in range(first, steps):
+            runtime.graph_step_begin(p.runtime.compile)
             idx = order[step]  # (b,) on the device already
             x = augment.augment_batch(x_all.index_select(0, idx), augment_spec, generator)  # (B, C, H, W) float32
             if is_official:

@@ -54,3 +54,44 @@ def test_the_teacher_is_cast_only_on_the_gpu_bf16_path():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not runtime.autocast_enabled(cpu, "bf16") and not runtime.autocast_enabled(cuda, "fp32")
     assert runtime.autocast_enabled(cuda, "bf16")
+
+
+@pytest.mark.parametrize("method", sorted(BACKBONES))
+def test_the_steps_model_functions_trace_without_a_graph_break(method):
+    """CUDA graphs (``runtime.compile: graphs``) capture what dynamo traces; a graph break would split the
+    forward and leave host work between the pieces. ``fullgraph=True`` raises at the first break; the eager
+    backend runs the traced aten ops as they are (no compiler needed on the CPU). Checked: the student's
+    backbone in train mode with its backward, the frozen teacher's in eval mode without gradient, and for
+    the official preset the key encoder (the student's weights with its own BN buffers)."""
+    from ncil.methods import official_step as official
+
+    torch._dynamo.reset()
+    backbone = BACKBONES[method]
+    net, teacher = _net(backbone).train(), _net(backbone).eval().requires_grad_(False)
+    x = torch.randn(6, 1, 8, 8)
+    student = torch.compile(net.backbone, fullgraph=True, backend="eager")
+    cls, patches = student(x)
+    (cls.sum() + patches.sum()).backward()
+    assert all(p.grad is not None for p in net.backbone.parameters() if p.requires_grad)
+    frozen = torch.compile(teacher.backbone, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        t_cls, _ = frozen(x)
+    eager_cls, _ = teacher.backbone(x)
+    # The eager backend runs the traced aten ops in order: the same kernels on the same inputs.
+    assert torch.equal(t_cls, eager_cls)
+    if backbone == "hybrid":
+        buffers = official.key_encoder_buffers(net.backbone)
+        keys = torch.compile(official.key_features, fullgraph=True, backend="eager")(net.backbone, x, buffers)
+        assert keys.shape == cls.shape and not keys.requires_grad
+
+
+def test_graphs_is_a_runtime_compile_value_that_needs_cuda():
+    from ncil.config import ConfigError
+
+    p = parse_params(compose([*TINY, "runtime.compile=graphs"]))
+    assert p.runtime.compile == "graphs"
+    with pytest.raises(ConfigError, match="runtime.compile: graphs .*CUDA"):
+        runtime.setup(p.runtime, 1, 0)
+    with pytest.raises(ConfigError, match="runtime.compile: expected false, true or graphs, got 'fast'"):
+        parse_params(compose([*TINY, "runtime.compile=fast"]))
+
