@@ -34,7 +34,7 @@ The device command (the lent H200 of this workplace; one `run` call, 600 s limit
 log come back under $OUT):
 
     set -o pipefail; PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --out $OUT/gpu_check.json \
-        --max-minutes 7 2>&1 | tee $OUT/gpu_check.log        # run(..., timeout_s=600)
+        --max-minutes 6 2>&1 | tee $OUT/gpu_check.log        # run(..., timeout_s=600)
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def parse_args(argv=None):
     ap.add_argument("--methods", default=",".join(METHODS), help=f"methods timed at 32x32, of {','.join(METHODS)}")
     ap.add_argument("--sizes", default="32,64,224", help="image sides to time `ours` at, of 32, 64, 224")
     ap.add_argument("--skip-tests", action="store_true", help="do not run the gpu-marked tests")
-    ap.add_argument("--max-minutes", type=float, default=7.0,
+    ap.add_argument("--max-minutes", type=float, default=6.0,
                     help="skip the remaining timings once this much time has passed (they are reported as skipped)")
     args = ap.parse_args(argv)
     args.cuda = args.device.startswith("cuda")
