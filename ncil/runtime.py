@@ -57,10 +57,22 @@ def setup(runtime: RuntimeConfig, seed: int, task: int) -> tuple[torch.device, t
         # cuBLAS is deterministic only with a fixed workspace (read when its first handle is made);
         # a value the user set wins. See CUDA's "Results reproducibility" notes for cuBLAS.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        deterministic_attention()
     torch.use_deterministic_algorithms(True, warn_only=True)
     generator = torch.Generator(device=device)
     generator.manual_seed(data_seed)
     return device, generator
+
+
+def deterministic_attention() -> None:
+    """CUDA's scaled_dot_product_attention from a backend whose backward repeats bitwise: flash (bf16) or math.
+
+    With deterministic algorithms in warn-only mode torch still picks cuDNN attention on sm90, whose backward
+    did not repeat at 224 px (gpu-baseline.md); the memory-efficient backend's backward is not deterministic
+    either. Switching both off leaves flash for bf16 and math for fp32. The CPU has only math: untouched.
+    """
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    torch.backends.cuda.enable_mem_efficient_sdp(False)
 
 
 def resolve_device(name: str) -> torch.device:

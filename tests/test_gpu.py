@@ -46,9 +46,14 @@ AGREEMENT = 0.98
 DEVICE = "cuda"  # the helpers take it from here (a CPU dry run of the plumbing sets it to "cpu")
 
 
-def tiny_params(method: str = "ours", compile_: bool = False, epochs: int = 3):
+MODES = {"eager": False, "compiled": True, "graphs": "graphs"}  # -> runtime.compile
+
+
+def tiny_params(method: str = "ours", compile_: bool | str = False, epochs: int = 3, side: int = 32):
+    model = {**TINY_MODEL, **({"img_size": side, "patch_size": 16} if side != 32 else {})}
     data = plainconf.compose_params("cifar100", "vit_paper", "paper", method, overrides={
-        "model": TINY_MODEL, "train": {"epochs": epochs, "batch_size": 32, "lr_step": 0},
+        "dataset": {"image_size": side},
+        "model": model, "train": {"epochs": epochs, "batch_size": 32, "lr_step": 0},
         "runtime": {"device": DEVICE, "threads": 1, "compile": compile_}})
     return parse_params(data, source="tests/test_gpu.py")
 
@@ -135,13 +140,17 @@ def test_batched_augmentation_on_cuda_is_seeded(name):
     assert torch.equal(global_state, torch.cuda.get_rng_state())  # ... and never from CUDA's global one
 
 
-def test_two_gpu_runs_give_bit_identical_checkpoints():
+@pytest.mark.parametrize("side, mode", [(32, "eager"), (224, "eager"), (224, "graphs")])
+def test_two_gpu_runs_give_bit_identical_checkpoints(side, mode):
+    """At 32 and 224 px (196 patches of 16: cuDNN attention's backward did not repeat there) and graphed:
+    ``runtime.setup`` leaves attention to flash or math, whose backward repeats."""
     assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (":4096:8", ":16:8")
-    p = tiny_params("ours")
+    p = tiny_params("ours", compile_=MODES[mode], epochs=2, side=side)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         runs = [train_tiny(p)[:2] for _ in range(2)]
     assert torch.are_deterministic_algorithms_enabled()  # ncil.runtime.setup turned them on
+    assert not torch.backends.cuda.cudnn_sdp_enabled() and not torch.backends.cuda.mem_efficient_sdp_enabled()
     assert not torch.backends.cudnn.benchmark
     nondeterministic = sorted({str(w.message)[:200] for w in caught if "determinis" in str(w.message)})
     (a, a_rows), (b, b_rows) = runs

@@ -20,7 +20,7 @@ from ncil.config import ModelConfig, parse_params
 from tests.conftest import ROOT, env
 
 BLOCKED = ("hydra", "omegaconf", "snakemake", "dvc")
-N_GPU_TESTS = 13  # tests/test_gpu.py: 1 autocast + 4 augmentation specs + 1 determinism + 1 graphed vs eager
+N_GPU_TESTS = 15  # tests/test_gpu.py: 1 autocast + 4 augmentation specs + 3 determinism + 1 graphed vs eager
 # + 3 methods x (syncs, graph breaks and cudagraph skips)
 
 
