@@ -526,7 +526,7 @@ def main(argv=None) -> int:
     print(f"gpu-check on {report['device']['name']} ({report['device']['device']}), torch {torch.__version__}",
           flush=True)
     if not args.skip_tests:
-        report["gpu_tests"] = run_gpu_tests(timeout_s=max(60.0, budget * 0.4))
+        report["gpu_tests"] = run_gpu_tests(timeout_s=max(60.0, budget * 0.55))
         t = report["gpu_tests"]
         print(f"gpu tests: {t['passed']} passed, {t['failed']} failed, {t['errors']} errors, {t['skipped']} skipped",
               flush=True)
