@@ -126,12 +126,17 @@ class MethodConfig:
     train_images: str = "train"  # train (val images held out) or train_val (the released code trains on all of them)
 
 
+# runtime.compile: false (eager), true (torch.compile), graphs (torch.compile mode reduce-overhead: CUDA graphs, CUDA only).
+CompileSetting = typing.Union[bool, str]
+COMPILE_SETTINGS = (False, True, "graphs")
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N
     threads: int = 1  # torch intra-op threads; pinned because it changes floating-point results
     gpus_per_job: int = 0  # Snakemake `gpu` resource each training job claims
-    compile: bool = False  # torch.compile the backbone for training (slow to start; pays off on a GPU)
+    compile: CompileSetting = False  # torch.compile student and teacher: false, true or graphs (CUDA graphs; COMPILE_SETTINGS)
     numerics: str = "native"  # native (fastest kernels of this CPU) or portable (ncil.numerics: same bits on every x86 CPU type)
     resume_every: int = 1  # epochs between saves of a training task's resumable state (ncil.resume); 0 = off
     precision: str = "auto"  # GPU arithmetic: fp32, bf16 (autocast) or auto (the method's preset: PRESET_PRECISION); CPU runs are always fp32
@@ -183,6 +188,10 @@ def _coerce(value, annotation, source: str, key: str):
     """Check ``value`` against a (simple) type annotation and return it in that type."""
     if annotation == ScenarioWeights:
         return _scenario_weights(value, source, key)
+    if annotation == CompileSetting:
+        if not (isinstance(value, bool) or value == "graphs"):
+            raise _fail(source, key, f"expected false, true or graphs, got {value!r}")
+        return value
     origin = typing.get_origin(annotation)
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(annotation)

@@ -55,9 +55,11 @@ def build_optimizer(parameters, recipe: Recipe):
         optimizer = torch.optim.SGD(parameters, lr=recipe.lr, momentum=recipe.momentum,
                                     weight_decay=recipe.weight_decay)
     else:
-        # runtime.numerics=portable: fused=True, an IEEE sqrt in the update (ncil/numerics.py); native: no extra argument
+        # runtime.numerics=portable: fused=True, an IEEE sqrt in the update (ncil/numerics.py); native: no extra
+        # argument. On CUDA always fused: one kernel per parameter group instead of ~200 small ones per step.
+        on_cuda = bool(parameters) and parameters[0].is_cuda
         optimizer = torch.optim.Adam(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay,
-                                     **numerics.adam_options())
+                                     **{**numerics.adam_options(), **({"fused": True} if on_cuda else {})})
     if recipe.milestones:
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(recipe.milestones),
                                                          gamma=recipe.gamma)

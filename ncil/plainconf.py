@@ -4,8 +4,8 @@ Hydra composes ``conf/`` for the workflow (``ncil.hydra_conf``). A machine that 
 pyyaml and this package (a lent GPU machine, say) still needs the paper's model, data set, schedule and
 method settings: this module reads the group files those settings live in, one file per group option,
 and the ``override /group: option`` lines of the experiment files that pick them. It reads nothing
-else of Hydra's grammar (no interpolation, no packages, no defaults lists inside group files: it refuses
-a file that has one, such as the official preset's methods), and ``tests/test_gpu_check.py`` checks that
+else of Hydra's grammar (no interpolation, no packages, no defaults lists inside group files but the
+official preset's methods' ``[/preset/method/official@<name>, _self_]``: it refuses any other), and ``tests/test_gpu_check.py`` checks that
 what it reads equals Hydra's composition of the same experiment.
 """
 
@@ -35,13 +35,29 @@ def group_option(group: str, option: str, conf_dir: Path = CONF_DIR) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping, got {type(data).__name__}")
     if "defaults" in data:
-        raise ValueError(f"{path}: composes other files (a defaults list), which only Hydra reads "
-                         f"(ncil.hydra_conf.compose); expected a group file without one")
+        data = _preset_method(path, data, option, conf_dir) if group == "method" else None
+        if data is None:
+            raise ValueError(f"{path}: composes other files (a defaults list), which only Hydra reads "
+                             f"(ncil.hydra_conf.compose); expected a group file without one")
     if group in ("method", "scenario"):
         if option not in data:
             raise ValueError(f"{path}: expected one entry named {option!r}, got {sorted(data)}")
         return data[option]
     return data
+
+
+def _preset_method(path: Path, data: dict, option: str, conf_dir: Path) -> dict | None:
+    """A method file whose defaults list is ``[/preset/method/<preset>@<option>, _self_]`` (the official
+    preset's methods): the preset's options with the file's own on top, as Hydra merges them; None for
+    any other defaults list."""
+    defaults = data["defaults"]
+    if not (isinstance(defaults, list) and len(defaults) == 2 and defaults[1] == "_self_"
+            and isinstance(defaults[0], str) and defaults[0].startswith("/preset/method/")
+            and defaults[0].endswith(f"@{option}")):
+        return None
+    preset = defaults[0][len("/preset/method/"):-len(f"@{option}")]
+    base = read_yaml(Path(conf_dir) / "preset" / "method" / f"{preset}.yaml")
+    return {option: {**base, **(data.get(option) or {})}}
 
 
 def experiment_choices(name: str, conf_dir: Path = CONF_DIR) -> dict[str, str | list[str]]:

@@ -69,7 +69,15 @@ def close() -> None:
 
 
 class EpochProgress:
-    """Per-epoch bar (tqdm, terminal only) plus one log line per epoch: epoch, loss, images/s."""
+    """Per-epoch bar (tqdm, terminal only) plus one log line per epoch: epoch, loss, images/s.
+
+    ``step`` takes the batch's loss and correct count as tensors and keeps the running sums where they
+    are (on the device: no host sync inside a training step); they are read once, at ``end_epoch``.
+    The loss sum is float64, each term ``float64(loss) * batch`` added in step order: the same
+    operations, and so the same bits, as summing the Python floats. ``loss_sum`` and ``correct`` read
+    as Python numbers (a sync: at the epoch's end, or when a resumable state is saved) and may be set
+    from them (a resumed epoch).
+    """
 
     def __init__(self, logger: logging.Logger, label: str, epochs: int, steps_per_epoch: int):
         self.logger, self.label, self.epochs, self.steps = logger, label, epochs, steps_per_epoch
@@ -82,23 +90,43 @@ class EpochProgress:
     def start_epoch(self) -> None:
         self.t0, self.seen, self.loss_sum, self.correct = time.perf_counter(), 0, 0.0, 0
 
-    def step(self, loss: float, batch: int, correct: int) -> None:
+    @property
+    def loss_sum(self) -> float:
+        return float(self._loss_sum)
+
+    @loss_sum.setter
+    def loss_sum(self, value: float) -> None:
+        self._loss_sum = float(value)
+
+    @property
+    def correct(self) -> int:
+        return int(self._correct)
+
+    @correct.setter
+    def correct(self, value: int) -> None:
+        self._correct = int(value)
+
+    def step(self, loss, batch: int, correct) -> None:
+        """One batch: ``loss`` its mean loss and ``correct`` its number of right predictions (tensors or numbers)."""
         self.seen += batch
-        self.loss_sum += loss * batch
-        self.correct += correct
+        loss = loss.detach().double() if hasattr(loss, "detach") else float(loss)  # a tensor stays on its device
+        self._loss_sum = self._loss_sum + loss * batch  # a Python float until the first tensor joins
+        self._correct = self._correct + correct
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}")
             self.bar.update(1)
 
     def end_epoch(self, epoch: int, lr: float) -> dict:
+        loss_sum, correct = self.loss_sum, self.correct  # the epoch's one read of the running sums
         seconds = max(time.perf_counter() - self.t0, 1e-9)
         stats = {
             "epoch": epoch + 1,
-            "loss": self.loss_sum / max(self.seen, 1),
-            "train_acc": 100.0 * self.correct / max(self.seen, 1),
+            "loss": loss_sum / max(self.seen, 1),
+            "train_acc": 100.0 * correct / max(self.seen, 1),
             "images_per_s": self.seen / seconds,
             "lr": lr,
         }
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{stats['loss']:.4f}")
         self.logger.info(
             "%s epoch %d/%d loss %.4f train-acc %.2f%% %.0f images/s lr %.2e",
             self.label, stats["epoch"], self.epochs, stats["loss"], stats["train_acc"], stats["images_per_s"], lr,

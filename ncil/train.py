@@ -82,6 +82,9 @@ def old_knowledge(previous: dict, previous_centers: dict, method: MethodConfig, 
     if needs_teacher(method):
         teacher = load_network(p.model, p.dataset.channels, previous["model"], method.backbone).to(device)
         teacher.eval().requires_grad_(False)
+        if runtime.autocast_enabled(device, resolve_precision(p.runtime.precision, device.type, method.preset)):
+            runtime.cast_frozen_weights(teacher.backbone, torch.bfloat16)  # once per task, not at every step
+        runtime.maybe_compile(teacher.backbone, p.runtime.compile)
     spreads = torch.from_numpy(previous_centers["spread"])
     return OldKnowledge(
         teacher=teacher,
@@ -159,7 +162,8 @@ def train_task(
         transfer = official_transfer(net.feature_dim, device)
         trained = official.TrainedModules(net, transfer)
         step_state = official.OfficialTask(layout, transfer, official.key_encoder_buffers(net.backbone),
-                                           proto_batch=p.train.batch_size)
+                                           proto_batch=p.train.batch_size,
+                                           labels_checked=official.check_task_labels(method, layout, y_all))
     optimizer, scheduler = optim.build_optimizer(trained.parameters(), recipe)
 
     # 4. Epochs. PR's class centers mu (Eq. 4): stored ones for old classes, the model's for new ones.
@@ -211,14 +215,15 @@ def train_task(
         if inside:
             generator.set_state(state["random"]["data_epoch_start"])
         epoch_generator = generator.get_state()  # before the epoch's data order is drawn
-        order = list(arrays.batches(len(y_all), p.train.batch_size, torch_cpu_generator(generator)))
+        order = epoch_order(len(y_all), p.train.batch_size, torch_cpu_generator(generator), device)
         first = 0
         if inside:
             generator.set_state(state["random"]["data"])
             progress.seen, progress.loss_sum, progress.correct = (state["counters"][k] for k in EPOCH_COUNTERS)
             first = start.step
         for step in range(first, steps):
-            idx = order[step].to(device)
+            runtime.graph_step_begin(p.runtime.compile)
+            idx = order[step]  # (b,) on the device already
             x = augment.augment_batch(x_all.index_select(0, idx), augment_spec, generator)  # (B, C, H, W) float32
             if is_official:
                 x_strong = augment.strong_view(x_all.index_select(0, idx), augment_spec, p.dataset.image_size,
@@ -232,7 +237,7 @@ def train_task(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            progress.step(float(loss.detach()), len(targets), int((logits.argmax(1) == targets).sum()))
+            progress.step(loss.detach(), len(targets), (logits.argmax(1) == targets).sum())  # no host sync
             if step + 1 < steps and plan.stop_requested():
                 stop(resume.Position(epoch, step + 1), epoch_generator,
                      {k: getattr(progress, k) for k in EPOCH_COUNTERS})
@@ -300,6 +305,14 @@ def mapped_centers(transfer: torch.nn.Module, centers: np.ndarray, device: torch
 
     mapped = map_prototypes(transfer, torch.from_numpy(np.ascontiguousarray(centers)).to(device))  # (K_old, d)
     return mapped.float().cpu().numpy()
+
+
+def epoch_order(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
+    """The epoch's index batches (``arrays.batches``), moved to ``device`` in one copy: views of one tensor."""
+    order = list(arrays.batches(n, batch_size, generator))
+    if not order or device.type == "cpu":
+        return order
+    return list(torch.cat(order).to(device).split([len(b) for b in order]))
 
 
 def torch_cpu_generator(generator: torch.Generator) -> torch.Generator:

@@ -1,24 +1,29 @@
 """`make gpu-check`: the GPU path proven in one short command (GPU tests, timed training steps, a report).
 
-    python3 scripts/gpu_check.py                      # on a GPU machine: <= 8 minutes, no data set needed
+    python3 scripts/gpu_check.py                      # on a GPU machine: about 6 minutes, no data set needed
     python3 scripts/gpu_check.py --device cpu         # anywhere: reduced sizes, the report says device cpu
 
 1. Runs the tests marked ``gpu`` (``tests/test_gpu.py``; all skipped without CUDA) in a pytest subprocess
    and counts them in the report.
-2. Times ``ncil.train.train_task`` itself, task 1 of the paper preset's method ``ours`` (paper ViT,
-   4 rotations, the teacher's forward, PKS, PR, prototype augmentation, bf16 autocast on CUDA, uint8
-   images on the device augmented in batches there) on synthetic images shaped like CIFAR-100
-   (32x32, batch 64), TinyImageNet (64x64) and ImageNet-Subset (224x224), with ``runtime.compile``
-   off and on, and the 32x32 step once more with torch's deterministic algorithms off (their cost).
-   The first epoch of each run is the warm-up (and the compilation); the step time is the median
-   epoch of the others divided by its steps, as the training loop runs them (its per-step
-   ``float(loss)`` included). The data path (index_select + ``augment_batch``, the loop's first two
-   lines) is timed alone over the same batches; its share is that time over the step time.
-3. Writes one JSON report (``--out``) and prints a table: device, torch version, images/s, step time,
-   data-path share, peak memory, achieved FLOP/s (``ncil.flops``: analytic count of the step) and the
-   utilisation against the device's dense bf16 peak (``ncil.flops.DEVICE_PEAKS`` or ``--peak-tflops``),
-   then the hours per paper setting projected from the measured rates (the schedules of
-   ``conf/experiment/{cifar100,tinyimagenet,imagenet_subset}.yaml``).
+2. Times ``ncil.train.train_task`` itself, task 1 of a method (``ours``: the paper preset's ViT, 4 rotations,
+   the teacher's forward, PKS, PR, prototype augmentation, bf16 autocast on CUDA; ``ours_official``: the
+   official preset's hybrid, mixup, key encoder, fp32; ``pass_resnet18``) on synthetic images shaped like
+   CIFAR-100 (32x32, batch 64), and ``ours`` also like TinyImageNet (64x64) and ImageNet-Subset (224x224),
+   in each ``runtime.compile`` mode: eager (false), compiled (true) and graphs (CUDA graphs). A row trains
+   1 warm-up epoch (the compilation, the graph captures), 2 timed epochs (the step time is their median
+   divided by the steps) and 1 profiled epoch (torch.profiler: CUDA kernels and launches per step, and the
+   GPU-busy share: the union of the kernels' and copies' intervals per step over the timed step time).
+   Syncs per step are counted in the timed epochs with ``torch.cuda.set_sync_debug_mode("warn")``: every
+   warning between the end of one step and the end of the next (each epoch's first step, its set-up and its
+   one read of the running sums left out). On the CPU a second, short run counts syncs and aten ops per
+   step with ``ncil.opcount``. The data path (index_select + ``augment_batch``) is timed alone over the same
+   batches; its share is that time over the step time.
+3. Writes one JSON report (``--out``) and prints a table: device, torch version, per row the step time,
+   images/s, syncs, kernels, the busy share, the data-path share, peak memory and, for the ViT rows, the
+   achieved FLOP/s (``ncil.flops``) against the device's dense bf16 peak (``ncil.flops.DEVICE_PEAKS`` or
+   ``--peak-tflops``); then the hours per paper run of each timed method and mode (both presets): the
+   setting's optimisation steps (the schedules of ``conf/experiment/{cifar100,tinyimagenet,imagenet_subset}.yaml``)
+   times the measured step time at its image size.
 
 It needs only this package, torch, timm, numpy, pyyaml and pytest: no Hydra, omegaconf, Snakemake or
 DVC (``ncil.plainconf`` reads ``conf/`` as plain YAML), so it runs on a lent GPU machine as it is.
@@ -29,7 +34,7 @@ The device command (the lent H200 of this workplace; one `run` call, 600 s limit
 log come back under $OUT):
 
     set -o pipefail; PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --out $OUT/gpu_check.json \
-        --max-minutes 8 2>&1 | tee $OUT/gpu_check.log        # run(..., timeout_s=600)
+        --max-minutes 6 2>&1 | tee $OUT/gpu_check.log        # run(..., timeout_s=600)
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -62,11 +68,15 @@ from ncil.data.catalog import DATASETS, class_split_counts  # noqa: E402
 from ncil.data.scenario import task_sizes  # noqa: E402
 from ncil.progress import EpochProgress  # noqa: E402
 
-METHOD = "ours"
+METHODS = ("ours", "ours_official", "pass_resnet18")  # the paper preset's method, the official one, PASS
+MODES = {"eager": False, "compiled": True, "graphs": "graphs"}  # row mode -> runtime.compile
 # ImageNet-Subset's classes hold 732..1,300 training images (ncil.data.catalog); the projection takes 1,300.
 NOMINAL_CLASS_IMAGES = {"imagenet_subset": 1300}
-# CPU runs (--device cpu): the paper's image and patch sizes with a shrunken ViT, batch 8.
+# CPU runs (--device cpu): the paper's image and patch sizes with a shrunken ViT (and ResNet), batch 8.
 REDUCED_MODEL = {"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}
+REDUCED_RESNET_WIDTH = 8
+SYNC_WARNING = "synchroniz"  # torch.cuda.set_sync_debug_mode("warn"): "called a synchronizing CUDA operation"
+EPOCHS = {"warmup": 1, "timed": 2, "profiled": 1}  # a CUDA row's epochs, in this order
 
 
 def parse_args(argv=None):
@@ -75,19 +85,22 @@ def parse_args(argv=None):
     ap.add_argument("--out", default="benchmarks/gpu_check/report.json", help="JSON report to write")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="the device's dense bf16 peak in TFLOP/s (default: ncil.flops.DEVICE_PEAKS by device name)")
-    ap.add_argument("--compile", choices=("both", "off", "on"), default=None,
-                    help="runtime.compile rows to time (default: both on CUDA, off on the CPU)")
-    ap.add_argument("--sizes", default="32,64,224", help="image sides to time, of 32, 64, 224")
+    ap.add_argument("--modes", default=None,
+                    help=f"runtime.compile modes to time, of {','.join(MODES)} (default: all on CUDA, eager on the CPU)")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"methods timed at 32x32, of {','.join(METHODS)}")
+    ap.add_argument("--sizes", default="32,64,224", help="image sides to time `ours` at, of 32, 64, 224")
     ap.add_argument("--skip-tests", action="store_true", help="do not run the gpu-marked tests")
-    ap.add_argument("--max-minutes", type=float, default=8.0,
+    ap.add_argument("--max-minutes", type=float, default=6.0,
                     help="skip the remaining timings once this much time has passed (they are reported as skipped)")
     args = ap.parse_args(argv)
     args.cuda = args.device.startswith("cuda")
     if args.cuda and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: CUDA is not available on this machine (torch {torch.__version__}); "
                  "use --device cpu for the reduced CPU run")
-    if args.compile is None:
-        args.compile = "both" if args.cuda else "off"
+    args.modes = _names(ap, "--modes", args.modes or (",".join(MODES) if args.cuda else "eager"), MODES)
+    if not args.cuda and args.modes != ["eager"]:
+        ap.error(f"--modes: only eager runs on the CPU (compiled and graphs are timed on a GPU), got {','.join(args.modes)}")
+    args.methods = _names(ap, "--methods", args.methods, METHODS)
     try:
         args.sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
@@ -96,6 +109,14 @@ def parse_args(argv=None):
     if unknown:
         ap.error(f"--sizes: no paper experiment at side {unknown[0]} (expected of {sorted(sizes_of_experiments())})")
     return args
+
+
+def _names(ap, option: str, text: str, known) -> list[str]:
+    names = [n for n in text.split(",") if n]
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        ap.error(f"{option}: expected comma-separated names of {', '.join(known)}, got {text!r}")
+    return names
 
 
 def image_size(experiment: str) -> int:
@@ -110,48 +131,106 @@ def sizes_of_experiments() -> dict[int, str]:
 # --- the workload ----------------------------------------------------------------------------------
 
 def shape(args) -> dict:
-    """Batch, classes and images of the timed task: CIFAR-100 50+10's first increment on a GPU."""
+    """Batch, classes and steps per epoch of the timed task: CIFAR-100 50+10's first increment on a GPU."""
     if args.cuda:
-        return {"batch": 64, "n_old": 50, "n_new": 10, "steps": {32: 25, 64: 5, 224: 5}, "epochs": {32: 5, 64: 3, 224: 3}}
-    return {"batch": 8, "n_old": 4, "n_new": 2, "steps": {32: 2, 64: 2, 224: 2}, "epochs": {32: 2, 64: 2, 224: 2}}
+        return {"batch": 64, "n_old": 50, "n_new": 10, "steps": {32: 12, 64: 6, 224: 4}, "epochs": sum(EPOCHS.values())}
+    return {"batch": 8, "n_old": 4, "n_new": 2, "steps": {32: 2, 64: 2, 224: 2}, "epochs": 2}
 
 
-def params_for(experiment: str, args, compile_: bool, epochs: int, batch: int):
+def params_for(experiment: str, args, mode: str, epochs: int, batch: int, method: str = "ours"):
     exp = plainconf.paper_experiment(experiment)
     overrides = {section: dict(keys) for section, keys in exp["overrides"].items()}  # the experiment's own keys
     overrides["train"] = {**overrides.get("train", {}), "epochs": epochs, "batch_size": batch, "lr_step": 0}
     overrides["runtime"] = {**overrides.get("runtime", {}), "device": args.device,
-                            "threads": 4 if args.cuda else 1, "compile": compile_}
+                            "threads": 4 if args.cuda else 1, "compile": MODES[mode]}
     if not args.cuda:
-        overrides["model"] = {**overrides.get("model", {}), **REDUCED_MODEL}
-    data = plainconf.compose_params(exp["dataset"], exp["model"], exp["train"], METHOD, exp["scenarios"][:1],
+        overrides["model"] = {**overrides.get("model", {}), **REDUCED_MODEL, "resnet_width": REDUCED_RESNET_WIDTH}
+    data = plainconf.compose_params(exp["dataset"], exp["model"], exp["train"], method, exp["scenarios"][:1],
                                     overrides=overrides)
     return parse_params(data, source=f"conf/experiment/{experiment}.yaml (plain YAML, scripts/gpu_check.py)")
 
 
+class Measured:
+    """What a row records while ``train_task`` runs: epoch seconds, sync warnings per step, a profile."""
+
+    def __init__(self, cuda: bool, profile_epoch: int | None, count_epochs: range):
+        self.cuda, self.profile_epoch, self.count_epochs = cuda, profile_epoch, count_epochs
+        self.seconds: list[float] = []
+        self.warnings: list = []  # filled by warnings.catch_warnings(record=True)
+        self.syncs = self.windows = 0
+        self.profile = None
+
+    def progress_class(self):
+        measured = self
+
+        class Recorder(EpochProgress):
+            def start_epoch(self):
+                epoch = len(measured.seconds)
+                measured.in_window = False
+                if measured.cuda:
+                    torch.cuda.set_sync_debug_mode("warn" if epoch in measured.count_epochs else "default")
+                if epoch == measured.profile_epoch:
+                    measured.profile = torch.profiler.profile(activities=[
+                        torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+                    measured.profile.__enter__()
+                    measured.profiled_steps = 0
+                return super().start_epoch()
+
+            def step(self, loss, batch, correct):
+                super().step(loss, batch, correct)
+                if measured.in_window and len(measured.seconds) in measured.count_epochs:
+                    # the window since the last step's end: one whole step
+                    measured.syncs += sum(SYNC_WARNING in str(w.message) for w in measured.warnings[measured.mark:])
+                    measured.windows += 1
+                measured.mark, measured.in_window = len(measured.warnings), True
+                if measured.profile is not None and len(measured.seconds) == measured.profile_epoch:
+                    measured.profiled_steps += 1
+
+            def end_epoch(self, epoch, lr):
+                if measured.cuda:
+                    torch.cuda.set_sync_debug_mode("default")
+                    torch.cuda.synchronize()
+                measured.seconds.append(time.perf_counter() - self.t0)
+                if measured.profile is not None and len(measured.seconds) - 1 == measured.profile_epoch:
+                    measured.profile.__exit__(None, None, None)
+                return super().end_epoch(epoch, lr)
+
+        return Recorder
+
+
 @contextlib.contextmanager
-def epoch_seconds():
-    """Within: every epoch of ``train_task`` is timed (after a device sync); yields the list of seconds.
-
-    The training code offers no hook for it (``ncil.train`` builds its ``EpochProgress`` itself), so
-    the name is swapped in ``ncil.train`` for the duration, with a subclass that only also keeps the
-    time: nothing else of the loop changes.
-    """
-    seconds: list[float] = []
-
-    class Recorder(EpochProgress):
-        def end_epoch(self, epoch, lr):
-            if torch.cuda.is_initialized():
-                torch.cuda.synchronize()
-            seconds.append(time.perf_counter() - self.t0)
-            return super().end_epoch(epoch, lr)
-
+def measuring(measured: Measured):
+    """Within: ``ncil.train`` builds ``measured``'s progress class (the training code offers no hook, so the
+    name is swapped for the duration; nothing else of the loop changes) and warnings are recorded."""
     saved = train.EpochProgress
-    train.EpochProgress = Recorder
+    train.EpochProgress = measured.progress_class()
     try:
-        yield seconds
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            measured.warnings = caught
+            yield measured
     finally:
         train.EpochProgress = saved
+        if measured.cuda:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def profile_summary(prof, steps: int) -> dict:
+    """Per step: CUDA kernels, kernel launches (host calls, a CUDA-graph replay counts one), and the GPU's busy
+    milliseconds (the union of kernel and copy intervals)."""
+    device_events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = [e for e in device_events if not e.name.startswith(("Memcpy", "Memset"))]
+    launches = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU
+                and e.name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx",
+                               "cudaGraphLaunch")]
+    busy, end = 0.0, -math.inf
+    for start, stop in sorted((e.time_range.start, e.time_range.end) for e in device_events):
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    steps = max(steps, 1)
+    return {"kernels_per_step": len(kernels) / steps, "launches_per_step": len(launches) / steps,
+            "gpu_busy_ms_per_step": busy / 1e3 / steps}
 
 
 @contextlib.contextmanager
@@ -188,8 +267,7 @@ def time_data_path(p, split, device: torch.device, batch: int, epochs: int) -> f
 
     def one_epoch() -> int:
         n = 0
-        for idx in arrays.batches(len(x_all), batch, train.torch_cpu_generator(generator)):
-            idx = idx.to(device)
+        for idx in train.epoch_order(len(x_all), batch, train.torch_cpu_generator(generator), device):
             augment.augment_batch(x_all.index_select(0, idx), spec, generator)
             n += 1
         return n
@@ -203,52 +281,88 @@ def time_data_path(p, split, device: torch.device, batch: int, epochs: int) -> f
     return (time.perf_counter() - start) / n
 
 
-def time_training(experiment: str, args, compile_: bool, deterministic_on: bool = True) -> dict:
-    """One timed ``train_task`` of ``ours`` task 1 at the experiment's image size."""
-    s = shape(args)
-    size = image_size(experiment)
-    epochs, steps, batch = s["epochs"][size], s["steps"][size], s["batch"]
-    p = params_for(experiment, args, compile_, epochs, batch)
-    per_class = steps * batch // s["n_new"]
-    job, split, previous, centers = synthetic.incremental_task(p, METHOD, s["n_old"], s["n_new"], per_class)
-    device = runtime.resolve_device(p.runtime.device)
+def _quiet_logger() -> logging.Logger:
     log = logging.getLogger("ncil.gpu_check")
     log.handlers[:] = [logging.NullHandler()]
     log.propagate = False
-    if compile_:
+    return log
+
+
+def count_ops(experiment: str, args, method: str) -> dict:
+    """Syncs and aten ops per step (``ncil.opcount``) of a short eager run: 2 epochs of 2 steps."""
+    from ncil import opcount
+
+    s = shape(args)
+    p = params_for(experiment, args, "eager", 2, s["batch"], method)
+    job, split, previous, centers = synthetic.incremental_task(p, method, s["n_old"], s["n_new"], 2 * s["batch"] // s["n_new"])
+    _, counts = opcount.count_training_steps(train.train_task, p, job, split, previous, centers, _quiet_logger())
+    return counts.summary()
+
+
+def time_training(experiment: str, args, mode: str, deterministic_on: bool = True, method: str = "ours") -> dict:
+    """One timed ``train_task`` of ``method``'s task 1 at the experiment's image size in ``mode``."""
+    s = shape(args)
+    size = image_size(experiment)
+    epochs, steps, batch = s["epochs"], s["steps"][size], s["batch"]
+    p = params_for(experiment, args, mode, epochs, batch, method)
+    per_class = steps * batch // s["n_new"]
+    job, split, previous, centers = synthetic.incremental_task(p, method, s["n_old"], s["n_new"], per_class)
+    device = runtime.resolve_device(p.runtime.device)
+    if mode != "eager":
         import torch._dynamo as dynamo  # (binds dynamo only: a bare `import torch._dynamo` would make torch local)
 
         dynamo.reset()  # compile afresh, as a training job does (no graphs or dynamic shapes of another size)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    timed = range(EPOCHS["warmup"], EPOCHS["warmup"] + EPOCHS["timed"]) if args.cuda else range(1, epochs)
+    measured = Measured(device.type == "cuda", EPOCHS["warmup"] + EPOCHS["timed"] if args.cuda else None, timed)
     sync(device)
     start = time.perf_counter()
-    with epoch_seconds() as seconds, deterministic(deterministic_on):
-        payload, _ = train.train_task(p, job, split, previous, centers, log)
+    with measuring(measured), deterministic(deterministic_on):
+        payload, _ = train.train_task(p, job, split, previous, centers, _quiet_logger())
     sync(device)
     wall = time.perf_counter() - start
-    steady = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
+    seconds = measured.seconds
+    steady = statistics.median([seconds[e] for e in timed])
     step_s = steady / steps
-    data_s = time_data_path(p, split, device, batch, epochs=max(1, epochs - 1))
-    rot = 4 if p.method[METHOD].rotation else 1
-    n_out = rot * (s["n_old"] + s["n_new"])
-    flop = flops.step_flops(flops.forward_flops(p.model), p.model.embed_dim, batch, rot, n_out, teacher=True,
-                            extra_head_rows=(rot + 1) * batch)
+    data_s = time_data_path(p, split, device, batch, epochs=max(1, len(timed)))
+    method_cfg = p.method[method]
+    rot = 4 if method_cfg.rotation else 1
+    vit = method_cfg.backbone == "vit"
+    flop = None
+    if vit:
+        n_out = rot * (s["n_old"] + s["n_new"])
+        flop = flops.step_flops(flops.forward_flops(p.model), p.model.embed_dim, batch, rot, n_out, teacher=True,
+                                extra_head_rows=(rot + 1) * batch)
     losses = [h["loss"] for h in payload["history"]]
-    return {
+    row = {
+        "method": method, "preset": method_cfg.preset, "backbone": method_cfg.backbone, "mode": mode,
         "experiment": experiment, "image_size": size, "patch_size": p.model.patch_size,
         "tokens": (size // p.model.patch_size) ** 2, "model": {k: getattr(p.model, k) for k in REDUCED_MODEL},
-        "batch": batch, "rows_per_step": rot * batch, "compile": compile_, "deterministic": deterministic_on,
+        "batch": batch, "rows_per_step": rot * batch, "compile": MODES[mode], "deterministic": deterministic_on,
+        "precision": payload["config"]["runtime"]["precision"],
         "epochs": epochs, "steps_per_epoch": steps, "epoch_s": seconds,
         "step_ms": 1e3 * step_s, "images_per_s": batch / step_s,
         "data_path_ms": 1e3 * data_s, "data_path_share": data_s / step_s,
-        "warmup_s": seconds[0] - steady,  # the first epoch's extra time: compilation, allocator, cuDNN choice
+        "warmup_s": seconds[0] - steady,  # the first epoch's extra time: compilation, graph captures, cuDNN choice
         "task_wall_s": wall,
         "peak_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-        "flop_per_step": flop, "achieved_tflops": flop / step_s / 1e12,
+        "flop_per_step": flop, "achieved_tflops": flop / step_s / 1e12 if flop else None,
         "losses": losses, "losses_finite": all(math.isfinite(v) for v in losses),
+        "syncs_per_step": measured.syncs / measured.windows if device.type == "cuda" and measured.windows else None,
     }
+    if measured.profile is not None:
+        try:
+            prof = profile_summary(measured.profile, measured.profiled_steps)
+            row.update(prof, gpu_busy_share=prof["gpu_busy_ms_per_step"] / row["step_ms"])
+        except Exception as err:  # noqa: BLE001 (a profiler quirk must not cost the row its timing)
+            row["profile_error"] = f"{type(err).__name__}: {err}"[:500]
+    if device.type == "cpu":
+        counts = count_ops(experiment, args, method)
+        row.update(syncs_per_step=counts["syncs_per_step"], aten_ops_per_step=counts["aten_ops_per_step"],
+                   op_counts=counts)
+    return row
 
 
 # --- GPU tests --------------------------------------------------------------------------------------
@@ -295,18 +409,16 @@ def parse_junit(text: str) -> list[dict]:
 # --- projection -------------------------------------------------------------------------------------
 
 def projected_hours(rows: list[dict], batch: int = 64) -> list[dict]:
-    """Hours of one run of every paper setting at the measured FLOP rate of its image size (eager and compiled)."""
-    rates: dict[tuple[int, bool], float] = {}
-    for r in rows:
-        if r.get("deterministic", True) and "achieved_tflops" in r:
-            rates[(r["image_size"], r["compile"])] = r["achieved_tflops"] * 1e12
+    """Hours of one run of every paper setting: its optimisation steps (task 0 and the increments, at ``batch``)
+    times the step time measured at its image size, for each timed (method, mode) with deterministic
+    algorithms on (``hours``: "method mode" -> hours, None where that size was not timed)."""
+    step_ms = {(r["method"], r["mode"], r["image_size"]): r["step_ms"] for r in rows
+               if r.get("deterministic", True) and "step_ms" in r}
+    timed = sorted({(m, mode) for m, mode, _ in step_ms}, key=lambda k: (METHODS.index(k[0]), list(MODES).index(k[1])))
     out = []
     for name in plainconf.PAPER_EXPERIMENTS:
         exp = plainconf.paper_experiment(name)
         dataset = {**plainconf.group_option("dataset", exp["dataset"]), **exp["overrides"].get("dataset", {})}
-        model = parse_params(plainconf.compose_params(exp["dataset"], exp["model"], exp["train"],
-                                                      overrides=exp["overrides"]),
-                             source=f"conf/experiment/{name}.yaml").model
         recipe_cfg = parse_section(TrainConfig, plainconf.group_option("train", exp["train"]), "conf/train", "train")
         per_class = DATASETS[dataset["name"]].smallest_class or NOMINAL_CLASS_IMAGES[dataset["name"]]
         train_images = class_split_counts(per_class, 0.0, dataset["val_fraction"])[0]
@@ -314,14 +426,13 @@ def projected_hours(rows: list[dict], batch: int = 64) -> list[dict]:
             sc = plainconf.group_option("scenario", scenario)
             sizes = task_sizes(dataset["n_classes"], sc["initial_increment"], sc["increment"])
             epochs = [optim.task_recipe(recipe_cfg, t).epochs for t in range(len(sizes))]
-            total = flops.setting_flops(sizes, train_images, batch, epochs, flops.forward_flops(model), model.embed_dim)
+            steps = sum(flops.task_steps(sizes, train_images, batch, epochs))
             size = dataset["image_size"]
             out.append({
                 "dataset": dataset["name"], "setting": f"{sizes[0]}+{sizes[1]}x{len(sizes) - 1}", "image_size": size,
-                "train_images_per_class": train_images, "epochs": epochs[:2], "steps": sum(flops.task_steps(
-                    sizes, train_images, batch, epochs)), "flop": total,
-                "hours_eager": flops.hours(total, rates.get((size, False))),
-                "hours_compiled": flops.hours(total, rates.get((size, True))),
+                "train_images_per_class": train_images, "epochs": epochs[:2], "steps": steps,
+                "hours": {f"{m} {mode}": (steps * step_ms[(m, mode, size)] / 3.6e6 if (m, mode, size) in step_ms else None)
+                          for m, mode in timed},
             })
     return out
 
@@ -344,41 +455,65 @@ def device_info(args) -> dict:
             "note": "CPU run at reduced size (a shrunken ViT, batch 8): NOT a GPU result"}
 
 
+def _fmt(value, spec: str = ".1f", scale: float = 1.0, suffix: str = "") -> str:
+    return "-" if value is None else f"{scale * value:{spec}}{suffix}"
+
+
 def table(report: dict) -> str:
     d = report["device"]
     peak = d.get("peak_tflops")
-    tag = "cuda" if d["device"] == "cuda" else "cpu, reduced size: NOT a GPU result"
+    cuda = d["device"] == "cuda"
+    tag = "cuda" if cuda else "cpu, reduced size: NOT a GPU result"
     peak_text = f"{peak:g} TFLOP/s ({d['peak_source']})" if peak else "unknown (give --peak-tflops)"
     lines = [f"device: {d['name']} ({tag}); torch {report['torch']}; dense bf16 peak: {peak_text}"]
     t = report["gpu_tests"]
     if t:
         lines.append(f"gpu tests: {t['passed']} passed, {t['failed']} failed, {t['errors']} errors, "
                      f"{t['skipped']} skipped ({t['seconds']:.0f} s)")
-    lines += ["", f"| {d['device']}: ours task 1 | compile | deterministic | step ms | images/s | data path | "
-                  "peak MiB | TFLOP/s | of peak |", "|---|---|---|---|---|---|---|---|---|"]
+    ops = "kernels/step | launches/step | GPU busy" if cuda else "aten ops/step"
+    lines += ["", f"| {d['device']}: task 1 | image | mode | deterministic | step ms | images/s | syncs/step | {ops} | "
+                  "data path | peak MiB | TFLOP/s | of peak |",
+              "|---|---|---|---|---|---|---|---|" + ("---|---|" if cuda else "") + "---|---|---|---|"]
+    width = 12 if cuda else 10
     for r in report["timings"]:
-        if "error" in r:
-            lines.append(f"| {r['image_size']}x{r['image_size']} | {'on' if r['compile'] else 'off'} | "
-                         f"{'on' if r['deterministic'] else 'off'} | FAILED: {r['error'][:120]} | | | | | |")
+        head = (f"| {r['method']} | {r['image_size']}x{r['image_size']} | {r['mode']} | "
+                f"{'on' if r['deterministic'] else 'off'} |")
+        if "error" in r or "skipped" in r:
+            text = f"FAILED: {r['error'][:120]}" if "error" in r else f"skipped: {r['skipped']}"
+            lines.append(f"{head} {text} |" + " |" * (width - 5))
             continue
-        if "skipped" in r:
-            lines.append(f"| {r['image_size']}x{r['image_size']} | {'on' if r['compile'] else 'off'} | "
-                         f"{'on' if r['deterministic'] else 'off'} | skipped: {r['skipped']} | | | | | |")
-            continue
-        mem = f"{r['peak_memory_mib']:.0f}" if r["peak_memory_mib"] is not None else "-"
-        util = f"{100 * r['achieved_tflops'] / peak:.1f}%" if peak else "-"
-        lines.append(f"| {r['image_size']}x{r['image_size']} ({r['tokens']} tokens, batch {r['batch']}) | "
-                     f"{'on' if r['compile'] else 'off'} | {'on' if r['deterministic'] else 'off'} | "
-                     f"{r['step_ms']:.2f} | {r['images_per_s']:.0f} | {100 * r['data_path_share']:.1f}% | {mem} | "
-                     f"{r['achieved_tflops']:.3g} | {util} |")
-    rates = "measured rates" if d["device"] == "cuda" else "rates of the reduced CPU model: NOT a GPU projection"
-    lines += ["", f"| {d['device']}: hours per paper run ({rates}) | FLOP | eager | compiled |", "|---|---|---|---|"]
-    for h in report["projection"]:
-        def fmt(v):
-            return "-" if v is None else f"{v:.2f}"
-        lines.append(f"| {h['dataset']} {h['setting']} | {h['flop']:.3g} | {fmt(h['hours_eager'])} | "
-                     f"{fmt(h['hours_compiled'])} |")
+        mem = _fmt(r["peak_memory_mib"], ".0f")
+        util = f"{100 * r['achieved_tflops'] / peak:.1f}%" if peak and r["achieved_tflops"] else "-"
+        counted = (f"{_fmt(r.get('kernels_per_step'), '.0f')} | {_fmt(r.get('launches_per_step'), '.0f')} | "
+                   f"{_fmt(r.get('gpu_busy_share'), '.0f', 100, '%')}" if cuda else _fmt(r.get("aten_ops_per_step"), ".0f"))
+        lines.append(f"{head} {r['step_ms']:.2f} | {r['images_per_s']:.0f} | {_fmt(r.get('syncs_per_step'))} | "
+                     f"{counted} | {100 * r['data_path_share']:.1f}% | {mem} | {_fmt(r['achieved_tflops'], '.3g')} | "
+                     f"{util} |")
+    rates = "measured step times" if cuda else "step times of the reduced CPU model: NOT a GPU projection"
+    projection = report["projection"]
+    columns = list(projection[0]["hours"]) if projection else []
+    lines += ["", f"| {d['device']}: hours per paper run ({rates}) | steps | " + " | ".join(columns) + " |",
+              "|---|---|" + "---|" * len(columns)]
+    for h in projection:
+        lines.append(f"| {h['dataset']} {h['setting']} | {h['steps']} | "
+                     + " | ".join(_fmt(h["hours"][c], ".2f") for c in columns) + " |")
     return "\n".join(lines)
+
+
+def plan(args) -> list[tuple[str, int, str, bool]]:
+    """(method, image side, mode, deterministic) of every row, most telling first: eager and graphs of each
+    method at 32x32 and of ``ours`` at the other sizes, then the compiled rows, then 32x32 eager without
+    deterministic algorithms (their cost)."""
+    cases = [("ours", 32)] if 32 in args.sizes or not args.sizes else []
+    cases += [(m, 32) for m in args.methods if m != "ours"]
+    cases += [("ours", size) for size in args.sizes if size != 32]
+    if "ours" not in args.methods:
+        cases = [c for c in cases if c[0] != "ours"]
+    rows = [(m, size, mode, True) for m, size in cases for mode in ("eager", "graphs") if mode in args.modes]
+    rows += [(m, size, "compiled", True) for m, size in cases if "compiled" in args.modes]
+    if args.cuda and "eager" in args.modes and ("ours", 32) in cases:
+        rows.append(("ours", 32, "eager", False))
+    return rows
 
 
 def main(argv=None) -> int:
@@ -391,7 +526,7 @@ def main(argv=None) -> int:
     print(f"gpu-check on {report['device']['name']} ({report['device']['device']}), torch {torch.__version__}",
           flush=True)
     if not args.skip_tests:
-        report["gpu_tests"] = run_gpu_tests(timeout_s=max(60.0, budget * 0.45))
+        report["gpu_tests"] = run_gpu_tests(timeout_s=max(60.0, budget * 0.55))
         t = report["gpu_tests"]
         print(f"gpu tests: {t['passed']} passed, {t['failed']} failed, {t['errors']} errors, {t['skipped']} skipped",
               flush=True)
@@ -399,30 +534,28 @@ def main(argv=None) -> int:
             print(t["output_tail"], flush=True)
         save(args.out, report, start, finished=False)
     by_size = sizes_of_experiments()
-    eager = [(32, False, True), (32, False, False)] if 32 in args.sizes else []  # the second: deterministic off
-    eager += [(size, False, True) for size in args.sizes if size != 32]
-    compiled = [(size, True, True) for size in args.sizes]
-    plan = (eager if args.compile in ("both", "off") else []) + (compiled if args.compile in ("both", "on") else [])
-    for size, compile_, det in plan:
+    for method, size, mode, det in plan(args):
         experiment = by_size[size]
-        # A row is started only if it should end within the budget: as long as the longest row of its kind so far.
+        key = {"method": method, "experiment": experiment, "image_size": size, "mode": mode, "compile": MODES[mode],
+               "deterministic": det}
+        # A row is started only if it should end within the budget: as long as the longest row of its mode so far.
         done = [r["task_wall_s"] + 1e-3 * r["data_path_ms"] * r["steps_per_epoch"] * r["epochs"]
-                for r in report["timings"] if r.get("compile") == compile_ and "task_wall_s" in r]
-        expected = max(done, default=90.0 if compile_ and args.cuda else 10.0)
+                for r in report["timings"] if r.get("mode") == mode and "task_wall_s" in r]
+        expected = max(done, default=60.0 if mode != "eager" and args.cuda else 10.0)
         if time.monotonic() - start + expected > budget:
-            report["timings"].append({"experiment": experiment, "image_size": size, "compile": compile_,
-                                      "deterministic": det, "skipped": f"would end past --max-minutes {args.max_minutes:g}"})
+            report["timings"].append({**key, "skipped": f"would end past --max-minutes {args.max_minutes:g}"})
             continue
-        label = f"{size}x{size} compile {'on' if compile_ else 'off'} deterministic {'on' if det else 'off'}"
+        label = f"{method} {size}x{size} {mode} deterministic {'on' if det else 'off'}"
         try:
-            row = time_training(experiment, args, compile_, det)
+            row = time_training(experiment, args, mode, det, method)
         except Exception as err:  # noqa: BLE001 (one broken row must not cost the others their lease)
-            report["timings"].append({"experiment": experiment, "image_size": size, "compile": compile_,
-                                      "deterministic": det, "error": f"{type(err).__name__}: {err}"[:2000]})
+            report["timings"].append({**key, "error": f"{type(err).__name__}: {err}"[:2000]})
             print(f"  {label}: FAILED: {type(err).__name__}: {err}", flush=True)
             continue
         report["timings"].append(row)
-        print(f"  {label}: {row['step_ms']:.2f} ms/step, {row['images_per_s']:.0f} images/s", flush=True)
+        print(f"  {label}: {row['step_ms']:.2f} ms/step, {row['images_per_s']:.0f} images/s, "
+              f"syncs/step {_fmt(row.get('syncs_per_step'))}, busy {_fmt(row.get('gpu_busy_share'), '.0f', 100, '%')}",
+              flush=True)
         save(args.out, report, start, finished=False)  # what was measured survives a kill
     report["projection"] = projected_hours(report["timings"])
     save(args.out, report, start, finished=True)

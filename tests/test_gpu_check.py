@@ -20,7 +20,8 @@ from ncil.config import ModelConfig, parse_params
 from tests.conftest import ROOT, env
 
 BLOCKED = ("hydra", "omegaconf", "snakemake", "dvc")
-N_GPU_TESTS = 7  # tests/test_gpu.py: 1 autocast + 4 augmentation specs + 1 determinism + 1 compile
+N_GPU_TESTS = 15  # tests/test_gpu.py: 1 autocast + 4 augmentation specs + 3 determinism + 1 graphed vs eager
+# + 3 methods x (syncs, graph breaks and cudagraph skips)
 
 
 def blocker(folder) -> str:
@@ -51,7 +52,8 @@ def test_cpu_run_reports_cpu_everywhere(cpu_report):
     assert report["torch"] == torch.__version__
     table = stdout[stdout.index("device:"):]
     assert "(cpu, reduced size: NOT a GPU result)" in table.splitlines()[0]
-    assert "| cpu: ours task 1 |" in table and "| cpu: hours per paper run (rates of the reduced CPU model" in table
+    assert "| cpu: task 1 | image | mode |" in table
+    assert "| cpu: hours per paper run (step times of the reduced CPU model: NOT a GPU projection)" in table
     assert "cuda" not in table.split("\n", 1)[1]  # below the header line (torch's version names its CUDA build)
 
 
@@ -63,19 +65,29 @@ def test_cpu_run_counts_the_gpu_tests_as_skipped(cpu_report):
 
 def test_cpu_run_times_the_real_training_task(cpu_report):
     rows = cpu_report[0]["timings"]
-    # 32x32 twice (deterministic algorithms on, then off), then 224x224; no compile rows on the CPU by default
-    assert [(r["image_size"], r["compile"], r["deterministic"]) for r in rows] == [
-        (32, False, True), (32, False, False), (224, False, True)]
+    # Every method at 32x32, then ours at 224x224; eager only on the CPU (compiled and graphs need a GPU).
+    assert [(r["method"], r["image_size"], r["mode"], r["deterministic"]) for r in rows] == [
+        ("ours", 32, "eager", True), ("ours_official", 32, "eager", True), ("pass_resnet18", 32, "eager", True),
+        ("ours", 224, "eager", True)]
     for r in rows:
-        model = ModelConfig(name="vit", img_size=r["image_size"], patch_size=r["patch_size"], **r["model"])
-        n_out = 4 * (4 + 2)  # rotations x (old + new classes) of the reduced task
-        assert r["batch"] == 8 and r["rows_per_step"] == 32 and len(r["epoch_s"]) == r["epochs"] == 2
-        assert r["flop_per_step"] == flops.step_flops(flops.forward_flops(model), 32, 8, 4, n_out, True, 40)
+        assert r["batch"] == 8 and len(r["epoch_s"]) == r["epochs"] == 2 and r["compile"] is False
         assert r["images_per_s"] == pytest.approx(8 / (r["step_ms"] / 1e3))
-        assert r["achieved_tflops"] == pytest.approx(r["flop_per_step"] / (r["step_ms"] / 1e3) / 1e12)
         assert 0 < r["data_path_share"] < 1 and r["peak_memory_mib"] is None
         assert r["losses_finite"] and len(r["losses"]) == 2
-    assert (rows[0]["tokens"], rows[2]["tokens"]) == (64, 196)
+        assert r["aten_ops_per_step"] > 100 and r["op_counts"]["steps_counted"] == 2  # ncil.opcount, 2 epochs x 2 steps
+    for r in (rows[0], rows[3]):  # the ViT rows: the analytic FLOP count
+        model = ModelConfig(name="vit", img_size=r["image_size"], patch_size=r["patch_size"], **r["model"])
+        n_out = 4 * (4 + 2)  # rotations x (old + new classes) of the reduced task
+        assert r["rows_per_step"] == 32
+        assert r["flop_per_step"] == flops.step_flops(flops.forward_flops(model), 32, 8, 4, n_out, True, 40)
+        assert r["achieved_tflops"] == pytest.approx(r["flop_per_step"] / (r["step_ms"] / 1e3) / 1e12)
+    assert (rows[0]["tokens"], rows[3]["tokens"]) == (64, 196)
+    assert rows[1]["flop_per_step"] is None and rows[1]["backbone"] == "hybrid" and rows[1]["precision"] == "fp32"
+    # No host sync inside a step (issue 21), but the official preset's mixup row count (one nonzero) and its
+    # strong view's colour jitter (ncil/data: the group sizes, and one_hot's range check).
+    assert [r["syncs_per_step"] for r in rows] == [0, 4, 0, 0]
+    sites = rows[1]["op_counts"]["syncs_by_site"]
+    assert sum(n for site, n in sites.items() if site.startswith("nonzero at ncil/methods/mixup.py:")) == 1
 
 
 def test_cpu_run_projects_every_paper_setting(cpu_report):
@@ -90,10 +102,12 @@ def test_cpu_run_projects_every_paper_setting(cpu_report):
     assert cifar["train_images_per_class"] == 500 and cifar["epochs"] == [400, 400]
     assert cifar["steps"] == 400 * math.ceil(50 * 500 / 64) + 5 * 400 * math.ceil(10 * 500 / 64) == 314_400
     assert projection[6]["epochs"] == [160, 400]  # ImageNet-Subset's SGD base task (method-spec 5.6)
-    assert all(h["hours_compiled"] is None for h in projection)  # no compiled row was timed
-    rates = {r["image_size"]: r["achieved_tflops"] * 1e12 for r in cpu_report[0]["timings"] if r["deterministic"]}
-    assert cifar["hours_eager"] == pytest.approx(cifar["flop"] / rates[32] / 3600)
-    assert projection[3]["hours_eager"] is None  # 64x64 was not timed (--sizes 32,224)
+    assert list(cifar["hours"]) == ["ours eager", "ours_official eager", "pass_resnet18 eager"]  # only what was timed
+    step_ms = {r["method"]: r["step_ms"] for r in cpu_report[0]["timings"] if r["image_size"] == 32}
+    for method, ms in step_ms.items():
+        assert cifar["hours"][f"{method} eager"] == pytest.approx(314_400 * ms / 3.6e6)
+    assert projection[3]["hours"]["ours eager"] is None  # 64x64 was not timed (--sizes 32,224)
+    assert projection[6]["hours"]["ours eager"] is not None and projection[6]["hours"]["ours_official eager"] is None
 
 
 def gpu_check_module():
@@ -216,3 +230,35 @@ def test_plain_conf_errors_name_the_file(tmp_path):
         plainconf.paper_experiment("x", tmp_path)
     with pytest.raises(FileNotFoundError, match=r"model/nope.yaml: no such config file"):
         plainconf.group_option("model", "nope", tmp_path)
+
+
+def test_the_gpu_rows_come_most_telling_first():
+    import argparse
+
+    gc = gpu_check_module()
+    args = argparse.Namespace(cuda=True, modes=list(gc.MODES), methods=list(gc.METHODS), sizes=[32, 64, 224])
+    rows = gc.plan(args)
+    cases = [("ours", 32), ("ours_official", 32), ("pass_resnet18", 32), ("ours", 64), ("ours", 224)]
+    assert rows[:10] == [(m, s, mode, True) for m, s in cases for mode in ("eager", "graphs")]
+    assert rows[10:] == [(m, s, "compiled", True) for m, s in cases] + [("ours", 32, "eager", False)]
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--modes", "eager,warp", "--modes: expected comma-separated names of eager, compiled, graphs, got 'eager,warp'"),
+    ("--modes", "graphs", "--modes: only eager runs on the CPU"),
+    ("--methods", "ours,lwf", "--methods: expected comma-separated names of ours, ours_official, pass_resnet18"),
+])
+def test_unknown_modes_and_methods_are_refused(capsys, option, value, message):
+    gc = gpu_check_module()
+    with pytest.raises(SystemExit) as stop:
+        gc.parse_args(["--device", "cpu", option, value])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["ours_official", "fcs"])
+def test_plain_conf_reads_the_official_methods_as_hydra_composes_them(method):
+    from ncil.hydra_conf import compose
+
+    plain = parse_params(plainconf.compose_params("cifar100", "vit_paper", "paper", method), source="plain")
+    assert plain.method[method] == parse_params(compose(["preset=official"])).method[method]
+    assert plain.preset == "official" and plain.method[method].backbone == "hybrid"

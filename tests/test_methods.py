@@ -56,7 +56,7 @@ def test_each_method_uses_its_loss_terms(name, expected):
     gen = torch.Generator().manual_seed(0)
     loss, terms, logits, targets = step_loss(net, x, y, method, old, pr_centers, gen)
     assert set(terms) == expected
-    assert loss.item() == pytest.approx(sum(terms.values()), rel=1e-5)
+    assert loss.item() == pytest.approx(float(sum(terms.values())), rel=1e-5)
     rows = 24 if method.rotation else 6
     assert logits.shape[0] == rows and targets.shape == (rows,)
     # In task 0 there is no old knowledge: the cross-entropy alone.
@@ -273,7 +273,7 @@ def test_each_official_method_uses_its_loss_terms(name, expected):
     net.train()
     loss, terms, logits, targets = official.official_step(net, x, xs, y, method, task, old,
                                                           torch.cat([centers, torch.randn(2, net.feature_dim)]), gen)
-    assert set(terms) == expected and loss.item() == pytest.approx(sum(terms.values()), rel=1e-5)
+    assert set(terms) == expected and loss.item() == pytest.approx(float(sum(terms.values())), rel=1e-5)
     assert logits.shape == (targets.shape[0], 4 * 4 + 1) and targets.shape[0] >= 24  # 4B rotated + mixup rows
     layout0 = official.head_layout(method, 0, 4)
     net0 = build_network(cfg, 1, layout0.n_outputs, method.backbone)

@@ -173,7 +173,7 @@ def test_the_step_has_every_term_of_its_method_and_the_total_is_their_sum(name, 
     loss, terms, logits, targets = official.official_step(net, x, xs, y, method, task, old, pr_centers, gen)
     assert set(terms) == expected  # fcs: no PKS, no PR
     assert all(math.isfinite(v) for v in terms.values()) and all(v > 0 for v in terms.values())
-    assert loss.item() == pytest.approx(sum(terms.values()), rel=1e-5)
+    assert loss.item() == pytest.approx(float(sum(terms.values())), rel=1e-5)
     # X' = 4B rotated rows then the mixup rows: labels of the first 24 rows are 4y + k, the rest mixup columns.
     assert logits.shape == (targets.shape[0], task.layout.n_outputs) and targets.shape[0] > 24
     assert targets[:24].tolist() == [4 * int(c) + k for c in y for k in range(4)]

@@ -271,12 +271,19 @@ def test_official_cifar_grid_and_digits_hybrid_width():
         parse_params(data)
 
 
-def test_plain_reader_refuses_a_composed_method_file():
-    """ncil.plainconf reads no Hydra defaults lists: it refuses the official methods instead of
-    returning half of them; the one-method grid's preset is the method's own."""
-    with pytest.raises(ValueError, match=r"method/fcs.yaml: composes other files \(a defaults list\), which only "
+def test_plain_reader_merges_the_official_methods_and_refuses_other_defaults_lists(tmp_path):
+    """ncil.plainconf reads one Hydra defaults list, the official methods' ``[/preset/method/official@<name>,
+    _self_]`` (the preset's options under the method's own, as Hydra merges them: scripts/gpu_check.py times
+    ours_official), and refuses any other instead of returning half of a method; the one-method grid's preset
+    is the method's own."""
+    fcs = plainconf.group_option("method", "fcs")
+    assert fcs["preset"] == "official" and fcs["backbone"] == "hybrid" and fcs["mixup_rounds"] == 4
+    assert plainconf.compose_params("digits", "vit_digits", "digits", "fcs")["preset"] == "official"
+    (tmp_path / "method").mkdir()
+    (tmp_path / "method" / "odd.yaml").write_text("defaults:\n  - /method/ours@odd\n  - _self_\nodd: {pks: 1.0}\n")
+    with pytest.raises(ValueError, match=r"method/odd.yaml: composes other files \(a defaults list\), which only "
                                          r"Hydra reads"):
-        plainconf.group_option("method", "fcs")
+        plainconf.group_option("method", "odd", tmp_path)
     assert plainconf.compose_params("digits", "vit_digits", "digits", "ours")["preset"] == "paper"
 
 

@@ -66,13 +66,36 @@ def mix_round(
             f"expected x (B, C, H, W), y (B,), perm (B,), lam (B,), got {tuple(x.shape)}, {tuple(y.shape)}, "
             f"{tuple(perm.shape)}, {tuple(lam.shape)}"
         )
-    perm = perm.to(y.device)
-    keep = y[perm] != y  # (B,) bool
-    keep_x, perm_x = keep.to(x.device), perm.to(x.device)
-    first, second = x[keep_x], x[perm_x][keep_x]  # (M, C, H, W) each
-    lam_k = lam.to(device=x.device, dtype=x.dtype)[keep_x].view(-1, 1, 1, 1)  # (M, 1, 1, 1)
+    return mix_rounds(x, y, perm.unsqueeze(0), lam.unsqueeze(0), layout, validate=validate)
+
+
+def mix_rounds(
+    x: torch.Tensor, y: torch.Tensor, perms: torch.Tensor, lams: torch.Tensor, layout: HeadLayout, *, validate: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mix_round`` for R rounds at once, concatenated in round order: perms (R, B), lams (R, B).
+
+    The kept (round, position) pairs are found with one ``nonzero`` (the step's one device sync: the number of
+    mixed rows is data-dependent); the rows are gathered by index, so every value is the one ``mix_round``
+    computes round by round.
+    """
+    n = y.shape[0]
+    perms = perms.to(y.device)
+    keep = (y[perms] != y).reshape(-1)  # (R * B,) bool, round-major
+    kept = keep.nonzero().squeeze(1)  # (M,) flat (round, position) indices, ascending
+    rows, partners = kept % n, perms.reshape(-1).index_select(0, kept)  # (M,) positions i and pi(i)
+    rows_x, partners_x = rows.to(x.device), partners.to(x.device)
+    first, second = x.index_select(0, rows_x), x.index_select(0, partners_x)  # (M, C, H, W) each
+    lam_k = lams.to(device=x.device, dtype=x.dtype).reshape(-1).index_select(0, kept.to(x.device)).view(-1, 1, 1, 1)
     mixed = lam_k * first + (1 - lam_k) * second  # (M, C, H, W)
-    return mixed, layout.virtual_labels(y[keep], y[perm][keep], validate=validate)
+    return mixed, layout.virtual_labels(y.index_select(0, rows), y.index_select(0, partners), validate=validate)
+
+
+def check_labels(y: torch.Tensor, layout: HeadLayout) -> None:
+    """Mixup labels must be current-task labels in [K_old, K_tot) (one device sync; once per task will do)."""
+    if y.numel():
+        lo, hi = torch.stack(torch.aminmax(y)).tolist()
+        if lo < layout.n_old or hi >= layout.n_total:
+            raise ValueError(f"mixup labels must be current-task labels in [{layout.n_old}, {layout.n_total}), got [{lo}, {hi}]")
 
 
 def mixup_batch(
@@ -85,30 +108,27 @@ def mixup_batch(
     alpha: int = MIXUP_ALPHA,
     clamp: tuple[float, float] = MIXUP_CLAMP,
     fallback: float = MIXUP_FALLBACK,
+    validate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup virtual-class images of one batch (spec 2.4): x (B, C, H, W) normalised, unrotated standard views,
     y (B,) incremental labels of the current task -> x_mix (M, C, H, W), y_mix (M,) int64.
 
     M = number of kept positions summed over the rounds (about 4B (1 - p_same)); the labels lie in
     ``layout.mixup_columns``. See the module docstring for the draw order. The caller appends these rows
-    after the 4B rotated views (``rotate_batch``).
+    after the 4B rotated views (``rotate_batch``). ``validate=False`` skips ``check_labels`` (a device sync)
+    for a caller that checked the task's labels once.
     """
     if rounds < 0:
         raise ValueError(f"mixup rounds must be >= 0, got {rounds!r}")
     if x.ndim != 4 or y.shape != (x.shape[0],):
         raise ValueError(f"expected x (B, C, H, W) and y (B,), got {tuple(x.shape)} and {tuple(y.shape)}")
-    if y.numel():
-        lo, hi = torch.stack(torch.aminmax(y)).tolist()  # one device sync
-        if lo < layout.n_old or hi >= layout.n_total:
-            raise ValueError(f"mixup labels must be current-task labels in [{layout.n_old}, {layout.n_total}), got [{lo}, {hi}]")
-    n = x.shape[0]
-    images, labels = [], []
-    for _ in range(rounds):
-        perm = torch.randperm(n, generator=generator, device=generator.device)  # (B,)
-        lam = clamp_lambdas(beta_symmetric(alpha, n, generator), clamp, fallback)  # (B,) float64
-        mixed, virtual = mix_round(x, y, perm, lam, layout, validate=False)  # y checked above
-        images.append(mixed)
-        labels.append(virtual)
-    if not images:
+    if validate:
+        check_labels(y, layout)
+    if not rounds:
         return x.new_empty((0, *x.shape[1:])), torch.empty(0, dtype=torch.int64, device=y.device)
-    return torch.cat(images), torch.cat(labels)
+    n = x.shape[0]
+    perms, lams = [], []
+    for _ in range(rounds):  # the documented draw order: per round the permutation, then its lambdas
+        perms.append(torch.randperm(n, generator=generator, device=generator.device))  # (B,)
+        lams.append(clamp_lambdas(beta_symmetric(alpha, n, generator), clamp, fallback))  # (B,) float64
+    return mix_rounds(x, y, torch.stack(perms), torch.stack(lams), layout, validate=False)

@@ -49,11 +49,12 @@ def step_loss(
     old: OldKnowledge | None,
     pr_centers: torch.Tensor | None,
     generator: torch.Generator,
-) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Total loss of one batch x (B, C, H, W), y (B,) -> (loss, terms, logits, targets) of the real rows.
 
     ``old`` is None in task 0. ``pr_centers`` (K_tot, D) are the class centers mu of Eq. 4-5 (old
-    classes: stored; new classes: from the model), needed when ``method.pr > 0``.
+    classes: stored; new classes: from the model), needed when ``method.pr > 0``. ``terms`` maps each
+    weighted term's name to its detached 0-dim tensor, left on the device (reading it is the caller's sync).
     """
     rot = rotations(method)
     if method.rotation:
@@ -101,4 +102,4 @@ def step_loss(
 
     terms["ce"] = F.cross_entropy(torch.cat(ce_logits).float() / method.ce_temperature, torch.cat(ce_targets))
     total = sum(terms.values())
-    return total, {k: float(v.detach()) for k, v in terms.items()}, logits, y
+    return total, {k: v.detach() for k, v in terms.items()}, logits, y

@@ -37,7 +37,7 @@ from ncil.config import MethodConfig
 from ncil.methods.baseline import feature_distillation, rotate_batch
 from ncil.methods.contrastive import contrastive_keys, supervised_contrastive
 from ncil.methods.head_layout import HeadLayout
-from ncil.methods.mixup import mixup_batch
+from ncil.methods.mixup import check_labels, mixup_batch
 from ncil.methods.objective import OldKnowledge, rotations
 from ncil.methods.official import (
     PR_RESTORE_WEIGHT,
@@ -109,6 +109,14 @@ class OfficialTask:
     transfer: nn.Linear  # T: identity at the task's start (3.4), trained when method.transfer > 0
     key_buffers: dict[str, torch.Tensor]  # the key encoder's BN running buffers (``key_encoder_buffers``)
     proto_batch: int = 64  # protoAug draws this many prototypes per step, whatever the batch (4.5)
+    labels_checked: bool = False  # the task's labels were checked once (``check_task_labels``): no per-step check
+
+
+def check_task_labels(method: MethodConfig, layout: HeadLayout, labels: torch.Tensor) -> bool:
+    """Check a task's training labels (N,) once for mixup (``mixup.check_labels``; a sync); True when checked."""
+    if method.mixup_rounds > 0:
+        check_labels(labels, layout)
+    return True
 
 
 def official_step(
@@ -121,19 +129,21 @@ def official_step(
     old: OldKnowledge | None,
     pr_centers: torch.Tensor | None,
     generator: torch.Generator,
-) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Total loss of one batch -> (loss, terms, logits z (B', n_outputs), targets Y' (B',)); see the module doc.
 
     x, x_strong (B, C, H, W) normalised standard and strong views, y (B,) incremental labels of the task's
     classes. ``old`` is None in task 0; ``pr_centers`` (K_tot, d) the task's frozen PR centres (4.7), needed
     when ``method.pr > 0``. ``terms`` holds every weighted term by name: ce, con (task 0 and later), fkd,
-    transfer, proto, pks, pr_offset, pr_restore (t >= 1, the ones the method has).
+    transfer, proto, pks, pr_offset, pr_restore (t >= 1, the ones the method has), each a detached 0-dim tensor
+    on the device.
     """
     layout, tau = task.layout, method.ce_temperature
     x4, y4 = rotate_batch(x, y)  # (4B, C, H, W), (4B,): row 4i + k, label 4y + k
     rows, targets = [x4], [y4]
     if method.mixup_rounds > 0:
-        x_mix, y_mix = mixup_batch(x, y, layout, generator, rounds=method.mixup_rounds)  # (M, C, H, W), (M,)
+        x_mix, y_mix = mixup_batch(x, y, layout, generator, rounds=method.mixup_rounds,
+                                   validate=not task.labels_checked)  # (M, C, H, W), (M,)
         rows.append(x_mix)
         targets.append(y_mix.to(y4.device))
     xs, ys = torch.cat(rows), torch.cat(targets)  # X' (B', C, H, W), Y' (B',): the 4B valid rows first
@@ -184,5 +194,5 @@ def official_step(
             f[:n_valid], key_f, y4, key_y, method.contrastive_temperature)
 
     total = sum(terms.values())
-    return total, {k: float(v.detach()) for k, v in terms.items()}, logits, ys
+    return total, {k: v.detach() for k, v in terms.items()}, logits, ys
 
