@@ -10,7 +10,7 @@ import random
 import numpy as np
 import torch
 
-from ncil.config import RuntimeConfig
+from ncil.config import ConfigError, RuntimeConfig
 
 
 def derive_seeds(seed: int, task: int, n: int = 4) -> list[int]:
@@ -52,6 +52,7 @@ def setup(runtime: RuntimeConfig, seed: int, task: int) -> tuple[torch.device, t
     np.random.seed(np_seed)
     torch.manual_seed(torch_seed)
     device = resolve_device(runtime.device)
+    check_compile(runtime.compile, device)
     if device.type == "cuda":
         # cuBLAS is deterministic only with a fixed workspace (read when its first handle is made);
         # a value the user set wins. See CUDA's "Results reproducibility" notes for cuBLAS.
@@ -84,10 +85,51 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    """``torch.compile`` ``module`` in place (``runtime.compile``); its state_dict keys do not change."""
-    if enabled:
+def maybe_compile(module: torch.nn.Module, setting: bool | str) -> torch.nn.Module:
+    """``torch.compile`` ``module`` in place (``runtime.compile``); its state_dict keys do not change.
+
+    ``True``: torch.compile's default mode. ``"graphs"``: mode reduce-overhead, which replays each traced
+    graph as a CUDA graph (one per input shape: the last partial batch gets its own); the loop marks every
+    step's start (``graph_step_begin``) so a step's outputs are never overwritten by the next replay.
+    """
+    if setting == "graphs":
+        module.compile(mode="reduce-overhead")
+    elif setting:
         module.compile()
+    return module
+
+
+def check_compile(setting: bool | str, device: torch.device) -> None:
+    """``runtime.compile: graphs`` needs CUDA: a clear error before any training starts."""
+    if setting == "graphs" and device.type != "cuda":
+        raise ConfigError(f"runtime.compile: graphs (CUDA graphs) needs a CUDA device, got runtime.device {device}")
+
+
+def graph_step_begin(setting: bool | str) -> None:
+    """A training step starts: CUDA-graph replays may reuse the previous step's output memory."""
+    if setting == "graphs":
+        torch.compiler.cudagraph_mark_step_begin()
+
+
+# Modules whose weights autocast casts to the compute dtype at every call (CUDA and CPU autocast alike).
+AUTOCAST_WEIGHT_MODULES = (torch.nn.Linear, torch.nn.Conv2d)
+
+
+def autocast_enabled(device: torch.device, precision: str) -> bool:
+    return device.type == "cuda" and precision == "bf16"
+
+
+def cast_frozen_weights(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """The Linear and Conv2d weights and biases of a frozen ``module`` in ``dtype``, in place, once.
+
+    Under autocast these layers cast their fp32 parameters to ``dtype`` at every call (round to nearest
+    even, as ``Tensor.to``); casting once gives the same values, so a forward under autocast is unchanged
+    while the per-call casts are gone. Other parameters (LayerNorm, BatchNorm, positional embeddings,
+    GPSA's gates) stay fp32, as autocast reads them. Only for modules that are never trained.
+    """
+    for m in module.modules():
+        if isinstance(m, AUTOCAST_WEIGHT_MODULES):
+            m.to(dtype)
     return module
 
 
@@ -97,5 +139,4 @@ def autocast(device: torch.device, precision: str):
     ``precision`` is resolved by ``ncil.config.resolve_precision`` (``runtime.precision``, recorded in
     every checkpoint).
     """
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=device.type == "cuda" and precision == "bf16")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast_enabled(device, precision))
