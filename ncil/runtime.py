@@ -85,18 +85,38 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def maybe_compile(module: torch.nn.Module, setting: bool | str) -> torch.nn.Module:
+def maybe_compile(module: torch.nn.Module, setting: bool | str, example: torch.Tensor | None = None) -> torch.nn.Module:
     """``torch.compile`` ``module`` in place (``runtime.compile``); its state_dict keys do not change.
 
     ``True``: torch.compile's default mode. ``"graphs"``: mode reduce-overhead, which replays each traced
     graph as a CUDA graph (one per input shape: the last partial batch gets its own); the loop marks every
     step's start (``graph_step_begin``) so a step's outputs are never overwritten by the next replay.
+    Under ``"graphs"`` an ``example`` input (one image) first fills the module's caches (``fill_caches``).
     """
     if setting == "graphs":
+        if example is not None:
+            fill_caches(module, example)
         module.compile(mode="reduce-overhead")
     elif setting:
         module.compile()
     return module
+
+
+def fill_caches(module: torch.nn.Module, example: torch.Tensor) -> None:
+    """One forward of ``example`` in eval mode without gradients, before the module is graphed.
+
+    timm's GPSA keeps its relative positions (a function of the token count) as a module attribute that
+    its first forward assigns. Assigned inside a CUDA graph, that attribute is a graph output which the
+    next replay overwrites while the following call still reads it (torch refuses: "accessing tensor
+    output of CUDAGraphs that has been overwritten", seen on an H200). Filled here, the graphed forward
+    only reads it. Eval mode and no_grad: no batch-norm statistics move, no dropout or drop-path draw
+    is taken, so the training that follows is the one it would have been.
+    """
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        module(example)
+    module.train(was_training)
 
 
 def check_compile(setting: bool | str, device: torch.device) -> None:

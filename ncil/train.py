@@ -76,6 +76,11 @@ def training_classes(job: TaskJob) -> list[int]:
     return list(job.tasks[job.task])
 
 
+def example_image(p: Params, device) -> torch.Tensor:
+    """One black image of the data set's shape (1, C, H, W) on ``device``: what ``runtime.fill_caches`` runs."""
+    return torch.zeros(1, p.dataset.channels, p.dataset.image_size, p.dataset.image_size, device=device)
+
+
 def old_knowledge(previous: dict, previous_centers: dict, method: MethodConfig, p: Params, device) -> OldKnowledge:
     """The frozen old model F_{t-1} (eval mode, no gradients) and the stored class centers."""
     teacher = None
@@ -84,7 +89,7 @@ def old_knowledge(previous: dict, previous_centers: dict, method: MethodConfig, 
         teacher.eval().requires_grad_(False)
         if runtime.autocast_enabled(device, resolve_precision(p.runtime.precision, device.type, method.preset)):
             runtime.cast_frozen_weights(teacher.backbone, torch.bfloat16)  # once per task, not at every step
-        runtime.maybe_compile(teacher.backbone, p.runtime.compile)
+        runtime.maybe_compile(teacher.backbone, p.runtime.compile, example_image(p, device))
     spreads = torch.from_numpy(previous_centers["spread"])
     return OldKnowledge(
         teacher=teacher,
@@ -132,7 +137,7 @@ def train_task(
         else:
             net.head.grow(rot * n_seen)
     net.to(device)
-    runtime.maybe_compile(net.backbone, p.runtime.compile)
+    runtime.maybe_compile(net.backbone, p.runtime.compile, example_image(p, device))
     old = old_knowledge(previous, previous_centers, method, p, device) if job.task > 0 else None
 
     # 2. The task's training data as uint8 on the device: images (N, C, H, W), labels (N,); each batch

@@ -95,3 +95,24 @@ def test_graphs_is_a_runtime_compile_value_that_needs_cuda():
     with pytest.raises(ConfigError, match="runtime.compile: expected false, true or graphs, got 'fast'"):
         parse_params(compose([*TINY, "runtime.compile=fast"]))
 
+
+
+@pytest.mark.parametrize("backbone", ["vit", "hybrid"])
+def test_filled_caches_are_only_read_by_the_forwards_that_follow(backbone):
+    """Under CUDA graphs a module attribute assigned inside the graph is a graph output the next replay
+    overwrites (the H200 refused the GPSA's ``rel_indices`` so). After ``runtime.fill_caches`` no forward,
+    in train or eval mode, assigns one again; and the fill took no random draw and moved no BN statistic."""
+    net = _net(backbone).train()
+    example = torch.zeros(1, 1, 8, 8)
+    gpsa = [m for m in net.backbone.modules() if hasattr(m, "get_rel_indices")]
+    assert gpsa
+    buffers = {k: v.clone() for k, v in net.backbone.named_buffers() if not k.endswith("rel_indices")}
+    rng = torch.get_rng_state()
+    runtime.fill_caches(net.backbone, example)
+    assert net.backbone.training and torch.equal(rng, torch.get_rng_state())
+    assert all(torch.equal(v, buffers[k]) for k, v in net.backbone.named_buffers() if k in buffers)
+    filled = [m.rel_indices for m in gpsa]
+    assert all(t is not None and t.shape[1] == t.shape[2] > 1 for t in filled)
+    net.backbone(torch.randn(3, 1, 8, 8))
+    net.backbone.eval()(torch.randn(2, 1, 8, 8))
+    assert all(m.rel_indices is t for m, t in zip(gpsa, filled, strict=True))
