@@ -110,11 +110,13 @@ def fill_caches(module: torch.nn.Module, example: torch.Tensor) -> None:
     next replay overwrites while the following call still reads it (torch refuses: "accessing tensor
     output of CUDAGraphs that has been overwritten", seen on an H200). Filled here, the graphed forward
     only reads it. Eval mode and no_grad: no batch-norm statistics move, no dropout or drop-path draw
-    is taken, so the training that follows is the one it would have been.
+    is taken, so the training that follows is the one it would have been. A module whose weights
+    ``cast_frozen_weights`` made bf16 runs under bf16 autocast, as it does in training.
     """
     was_training = module.training
     module.eval()
-    with torch.no_grad():
+    cast = any(q.dtype == torch.bfloat16 for q in module.parameters())  # a teacher after cast_frozen_weights
+    with torch.no_grad(), torch.autocast(example.device.type, dtype=torch.bfloat16, enabled=cast):
         module(example)
     module.train(was_training)
 

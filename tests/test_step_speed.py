@@ -116,3 +116,13 @@ def test_filled_caches_are_only_read_by_the_forwards_that_follow(backbone):
     net.backbone(torch.randn(3, 1, 8, 8))
     net.backbone.eval()(torch.randn(2, 1, 8, 8))
     assert all(m.rel_indices is t for m, t in zip(gpsa, filled, strict=True))
+
+
+@pytest.mark.parametrize("backbone", sorted(set(BACKBONES.values())))
+def test_a_cast_teacher_fills_its_caches(backbone):
+    """The frozen teacher is graphed after ``cast_frozen_weights`` (bf16 Linear/Conv2d weights, fp32 norms):
+    its cache fill must run as its training forwards do, under bf16 autocast (an H200 run refused a plain
+    fp32 forward: "Input type (float) and bias type (c10::BFloat16) should be the same")."""
+    teacher = runtime.cast_frozen_weights(_net(backbone).eval().backbone, torch.bfloat16)
+    runtime.fill_caches(teacher, torch.zeros(1, 1, 8, 8))
+    assert all(m.rel_indices.shape[1] > 1 for m in teacher.modules() if hasattr(m, "get_rel_indices"))
