@@ -65,16 +65,21 @@ def setup(runtime: RuntimeConfig, seed: int, task: int) -> tuple[torch.device, t
 
 
 def repeatable_attention() -> None:
-    """Leave ``scaled_dot_product_attention`` on CUDA only the backends whose backward repeats bitwise.
+    """Leave ``scaled_dot_product_attention`` on CUDA only its math backend, whose backward repeats bitwise.
 
     Under ``use_deterministic_algorithms(True, warn_only=True)`` torch 2.11 still picks cuDNN attention
     on sm90, and its backward did not repeat at 224 px (197 keys; ../shared/docs/gpu-baseline.md); the
-    memory-efficient kernel's backward accumulates with atomics. Flash attention (bf16/fp16) and the
-    math backend (any dtype, so fp32 runs) repeat at every size measured. A CUDA job always asks for
-    determinism, so this is set in every one; the CPU backends are not touched (CPU bytes unchanged).
+    memory-efficient kernel's backward accumulates with atomics; and flash attention's backward is
+    deterministic only under ``warn_only=False`` (torch says so on the H200: "Flash Attention defaults to
+    a non-deterministic algorithm"), a mode that would make every other op without a deterministic kernel
+    an error. The math backend is plain matmuls and a softmax. Its price is small here: the one SDPA of the
+    model is the class-attention block's, one query over N + 1 keys. A CUDA job always asks for determinism,
+    so this is set in every one; the CPU's backends are not touched (CPU bytes unchanged).
     """
     torch.backends.cuda.enable_cudnn_sdp(False)
     torch.backends.cuda.enable_mem_efficient_sdp(False)
+    torch.backends.cuda.enable_flash_sdp(False)
+    torch.backends.cuda.enable_math_sdp(True)
 
 
 def resolve_device(name: str) -> torch.device:

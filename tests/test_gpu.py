@@ -145,7 +145,7 @@ def test_batched_augmentation_on_cuda_is_seeded(name):
 @pytest.mark.parametrize("side, mode", [(32, "eager"), (224, "eager"), (224, "graphs")])
 def test_two_gpu_runs_give_bit_identical_checkpoints(side, mode):
     """At 32 and 224 px (196 patches of 16: cuDNN attention's backward did not repeat there) and graphed:
-    ``runtime.setup`` leaves attention to flash or math, whose backward repeats."""
+    ``runtime.setup`` leaves attention to the math backend, whose backward repeats."""
     assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (":4096:8", ":16:8")
     p = tiny_params("ours", compile_=MODES[mode], epochs=2, side=side)
     with warnings.catch_warnings(record=True) as caught:
@@ -153,6 +153,7 @@ def test_two_gpu_runs_give_bit_identical_checkpoints(side, mode):
         runs = [train_tiny(p)[:2] for _ in range(2)]
     assert torch.are_deterministic_algorithms_enabled()  # ncil.runtime.setup turned them on
     assert not torch.backends.cuda.cudnn_sdp_enabled() and not torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert not torch.backends.cuda.flash_sdp_enabled()  # its backward repeats only under warn_only=False
     assert not torch.backends.cudnn.benchmark
     nondeterministic = sorted({str(w.message)[:200] for w in caught if "determinis" in str(w.message)})
     (a, a_rows), (b, b_rows) = runs
