@@ -122,7 +122,7 @@ REPORT = PAPER_TABLES_MD + PAPER_TABLES_CSV + list(paths.paper_table_files("tabl
 COSTS = [paths.cost_table_file(DATASET)]
 
 
-# A rule builds files of the data sets of the grids above only (params.yaml's, grids/*/params.yaml's):
+# Jobs build files of the data sets of the grids above only (params.yaml's and grids/*/params.yaml's);
 # another data set's committed files (results/tables/digits/ after `dataset=folder`) are inputs
 # without a producer, never a job whose input function cannot find its grid (issue 20, item 2).
 GRID_DATASETS = "|".join(re.escape(name) for name in sorted(GRID_OF, key=len, reverse=True))
