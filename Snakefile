@@ -60,6 +60,11 @@ rule imagenet_subset:
         GRID_TABLES.get("imagenet_subset", []),
 
 
+# A failed run: the committed tables Snakemake put back are marked stale (rules/common.smk).
+onerror:
+    mark_restored_stale(log, workflow.persistence)
+
+
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/report.smk"

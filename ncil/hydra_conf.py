@@ -120,11 +120,17 @@ def write_params(overrides: list[str], params_path: str = "params.yaml", dvc_pat
     from ncil.config import parse_params
     from ncil.dvcgen import render_dvc_yaml
 
+    import shlex
+
+    from ncil.tools.dvc_yaml import COMPOSED_BY, keep_source
+
     data = compose(overrides)
     parse_params(data, source=f"conf/ with overrides {list(overrides)}")
-    io.write_yaml(params_path, data, header=HEADER)
+    # The overrides, so that a refused `dvc exp run` can name the command that recomposes this grid.
+    io.write_yaml(params_path, data, header=HEADER + (f"{COMPOSED_BY}{shlex.join(overrides)}\n" if overrides else ""))
     if dvc_path:
         io.write_text(dvc_path, render_dvc_yaml(data, params_path))
+        keep_source(params_path, dvc_path)
     return data
 
 

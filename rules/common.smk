@@ -7,6 +7,7 @@
 import hashlib
 import json
 import os
+import re
 import sys
 
 from ncil import grid, paths
@@ -121,8 +122,14 @@ REPORT = PAPER_TABLES_MD + PAPER_TABLES_CSV + list(paths.paper_table_files("tabl
 COSTS = [paths.cost_table_file(DATASET)]
 
 
+# Jobs build files of the data sets of the grids above only (params.yaml's and grids/*/params.yaml's);
+# another data set's committed files (results/tables/digits/ after `dataset=folder`) are inputs
+# without a producer, never a job whose input function cannot find its grid (issue 20, item 2).
+GRID_DATASETS = "|".join(re.escape(name) for name in sorted(GRID_OF, key=len, reverse=True))
+
+
 wildcard_constraints:
-    dataset="[A-Za-z0-9_-]+",
+    dataset=f"(?:{GRID_DATASETS})",
     split_id="[A-Za-z0-9_-]+",
     setting="[A-Za-z0-9_-]+",
     method="[A-Za-z0-9_-]+",
@@ -163,9 +170,37 @@ def keys_digest(kind, dataset=None):
         if kind == "figure4":
             method = figure4_run(params)[0]
         values = lookup_params(params, param_keys(kind, params, method))
+        if kind == "prepare" and "raw" in raw_inputs(params["dataset"]):  # what is in the raw folder
+            values["raw files"] = folder_state(params["dataset"]["root"])
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
     return digest
+
+
+_FOLDER_STATES = {}
+
+
+def folder_state(root):
+    """Digest of every file under ``root``: its path, size and mtime (ns). Snakemake compares a folder
+    input by the folder's own mtime, which replacing, adding or deleting an image in a class folder
+    leaves as it was; as part of the prepare step's params digest, any such change reruns prepare
+    (issue 20, item 4). One stat per file when Snakemake builds its DAG, no reading: about 1 s per
+    10^5 files on a local disk (0.5 s for 5 x 10^4 here), so ~15 s for an ImageNet-size folder (whose
+    ImageNet-Subset root is no input at all, ncil.workflow.raw_inputs). DVC, which hashes the folder,
+    likewise trusts size and mtime to skip rehashing a file it has seen."""
+    if root not in _FOLDER_STATES:
+        entries = []
+        for folder, dirs, files in os.walk(root):
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(folder, name)
+                try:
+                    st = os.stat(path)
+                except OSError:  # a dangling link: prepare names it when it reads the folder
+                    st = None
+                entries.append((os.path.relpath(path, root), st.st_size if st else -1, st.st_mtime_ns if st else -1))
+        _FOLDER_STATES[root] = hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+    return _FOLDER_STATES[root]
 
 
 def raw_data(wildcards):
@@ -254,9 +289,39 @@ def grid_metrics(wildcards):
 
 def paper_table(table):
     """Table ``table``'s Markdown (results/tables/<table>.md) as a report item with its caption,
-    report/<table>.rst (relative to rules/, where the rule is)."""
-    return report(paths.paper_table_files(table)[0], caption=f"../report/{table}.rst", category="Paper tables",
-                  labels={"table": table})
+    report/<table>.rst (relative to rules/, where the rule is); a committed file (``committed``)."""
+    return committed(report(paths.paper_table_files(table)[0], caption=f"../report/{table}.rst",
+                            category="Paper tables", labels={"table": table}))
+
+
+def committed(path):
+    """A committed output shared by every grid (results/tables/table1.md, ...): Snakemake's update flag
+    keeps it while its job runs and puts the previous version back if the job fails, where a plain
+    output is deleted (issue 20, item 2). ``mark_restored_stale`` then makes the next run redo the job."""
+    return update(path)
+
+
+RESTORED = re.compile(r"Restored previous version of (\S+)")
+
+
+def mark_restored_stale(logs, persistence):
+    """onerror: each file Snakemake put back after its job failed (its log says "Restored previous
+    version of <file>") loses the provenance Snakemake records even for a failed job (which would pass
+    the old file as up to date: same params, same input checksums) and gets an mtime older than its
+    inputs, so the next run redoes the job. ``logs``: the run's log file(s); ``persistence``:
+    ``workflow.persistence``, what `snakemake --cleanup-metadata` uses."""
+    from snakemake.io import IOFile
+
+    restored = set()
+    for log_file in [logs] if isinstance(logs, str) else logs or []:
+        if os.path.isfile(log_file):
+            with open(log_file, encoding="utf-8", errors="replace") as fh:
+                restored.update(RESTORED.findall(fh.read()))
+    for path in sorted(restored):
+        if os.path.isfile(path):
+            persistence.cleanup_metadata(IOFile(path))
+            os.utime(path, (1, 1))  # 1 s after the epoch: Snakemake skips the mtime check for mtime 0
+            print(f"{path}: previous version kept; its job failed, so the next run redoes it", file=sys.stderr)
 
 
 # --- Scheduler requests (ncil/resources.py): threads, mem_mb (MB), runtime (minutes), gpu -------------

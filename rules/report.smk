@@ -99,21 +99,22 @@ rule paper_sections:
 rule paper_tables:
     """The paper's Tables 1, 2, 3 and 5 from every data set's sections present (PAPER_SECTIONS: this
     grid's and the committed ones of other data sets; the paper's values beside), and Table 4 (DyTox,
-    which no grid runs: the paper's values, ours "not run")."""
+    which no grid runs: the paper's values, ours "not run"). Committed files every grid shares: a
+    failing job leaves them as they were (``committed``), never deleted."""
     input:
         sections=PAPER_SECTIONS,
         code=code("paper-tables"),
     output:
         table1_md=paper_table("table1"),
-        table1_csv=paths.paper_table_files("table1")[1],
+        table1_csv=committed(paths.paper_table_files("table1")[1]),
         table2_md=paper_table("table2"),
-        table2_csv=paths.paper_table_files("table2")[1],
+        table2_csv=committed(paths.paper_table_files("table2")[1]),
         table3_md=paper_table("table3"),
-        table3_csv=paths.paper_table_files("table3")[1],
+        table3_csv=committed(paths.paper_table_files("table3")[1]),
         table5_md=paper_table("table5"),
-        table5_csv=paths.paper_table_files("table5")[1],
-        table4_md=paths.paper_table_files("table4")[0],  # DyTox: the paper's values, ours "not run"
-        table4_csv=paths.paper_table_files("table4")[1],
+        table5_csv=committed(paths.paper_table_files("table5")[1]),
+        table4_md=committed(paths.paper_table_files("table4")[0]),  # DyTox: the paper's values, ours "not run"
+        table4_csv=committed(paths.paper_table_files("table4")[1]),
     params:
         params_file=PARAMS_FILE,
         config_keys=keys_digest("paper_tables"),

@@ -41,7 +41,8 @@ def dry_run_jobs(output: str) -> list[dict]:
         job = {"rule": rule.group(1), "input": [], "output": [], "shell": None}
         for key in ("input", "output"):
             found = re.search(rf"^    {key}: (.*)$", block, re.M)
-            job[key] = found.group(1).split(", ") if found else []
+            # A flagged file is shown with its flag: "results/tables/table1.md (update)".
+            job[key] = [re.sub(r" \(\w+\)$", "", f) for f in found.group(1).split(", ")] if found else []
         shell = re.search(r"^Shell command: (.*)$", block, re.M)
         if shell and shell.group(1) != "None":
             job["shell"] = normalise(shell.group(1))

@@ -206,3 +206,24 @@ def test_a_grid_file_with_a_key_given_twice_is_refused_naming_it(pristine, tmp_p
     assert proc.returncode != 0 and "Traceback" not in out, out
     assert re.search(r"^error: grids/cifar100/params.yaml: seeds: the key is given twice, at lines \d+ and \d+ ", out,
                      re.M), out
+
+
+@pytest.mark.parametrize("override", ["train.epochs=0", "seeds=[1,2]", "runtime=gpu"])
+def test_a_refused_dvc_experiment_leaves_the_users_grid_as_it_was(dvc_project, tmp_path, monkeypatch, override):
+    """`dvc exp run -S` composes params.yaml from conf/ and its overrides alone (DVC's Hydra integration),
+    not from the overrides of the workspace's grid. Refused (a bad value; a grid of another shape; a GPU
+    this machine lacks), it leaves params.yaml and dvc.yaml byte for byte as they were, and its advice
+    keeps that grid (before: params.yaml stayed replaced and the advice, `python -m ncil dvc-yaml`,
+    switched dvc.yaml to it)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU on any machine: runtime=gpu is refused
+    project = tmp_path / "p"
+    shutil.copytree(dvc_project, project, symlinks=True)
+    ncil(["params", "train.epochs=2", "model.embed_dim=8"], project)  # the user's own grid, uncommitted
+    before = {name: (project / name).read_bytes() for name in ("params.yaml", "dvc.yaml")}
+    proc = dvc(project, "exp", "run", "-S", override, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "is put back as it was" in out, out
+    assert "python -m ncil params train.epochs=2 model.embed_dim=8 KEY=VALUE" in out, out
+    assert "run `python -m ncil dvc-yaml`" not in out
+    assert {name: (project / name).read_bytes() for name in before} == before
+    assert re.findall(r"Running stage '(\w+)'", out) == ["check_params"], out
