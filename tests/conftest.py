@@ -54,6 +54,20 @@ def ncil(args: list[str], cwd: Path, check: bool = True) -> subprocess.Completed
     return run([sys.executable, "-m", "ncil", *args], cwd, check=check)
 
 
+def archived_tree(commit: str, dest: Path) -> Path:
+    """``ncil/`` and ``conf/`` of ``commit`` extracted to ``dest`` (``git archive``), to run older code on this
+    machine beside this tree's; skips where the repository lacks the commit (a shallow clone)."""
+    import tarfile
+    from io import BytesIO
+
+    proc = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "ncil", "conf"], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"git archive {commit} failed: {proc.stderr.decode()[-200:]}")
+    with tarfile.open(fileobj=BytesIO(proc.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
 def copy_project(dest: Path, tiny: bool = True) -> Path:
     """Copy the project's code and configuration to ``dest`` and compose params.yaml there.
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tarfile
 from io import BytesIO
 
 import pytest
 
-from conftest import ROOT, env
+from conftest import ROOT, archived_tree, env
 
 # --- The paper preset's bytes are those of commit b2c8f1c ---------------------------------------------------
 
@@ -61,21 +60,13 @@ def _digests(tree) -> str:
     return proc.stdout.strip()
 
 
-def _old_tree(dest):
-    """ncil/ and conf/ of PAPER_COMMIT extracted to ``dest`` (skips where the repository lacks the commit)."""
-    proc = subprocess.run(["git", "-C", str(ROOT), "archive", PAPER_COMMIT, "ncil", "conf"], capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"git archive {PAPER_COMMIT} failed: {proc.stderr.decode()[-200:]}")
-    with tarfile.open(fileobj=BytesIO(proc.stdout)) as tar:
-        tar.extractall(dest, filter="data")
-    return dest
 
 
 def test_paper_preset_checkpoints_keep_the_bytes_of_the_regenerated_commit(tmp_path):
     """`ours` and `baseline`, tasks 0 and 1: this tree's checkpoint and centers bytes equal those of the old
     commit run on this very machine (CPU-type independent); on the recorded platform also the recorded ones."""
     new = _digests(ROOT)
-    assert new == _digests(_old_tree(tmp_path / "old"))
+    assert new == _digests(archived_tree(PAPER_COMMIT, tmp_path / "old"))
     from ncil import io, provenance
     import torch
 

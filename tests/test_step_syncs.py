@@ -14,13 +14,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tarfile
-from io import BytesIO
 
 import pytest
 import torch
 
-from conftest import ROOT, env
+from conftest import ROOT, archived_tree, env
 
 BEFORE = "a14f38e"  # the last commit whose steps read every loss term (8 syncs per step, 33 in ours_official)
 
@@ -81,19 +79,12 @@ def now() -> dict:
     return _run(ROOT, "--count")
 
 
-def _old_tree(dest):
-    proc = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE, "ncil", "conf"], capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"git archive {BEFORE} failed: {proc.stderr.decode()[-200:]}")
-    with tarfile.open(fileobj=BytesIO(proc.stdout)) as tar:
-        tar.extractall(dest, filter="data")
-    return dest
 
 
 def test_checkpoints_and_history_keep_the_bytes_of_the_steps_that_synced(now, tmp_path):
     """Loss and accuracy summed on the device in float64 (``EpochProgress``), mixup gathered in one pass: the
     checkpoints, centers and per-epoch history of every method equal those of BEFORE, run on this machine."""
-    before = _run(_old_tree(tmp_path / "old"))
+    before = _run(archived_tree(BEFORE, tmp_path / "old"))
     for name, value in before.items():
         assert now[name] == value, name
     assert {"ours", "baseline", "pass_resnet18", "ours_official", "fcs"} <= set(before)
