@@ -274,6 +274,8 @@ def sha256_file(path: str | Path) -> str:
 
 def _require(path: str | Path, what: str) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(f"{path}: a folder, expected a {what}")
     if not path.is_file():
         raise ArtifactError(f"{path}: {what} not found")
     return path

@@ -150,3 +150,11 @@ def test_array_files_are_byte_stable(tmp_path):
     io.write_array(a, np.arange(10))
     io.write_array(b, np.arange(10))
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_a_folder_given_for_a_file_is_named_a_folder(tmp_path):
+    """``--params DIR`` said "YAML file not found" of a folder that is plainly there."""
+    with pytest.raises(io.ArtifactError, match=r": a folder, expected a YAML file$"):
+        io.read_yaml(tmp_path)
+    with pytest.raises(io.ArtifactError, match=r"missing\.yaml: YAML file not found$"):
+        io.read_yaml(tmp_path / "missing.yaml")
