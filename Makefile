@@ -38,7 +38,8 @@ costs: $(BIN)/.installed
 	python -m ncil costs
 
 # The GPU path in one command (scripts/gpu_check.py, <= 8 minutes on one GPU, no data set): the tests marked
-# gpu, timed training steps of the paper preset's `ours` at 32, 64 and 224 pixels (compile off and on), a
+# gpu, timed training steps of `ours`, `ours_official` and `pass_resnet18` at 32 pixels and `ours` at 64 and 224
+# in each runtime.compile mode (eager, compiled, graphs: syncs, kernels and GPU-busy share per step), a
 # JSON report (GPU_CHECK_OUT) and a table. It needs no venv, only torch, timm, numpy, pyyaml and pytest, so on
 # a bare GPU machine it runs with that machine's python3; on the CPU pass GPU_CHECK_ARGS="--device cpu".
 GPU_CHECK_OUT ?= benchmarks/gpu_check/report.json
