@@ -437,6 +437,39 @@ def projected_hours(rows: list[dict], batch: int = 64) -> list[dict]:
     return out
 
 
+# Per mode, the gpu tests that must pass before ``runtime=gpu`` may default to it (issue 21 items 3, 4, 8): two
+# runs bit-identical (at 32 and/or 224 px) and, for a mode other than eager, the same training within the seed spread.
+MODE_TESTS = {
+    "eager": ("test_two_gpu_runs_give_bit_identical_checkpoints[32-eager]",
+              "test_two_gpu_runs_give_bit_identical_checkpoints[224-eager]"),
+    "compiled": ("test_two_gpu_runs_give_bit_identical_checkpoints[224-compiled]",
+                 "test_compiled_and_graphed_training_is_the_same_training_within_the_seed_spread[compiled]"),
+    "graphs": ("test_two_gpu_runs_give_bit_identical_checkpoints[32-graphs]",
+               "test_two_gpu_runs_give_bit_identical_checkpoints[224-graphs]",
+               "test_compiled_and_graphed_training_is_the_same_training_within_the_seed_spread[graphs]"),
+}
+
+
+def configured_gpu_mode() -> str:
+    """The ``runtime.compile`` that conf/runtime/gpu.yaml gives ``runtime=gpu`` today, as a mode name."""
+    value = plainconf.group_option("runtime", "gpu")["compile"]
+    return next(name for name, setting in MODES.items() if setting == value)
+
+
+def recommended_mode(report: dict) -> dict:
+    """The fastest ``runtime.compile`` mode (``ours`` at 32x32, deterministic) whose ``MODE_TESTS`` all passed in
+    this run: what conf/runtime/gpu.yaml should give ``runtime=gpu`` (issue 21 item 8). ``mode`` None when no
+    mode qualifies (no tests ran, or none passed)."""
+    outcomes = {c["name"]: c["outcome"] for c in (report.get("gpu_tests") or {}).get("cases", [])}
+    step = {r["mode"]: r["step_ms"] for r in report["timings"]
+            if r.get("method") == "ours" and r.get("image_size") == 32 and r.get("deterministic") and "step_ms" in r}
+    verdicts = {mode: {name: outcomes.get(name, "not run") for name in names} for mode, names in MODE_TESTS.items()}
+    qualified = [m for m, v in verdicts.items() if m in step and all(o == "passed" for o in v.values())]
+    best = min(qualified, key=step.get, default=None)
+    return {"mode": best, "step_ms": step.get(best), "configured": configured_gpu_mode(), "tests": verdicts,
+            "step_ms_by_mode": step}
+
+
 # --- report -----------------------------------------------------------------------------------------
 
 def device_info(args) -> dict:
@@ -497,6 +530,12 @@ def table(report: dict) -> str:
     for h in projection:
         lines.append(f"| {h['dataset']} {h['setting']} | {h['steps']} | "
                      + " | ".join(_fmt(h["hours"][c], ".2f") for c in columns) + " |")
+    rec = report.get("recommended")
+    if rec:
+        best = rec["mode"] or "none qualifies"
+        lines += ["", f"runtime=gpu default (fastest mode whose determinism and same-training tests passed): {best}; "
+                      f"conf/runtime/gpu.yaml has {rec['configured']}"
+                  + ("" if rec["mode"] in (None, rec["configured"]) else " -> change runtime.compile there")]
     return "\n".join(lines)
 
 
@@ -558,6 +597,8 @@ def main(argv=None) -> int:
               flush=True)
         save(args.out, report, start, finished=False)  # what was measured survives a kill
     report["projection"] = projected_hours(report["timings"])
+    if args.cuda:
+        report["recommended"] = recommended_mode(report)
     save(args.out, report, start, finished=True)
     print()
     print(table(report))

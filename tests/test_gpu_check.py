@@ -20,8 +20,8 @@ from ncil.config import ModelConfig, parse_params
 from tests.conftest import ROOT, env
 
 BLOCKED = ("hydra", "omegaconf", "snakemake", "dvc")
-N_GPU_TESTS = 15  # tests/test_gpu.py: 1 autocast + 4 augmentation specs + 3 determinism + 1 graphed vs eager
-# + 3 methods x (syncs, graph breaks and cudagraph skips)
+N_GPU_TESTS = 18  # tests/test_gpu.py: 1 autocast + 4 augmentation specs + 5 determinism (size x mode)
+# + 2 compiled/graphed vs eager + 3 methods x (syncs, graph breaks and cudagraph skips)
 
 
 def blocker(folder) -> str:
@@ -230,6 +230,30 @@ def test_plain_conf_errors_name_the_file(tmp_path):
         plainconf.paper_experiment("x", tmp_path)
     with pytest.raises(FileNotFoundError, match=r"model/nope.yaml: no such config file"):
         plainconf.group_option("model", "nope", tmp_path)
+
+
+def test_the_default_gpu_mode_is_the_fastest_whose_determinism_and_same_training_tests_passed():
+    """Issue 21 item 8: ``recommended_mode`` reads the gpu tests' outcomes and the ``ours`` 32x32 step times."""
+    gc = gpu_check_module()
+    passed = [{"name": name, "outcome": "passed"} for names in gc.MODE_TESTS.values() for name in names]
+    timings = [{"method": "ours", "image_size": 32, "deterministic": True, "mode": m, "step_ms": ms}
+               for m, ms in (("eager", 56.9), ("compiled", 41.8), ("graphs", 14.0))]
+    timings += [{"method": "ours", "image_size": 32, "deterministic": False, "mode": "eager", "step_ms": 5.0},
+                {"method": "ours", "image_size": 224, "deterministic": True, "mode": "eager", "step_ms": 1.0}]
+    report = {"gpu_tests": {"cases": passed}, "timings": timings}
+    rec = gc.recommended_mode(report)
+    assert (rec["mode"], rec["step_ms"]) == ("graphs", 14.0)  # the fastest; the det-off and 224 rows do not count
+    assert rec["configured"] == "eager"  # conf/runtime/gpu.yaml today (compile: false)
+    graphs_224 = "test_two_gpu_runs_give_bit_identical_checkpoints[224-graphs]"
+    report["gpu_tests"]["cases"] = [c if c["name"] != graphs_224 else {**c, "outcome": "failed"} for c in passed]
+    assert gc.recommended_mode(report)["mode"] == "compiled"  # graphs not bit-exact at 224 px: not eligible
+    report["gpu_tests"]["cases"] = [c for c in passed if "same_training" not in c["name"]]
+    rec = gc.recommended_mode(report)
+    assert rec["mode"] == "eager" and rec["tests"]["compiled"][gc.MODE_TESTS["compiled"][1]] == "not run"
+    assert gc.recommended_mode({"gpu_tests": None, "timings": timings})["mode"] is None
+    assert "runtime=gpu default" in gc.table({"device": {"device": "cuda", "name": "H200", "peak_tflops": None},
+                                              "torch": "2.11", "gpu_tests": None, "timings": [], "projection": [],
+                                              "recommended": rec})
 
 
 def test_the_gpu_rows_come_most_telling_first():
