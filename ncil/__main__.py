@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ncil.stages import STAGES
@@ -30,24 +31,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _set_numerics(params_file: str | None) -> None:
-    """runtime.numerics of the params file, applied before anything imports torch."""
-    if params_file:
-        from ncil import numerics
-
-        mode = numerics.mode_of_params_file(params_file)
-        if mode in ("native", "portable"):  # anything else is refused by the verb's config parser
-            numerics.apply(mode)
+# Verbs that report a params file they cannot parse themselves, with advice of their own (dvc-yaml --check
+# inside a `dvc exp run`): the CLI leaves the parse to them.
+SELF_PARSING_VERBS = ("dvc-yaml",)
 
 
-def _claim_gpus(verb: str, params_file: str | None) -> None:
-    """A train/evaluate job counted as a GPU job takes its own GPU(s) before torch starts (ncil/devices.py);
-    then a CUDA device this machine lacks is refused before any data loads."""
-    from ncil import devices
+def _prepare_job(verb: str, params_file: str | None) -> None:
+    """Parse the job's params file once (``ncil.stages.common.load_params`` keeps the parse for the verb), then,
+    before anything imports torch: its ``runtime.numerics``; for train and evaluate, the job's own GPU(s)
+    (ncil/devices.py) and its device (``ncil.runtime.resolve_device``, which refuses a CUDA device this machine
+    lacks before any data loads). A missing file is left to the verb, whose message names the flag."""
+    if not params_file or verb in SELF_PARSING_VERBS or not os.path.isfile(params_file):
+        return
+    from ncil import devices, numerics
+    from ncil.stages.common import load_params
 
-    if verb in devices.CLAIMING_VERBS and params_file:
-        devices.claim_for_job(params_file)
-        devices.require_cuda_if_asked(params_file)
+    p, _ = load_params(params_file)
+    numerics.apply(p.runtime.numerics)
+    if verb in devices.CLAIMING_VERBS:
+        devices.claim_for_job(p.runtime)
+        from ncil import runtime
+
+        runtime.resolve_device(p.runtime.device, source=params_file)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as err:
             raise ArtifactError(f"--log {log_file}: cannot write the log here ({err.strerror or err})") from None
         progress.log_line("python -m ncil " + " ".join(sys.argv[1:] if argv is None else argv))
-        _set_numerics(getattr(namespace, "params", None))
-        _claim_gpus(namespace.verb, getattr(namespace, "params", None))
+        _prepare_job(namespace.verb, getattr(namespace, "params", None))
         module.run(record(module.Args, namespace))
     except (ConfigError, ArtifactError, UsageError) as err:
         progress.log_failure(f"error: {err}", err)

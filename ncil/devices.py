@@ -187,13 +187,6 @@ def cuda_refusal(device: str, source: str, env: Mapping[str, str] | None = None)
             f"runtime.device=auto) to run here, or run on a GPU machine")
 
 
-def require_cuda_if_asked(params_file: str) -> None:
-    """The CLI's check for train/evaluate, before any data loads: a CUDA device missing here is one line, exit 2."""
-    refusal = cuda_refusal(str(runtime_of_params_file(params_file).get("device", "auto")), params_file)
-    if refusal:
-        raise GpuClaimError(refusal)
-
-
 def lock_dir(env: Mapping[str, str], uid: int | None = None) -> Path:
     """``NCIL_GPU_LOCK_DIR``, else ``$XDG_RUNTIME_DIR/ncil-gpus``, else ``/tmp/ncil-gpus-<uid>``."""
     if env.get(ENV_LOCK_DIR):
@@ -355,19 +348,6 @@ def unclaimed_warning(pool: Pool) -> str:
             f"(gpus_per_job 1) to give each job its own")
 
 
-def runtime_of_params_file(path: str) -> dict:
-    """The ``runtime`` section of a params file, read without torch ({} where it cannot be read: the
-    verb's own parser then reports the file properly)."""
-    from ncil import io
-
-    try:
-        data = io.read_yaml(path)
-    except (OSError, io.ArtifactError):
-        return {}
-    runtime = data.get("runtime") if isinstance(data, dict) else None
-    return runtime if isinstance(runtime, dict) else {}
-
-
 _HELD: list[Claim] = []  # this process's claim: kept referenced until the process ends
 
 
@@ -377,20 +357,17 @@ def release_all() -> None:
         _HELD.pop().release()
 
 
-def claim_for_job(params_file: str, env: MutableMapping[str, str] | None = None,
+def claim_for_job(runtime, env: MutableMapping[str, str] | None = None,
                   log: Callable[[str], None] | None = None) -> Claim | None:
-    """The CLI's hook for train/evaluate: claim this job's GPUs and set CUDA_VISIBLE_DEVICES in ``env``
-    (default ``os.environ``, before torch is imported).
+    """The CLI's hook for train/evaluate: claim the GPUs of ``runtime`` (the job's parsed ``RuntimeConfig``:
+    its ``gpus_per_job`` and ``device``) and set CUDA_VISIBLE_DEVICES in ``env`` (default ``os.environ``,
+    before torch is imported).
 
     Returns the claim (None where nothing is claimed); a second call in the same process reuses it.
     """
     environ = os.environ if env is None else env
     say = log or logging.getLogger("ncil").info
-    runtime = runtime_of_params_file(params_file)
-    count = runtime.get("gpus_per_job", 0)
-    if not isinstance(count, int) or isinstance(count, bool):
-        return None  # refused by the verb's config parser
-    device = str(runtime.get("device", "auto"))
+    count, device = runtime.gpus_per_job, runtime.device
     if _HELD:
         say(describe(_HELD[0].devices, _HELD[0].pool) + " (claimed earlier by this process)")
         return _HELD[0]

@@ -61,15 +61,3 @@ def adam_options(env: Mapping[str, str] | None = None) -> dict[str, bool]:
     portable (an IEEE square root in the update, see the module docstring), ``{}`` when native (the
     default single-tensor/foreach path, unchanged)."""
     return {"fused": True} if portable_active(env) else {}
-
-
-def mode_of_params_file(path: str) -> str:
-    """``runtime.numerics`` of a params file, read without importing torch (default native)."""
-    from ncil import io
-
-    try:
-        data = io.read_yaml(path)
-    except (OSError, io.ArtifactError):
-        return "native"  # the verb's own parsing reports the file properly
-    runtime = data.get("runtime") if isinstance(data, dict) else None
-    return str(runtime.get("numerics", "native")) if isinstance(runtime, dict) else "native"

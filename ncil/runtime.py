@@ -82,11 +82,17 @@ def repeatable_attention() -> None:
     torch.backends.cuda.enable_math_sdp(True)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, source: str = "params.yaml") -> torch.device:
+    """``runtime.device`` as a torch device: the one place it is decided (auto: cuda where torch finds a GPU,
+    else cpu). A CUDA device this machine lacks is a ``ConfigError`` naming ``source`` and the way out
+    (``ncil.devices.cuda_refusal``); the CLI calls this before a train or evaluate job loads any data."""
+    from ncil.devices import cuda_refusal
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"runtime.device: {name!r} requested but CUDA is not available on this machine")
+    refusal = cuda_refusal(name, source)
+    if refusal:
+        raise ConfigError(refusal)
     return torch.device(name)
 
 

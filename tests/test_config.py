@@ -192,7 +192,6 @@ REPEATED_KEYS = [
 
 @pytest.mark.parametrize("text, replacement, message", REPEATED_KEYS)
 def test_a_key_given_twice_is_refused_naming_the_file_the_key_and_both_lines(tmp_path, text, replacement, message):
-    from ncil import devices, numerics
     from ncil.config import load_params
 
     path = tmp_path / "params.yaml"
@@ -202,8 +201,11 @@ def test_a_key_given_twice_is_refused_naming_the_file_the_key_and_both_lines(tmp
     with pytest.raises(ArtifactError) as err:
         load_params(path)
     assert str(err.value).startswith(f"{path}: {message}") and "\n" not in str(err.value), str(err.value)
-    # The pre-torch readers use the same loader: they fall back to their defaults, and the verb refuses the file.
-    assert numerics.mode_of_params_file(str(path)) == "native" and devices.runtime_of_params_file(str(path)) == {}
+    # A job's one parse (ncil/__main__.py, before torch) refuses it too, with the same line, before any work.
+    proc = ncil(["train", "--params", str(path), "--split", str(tmp_path / "split.json"), "--task", "0", "--seed", "1",
+                 "--method", "finetune", "--checkpoint", str(tmp_path / "m.pt"), "--centers", str(tmp_path / "c.parquet")],
+                ROOT, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {path}: {message}"), proc.stderr
     proc = ncil(["dvc-yaml", "--params", str(path), "--out", str(tmp_path / "dvc.yaml")], ROOT, check=False)
     assert proc.returncode == 2 and proc.stderr == f"error: {path}: {message} (expected each key once; only the " \
         "last would count)\n", proc.stderr

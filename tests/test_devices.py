@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -172,9 +173,20 @@ def test_a_waiting_claim_logs_and_gives_up_at_its_limit(tmp_path):
 
 
 def _params(tmp_path, device="cpu", gpus=1) -> str:
+    """A valid params file (the committed one) with this runtime.device and runtime.gpus_per_job."""
     path = tmp_path / "params.yaml"
-    path.write_text(f"runtime:\n  device: {device}\n  gpus_per_job: {gpus}\n")
+    text = (conftest.ROOT / "params.yaml").read_text()
+    text, n = re.subn(r"(?m)^(runtime: \{device: )[^,]+(, .*gpus_per_job: )\d+", rf"\g<1>{device}\g<2>{gpus}", text)
+    assert n == 1, "params.yaml's runtime line changed shape"
+    path.write_text(text)
     return str(path)
+
+
+def _runtime(tmp_path, device="cpu", gpus=1):
+    """The parsed runtime section of ``_params`` (what the CLI hands ``claim_for_job``)."""
+    from ncil.config import load_params
+
+    return load_params(_params(tmp_path, device, gpus))[0].runtime
 
 
 TWO_GPUS = lambda: (("0000:1a:00.0", "0000:3b:00.0"), "/proc/driver/nvidia/gpus")  # noqa: E731
@@ -197,7 +209,7 @@ def test_the_hook_refuses_a_pool_that_would_hide_the_real_gpus(tmp_path, monkeyp
     monkeypatch.setattr(devices, "driver_listing", lambda *args, **kwargs: TWO_GPUS())
     env = {"NCIL_GPU_POOL": "a", "NCIL_GPU_LOCK_DIR": str(tmp_path / "locks")}
     with pytest.raises(GpuClaimError, match=r"^NCIL_GPU_POOL='a': 'a' is not a GPU of this machine"):
-        devices.claim_for_job(_params(tmp_path, device="auto"), env, log=lambda line: None)
+        devices.claim_for_job(_runtime(tmp_path, device="auto"), env, log=lambda line: None)
     assert "CUDA_VISIBLE_DEVICES" not in env and not devices._HELD
 
 
@@ -221,39 +233,39 @@ def test_the_hook_sets_cuda_visible_devices_and_logs_the_claim(tmp_path):
     (tmp_path / "locks").mkdir()
     taken = devices.try_claim(Pool(("0", "1", "2", "3"), "t"), 2, tmp_path / "locks")  # another job holds 0 and 1
     lines: list[str] = []
-    got = devices.claim_for_job(_params(tmp_path), env, log=lines.append)
+    got = devices.claim_for_job(_runtime(tmp_path), env, log=lines.append)
     assert got.devices == ("2",) and env["CUDA_VISIBLE_DEVICES"] == "2" and "CUDA_DEVICE_ORDER" not in env
     assert lines == ["GPU 2 of 0,1,2,3 (CUDA_VISIBLE_DEVICES=2); pool from NCIL_GPU_POOL"]
     assert (tmp_path / "locks" / "gpu-2.lock").read_text().startswith(f"pid {os.getpid()} since ")
     # a second call in this process keeps its claim (a fresh flock would wait for itself)
-    assert devices.claim_for_job(_params(tmp_path), env, log=lines.append) is got
+    assert devices.claim_for_job(_runtime(tmp_path), env, log=lines.append) is got
     taken.release()
 
 
 def test_the_hook_numbers_driver_gpus_as_nvidia_smi_does(tmp_path, monkeypatch):
     monkeypatch.setattr(devices, "driver_listing", lambda: (("0000:1a:00.0", "0000:3b:00.0"), "/proc/driver/nvidia/gpus"))
     env = {"NCIL_GPU_LOCK_DIR": str(tmp_path)}
-    got = devices.claim_for_job(_params(tmp_path, device="cuda"), env, log=lambda m: None)
+    got = devices.claim_for_job(_runtime(tmp_path, device="cuda"), env, log=lambda m: None)
     assert got.devices == ("0",) and env["CUDA_VISIBLE_DEVICES"] == "0" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
 
 
 def test_the_hook_refuses_or_skips_with_a_reason(tmp_path, monkeypatch):
     env = {"NCIL_GPU_POOL": "0,1", "NCIL_GPU_LOCK_DIR": str(tmp_path / "locks")}
     with pytest.raises(GpuClaimError, match="runtime.device 'cuda:1'"):
-        devices.claim_for_job(_params(tmp_path, device="cuda:1"), dict(env), log=lambda m: None)
+        devices.claim_for_job(_runtime(tmp_path, device="cuda:1"), dict(env), log=lambda m: None)
     assert not (tmp_path / "locks").exists()  # refused before any lock
     lines: list[str] = []
     slurm = {"SLURM_JOB_ID": "9", "CUDA_VISIBLE_DEVICES": "1"}
-    assert devices.claim_for_job(_params(tmp_path), slurm, log=lines.append) is None
+    assert devices.claim_for_job(_runtime(tmp_path), slurm, log=lines.append) is None
     assert slurm["CUDA_VISIBLE_DEVICES"] == "1"
     # not a GPU job: silent on a CPU, a warning where several GPUs would all be opened as cuda:0
-    assert devices.claim_for_job(_params(tmp_path, device="cpu", gpus=0), dict(env), log=lines.append) is None
-    assert devices.claim_for_job(_params(tmp_path, device="auto", gpus=0), dict(env), log=lines.append) is None
+    assert devices.claim_for_job(_runtime(tmp_path, device="cpu", gpus=0), dict(env), log=lines.append) is None
+    assert devices.claim_for_job(_runtime(tmp_path, device="auto", gpus=0), dict(env), log=lines.append) is None
     assert lines[0] == "GPU claim skipped: SLURM job 9 has its GPUs (CUDA_VISIBLE_DEVICES=1)"
     assert lines[1].startswith("warning: runtime.gpus_per_job is 0, so this job claims no GPU and opens the first of 0,1")
     assert len(lines) == 2
     monkeypatch.setattr(devices, "driver_listing", NO_DRIVER)
-    assert devices.claim_for_job(_params(tmp_path, device="auto", gpus=0), {}, log=lines.append) is None
+    assert devices.claim_for_job(_runtime(tmp_path, device="auto", gpus=0), {}, log=lines.append) is None
     assert len(lines) == 2  # the default grid on a CPU machine: no line at all
 
 
@@ -264,6 +276,8 @@ WORKER = textwrap.dedent("""
     from pathlib import Path
     from ncil import devices
     job, mode, params, folder = sys.argv[1:5]
+    from ncil.config import load_params
+    runtime = load_params(params)[0].runtime
     devices.POLL_S = 0.05
     log = Path(folder, f"job{job}.log")
     def say(line):
@@ -272,7 +286,7 @@ WORKER = textwrap.dedent("""
     def note(**rec):
         with open(Path(folder, "record.jsonl"), "a") as fh:
             fh.write(json.dumps({"job": job, **rec}) + "\\n")
-    devices.claim_for_job(params, log=say)
+    devices.claim_for_job(runtime, log=say)
     note(device=os.environ["CUDA_VISIBLE_DEVICES"], start=time.monotonic())
     if mode == "hang":
         time.sleep(600)

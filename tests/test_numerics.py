@@ -4,6 +4,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -43,12 +44,30 @@ def test_portable_mode_reaches_aten_in_a_fresh_process():
     assert out.strip() == "AVX2"  # on an AVX-512 machine too: the vectorised kernels are capped
 
 
-def test_mode_is_read_from_a_params_file_without_torch(tmp_path):
+def test_a_jobs_params_are_parsed_once_before_torch(tmp_path):
+    """Issue 22 item 4: ``python -m ncil`` parses ``--params`` once with the typed parser, applies its numerics
+    before torch loads, and the verb gets that same parse (``ncil.stages.common.load_params``)."""
     params = tmp_path / "params.yaml"
-    params.write_text("runtime: {threads: 1, numerics: portable}\n")
-    assert numerics.mode_of_params_file(str(params)) == "portable"
-    params.write_text("runtime: {threads: 1}\n")
-    assert numerics.mode_of_params_file(str(params)) == "native"
+    params.write_text((ROOT / "params.yaml").read_text().replace("numerics: native", "numerics: portable"))
+    code = textwrap.dedent(f"""
+        import sys
+        from ncil import __main__ as cli, config
+        from ncil.stages import common
+        parses = []
+        real = config.load_params
+        config.load_params = lambda path: parses.append(str(path)) or real(path)
+        cli._prepare_job("prepare", {str(params)!r})
+        assert "torch" not in sys.modules  # numerics applied before torch; prepare claims no device
+        cli._prepare_job("train", {str(params)!r})  # the device check loads torch, after the numerics
+        import torch
+        from ncil import numerics
+        first = common.load_params({str(params)!r})
+        assert common.load_params({str(params)!r}) is first
+        print(len(parses), numerics.portable_active(), first[0].runtime.numerics, torch.backends.cpu.get_cpu_capability())
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in numerics.PORTABLE_ENV}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "True", "portable", "AVX2"], out.stderr
 
 
 def test_portable_is_read_from_the_three_variables_and_only_then_fuses_adam():

@@ -43,10 +43,24 @@ def parse(module, argv: list[str]):
     return record(module.Args, parser.parse_args(argv))
 
 
+_PARSED: dict[tuple, tuple] = {}  # (real path, inode, size, mtime) -> (Params, raw mapping)
+
+
 def load_params(path: str):
+    """(typed ``Params``, raw mapping) of a params file, parsed once per process by ``ncil.config.load_params``.
+
+    ``ncil/__main__.py`` parses the job's ``--params`` before torch starts (its numerics, GPU claim and device
+    come from it); the verb's own call then gets that same parse. A file changed since is parsed again."""
     from ncil.config import load_params as load
 
-    return load(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return load(path)  # its error names the file
+    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _PARSED:
+        _PARSED[key] = load(path)
+    return _PARSED[key]
 
 
 def read_metrics(files) -> list[dict]:
