@@ -3,7 +3,7 @@ through Snakemake's SLURM executor, and every output must be byte-identical to a
 
 Marker ``slurm`` (``python -m pytest -m slurm tests/test_slurm.py``). Where SLURM cannot be installed or
 started here the tests are skipped with the reason, which .ci/run prints. The shared DVC cache a
-cluster's clones use (README "On a cluster") is tested here too, without SLURM.
+cluster's clones use (docs/cluster.md) is tested here too, without SLURM.
 """
 
 from __future__ import annotations
