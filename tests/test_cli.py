@@ -78,6 +78,7 @@ def test_split_file_has_the_legacy_order(trained):
     assert split["tasks"] == [order[:4], order[4:6], order[6:8], order[8:]]
 
 
+@pytest.mark.slow
 def test_train_evaluate_summarize_chain(trained):
     p = trained
     ckpt = torch.load(p / INC / "model.pt", weights_only=True)
@@ -141,6 +142,7 @@ def test_unknown_method_fails_clearly(trained):
     assert proc.returncode != 0 and "--method ours: not in params.yaml" in proc.stderr
 
 
+@pytest.mark.slow
 def test_rotation_method_chain(tiny_project):
     """`ours` (rotation head, PKS, PR) through train -> evaluate with the tiny ViT."""
     p = tiny_project

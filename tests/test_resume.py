@@ -290,6 +290,7 @@ def _copy(preempted, tmp_path) -> Path:
     return Path(shutil.copytree(preempted[0], tmp_path / "project", symlinks=True))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_state_and_the_rerun_resumes_to_the_same_bytes(preempted, tmp_path):
     _, epoch, rc, stderr, clean = preempted
     project = _copy(preempted, tmp_path)
@@ -389,6 +390,7 @@ def _reprepare_with_one_image_replaced(project: Path) -> str:
     return io.sha256_file(folder / "train_images.npy")
 
 
+@pytest.mark.slow
 def test_a_state_of_other_data_is_refused_and_a_fresh_run_equals_the_uninterrupted_one(preempted, tmp_path):
     project = _copy(preempted, tmp_path)
     state = f"{BASE_TASK}/resume.pt"
@@ -443,6 +445,7 @@ def test_a_state_of_other_code_is_refused_and_code_outside_the_step_does_not_mat
 # --- Clear stops: Ctrl-C, an unreadable state (issue 20 item 8) ----------------------------------
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_state_says_one_line_and_exits_130_then_the_rerun_resumes(preempted, tmp_path):
     project = _copy(preempted, tmp_path)
     shutil.rmtree(project / BASE_TASK)

@@ -81,6 +81,7 @@ def now() -> dict:
 
 
 
+@pytest.mark.slow
 def test_checkpoints_and_history_keep_the_bytes_of_the_steps_that_synced(now, tmp_path):
     """Loss and accuracy summed on the device in float64 (``EpochProgress``), mixup gathered in one pass: the
     checkpoints, centers and per-epoch history of every method equal those of BEFORE, run on this machine."""
