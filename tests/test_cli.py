@@ -206,6 +206,7 @@ def test_train_refuses_an_output_that_is_a_symlink_to_an_input(trained):
     assert _hashes(trained) == before and not (trained / "new").exists()
 
 
+@pytest.mark.slow
 def test_train_refuses_a_previous_checkpoint_of_another_task_or_seed(trained):
     before = _hashes(trained)
     # task 2 from task 0's checkpoint (a skipped task)
@@ -258,6 +259,7 @@ def test_check_previous_names_each_field(tiny_params):
         assert "s/split.json" in str(err.value)
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_checkpoints_that_are_not_the_splits_tasks(trained):
     # the tasks out of order
     proc = ncil(["evaluate", "--split", SPLIT, "--checkpoints", f"{INC}/model.pt", f"{BASE}/model.pt",

@@ -161,6 +161,7 @@ def test_sigterm_through_slurm_resumes_to_identical_bytes(cluster, tmp_path):
     assert not (remote / target / "resume.pt").exists(), "resume state left behind after the task completed"
 
 
+@pytest.mark.slow
 def test_shared_dvc_cache_second_clone_checks_out_without_rerunning(tmp_path):
     """Clone A commits its outputs into a cache on the "shared file system" (cache.dir, cache.shared
     group, cache.type symlink); clone B, a git clone, gets them with `dvc checkout`: nothing reruns,
