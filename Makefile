@@ -17,11 +17,14 @@ $(BIN)/.installed: requirements.lock pyproject.toml
 reproduce: $(BIN)/.installed
 	snakemake --cores $(CORES)
 
+# Test tiers (docs/testing.md). test: the whole suite, as CI runs it (.ci/run), then the 20 slowest tests.
+# test-fast: under 5 minutes on 2 cores, for every edit: no workflow run end to end (marker slow), no SLURM
+# cluster (slurm), no CUDA (gpu).
 test: $(BIN)/.installed
-	python -m pytest -v
+	python -m pytest -v --durations=20
 
 test-fast: $(BIN)/.installed
-	python -m pytest -v -m "not slow"
+	python -m pytest -v -m "not slow and not slurm and not gpu"
 
 # profiles/slurm on a one-node SLURM started here (scripts/slurm_cluster.py: root installs slurm-wlm and
 # munge with apt-get); the tiny grid must come out byte-identical to a local run. Skips, saying why, without SLURM.
@@ -86,7 +89,7 @@ check-reproduction-seed: $(BIN)/.installed
 check-reproduction-seed: REPRODUCED = reproduced: seed $(SEED) of every setting and method hashes to the committed dvc.lock, results/ unchanged
 
 # Record the outputs of a finished Snakemake run in dvc.lock (what `dvc repro` would write), this
-# machine as their producer (results/platform.json), and copy the regenerated Table 1 into the README (verify checks the copy).
+# machine as their producer (results/platform.json), and copy the regenerated Table 1 into README.md's table1 block (verify checks the copy).
 lock: $(BIN)/.installed
 	rm -f dvc.lock  # written anew: a stage that left dvc.yaml must not stay behind in the lock
 	dvc commit --force --quiet dvc.yaml

@@ -78,6 +78,7 @@ def test_split_file_has_the_legacy_order(trained):
     assert split["tasks"] == [order[:4], order[4:6], order[6:8], order[8:]]
 
 
+@pytest.mark.slow
 def test_train_evaluate_summarize_chain(trained):
     p = trained
     ckpt = torch.load(p / INC / "model.pt", weights_only=True)
@@ -141,6 +142,7 @@ def test_unknown_method_fails_clearly(trained):
     assert proc.returncode != 0 and "--method ours: not in params.yaml" in proc.stderr
 
 
+@pytest.mark.slow
 def test_rotation_method_chain(tiny_project):
     """`ours` (rotation head, PKS, PR) through train -> evaluate with the tiny ViT."""
     p = tiny_project
@@ -204,6 +206,7 @@ def test_train_refuses_an_output_that_is_a_symlink_to_an_input(trained):
     assert _hashes(trained) == before and not (trained / "new").exists()
 
 
+@pytest.mark.slow
 def test_train_refuses_a_previous_checkpoint_of_another_task_or_seed(trained):
     before = _hashes(trained)
     # task 2 from task 0's checkpoint (a skipped task)
@@ -256,6 +259,7 @@ def test_check_previous_names_each_field(tiny_params):
         assert "s/split.json" in str(err.value)
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_checkpoints_that_are_not_the_splits_tasks(trained):
     # the tasks out of order
     proc = ncil(["evaluate", "--split", SPLIT, "--checkpoints", f"{INC}/model.pt", f"{BASE}/model.pt",

@@ -345,6 +345,7 @@ def test_default_grid_is_still_digits_only():
     assert data["dataset"]["name"] == "digits" and "root" not in data["dataset"]
 
 
+@pytest.mark.slow
 def test_named_target_runs_a_smoke_grid_with_snakemake(tmp_path):
     """`python -m ncil grid tinyimagenet +smoke=cpu ...` then `snakemake tinyimagenet` (real jobs)."""
     project = copy_project(tmp_path / "p")

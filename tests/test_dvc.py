@@ -63,6 +63,7 @@ def reproduced(tmp_path_factory) -> Path:
     return project
 
 
+@pytest.mark.slow
 def test_dvc_and_snakemake_agree_on_the_default_grid(tmp_path):
     from dvc.repo import Repo
 
@@ -169,6 +170,7 @@ def test_snakemake_run_matches_the_dvc_lock(reproduced, tmp_path):
     assert json.loads(dvc(clone, "status", "--json").stdout) == {}
 
 
+@pytest.mark.slow
 def test_the_committed_lock_records_exactly_the_stages_of_dvc_yaml():
     """A stage renamed or removed from dvc.yaml must not stay behind in dvc.lock: the reproduction check
     compares every output the lock records (a stale `paper_tables_digits` entry once failed it)."""

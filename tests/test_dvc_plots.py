@@ -3,12 +3,14 @@
 import json
 import shutil
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
 from tests.test_dvc import dvc
 
 
+@pytest.mark.slow
 def test_dvc_plots_show_renders_the_accuracy_curves(tmp_path):
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / name, tmp_path / name)

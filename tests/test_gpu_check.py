@@ -45,6 +45,7 @@ def cpu_report(tmp_path_factory):
     return json.loads(out.read_text()), proc.stdout
 
 
+@pytest.mark.slow
 def test_cpu_run_reports_cpu_everywhere(cpu_report):
     report, stdout = cpu_report
     assert report["device"]["device"] == "cpu" and "NOT a GPU result" in report["device"]["note"]
@@ -57,12 +58,14 @@ def test_cpu_run_reports_cpu_everywhere(cpu_report):
     assert "cuda" not in table.split("\n", 1)[1]  # below the header line (torch's version names its CUDA build)
 
 
+@pytest.mark.slow
 def test_cpu_run_counts_the_gpu_tests_as_skipped(cpu_report):
     tests = report_tests = cpu_report[0]["gpu_tests"]
     assert (tests["passed"], tests["failed"], tests["errors"], tests["skipped"]) == (0, 0, 0, N_GPU_TESTS)
     assert all("CUDA" in c["message"] for c in report_tests["cases"])
 
 
+@pytest.mark.slow
 def test_cpu_run_times_the_real_training_task(cpu_report):
     rows = cpu_report[0]["timings"]
     # Every method at 32x32, then ours at 224x224; eager only on the CPU (compiled and graphs need a GPU).
@@ -90,6 +93,7 @@ def test_cpu_run_times_the_real_training_task(cpu_report):
     assert sum(n for site, n in sites.items() if site.startswith("nonzero at ncil/methods/mixup.py:")) == 1
 
 
+@pytest.mark.slow
 def test_cpu_run_projects_every_paper_setting(cpu_report):
     projection = cpu_report[0]["projection"]
     assert [(h["dataset"], h["setting"]) for h in projection] == [

@@ -23,6 +23,7 @@ def _resources(output: str) -> dict[str, set[int]]:
     return claims
 
 
+@pytest.mark.slow
 def test_gpu_profile_gives_each_gpu_job_the_whole_gpu(tmp_path):
     project = copy_project(tmp_path / "p")
     target = ["results/digits/base4_inc2/finetune/seed1/metrics.json"]

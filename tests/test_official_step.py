@@ -62,6 +62,7 @@ def _digests(tree) -> str:
 
 
 
+@pytest.mark.slow
 def test_paper_preset_checkpoints_keep_the_bytes_of_the_regenerated_commit(tmp_path):
     """`ours` and `baseline`, tasks 0 and 1: this tree's checkpoint and centers bytes equal those of the old
     commit run on this very machine (CPU-type independent); on the recorded platform also the recorded ones."""

@@ -50,7 +50,7 @@ def test_smoke_cuts_shrink_the_data(cifar_gpu):
 def test_forward_flop(digits, cifar_gpu):
     # 17 tokens of dim 64, 6 blocks: 2 x 12 x 64^2 x 17 + 4 x 17^2 x 64 = 1,745,152 a block
     assert res.forward_flop(digits) == 6 * 1_745_152
-    # the paper's ViT at 32x32 / patch 4: 65 tokens of dim 384 (README: 1.209 GFLOP by torch's counter)
+    # the paper's ViT at 32x32 / patch 4: 65 tokens of dim 384 (docs/gpu.md: 1.209 GFLOP by torch's counter)
     assert res.forward_flop(cifar_gpu) == 6 * (2 * 12 * 384**2 * 65 + 4 * 65**2 * 384) == 1_419_125_760
     assert res.forward_flop(cifar_gpu, cifar_gpu.method["pass_resnet18"]) == res.RESNET18_FLOP_32
 

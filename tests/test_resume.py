@@ -290,6 +290,7 @@ def _copy(preempted, tmp_path) -> Path:
     return Path(shutil.copytree(preempted[0], tmp_path / "project", symlinks=True))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_state_and_the_rerun_resumes_to_the_same_bytes(preempted, tmp_path):
     _, epoch, rc, stderr, clean = preempted
     project = _copy(preempted, tmp_path)
@@ -315,6 +316,7 @@ def test_sigterm_saves_the_state_and_the_rerun_resumes_to_the_same_bytes(preempt
     (["--seed", "2"], "identity.job.seed: expected 2, found 1"),
     ("train.lr=0.002", "identity.config.train.lr: expected 0.002, found 0.001"),
 ])
+@pytest.mark.slow
 def test_a_state_of_another_configuration_is_refused_naming_the_field(preempted, tmp_path, change, field):
     project = _copy(preempted, tmp_path)
     args = [*TASK0, *_outputs(BASE_TASK)]
@@ -330,6 +332,7 @@ def test_a_state_of_another_configuration_is_refused_naming_the_field(preempted,
     assert (project / state).is_file() and not (project / BASE_TASK / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_truncated_state_is_refused_not_silently_restarted(preempted, tmp_path):
     project = _copy(preempted, tmp_path)
     state = project / BASE_TASK / "resume.pt"
@@ -389,6 +392,7 @@ def _reprepare_with_one_image_replaced(project: Path) -> str:
     return io.sha256_file(folder / "train_images.npy")
 
 
+@pytest.mark.slow
 def test_a_state_of_other_data_is_refused_and_a_fresh_run_equals_the_uninterrupted_one(preempted, tmp_path):
     project = _copy(preempted, tmp_path)
     state = f"{BASE_TASK}/resume.pt"
@@ -407,6 +411,7 @@ def test_a_state_of_other_data_is_refused_and_a_fresh_run_equals_the_uninterrupt
     assert _md5s(project / "clean_new") != preempted[4]  # the replaced image changes the checkpoint
 
 
+@pytest.mark.slow
 def test_a_state_of_another_split_is_refused_naming_it(preempted, tmp_path):
     project = _copy(preempted, tmp_path)
     split_file = project / BASE_SPLIT
@@ -421,6 +426,7 @@ def test_a_state_of_another_split_is_refused_naming_it(preempted, tmp_path):
             f"this resumable state belongs to another split (the --split file changed)") in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_state_of_other_code_is_refused_and_code_outside_the_step_does_not_matter(preempted, tmp_path):
     """The project's copy of the package is what `python -m ncil` runs there (cwd first on sys.path)."""
     project = _copy(preempted, tmp_path)
@@ -443,6 +449,7 @@ def test_a_state_of_other_code_is_refused_and_code_outside_the_step_does_not_mat
 # --- Clear stops: Ctrl-C, an unreadable state (issue 20 item 8) ----------------------------------
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_state_says_one_line_and_exits_130_then_the_rerun_resumes(preempted, tmp_path):
     project = _copy(preempted, tmp_path)
     shutil.rmtree(project / BASE_TASK)
@@ -514,6 +521,7 @@ def test_an_unreadable_state_is_named_unreadable_not_corrupt(tmp_path, monkeypat
         resume.load(path, {"task": 0})
 
 
+@pytest.mark.slow
 def test_a_folder_in_place_of_the_state_is_refused_by_train(preempted, tmp_path):
     project = _copy(preempted, tmp_path)
     state = project / BASE_TASK / "resume.pt"

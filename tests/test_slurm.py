@@ -3,7 +3,7 @@ through Snakemake's SLURM executor, and every output must be byte-identical to a
 
 Marker ``slurm`` (``python -m pytest -m slurm tests/test_slurm.py``). Where SLURM cannot be installed or
 started here the tests are skipped with the reason, which .ci/run prints. The shared DVC cache a
-cluster's clones use (README "On a cluster") is tested here too, without SLURM.
+cluster's clones use (docs/cluster.md) is tested here too, without SLURM.
 """
 
 from __future__ import annotations
@@ -161,6 +161,7 @@ def test_sigterm_through_slurm_resumes_to_identical_bytes(cluster, tmp_path):
     assert not (remote / target / "resume.pt").exists(), "resume state left behind after the task completed"
 
 
+@pytest.mark.slow
 def test_shared_dvc_cache_second_clone_checks_out_without_rerunning(tmp_path):
     """Clone A commits its outputs into a cache on the "shared file system" (cache.dir, cache.shared
     group, cache.type symlink); clone B, a git clone, gets them with `dvc checkout`: nothing reruns,

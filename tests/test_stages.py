@@ -146,7 +146,7 @@ def test_check_verbs_fail_with_one_line_and_exit_1(tmp_path, monkeypatch, capsys
 
 
 def test_the_installed_package_imports_from_any_folder(tmp_path):
-    """What the Makefile's `pip install --no-deps --editable .` gives: ncil, its public API (README) and
+    """What the Makefile's `pip install --no-deps --editable .` gives: ncil, its public API (docs/workflow.md) and
     its conf/ tree from outside the repository (the copy stands in for a clone)."""
     import shutil
 

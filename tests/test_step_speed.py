@@ -56,6 +56,7 @@ def test_the_teacher_is_cast_only_on_the_gpu_bf16_path():
     assert runtime.autocast_enabled(cuda, "bf16")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(BACKBONES))
 def test_the_steps_model_functions_trace_without_a_graph_break(method):
     """CUDA graphs (``runtime.compile: graphs``) capture what dynamo traces; a graph break would split the

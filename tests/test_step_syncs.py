@@ -81,6 +81,7 @@ def now() -> dict:
 
 
 
+@pytest.mark.slow
 def test_checkpoints_and_history_keep_the_bytes_of_the_steps_that_synced(now, tmp_path):
     """Loss and accuracy summed on the device in float64 (``EpochProgress``), mixup gathered in one pass: the
     checkpoints, centers and per-epoch history of every method equal those of BEFORE, run on this machine."""
@@ -90,6 +91,7 @@ def test_checkpoints_and_history_keep_the_bytes_of_the_steps_that_synced(now, tm
     assert {"ours", "baseline", "pass_resnet18", "ours_official", "fcs"} <= set(before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ours", "baseline", "pass_resnet18"])
 def test_a_paper_preset_step_has_no_host_sync(now, name):
     counts = now[f"{name}:counts"]
@@ -97,6 +99,7 @@ def test_a_paper_preset_step_has_no_host_sync(now, name):
     assert counts["syncs_by_site"] == {} and counts["syncs_per_step"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ours_official", "fcs"])
 def test_an_official_step_syncs_only_for_the_mixup_row_count(now, name):
     """33 syncs per step before (every term, every mixup round's masks, the labels' range); now the number of

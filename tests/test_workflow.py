@@ -44,6 +44,7 @@ def test_snakemake_lint_is_clean():
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_default_grid_job_graph(tmp_path):
     project = copy_project(tmp_path / "default", tiny=False)
     shutil.copytree(ROOT / "grids", project / "grids")  # as in a clone: the paper data sets' grids beside

@@ -135,6 +135,7 @@ def test_dvc_exp_run_with_a_bad_override_runs_no_stage(dvc_project, tmp_path):
     assert (project / paths.PARAMS_CHECK_STAMP).exists()  # persist: not even the stamp is removed
 
 
+@pytest.mark.slow
 def test_gpu_runtime_without_cuda_stops_both_engines_before_any_job(dvc_project, tmp_path, monkeypatch):
     """runtime=gpu composed where there is no CUDA (CUDA_VISIBLE_DEVICES='' hides any GPU, so on every
     machine): a dry run warns; a local Snakemake run exits 2 and DVC stops at check_params, before any job."""
@@ -156,7 +157,7 @@ def test_gpu_runtime_without_cuda_stops_both_engines_before_any_job(dvc_project,
 
 
 # --- Named targets on a fresh clone -----------------------------------------------------------------
-README_TARGETS = ["results/digits/base4_inc2/joint/seed2/metrics.json",
+DOC_TARGETS = ["results/digits/base4_inc2/joint/seed2/metrics.json",
                   "runs/digits/base5_inc1/finetune/seed1/task_3/model.pt"]
 NEEDS_DATA = {"cifar100": "data/raw/cifar-100-python", "tinyimagenet": "data/raw/tiny-imagenet-200",
               "imagenet_subset": "data/raw/imagenet"}
@@ -175,14 +176,16 @@ def clone(tmp_path_factory) -> Path:
     return dest
 
 
-def test_the_readme_lists_the_snakefile_targets():
-    readme = (ROOT / "README.md").read_text()
-    listed = set(re.findall(r"snakemake --cores \w+ ([\w/.-]+)", readme))
-    assert {"tables", "report", "metrics", "models", *README_TARGETS} <= listed
+def test_the_docs_list_the_snakefile_targets():
+    """docs/workflow.md ("Running part of it") names every Snakefile target and the two example files."""
+    doc = (ROOT / "docs" / "workflow.md").read_text()
+    listed = set(re.findall(r"snakemake --cores \w+ ([\w/.-]+)", doc))
+    assert {"tables", "report", "metrics", "models", *DOC_TARGETS} <= listed
     assert set(snakefile_targets()) - {"all"} <= listed | set(NEEDS_DATA)
 
 
-@pytest.mark.parametrize("target", [*snakefile_targets(), *README_TARGETS])
+@pytest.mark.slow
+@pytest.mark.parametrize("target", [*snakefile_targets(), *DOC_TARGETS])
 def test_every_named_target_works_on_a_fresh_clone(clone, target):
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "2", target], cwd=clone,
                           capture_output=True, text=True)
@@ -208,6 +211,7 @@ def test_a_grid_file_with_a_key_given_twice_is_refused_naming_it(pristine, tmp_p
                      re.M), out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override", ["train.epochs=0", "seeds=[1,2]", "runtime=gpu"])
 def test_a_refused_dvc_experiment_leaves_the_users_grid_as_it_was(dvc_project, tmp_path, monkeypatch, override):
     """`dvc exp run -S` composes params.yaml from conf/ and its overrides alone (DVC's Hydra integration),
