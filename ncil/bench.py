@@ -8,7 +8,9 @@ shows up as the ratio step / floor.
 An `official` method (ncil.methods.official_step) is timed the same way; its rows are the 4B rotated
 views plus the mixup images, its floor the student's and the old model's passes over those rows plus the
 key encoder's pass over the rotated strong views (the third backbone pass the method needs, 5.3), so the
-ratio shows the contrastive, transfer, protoAug, PKS and PR terms and the optimiser step.
+ratio shows the contrastive, transfer, protoAug, PKS and PR terms and the optimiser step. Under
+``runtime.static_shapes`` (resolved as train does) the step is the static one: X' holds all R B mixup
+candidates (masked), and the floor runs over those 4B + R B rows too.
 
 Timing on a shared CPU is noisy (other tenants, frequency changes), and the noise only ever adds time.
 So the two are timed in alternating rounds (a slow spell hits both alike) and the ratio compares the
@@ -129,8 +131,10 @@ def _bench_official_step(p: Params, method: MethodConfig, batch_size: int, steps
     passes the method requires (method-spec 5.3), i.e. the student's forward and backward and the old
     model's forward over X' (the 4B rotated views and the mixup images of one draw), and, with the
     contrastive loss on, the key encoder's forward over the 4B rotated strong views."""
+    from ncil.config import resolve_static_shapes
     from ncil.train import official_transfer
 
+    static = resolve_static_shapes(p.runtime.static_shapes, p.runtime.compile)
     layout = official.head_layout(method, n_old, n_new)
     task = _synthetic_task(p, method, layout.n_outputs, batch_size, n_old, n_new, seed, strong_view=True)
     net, x, y = task.net, task.x, task.y
@@ -139,11 +143,13 @@ def _bench_official_step(p: Params, method: MethodConfig, batch_size: int, steps
                                        proto_batch=batch_size)
     optimizer = torch.optim.Adam(official.TrainedModules(net, transfer).parameters(), lr=1e-4)
     full_step = _train_step(lambda: official.official_step(net, x, task.x_strong, y, method, step_state, task.old,
-                                                           task.pr_centers, task.generator)[0], optimizer)
+                                                           task.pr_centers, task.generator, static=static)[0],
+                            optimizer)
 
     xs, ys = rotate_batch(x, y)  # X': the rotated rows, then (with mixup) one draw of the mixup images
     if method.mixup_rounds > 0:
-        x_mix, y_mix = mixup_batch(x, y, layout, torch.Generator().manual_seed(seed), rounds=method.mixup_rounds)
+        x_mix, y_mix = mixup_batch(x, y, layout, torch.Generator().manual_seed(seed), rounds=method.mixup_rounds,
+                                   static=static)[:2]  # static: all R B candidates (dropped ones: a valid label)
         xs, ys = torch.cat([xs, x_mix]), torch.cat([ys, y_mix])
     extra = None
     if method.contrastive > 0:  # the key encoder over X_aug (4B rows), with its own copy of the BN buffers
@@ -152,7 +158,8 @@ def _bench_official_step(p: Params, method: MethodConfig, batch_size: int, steps
         extra = lambda: official.key_features(net.backbone, strong4, floor_buffers)  # noqa: E731
     floor = _backbone_floor(net, task.old.teacher, xs, ys, extra)
     passes = "student fwd+bwd + old-model fwd" + (" + key-encoder fwd" if extra else "")
-    return _timed(full_step, floor, steps, warmup, int(xs.shape[0]), batch_size, p.runtime.threads, net, passes)
+    result = _timed(full_step, floor, steps, warmup, int(xs.shape[0]), batch_size, p.runtime.threads, net, passes)
+    return {**result, "static_shapes": static}
 
 
 def _timed(full_step, floor, steps: int, warmup: int, rows: int, batch_size: int, threads: int, net,

@@ -129,6 +129,9 @@ class MethodConfig:
 # runtime.compile: false (eager), true (torch.compile), graphs (torch.compile mode reduce-overhead: CUDA graphs, CUDA only).
 CompileSetting = typing.Union[bool, str]
 COMPILE_SETTINGS = (False, True, "graphs")
+# runtime.static_shapes: auto (static under runtime.compile graphs, else dynamic), true or false; resolve_static_shapes.
+StaticShapesSetting = typing.Literal["auto", True, False]
+STATIC_SHAPES = ("auto", True, False)
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,10 @@ class RuntimeConfig:
     numerics: str = "native"  # native (fastest kernels of this CPU) or portable (ncil.numerics: same bits on every x86 CPU type)
     resume_every: int = 1  # epochs between saves of a training task's resumable state (ncil.resume); 0 = off
     precision: str = "auto"  # GPU arithmetic: fp32, bf16 (autocast) or auto (the method's preset: PRESET_PRECISION); CPU runs are always fp32
+    # The official step's shapes (issue 21): true = every step the same shapes and no host sync (all R*B mixup
+    # candidates masked, colour jitter selected per image), false = the compacted rows (the default grid's
+    # bytes), auto = true exactly under compile: graphs (CUDA graphs); resolve_static_shapes.
+    static_shapes: StaticShapesSetting = "auto"
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,12 @@ def _coerce(value, annotation, source: str, key: str):
     """Check ``value`` against a (simple) type annotation and return it in that type."""
     if annotation == ScenarioWeights:
         return _scenario_weights(value, source, key)
+    if typing.get_origin(annotation) is typing.Literal:  # a fixed set of YAML values (bool or text)
+        allowed = typing.get_args(annotation)
+        if not any(type(value) is type(a) and value == a for a in allowed):  # True is not 1, "true" not True
+            names = ", ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in allowed)
+            raise _fail(source, key, f"expected one of {names}, got {value!r}")
+        return value
     if annotation == CompileSetting:
         if not (isinstance(value, bool) or value == "graphs"):
             raise _fail(source, key, f"expected false, true or graphs, got {value!r}")
@@ -608,6 +621,17 @@ def resolve_precision(requested: str, device_type: str, preset: str) -> str:
     if device_type != "cuda":
         return "fp32"
     return PRESET_PRECISION[preset] if requested == "auto" else requested
+
+
+def resolve_static_shapes(requested: str | bool, compile_setting: bool | str) -> bool:
+    """Whether the official step runs with static shapes (``runtime.static_shapes``): ``requested`` when it is
+    true or false; auto means true exactly under ``runtime.compile: graphs`` (CUDA only, where a new input
+    shape is a new CUDA graph), so the CPU default keeps the compacted rows and the committed grid's bytes."""
+    if requested == "auto":
+        return compile_setting == "graphs"
+    if not isinstance(requested, bool):
+        raise ConfigError(f"runtime.static_shapes: expected one of auto, true, false, got {requested!r}")
+    return requested
 
 
 def non_default_fields(obj, names=None) -> dict:

@@ -91,6 +91,14 @@ class EpochProgress:
         self.t0, self.seen, self.loss_sum, self.correct = time.perf_counter(), 0, 0.0, 0
 
     @property
+    def seen(self) -> int:
+        return int(self._seen)
+
+    @seen.setter
+    def seen(self, value: int) -> None:
+        self._seen = int(value)
+
+    @property
     def loss_sum(self) -> float:
         return float(self._loss_sum)
 
@@ -106,9 +114,10 @@ class EpochProgress:
     def correct(self, value: int) -> None:
         self._correct = int(value)
 
-    def step(self, loss, batch: int, correct) -> None:
-        """One batch: ``loss`` its mean loss and ``correct`` its number of right predictions (tensors or numbers)."""
-        self.seen += batch
+    def step(self, loss, batch, correct) -> None:
+        """One batch: ``loss`` its mean loss, ``batch`` its number of rows and ``correct`` its number of right
+        predictions (tensors or numbers; a tensor count stays on its device, as the sums do)."""
+        self._seen = self._seen + batch
         loss = loss.detach().double() if hasattr(loss, "detach") else float(loss)  # a tensor stays on its device
         self._loss_sum = self._loss_sum + loss * batch  # a Python float until the first tensor joins
         self._correct = self._correct + correct
@@ -116,13 +125,13 @@ class EpochProgress:
             self.bar.update(1)
 
     def end_epoch(self, epoch: int, lr: float) -> dict:
-        loss_sum, correct = self.loss_sum, self.correct  # the epoch's one read of the running sums
+        loss_sum, correct, seen = self.loss_sum, self.correct, self.seen  # the epoch's one read of the running sums
         seconds = max(time.perf_counter() - self.t0, 1e-9)
         stats = {
             "epoch": epoch + 1,
-            "loss": loss_sum / max(self.seen, 1),
-            "train_acc": 100.0 * correct / max(self.seen, 1),
-            "images_per_s": self.seen / seconds,
+            "loss": loss_sum / max(seen, 1),
+            "train_acc": 100.0 * correct / max(seen, 1),
+            "images_per_s": seen / seconds,
             "lr": lr,
         }
         if self.bar is not None:

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ncil import optim, resume, runtime
-from ncil.config import BASE_RECIPE_FIELDS, MethodConfig, Params, non_default_fields, resolve_precision, to_dict
+from ncil.config import (BASE_RECIPE_FIELDS, MethodConfig, Params, non_default_fields, resolve_precision,
+                         resolve_static_shapes, to_dict)
 from ncil.data import arrays, augment
 from ncil.data.scenario import remap_labels
 from ncil.methods import official_step as official
@@ -54,7 +55,12 @@ def method_snapshot(job: TaskJob) -> dict:
 
 
 def run_config_snapshot(p: Params, job: TaskJob, device_type: str) -> dict:
-    """The resolved configuration a checkpoint carries (everything that shaped its weights)."""
+    """The resolved configuration a checkpoint carries (everything that shaped its weights).
+
+    ``runtime.static_shapes`` is recorded (as true) only where it resolved to true, so the checkpoints of
+    the compacted step, the default grid's, keep their bytes (``resolve_static_shapes``).
+    """
+    static = resolve_static_shapes(p.runtime.static_shapes, p.runtime.compile)
     return {
         "preset": job.method.preset,
         "order_seed": p.order_seed,
@@ -63,7 +69,8 @@ def run_config_snapshot(p: Params, job: TaskJob, device_type: str) -> dict:
         "model": to_dict(p.model),
         "train": to_dict(p.train),
         "runtime": {"threads": p.runtime.threads, "numerics": p.runtime.numerics,
-                    "precision": resolve_precision(p.runtime.precision, device_type, job.method.preset)},
+                    "precision": resolve_precision(p.runtime.precision, device_type, job.method.preset),
+                    **({"static_shapes": True} if static else {})},
         "method": job.method_name,
         "method_config": method_snapshot(job),
     }
@@ -116,6 +123,7 @@ def train_task(
     plan = plan or resume.Plan()
     device, generator = runtime.setup(p.runtime, job.seed, job.task)
     precision = resolve_precision(p.runtime.precision, device.type, job.method.preset)
+    static = resolve_static_shapes(p.runtime.static_shapes, p.runtime.compile)  # the same shapes every step
     method = job.method
     rot = rotations(method)
     label_map = remap_labels(job.class_order)
@@ -229,20 +237,25 @@ def train_task(
         for step in range(first, steps):
             runtime.graph_step_begin(p.runtime.compile)
             idx = order[step]  # (b,) on the device already
-            x = augment.augment_batch(x_all.index_select(0, idx), augment_spec, generator)  # (B, C, H, W) float32
+            x = augment.augment_batch(x_all.index_select(0, idx), augment_spec, generator,
+                                      static=static)  # (B, C, H, W) float32
             if is_official:
                 x_strong = augment.strong_view(x_all.index_select(0, idx), augment_spec, p.dataset.image_size,
-                                               generator)  # (B, C, H, W) float32, method-spec 2.2
+                                               generator, static=static)  # (B, C, H, W) float32, method-spec 2.2
                 with runtime.autocast(device, precision):
                     loss, terms, logits, targets = official.official_step(net, x, x_strong, y_all[idx], method,
-                                                                          step_state, old, pr_centers, generator)
+                                                                          step_state, old, pr_centers, generator,
+                                                                          static=static)
             else:
                 with runtime.autocast(device, precision):
                     loss, terms, logits, targets = step_loss(net, x, y_all[idx], method, old, pr_centers, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            progress.step(loss.detach(), len(targets), (logits.argmax(1) == targets).sum())  # no host sync
+            # Rows and right predictions, no host sync. Static shapes: the dropped mixup rows (target
+            # official.DROPPED_TARGET) count in neither, so the tally is the compacted step's.
+            rows = (targets >= 0).sum() if static and is_official else len(targets)
+            progress.step(loss.detach(), rows, (logits.argmax(1) == targets).sum())
             if step + 1 < steps and plan.stop_requested():
                 stop(resume.Position(epoch, step + 1), epoch_generator,
                      {k: getattr(progress, k) for k in EPOCH_COUNTERS})

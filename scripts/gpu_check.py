@@ -16,7 +16,9 @@
    Syncs per step are counted in the timed epochs with ``torch.cuda.set_sync_debug_mode("warn")``: every
    warning between the end of one step and the end of the next (each epoch's first step, its set-up and its
    one read of the running sums left out). On the CPU a second, short run counts syncs and aten ops per
-   step with ``ncil.opcount``. The data path (index_select + ``augment_batch``) is timed alone over the same
+   step with ``ncil.opcount``. The graphs rows train with ``runtime.static_shapes: true`` (the official step's
+   mixup rows masked, not compacted: one input shape, no sync); the others with ``--static-shapes`` (default
+   auto: compacted, as the default grid). The data path (index_select + ``augment_batch``) is timed alone over the same
    batches; its share is that time over the step time.
 3. Writes one JSON report (``--out``) and prints a table: device, torch version, per row the step time,
    images/s, syncs, kernels, the busy share, the data-path share, peak memory and, for the ViT rows, the
@@ -90,10 +92,14 @@ def parse_args(argv=None):
     ap.add_argument("--methods", default=",".join(METHODS), help=f"methods timed at 32x32, of {','.join(METHODS)}")
     ap.add_argument("--sizes", default="32,64,224", help="image sides to time `ours` at, of 32, 64, 224")
     ap.add_argument("--skip-tests", action="store_true", help="do not run the gpu-marked tests")
+    ap.add_argument("--static-shapes", default="auto", choices=("auto", "true", "false"),
+                    help="runtime.static_shapes of the eager and compiled rows (default auto: the compacted "
+                         "official step, as the default grid trains); the graphs rows always use true")
     ap.add_argument("--max-minutes", type=float, default=6.0,
                     help="skip the remaining timings once this much time has passed (they are reported as skipped)")
     args = ap.parse_args(argv)
     args.cuda = args.device.startswith("cuda")
+    args.static_shapes = {"auto": "auto", "true": True, "false": False}[args.static_shapes]
     if args.cuda and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: CUDA is not available on this machine (torch {torch.__version__}); "
                  "use --device cpu for the reduced CPU run")
@@ -137,12 +143,20 @@ def shape(args) -> dict:
     return {"batch": 8, "n_old": 4, "n_new": 2, "steps": {32: 2, 64: 2, 224: 2}, "epochs": 2}
 
 
+def static_shapes_of(mode: str, args) -> bool | str:
+    """``runtime.static_shapes`` of a row: true in the graphs rows (a CUDA graph per input shape would otherwise
+    be captured at every new mixup row count; issue 21), ``--static-shapes`` in the others (default auto:
+    the compacted rows of the default grid)."""
+    return True if mode == "graphs" else args.static_shapes
+
+
 def params_for(experiment: str, args, mode: str, epochs: int, batch: int, method: str = "ours"):
     exp = plainconf.paper_experiment(experiment)
     overrides = {section: dict(keys) for section, keys in exp["overrides"].items()}  # the experiment's own keys
     overrides["train"] = {**overrides.get("train", {}), "epochs": epochs, "batch_size": batch, "lr_step": 0}
     overrides["runtime"] = {**overrides.get("runtime", {}), "device": args.device,
-                            "threads": 4 if args.cuda else 1, "compile": MODES[mode]}
+                            "threads": 4 if args.cuda else 1, "compile": MODES[mode],
+                            "static_shapes": static_shapes_of(mode, args)}
     if not args.cuda:
         overrides["model"] = {**overrides.get("model", {}), **REDUCED_MODEL, "resnet_width": REDUCED_RESNET_WIDTH}
     data = plainconf.compose_params(exp["dataset"], exp["model"], exp["train"], method, exp["scenarios"][:1],
@@ -342,6 +356,7 @@ def time_training(experiment: str, args, mode: str, deterministic_on: bool = Tru
         "tokens": (size // p.model.patch_size) ** 2, "model": {k: getattr(p.model, k) for k in REDUCED_MODEL},
         "batch": batch, "rows_per_step": rot * batch, "compile": MODES[mode], "deterministic": deterministic_on,
         "precision": payload["config"]["runtime"]["precision"],
+        "static_shapes": payload["config"]["runtime"].get("static_shapes", False),  # recorded only when true
         "epochs": epochs, "steps_per_epoch": steps, "epoch_s": seconds,
         "step_ms": 1e3 * step_s, "images_per_s": batch / step_s,
         "data_path_ms": 1e3 * data_s, "data_path_share": data_s / step_s,

@@ -20,8 +20,8 @@ from ncil.config import ModelConfig, parse_params
 from tests.conftest import ROOT, env
 
 BLOCKED = ("hydra", "omegaconf", "snakemake", "dvc")
-N_GPU_TESTS = 18  # tests/test_gpu.py: 1 autocast + 4 augmentation specs + 5 determinism (size x mode)
-# + 2 compiled/graphed vs eager + 3 methods x (syncs, graph breaks and cudagraph skips)
+N_GPU_TESTS = 21  # tests/test_gpu.py: 1 autocast + 4 augmentation specs + 5 determinism (size x mode)
+# + 2 compiled/graphed vs eager + 3 methods x (syncs with dynamic and with static shapes, graph breaks and cudagraph skips)
 
 
 def blocker(folder) -> str:

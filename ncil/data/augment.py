@@ -342,7 +342,7 @@ _OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
 def color_jitter(x: torch.Tensor, generator: torch.Generator, brightness: float = 0.0, contrast: float = 0.0,
-                 saturation: float = 0.0, hue: float = 0.0) -> torch.Tensor:
+                 saturation: float = 0.0, hue: float = 0.0, *, static: bool = False) -> torch.Tensor:
     """ColorJitter(brightness, contrast, saturation, hue) on float pixels (B, C, H, W) in [0, 1].
 
     As in torchvision, each image gets its own factors (brightness, contrast and saturation uniform in
@@ -353,6 +353,10 @@ def color_jitter(x: torch.Tensor, generator: torch.Generator, brightness: float 
     they apply at that position (a stable sort), each operation runs once on its group, and the
     images go back to their places, so the work is one pass of each operation over the batch.
     The group sizes are read back to the host once per batch (one synchronisation on a GPU).
+    ``static=True`` (``runtime.static_shapes``, issue 21): the same draws; at each position every active
+    operation runs on the whole batch and each image keeps its own operation's result
+    (``torch.where(order[:, p] == slot, op(x), x)``): n_active times the work, no group size read back,
+    the same shapes every batch. Every operation works image by image, so each image gets the same values.
     """
     strengths = (brightness, contrast, saturation, hue)
     active = [k for k, s in enumerate(strengths) if s > 0]
@@ -366,6 +370,14 @@ def color_jitter(x: torch.Tensor, generator: torch.Generator, brightness: float 
     if order is None:
         (k,) = active
         return _OPS[k](x, factors[k])
+    if static:
+        for position in range(len(active)):
+            chosen = order[:, position].view(-1, 1, 1, 1)  # (B, 1, 1, 1) slot applied at this position
+            out = x
+            for slot, k in enumerate(active):
+                out = torch.where(chosen == slot, _OPS[k](x, factors[k]), out)
+            x = out
+        return x
     # counts[p][slot]: images applying operation active[slot] at position p
     counts = torch.nn.functional.one_hot(order, len(active)).sum(0).tolist()  # (n_active, n_active)
     for position in range(len(active)):
@@ -382,7 +394,7 @@ def color_jitter(x: torch.Tensor, generator: torch.Generator, brightness: float 
     return x
 
 
-def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator, *, static: bool = False) -> torch.Tensor:
     """The training view of a batch (B, C, H, W), uint8 or float pixels in [0, 1] -> normalised float32.
 
     Crop (padding filled with black or with the normalisation mean) -> horizontal flip -> colour
@@ -390,7 +402,8 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator
     crop and flip move uint8 pixels (4x less memory traffic) before the conversion to float; crop and
     flip share one gather (``random_crop_flip``).
     With ``spec.resized_crop`` (ImageNet-Subset, method-spec 2.1) the padded crop is replaced by
-    RandomResizedCrop(resized_crop) on float pixels, then the flip: (B, C, S, S).
+    RandomResizedCrop(resized_crop) on float pixels, then the flip: (B, C, S, S). ``static``: the colour
+    jitter's static form (``color_jitter``; ``runtime.static_shapes``).
     """
     if spec.resized_crop:
         x = random_resized_crop(to_unit(x), spec.resized_crop, generator)  # (B, C, S, S) float in [0, 1]
@@ -403,7 +416,7 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator
         x = random_crop_flip(x, spec.crop_padding, generator, fill=fill, flip_p=0.5 if spec.hflip else 0.0)
         x = to_unit(x)  # (B, C, H, W) float in [0, 1]
     if spec.jitter:
-        x = color_jitter(x, generator, spec.brightness, spec.contrast, spec.saturation, spec.hue)
+        x = color_jitter(x, generator, spec.brightness, spec.contrast, spec.saturation, spec.hue, static=static)
     return normalize(x, spec.mean, spec.std)
 
 
@@ -424,7 +437,8 @@ def random_grayscale(x: torch.Tensor, generator: torch.Generator, p: float = STR
     return torch.where(chosen.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
 
 
-def strong_view(x: torch.Tensor, spec: AugmentSpec, size: int, generator: torch.Generator) -> torch.Tensor:
+def strong_view(x: torch.Tensor, spec: AugmentSpec, size: int, generator: torch.Generator, *,
+                static: bool = False) -> torch.Tensor:
     """The official preset's second training view (method-spec 2.2): uint8 or float (B, C, H, W) ->
     normalised float32 (B, C, size, size).
 
@@ -434,10 +448,11 @@ def strong_view(x: torch.Tensor, spec: AugmentSpec, size: int, generator: torch.
     and factors (``color_jitter``; on grey images saturation and hue change nothing but still draw), the
     flip (B). The released code runs this pipeline twice and keeps the second result; that only spends
     random numbers and is skipped here. ``augment_batch`` is independent of this function: a step that
-    calls both draws ``augment_batch``'s numbers first.
+    calls both draws ``augment_batch``'s numbers first. ``static``: the colour jitter's static form
+    (``color_jitter``; ``runtime.static_shapes``).
     """
     x = random_resized_crop(to_unit(x), size, generator, scale=STRONG_SCALE)  # (B, C, S, S) float in [0, 1]
     x = random_grayscale(x, generator)
-    x = color_jitter(x, generator, STRONG_JITTER, STRONG_JITTER, STRONG_JITTER, STRONG_JITTER)
+    x = color_jitter(x, generator, STRONG_JITTER, STRONG_JITTER, STRONG_JITTER, STRONG_JITTER, static=static)
     x = random_hflip(x, generator, STRONG_FLIP_P)
     return normalize(x, spec.mean, spec.std)

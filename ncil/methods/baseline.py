@@ -35,13 +35,19 @@ def rotation0_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits[:, ::N_ROTATIONS]  # (B, 4K) -> (B, K)
 
 
-def feature_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+def feature_distillation(student: torch.Tensor, teacher: torch.Tensor, row_mask: torch.Tensor | None = None) -> torch.Tensor:
     """PASS feature KD (method-spec 4.3): ||student - teacher||_F over the whole (B, D) matrix, a scalar.
 
     The Frobenius norm is the square root of the sum of squares over all B x D entries, NOT a per-sample mean,
     so it grows with sqrt(B): doubling the batch with duplicated rows multiplies it by sqrt(2).
     Unweighted; the caller multiplies by lambda_fkd (10).
+
+    ``row_mask`` (B,) of 0/1 (static shapes, issue 21): the norm over the rows with 1 only, i.e. the norm of the
+    compacted (B_kept, D) matrix; a row with 0 contributes nothing, gradient included (its difference is
+    multiplied by 0 before the norm).
     """
     if student.ndim != 2 or student.shape != teacher.shape:
         raise ValueError(f"expected student and teacher of one shape (B, D), got {tuple(student.shape)} and {tuple(teacher.shape)}")
+    if row_mask is not None:
+        return torch.linalg.vector_norm((student - teacher) * row_mask.to(student.dtype).unsqueeze(1), ord=2)
     return torch.linalg.vector_norm(student - teacher, ord=2)  # (B, D) flattened -> ()

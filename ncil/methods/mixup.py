@@ -16,6 +16,12 @@ Draw order of ``mixup_batch`` (fixes the bytes; all from ``generator``, on its d
   2. ``torch.rand((B, 2, alpha), float64)``: uniforms for one lambda per position i (all B positions, kept
      or not, so the number of draws does not depend on the labels); position i uses [i, 0, :] for G1 and
      [i, 1, :] for G2.
+
+Static shapes (``runtime.static_shapes``, issue 21): ``mixup_batch(..., static=True)`` takes the same draws in
+the same order but returns all R * B candidate rows (round-major, as the compacted rows are ordered) with a
+0/1 ``keep`` mask, so the batch has the same size every step and nothing is read back from the device. A
+dropped row (y_i = y_pi(i)) still holds the mixed image and a valid column as its label
+(``DROPPED_LABEL``); every loss over the rows averages over the kept ones only (``pks.masked_mean``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ MIXUP_ALPHA = 20  # Beta(20, 20), spec 2.4 / 4.8
 MIXUP_ROUNDS = 4  # mix_time
 MIXUP_CLAMP = (0.4, 0.6)  # lambda outside this range ...
 MIXUP_FALLBACK = 0.5  # ... is replaced by 0.5
+DROPPED_LABEL = 0  # static shapes: the label of a dropped candidate row, any valid head column (masked out)
 
 
 def beta_symmetric(alpha: int, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -90,6 +97,31 @@ def mix_rounds(
     return mixed, layout.virtual_labels(y.index_select(0, rows), y.index_select(0, partners), validate=validate)
 
 
+def mix_rounds_static(
+    x: torch.Tensor, y: torch.Tensor, perms: torch.Tensor, lams: torch.Tensor, layout: HeadLayout
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``mix_rounds`` without compaction (pure): perms (R, B), lams (R, B) -> every candidate row
+    (R * B, C, H, W), labels (R * B,) int64, keep (R * B,) bool; round-major, row r * B + i for position i of
+    round r.
+
+    Row r * B + i is lam[r, i] * x[i] + (1 - lam[r, i]) * x[perms[r, i]] (the arithmetic of ``mix_rounds``);
+    keep says y[i] != y[perms[r, i]]. The rows with keep, in order, are ``mix_rounds``'s rows; a dropped
+    row's label is ``DROPPED_LABEL``. No data-dependent shape, no host sync (the labels are not validated:
+    the caller checks them once, ``check_labels``).
+    """
+    n = y.shape[0]
+    perms = perms.to(y.device)
+    partners = perms.reshape(-1)  # (R * B,) pi(i), round-major
+    rows = torch.arange(n, device=y.device).repeat(perms.shape[0])  # (R * B,) i
+    y1, y2 = y.index_select(0, rows), y.index_select(0, partners)  # (R * B,) each
+    keep = y1 != y2  # (R * B,) bool
+    first, second = x.index_select(0, rows.to(x.device)), x.index_select(0, partners.to(x.device))  # (R * B, C, H, W)
+    lam = lams.to(device=x.device, dtype=x.dtype).reshape(-1).view(-1, 1, 1, 1)  # (R * B, 1, 1, 1)
+    mixed = lam * first + (1 - lam) * second  # (R * B, C, H, W)
+    labels = torch.where(keep, layout.virtual_labels(y1, y2, validate=False), DROPPED_LABEL)  # (R * B,)
+    return mixed, labels, keep
+
+
 def check_labels(y: torch.Tensor, layout: HeadLayout) -> None:
     """Mixup labels must be current-task labels in [K_old, K_tot) (one device sync; once per task will do)."""
     if y.numel():
@@ -109,14 +141,16 @@ def mixup_batch(
     clamp: tuple[float, float] = MIXUP_CLAMP,
     fallback: float = MIXUP_FALLBACK,
     validate: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    static: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mixup virtual-class images of one batch (spec 2.4): x (B, C, H, W) normalised, unrotated standard views,
     y (B,) incremental labels of the current task -> x_mix (M, C, H, W), y_mix (M,) int64.
 
     M = number of kept positions summed over the rounds (about 4B (1 - p_same)); the labels lie in
     ``layout.mixup_columns``. See the module docstring for the draw order. The caller appends these rows
     after the 4B rotated views (``rotate_batch``). ``validate=False`` skips ``check_labels`` (a device sync)
-    for a caller that checked the task's labels once.
+    for a caller that checked the task's labels once. ``static=True`` (static shapes): the same draws, and
+    (x_mix (R * B, C, H, W), y_mix (R * B,), keep (R * B,) bool) from ``mix_rounds_static``.
     """
     if rounds < 0:
         raise ValueError(f"mixup rounds must be >= 0, got {rounds!r}")
@@ -125,10 +159,13 @@ def mixup_batch(
     if validate:
         check_labels(y, layout)
     if not rounds:
-        return x.new_empty((0, *x.shape[1:])), torch.empty(0, dtype=torch.int64, device=y.device)
+        empty = x.new_empty((0, *x.shape[1:])), torch.empty(0, dtype=torch.int64, device=y.device)
+        return (*empty, torch.empty(0, dtype=torch.bool, device=y.device)) if static else empty
     n = x.shape[0]
     perms, lams = [], []
     for _ in range(rounds):  # the documented draw order: per round the permutation, then its lambdas
         perms.append(torch.randperm(n, generator=generator, device=generator.device))  # (B,)
         lams.append(clamp_lambdas(beta_symmetric(alpha, n, generator), clamp, fallback))  # (B,) float64
+    if static:
+        return mix_rounds_static(x, y, torch.stack(perms), torch.stack(lams), layout)
     return mix_rounds(x, y, torch.stack(perms), torch.stack(lams), layout, validate=False)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ncil.methods.head_layout import HeadLayout, take_columns
-from ncil.methods.pks import pks_loss_code
+from ncil.methods.pks import masked_mean, pks_loss_code
 from ncil.methods.prototypes import augment_prototypes, class_centers, gaussian_radius, global_radius, offset_loss, split_halves
 
 # The weight of the restoration CE inside L_pr (the code's ratio_old; 4.7 [code]). The other weights are method
@@ -48,27 +48,33 @@ def identity_transfer(d: int, *, device: torch.device | str | None = None, dtype
     return layer
 
 
-def transfer_loss(features: torch.Tensor, old_features: torch.Tensor, transfer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def transfer_loss(features: torch.Tensor, old_features: torch.Tensor, transfer: Callable[[torch.Tensor], torch.Tensor],
+                  row_mask: torch.Tensor | None = None) -> torch.Tensor:
     """L_tr' (4.4): (1/R) sum_b ||f_t(x_b) - T(f_{t-1}(x_b))||_2, a scalar; features, old_features (R, d).
 
     All R = B' rows (rotated and mixed). Gradient reaches ``features`` and T (old_features come from the frozen
-    old model). Unweighted (lambda_tr = 1).
+    old model). Unweighted (lambda_tr = 1). ``row_mask`` (R,) of 0/1 (static shapes, issue 21): the mean over
+    the rows with 1 only (``pks.masked_mean``).
     """
     if features.ndim != 2 or features.shape != old_features.shape:
         raise ValueError(f"expected features and old_features of one shape (R, d), got {tuple(features.shape)} and {tuple(old_features.shape)}")
-    return torch.linalg.vector_norm(features - transfer(old_features), ord=2, dim=-1).mean()  # (R, d) -> (R,) -> ()
+    norms = torch.linalg.vector_norm(features - transfer(old_features), ord=2, dim=-1)  # (R, d) -> (R,)
+    return norms.mean() if row_mask is None else masked_mean(norms, row_mask)  # ()
 
 
 # --- PKS, code form (4.6 [code]) --------------------------------------------------------------------------------
 
 
-def pks_official(featuremaps: torch.Tensor, old_featuremaps: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+def pks_official(featuremaps: torch.Tensor, old_featuremaps: torch.Tensor, features: torch.Tensor,
+                 row_mask: torch.Tensor | None = None) -> torch.Tensor:
     """L_pks (4.6 [code]): featuremaps, old_featuremaps (R, N, d), features (R, d) = the current pooled feature.
 
     D = ||M_t - M_{t-1}||_2 and G = ||M_t - f_t||_1 per position, w = (1/(G + 1e-8)) / max_i (1/(G + 1e-8)) with
-    no stop-gradient, L = sum(w D) / (R N) / N. No CLS term; weight 1. Over all R rows, rotated and mixed.
+    no stop-gradient, L = sum(w D) / (R N) / N. No CLS term; weight 1. Over all R rows, rotated and mixed
+    (``row_mask`` (R,) of 0/1: over the rows with 1 only; static shapes, issue 21).
     """
-    return pks_loss_code(features, featuremaps, old_featuremaps, weighting="inverse", p=1, detach_weights=False, eps=1e-8)
+    return pks_loss_code(features, featuremaps, old_featuremaps, weighting="inverse", p=1, detach_weights=False, eps=1e-8,
+                         row_mask=row_mask)
 
 
 # --- PR, code form (4.7 [code]) ---------------------------------------------------------------------------------
@@ -237,8 +243,15 @@ def class_statistics(features: torch.Tensor, labels: torch.Tensor) -> tuple[torc
 # --- classification (4.1) -----------------------------------------------------------------------------------------
 
 
-def classification_loss(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """L_clf (4.1): CE(z / tau, Y') over all R = B' rows and ALL head columns (real and mixup); logits (R, n_outputs)."""
+def classification_loss(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 0.1,
+                        row_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """L_clf (4.1): CE(z / tau, Y') over all R = B' rows and ALL head columns (real and mixup); logits (R, n_outputs).
+
+    ``row_mask`` (R,) of 0/1 (static shapes, issue 21): the mean of the per-row CE over the rows with 1 only
+    (``pks.masked_mean``); the other rows' targets must still be valid columns, and get exactly zero gradient.
+    """
     if logits.ndim != 2 or targets.shape != (logits.shape[0],):
         raise ValueError(f"expected logits (R, n_outputs) and targets (R,), got {tuple(logits.shape)} and {tuple(targets.shape)}")
+    if row_mask is not None:
+        return masked_mean(F.cross_entropy(logits / temperature, targets, reduction="none"), row_mask)
     return F.cross_entropy(logits / temperature, targets)

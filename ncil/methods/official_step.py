@@ -23,6 +23,19 @@ classes ``randint(0, K_old, (64,))`` and noise ``randn(64, d)`` (drawn whenever 
 loss is on: the same p~ serve both), then PR's split ``randperm(4B)``, its classes ``randint(0, K_old, (4B,))``
 and its pairing ``randperm(4B)``. The released code draws protoAug from NumPy and the PR split from Python's
 ``random``; here every draw comes from the generator, so one seed fixes the step.
+
+Static shapes (``static=True``; ``runtime.static_shapes``, issue 21): X' holds all R * B mixup candidates
+(``mixup_batch(static=True)``: the same draws), so B' = 4B + R B every step and no count is read back. A
+row mask m (B',) of 0/1 (1 for the 4B rotated rows and the kept candidates) makes every term over X' the
+value of the compacted step: the current model's BatchNorm statistics over the kept rows
+(``IncrementalNet.forward(row_mask=)``), L_clf, L_tr and L_pks as means over the kept rows
+(``pks.masked_mean``), L_fkd as the Frobenius norm of the kept rows; the dropped rows get exactly zero
+gradient. The old model runs in eval mode (row by row) and PR and the contrastive loss read the 4B rotated
+rows only, so they need no mask. The returned targets hold ``DROPPED_TARGET`` (-1) on the dropped rows, so
+a count of correct predictions, ``(logits.argmax(1) == targets).sum()``, and of rows, ``(targets >= 0).sum()``,
+are the compacted step's. One difference remains: drop-path draws one number per row of X' from torch's
+global RNG, so a static step spends R * B - M more of them and its kept rows see other drop-path masks
+(the same distribution); with drop_path 0 (or in eval mode) the two forms agree up to float rounding.
 """
 
 from __future__ import annotations
@@ -41,6 +54,7 @@ from ncil.methods.mixup import check_labels, mixup_batch
 from ncil.methods.objective import OldKnowledge, rotations
 from ncil.methods.official import (
     PR_RESTORE_WEIGHT,
+    classification_loss,
     offset_loss_official,
     pks_official,
     pr_offsets,
@@ -52,6 +66,9 @@ from ncil.methods.official import (
     transfer_loss,
 )
 from ncil.methods.pks import pks_loss
+
+
+DROPPED_TARGET = -1  # static shapes: the returned target of a dropped mixup row (no head column)
 
 
 def is_official(method: MethodConfig) -> bool:
@@ -129,6 +146,8 @@ def official_step(
     old: OldKnowledge | None,
     pr_centers: torch.Tensor | None,
     generator: torch.Generator,
+    *,
+    static: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Total loss of one batch -> (loss, terms, logits z (B', n_outputs), targets Y' (B',)); see the module doc.
 
@@ -136,19 +155,24 @@ def official_step(
     classes. ``old`` is None in task 0; ``pr_centers`` (K_tot, d) the task's frozen PR centres (4.7), needed
     when ``method.pr > 0``. ``terms`` holds every weighted term by name: ce, con (task 0 and later), fkd,
     transfer, proto, pks, pr_offset, pr_restore (t >= 1, the ones the method has), each a detached 0-dim tensor
-    on the device.
+    on the device. ``static``: the static-shape form (module doc): X' has 4B + R B rows every step, and the
+    targets hold ``DROPPED_TARGET`` on the dropped mixup rows.
     """
     layout, tau = task.layout, method.ce_temperature
     x4, y4 = rotate_batch(x, y)  # (4B, C, H, W), (4B,): row 4i + k, label 4y + k
     rows, targets = [x4], [y4]
+    row_mask = None  # static shapes: (B',) 0/1, the rows that count
     if method.mixup_rounds > 0:
-        x_mix, y_mix = mixup_batch(x, y, layout, generator, rounds=method.mixup_rounds,
-                                   validate=not task.labels_checked)  # (M, C, H, W), (M,)
-        rows.append(x_mix)
-        targets.append(y_mix.to(y4.device))
+        mixed = mixup_batch(x, y, layout, generator, rounds=method.mixup_rounds,
+                            validate=not task.labels_checked, static=static)  # (M or R B, C, H, W), (M or R B,)
+        rows.append(mixed[0])
+        targets.append(mixed[1].to(y4.device))
+        if static:
+            keep = mixed[2].to(y4.device)  # (R B,) bool
+            row_mask = torch.cat([torch.ones_like(y4, dtype=x.dtype), keep.to(x.dtype)])  # (B',)
     xs, ys = torch.cat(rows), torch.cat(targets)  # X' (B', C, H, W), Y' (B',): the 4B valid rows first
     n_valid = x4.shape[0]
-    out = net(xs)
+    out = net(xs) if row_mask is None else net(xs, row_mask=row_mask)
     f, patches, logits = out["cls"], out["patches"], out["logits"]  # (B', d), (B', N, d), (B', n_outputs)
 
     keys = None
@@ -156,16 +180,19 @@ def official_step(
         strong4, _ = rotate_batch(x_strong, y)  # (4B, C, H, W), the same order as x4
         keys = key_features(net.backbone, strong4, task.key_buffers)  # (4B, d), no gradient
 
-    terms: dict[str, torch.Tensor] = {"ce": F.cross_entropy(logits.float() / tau, ys)}
+    if row_mask is None:
+        terms: dict[str, torch.Tensor] = {"ce": F.cross_entropy(logits.float() / tau, ys)}
+    else:
+        terms = {"ce": classification_loss(logits.float(), ys, tau, row_mask)}
     incremental = old is not None and old.n_old > 0
     protos = proto_classes = None
     if incremental:
         with torch.no_grad():
             old_f, old_patches = old.teacher.backbone(xs)  # (B', d), (B', N, d): one old-model pass (5.3)
         if method.feature_kd > 0:
-            terms["fkd"] = method.feature_kd * feature_distillation(f, old_f)
+            terms["fkd"] = method.feature_kd * feature_distillation(f, old_f, row_mask)
         if method.transfer > 0:
-            terms["transfer"] = method.transfer * transfer_loss(f, old_f, task.transfer)
+            terms["transfer"] = method.transfer * transfer_loss(f, old_f, task.transfer, row_mask)
         if method.proto_aug > 0 or method.contrastive > 0:
             protos, proto_classes = sample_proto_aug(old.centers, old.radius, generator, task.proto_batch)  # (64, d)
         if method.proto_aug > 0:
@@ -173,10 +200,10 @@ def official_step(
                 net.head, task.transfer, protos.to(f.dtype), proto_classes, layout, tau)
         if method.pks > 0:
             if method.pks_form == "official":
-                terms["pks"] = method.pks * pks_official(patches, old_patches, f)
+                terms["pks"] = method.pks * pks_official(patches, old_patches, f, row_mask)
             else:
                 terms["pks"] = method.pks * pks_loss(f, patches, old_f, old_patches, weighting=method.pks_weighting,
-                                                     p=method.pks_p, detach_weights=method.pks_detach)
+                                                     p=method.pks_p, detach_weights=method.pks_detach, row_mask=row_mask)
         if method.pr > 0:
             valid = ys[:n_valid]  # (4B,) the rotated rows' labels 4y + k
             new_off = pr_offsets(f[:n_valid], valid, pr_centers, layout.rotations)  # O^s (4B, d)
@@ -194,5 +221,7 @@ def official_step(
             f[:n_valid], key_f, y4, key_y, method.contrastive_temperature)
 
     total = sum(terms.values())
+    if row_mask is not None:
+        ys = torch.where(row_mask > 0, ys, DROPPED_TARGET)  # (B',) the dropped rows count in no tally
     return total, {k: v.detach() for k, v in terms.items()}, logits, ys
 

@@ -92,6 +92,7 @@ def pks_loss(
     detach_weights: bool = False,
     eps: float = 1e-8,
     reduction: str = "paper",
+    row_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_pks of paper Eq. 3, a scalar (unweighted; the caller multiplies by lambda_pks).
 
@@ -101,20 +102,23 @@ def pks_loss(
     ``reduction="paper"`` (default): per sample, sum_i w_i ||P_t,i - P_t-1,i||_2 + ||P_t,cls - P_t-1,cls||_2,
     then the mean over the batch. ``reduction="code"``: the released code's form, see ``pks_loss_code``
     (teacher_cls is then unused; pass p=1 as well to match the code fully).
-    Returns 0 when the student equals the teacher.
+    Returns 0 when the student equals the teacher. ``row_mask`` (B,) of 0/1 (static shapes, issue 21): the
+    mean over the rows with 1 only (``masked_mean``), as over the compacted batch.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if reduction == "code":
         return pks_loss_code(
             student_cls, student_patches, teacher_patches,
-            weighting=weighting, p=p, detach_weights=detach_weights, eps=eps,
+            weighting=weighting, p=p, detach_weights=detach_weights, eps=eps, row_mask=row_mask,
         )
     if student_cls.shape != teacher_cls.shape:
         raise ValueError(f"student_cls and teacher_cls differ in shape: {tuple(student_cls.shape)} vs {tuple(teacher_cls.shape)}")
     w = patch_weights(student_cls, student_patches, weighting=weighting, p=p, eps=eps, detach=detach_weights)  # (B, N)
     patch_term = (w * patch_distances(student_patches, teacher_patches)).sum(dim=1)  # (B, N) -> (B,)
     cls_term = torch.linalg.vector_norm(student_cls - teacher_cls, ord=2, dim=-1)  # (B, D) -> (B,)
+    if row_mask is not None:
+        return masked_mean(patch_term + cls_term, row_mask)
     return (patch_term + cls_term).mean()  # (B,) -> ()
 
 
@@ -127,14 +131,28 @@ def pks_loss_code(
     p: int = 1,
     detach_weights: bool = False,
     eps: float = 1e-8,
+    row_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The released code's PKS (method-spec 4.6 [code]; Section 8 D3 and D5), a scalar.
 
     L = (1 / (B N)) * sum_{b,i} w[b,i] D[b,i] / N, i.e. the mean over (B, N) divided by N again, with
     D[b,i] = ||P_t[b,i] - P_t-1[b,i]||_2 and w from ``patch_weights`` using the L1 distance (p=1 by default).
     There is no CLS term (the code distils the pooled feature through the feature KD instead).
-    student_cls (B, D) is the current model's CLS / pooled feature; *_patches (B, N, D).
+    student_cls (B, D) is the current model's CLS / pooled feature; *_patches (B, N, D). ``row_mask`` (B,) of 0/1
+    (static shapes, issue 21): the mean over the rows with 1 only (``masked_mean`` of the rows' means over N).
     """
     w = patch_weights(student_cls, student_patches, weighting=weighting, p=p, eps=eps, detach=detach_weights)  # (B, N)
     n_patches = student_patches.shape[1]
+    if row_mask is not None:
+        return masked_mean((w * patch_distances(student_patches, teacher_patches)).mean(dim=1), row_mask) / n_patches
     return (w * patch_distances(student_patches, teacher_patches)).mean() / n_patches  # (B, N) -> ()
+
+
+def masked_mean(values: torch.Tensor, row_mask: torch.Tensor) -> torch.Tensor:
+    """sum(row_mask * values) / sum(row_mask) for values (B,) and row_mask (B,) of 0/1, a scalar: the mean over
+    the rows with 1, as over a compacted batch (static shapes, issue 21). The count is clamped at 1, so no row
+    counted gives 0, not NaN; it stays on the device (no host sync). A row with 0 gets exactly zero gradient."""
+    if values.ndim != 1 or row_mask.shape != values.shape:
+        raise ValueError(f"expected values (B,) and row_mask (B,), got {tuple(values.shape)} and {tuple(row_mask.shape)}")
+    mask = row_mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1)

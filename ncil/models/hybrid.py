@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ncil.config import ModelConfig
+from ncil.models.resnet import masked_forward
 from ncil.models.vit import ViT, _init_linear_and_norm, gpsa_blocks, import_timm_blocks
 
 FUSION_SCALE = 0.1  # weight of the ConViT branch in M = R + 0.1 * adapt(nearest(P)) (released code's constant)
@@ -132,8 +133,13 @@ class ResNetTrunk(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, C, H, W) -> stage-4 map R (B, 8w, h, w)."""
+    def forward(self, x: torch.Tensor, row_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W) -> stage-4 map R (B, 8w, h, w). ``row_mask`` (B,) 0/1: BatchNorm statistics over the
+        rows with mask 1 only (``resnet.masked_forward``; static shapes, issue 21)."""
+        if row_mask is not None:
+            for part in (self.stem, self.layer1, self.layer2, self.layer3, self.layer4):
+                x = masked_forward(part, x, row_mask)
+            return x
         x = self.stem(x)
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
@@ -196,15 +202,18 @@ class HybridBackbone(nn.Module):
         tokens = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], grid, grid)  # (B, D, g, g)
         return self.adapt_fc(F.interpolate(tokens, size=size, mode="nearest"))  # (B, 8w, h, w)
 
-    def fused_map(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, C, H, W) -> M = R + FUSION_SCALE * adapt_fc(nearest(P)) (B, 8w, h, w)."""
-        resnet_map = self.resnet(x)  # (B, 8w, h, w)
+    def fused_map(self, x: torch.Tensor, row_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W) -> M = R + FUSION_SCALE * adapt_fc(nearest(P)) (B, 8w, h, w). ``row_mask``: the
+        ResNet's BatchNorm statistics over those rows only (``ResNetTrunk.forward``); the ConViT branch works
+        row by row."""
+        resnet_map = self.resnet(x) if row_mask is None else self.resnet(x, row_mask)  # (B, 8w, h, w)
         tokens = self.convit(x)  # (B, N, D)
         return resnet_map + FUSION_SCALE * self.convit_map(tokens, resnet_map.shape[-2:])
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, C, H, W) -> (features (B, 8w), featuremaps (B, h*w, 8w))."""
-        fused = self.fused_map(x)  # (B, 8w, h, w)
+    def forward(self, x: torch.Tensor, row_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C, H, W) -> (features (B, 8w), featuremaps (B, h*w, 8w)); ``row_mask`` (B,) 0/1 or None: see
+        ``fused_map``."""
+        fused = self.fused_map(x) if row_mask is None else self.fused_map(x, row_mask)  # (B, 8w, h, w)
         featuremaps = fused.flatten(2).transpose(1, 2)  # (B, h*w, 8w), row-major positions
         return fused.mean(dim=(2, 3)), featuremaps
 

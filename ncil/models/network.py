@@ -7,6 +7,7 @@ from torch import nn
 
 from ncil.config import ModelConfig
 from ncil.models.head import GrowingHead
+from ncil.models.resnet import has_batch_norm
 from ncil.models.vit import ViT
 
 
@@ -15,14 +16,23 @@ class IncrementalNet(nn.Module):
         super().__init__()
         self.backbone = build_backbone(cfg, in_chans, backbone)
         self.head = GrowingHead(self.backbone.feature_dim, n_outputs)
+        self.batch_norm = has_batch_norm(self.backbone)  # train-mode outputs depend on the whole batch
 
     @property
     def feature_dim(self) -> int:
         return self.backbone.feature_dim
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x (B, C, H, W) -> {"cls": (B, D), "patches": (B, N, D), "logits": (B, out)}."""
-        cls, patches = self.backbone(x)
+    def forward(self, x: torch.Tensor, row_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """x (B, C, H, W) -> {"cls": (B, D), "patches": (B, N, D), "logits": (B, out)}.
+
+        ``row_mask`` (B,) of 0/1 (static shapes, issue 21): the rows with 0 only hold their place. A backbone
+        without BatchNorm works row by row and ignores it; a BatchNorm one (resnet18, hybrid) takes its batch
+        statistics over the rows with 1 (``ncil.models.resnet.masked_forward``).
+        """
+        if row_mask is None or not self.batch_norm:
+            cls, patches = self.backbone(x)
+        else:
+            cls, patches = self.backbone(x, row_mask=row_mask)
         return {"cls": cls, "patches": patches, "logits": self.head(cls)}
 
 

@@ -54,8 +54,9 @@ def run(args: Args) -> None:
     if args.resume_state:
         return run_resume_state(p, args)
     result = bench_step(p, p.method[args.method], args.batch_size or p.train.batch_size, args.steps)
+    static = " (static shapes)" if result.get("static_shapes") else ""
     say(
-        f"{args.method}: {result['rows']} rows/step ({result['parameters']:,} backbone parameters, "
+        f"{args.method}{static}: {result['rows']} rows/step ({result['parameters']:,} backbone parameters, "
         f"{result['threads']} thread(s), {args.steps} alternating rounds): fastest step {result['step_ms']:.1f} ms, "
         f"fastest floor {result['floor_ms']:.1f} ms ({result['floor_passes']}), ratio {result['ratio']:.3f}; "
         f"medians {result['step_median_ms']:.1f} / {result['floor_median_ms']:.1f} ms, ratio {result['median_ratio']:.3f}; "
