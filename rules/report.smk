@@ -11,10 +11,10 @@ rule summarize:
         split="results/{dataset}/{setting}/split.json",
         evals="results/{dataset}/{setting}/{method}/seed{seed}/eval",
         checkpoints=run_checkpoints,  # their config.runtime.precision: the run's training precision
-        code=code("summarize"),
     output:
         metrics="results/{dataset}/{setting}/{method}/seed{seed}/metrics.json",
     params:
+        code=fingerprint("summarize"),
         params_file=params_file,
         evals=run_evals,
         config_keys=keys_digest("summarize"),
@@ -39,12 +39,12 @@ rule results_table:
     """The data set's results table: mean and std over seeds of every setting and method."""
     input:
         metrics=grid_metrics,
-        code=code("tables"),
     output:
         markdown=report("results/tables/{dataset}_results.md", caption="../report/results_table.rst",
                         category="Results tables", subcategory="{dataset}", labels={"data set": "{dataset}"}),
         csv="results/tables/{dataset}_results.csv",
     params:
+        code=fingerprint("tables"),
         params_file=params_file,
         config_keys=keys_digest("tables"),
     log:
@@ -68,7 +68,6 @@ rule paper_sections:
     and rewrites no other data set's)."""
     input:
         metrics=grid_metrics,
-        code=code("paper-sections"),
     output:
         table1_md="results/tables/{dataset}/table1.md",
         table1_csv="results/tables/{dataset}/table1.csv",
@@ -79,6 +78,7 @@ rule paper_sections:
         table5_md="results/tables/{dataset}/table5.md",
         table5_csv="results/tables/{dataset}/table5.csv",
     params:
+        code=fingerprint("paper-sections"),
         params_file=params_file,
         config_keys=keys_digest("paper_sections"),
     log:
@@ -103,7 +103,6 @@ rule paper_tables:
     failing job leaves them as they were (``committed``), never deleted."""
     input:
         sections=PAPER_SECTIONS,
-        code=code("paper-tables"),
     output:
         table1_md=paper_table("table1"),
         table1_csv=committed(paths.paper_table_files("table1")[1]),
@@ -116,6 +115,7 @@ rule paper_tables:
         table4_md=committed(paths.paper_table_files("table4")[0]),  # DyTox: the paper's values, ours "not run"
         table4_csv=committed(paths.paper_table_files("table4")[1]),
     params:
+        code=fingerprint("paper-tables"),
         params_file=PARAMS_FILE,
         config_keys=keys_digest("paper_tables"),
     log:
@@ -146,12 +146,12 @@ for FIG_DATASET, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
             f"figures{FIG_SUFFIX}"
         input:
             metrics=[run.metrics_file for run in grid.runs(FIG_CONFIG)],
-            code=code("figures"),
         output:
             png=[report(png, caption="../report/figure3.rst", category="Figure 3", subcategory=FIG_DATASET,
                         labels={"data set": FIG_DATASET, "setting": setting}) for png, setting in zip(FIG3_PNG, FIG_SETTINGS)],
             csv=FIG3_CSV,
         params:
+            code=fingerprint("figures"),
             params_file=FIG_PARAMS_FILE,
             config_keys=keys_digest("figures", FIG_DATASET),
         log:
@@ -179,12 +179,12 @@ for FIG_DATASET, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
                 manifest=paths.data_manifest(FIG_DATASET),
                 split=FIG4[1].split_file,
                 checkpoints=FIG4[2],
-                code=code("figure4"),
             output:
                 png=report(paths.weight_map_files(FIG_DATASET)[0], caption="../report/figure4.rst",
                            category="Figure 4", subcategory=FIG_DATASET, labels={"data set": FIG_DATASET}),
                 csv=paths.weight_map_files(FIG_DATASET)[1],
             params:
+                code=fingerprint("figure4"),
                 params_file=FIG_PARAMS_FILE,
                 p=FIG_CONFIG["method"][FIG4[0]].get("pks_p", 2),
                 config_keys=keys_digest("figure4", FIG_DATASET),
@@ -211,12 +211,12 @@ rule costs:
     files, so it is no DVC stage; a measurement, so it lives in results/costs/ and is not verified."""
     input:
         metrics=grid_metrics,
-        code=code("costs"),
     output:
         markdown=report("results/costs/{dataset}_costs.md", caption="../report/costs.rst", category="Costs",
                         subcategory="{dataset}", labels={"data set": "{dataset}"}),
         csv="results/costs/{dataset}_costs.csv",
     params:
+        code=fingerprint("costs"),
         params_file=params_file,
     log:
         "logs/costs/{dataset}.log",

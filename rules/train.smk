@@ -8,11 +8,11 @@ rule train_base:
     input:
         manifest="data/{dataset}/manifest.json",
         split=base_split,  # results/{dataset}/base{initial}/split.json, for a base run of the grid
-        code=code("train"),
     output:
         checkpoint="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/model.pt",
         centers="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/centers.parquet",
     params:
+        code=fingerprint("train"),
         params_file=params_file,
         config_keys=keys_digest("train"),
     log:
@@ -39,13 +39,13 @@ rule train:
         split="results/{dataset}/{setting}/split.json",
         prev_checkpoint=previous_checkpoint,
         prev_centers=previous_centers,
-        code=code("train"),
     output:
         checkpoint="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/model.pt",
         centers="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/centers.parquet",
     wildcard_constraints:
         task="[1-9][0-9]*",
     params:
+        code=fingerprint("train"),
         params_file=params_file,
         config_keys=keys_digest("train"),
     log:
@@ -72,10 +72,10 @@ rule evaluate:
         manifest="data/{dataset}/manifest.json",
         split="results/{dataset}/{setting}/split.json",
         checkpoints=run_checkpoints,
-        code=code("evaluate"),
     output:
         evals=directory("results/{dataset}/{setting}/{method}/seed{seed}/eval"),
     params:
+        code=fingerprint("evaluate"),
         params_file=params_file,
         evals=run_evals,  # eval/task_<t>.parquet, one per checkpoint
         config_keys=keys_digest("evaluate"),
