@@ -7,7 +7,9 @@ the normalised source of its import closure inside the package (ncil/codedeps.py
 * DVC: each stage lists ``fingerprints.yaml: [<verb>]`` under ``params:`` (DVC's own convention for a
   value a stage depends on), so ``dvc.lock`` records one value per stage instead of every code file.
 * Snakemake: each rule has ``params: code=fingerprint("<verb>")`` (a params change is one of Snakemake's
-  rerun triggers), and the input ``fingerprints/<verb>`` is a file whose content is only the fingerprint.
+  rerun triggers, where it has metadata from an earlier run) and the input ``fingerprints/<verb>.txt``, a
+  file holding only the fingerprint and rewritten only when it changes (Snakemake's mtime trigger: a
+  copied checkout without ``.snakemake/`` metadata still reruns what a code change made stale).
 
 Normalised: the module is parsed and dumped with ``ast.dump`` after removing docstrings, so comments,
 docstrings, blank lines and formatting do not count; any change to what the code does does.
@@ -65,6 +67,35 @@ def compute() -> dict[str, str]:
     return {verb: fingerprint_of(code_deps(verb), REPO_ROOT) for verb in sorted(STAGE_MODULES)}
 
 
+STAMP_DIR = "fingerprints"
+
+
+def stamp(verb: str) -> str:
+    """The file (relative to the repository root) holding ``verb``'s fingerprint alone."""
+    return f"{STAMP_DIR}/{verb}.txt"
+
+
+def write(root: str | Path) -> list[str]:
+    """Write fingerprints.yaml and the per-verb files below ``root`` from the code; a file whose content
+    would not change is left alone (its mtime is Snakemake's signal). Returns the files rewritten."""
+    from ncil import io
+
+    values = compute()
+    wanted = {FILE: render(values), **{stamp(verb): value + "\n" for verb, value in values.items()}}
+    written = []
+    for rel, text in wanted.items():
+        path = Path(root) / rel
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            io.write_text(path, text)
+            written.append(rel)
+    for extra in sorted((Path(root) / STAMP_DIR).glob("*.txt")):
+        if extra.relative_to(root).as_posix() not in wanted:
+            extra.unlink()
+            written.append(extra.relative_to(root).as_posix())
+    return written
+
+
 def render(values: dict[str, str]) -> str:
     import yaml
 
@@ -90,6 +121,11 @@ def problem(root: str | Path) -> str | None:
         if stored.get(verb) != value:
             return (f"{Path(root) / FILE}: {verb}: expected {value} (the code now), found {stored.get(verb)}; "
                     f"run `{REFRESH}` to refresh it")
+    for verb, value in now.items():
+        path = Path(root) / stamp(verb)
+        found = path.read_text(encoding="utf-8").strip() if path.is_file() else "(missing)"
+        if found != value:
+            return f"{path}: expected {value} (the code now), found {found}; run `{REFRESH}` to refresh it"
     extra = sorted(set(stored) - set(now))
     if extra:
         return f"{Path(root) / FILE}: {extra[0]}: not a verb; run `{REFRESH}` to refresh it"

@@ -162,6 +162,13 @@ def params_file(wildcards):
     return grid_params(wildcards)[0]
 
 
+def code(verb):
+    """The file holding `python -m ncil <verb>`'s code fingerprint alone (fingerprints/<verb>.txt), an input of
+    its rule: rewritten only when the fingerprint changes, so Snakemake's mtime trigger sees a code change
+    even in a checkout without .snakemake/ metadata, and no other edit."""
+    return _fingerprints.stamp(verb)
+
+
 def fingerprint(verb):
     """The code fingerprint of `python -m ncil <verb>` (fingerprints.yaml, ncil/fingerprints.py), a param of
     its rule: Snakemake reruns a job whose params changed, so an edit reruns exactly the steps DVC reports

@@ -5,6 +5,7 @@ rule prepare:
     """The data set's train/val/test arrays and their manifest (SHA-256 of every file, class names)."""
     input:
         unpack(raw_data),  # raw: the raw folder, class_list: ImageNet-Subset's class list (digits: none)
+        code=code("prepare"),
     output:
         manifest="data/{dataset}/manifest.json",
         arrays=multiext("data/{dataset}/", *[f"{s}_{kind}.npy" for s in paths.DATA_SPLITS for kind in ("images", "labels")]),
@@ -30,6 +31,7 @@ rule prepare:
 rule split:
     """Class order (order_seed) and the classes of each task: base<F> holds the base task alone."""
     input:
+        code=code("split"),
     output:
         split="results/{dataset}/{split_id}/split.json",
     params:

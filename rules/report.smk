@@ -11,6 +11,7 @@ rule summarize:
         split="results/{dataset}/{setting}/split.json",
         evals="results/{dataset}/{setting}/{method}/seed{seed}/eval",
         checkpoints=run_checkpoints,  # their config.runtime.precision: the run's training precision
+        code=code("summarize"),
     output:
         metrics="results/{dataset}/{setting}/{method}/seed{seed}/metrics.json",
     params:
@@ -39,6 +40,7 @@ rule results_table:
     """The data set's results table: mean and std over seeds of every setting and method."""
     input:
         metrics=grid_metrics,
+        code=code("tables"),
     output:
         markdown=report("results/tables/{dataset}_results.md", caption="../report/results_table.rst",
                         category="Results tables", subcategory="{dataset}", labels={"data set": "{dataset}"}),
@@ -68,6 +70,7 @@ rule paper_sections:
     and rewrites no other data set's)."""
     input:
         metrics=grid_metrics,
+        code=code("paper-sections"),
     output:
         table1_md="results/tables/{dataset}/table1.md",
         table1_csv="results/tables/{dataset}/table1.csv",
@@ -103,6 +106,7 @@ rule paper_tables:
     failing job leaves them as they were (``committed``), never deleted."""
     input:
         sections=PAPER_SECTIONS,
+        code=code("paper-tables"),
     output:
         table1_md=paper_table("table1"),
         table1_csv=committed(paths.paper_table_files("table1")[1]),
@@ -146,6 +150,7 @@ for FIG_DATASET, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
             f"figures{FIG_SUFFIX}"
         input:
             metrics=[run.metrics_file for run in grid.runs(FIG_CONFIG)],
+            code=code("figures"),
         output:
             png=[report(png, caption="../report/figure3.rst", category="Figure 3", subcategory=FIG_DATASET,
                         labels={"data set": FIG_DATASET, "setting": setting}) for png, setting in zip(FIG3_PNG, FIG_SETTINGS)],
@@ -179,6 +184,7 @@ for FIG_DATASET, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
                 manifest=paths.data_manifest(FIG_DATASET),
                 split=FIG4[1].split_file,
                 checkpoints=FIG4[2],
+                code=code("figure4"),
             output:
                 png=report(paths.weight_map_files(FIG_DATASET)[0], caption="../report/figure4.rst",
                            category="Figure 4", subcategory=FIG_DATASET, labels={"data set": FIG_DATASET}),
@@ -211,6 +217,7 @@ rule costs:
     files, so it is no DVC stage; a measurement, so it lives in results/costs/ and is not verified."""
     input:
         metrics=grid_metrics,
+        code=code("costs"),
     output:
         markdown=report("results/costs/{dataset}_costs.md", caption="../report/costs.rst", category="Costs",
                         subcategory="{dataset}", labels={"data set": "{dataset}"}),

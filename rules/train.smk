@@ -8,6 +8,7 @@ rule train_base:
     input:
         manifest="data/{dataset}/manifest.json",
         split=base_split,  # results/{dataset}/base{initial}/split.json, for a base run of the grid
+        code=code("train"),
     output:
         checkpoint="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/model.pt",
         centers="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/centers.parquet",
@@ -39,6 +40,7 @@ rule train:
         split="results/{dataset}/{setting}/split.json",
         prev_checkpoint=previous_checkpoint,
         prev_centers=previous_centers,
+        code=code("train"),
     output:
         checkpoint="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/model.pt",
         centers="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/centers.parquet",
@@ -72,6 +74,7 @@ rule evaluate:
         manifest="data/{dataset}/manifest.json",
         split="results/{dataset}/{setting}/split.json",
         checkpoints=run_checkpoints,
+        code=code("evaluate"),
     output:
         evals=directory("results/{dataset}/{setting}/{method}/seed{seed}/eval"),
     params:

@@ -143,6 +143,6 @@ def run(args: Args) -> None:
     from ncil.workflow import REPO_ROOT
 
     _, raw = common.load_params(args.params)
-    io.write_text(REPO_ROOT / fingerprints.FILE, fingerprints.render(fingerprints.compute()))
+    fingerprints.write(REPO_ROOT)
     io.write_text(args.out, render_dvc_yaml(raw, args.params))
     keep_source(args.params, args.out)
