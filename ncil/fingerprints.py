@@ -117,10 +117,11 @@ def problem(root: str | Path) -> str | None:
     stored, now = committed(root), compute()
     if not stored:
         return f"{Path(root) / FILE}: missing; run `{REFRESH}` to write it"
-    for verb, value in now.items():
-        if stored.get(verb) != value:
-            return (f"{Path(root) / FILE}: {verb}: expected {value} (the code now), found {stored.get(verb)}; "
-                    f"run `{REFRESH}` to refresh it")
+    stale = [verb for verb, value in now.items() if stored.get(verb) != value]
+    if stale:
+        first = stale[0]
+        return (f"{Path(root) / FILE}: out of date with the code of {', '.join(stale)} ({first}: expected "
+                f"{now[first]} (the code now), found {stored.get(first)}); run `{REFRESH}` to refresh it")
     for verb, value in now.items():
         path = Path(root) / stamp(verb)
         found = path.read_text(encoding="utf-8").strip() if path.is_file() else "(missing)"
