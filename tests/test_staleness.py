@@ -167,9 +167,12 @@ def test_editing_the_training_code_makes_the_same_steps_stale_in_both(produced, 
     # Snakemake lists the jobs that rerun, DVC's status the stages whose own dependencies changed:
     # those and everything downstream of them are the same set.
     all_jobs = snakemake_jobs(project)
-    jobs = dvc_engine_jobs(all_jobs) | before
+    jobs = dvc_engine_jobs(all_jobs)
+    expected = with_downstream(project, stale)
     # + evaluation, summary, results table, paper sections, paper tables, Figure 3
-    assert jobs == with_downstream(project, stale) and len(jobs) == 4 + 1 + 1 + 4
+    assert expected <= jobs and jobs - before <= expected and len(expected) == 4 + 1 + 1 + 4
+    if metadata:
+        assert jobs == expected
     assert any(job["shell"].startswith(COSTS) for job in all_jobs)  # new metrics: the cost table is redone too
 
 
