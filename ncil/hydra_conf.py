@@ -129,6 +129,10 @@ def write_params(overrides: list[str], params_path: str = "params.yaml", dvc_pat
     # The overrides, so that a refused `dvc exp run` can name the command that recomposes this grid.
     io.write_yaml(params_path, data, header=HEADER + (f"{COMPOSED_BY}{shlex.join(overrides)}\n" if overrides else ""))
     if dvc_path:
+        from ncil import fingerprints
+        from ncil.workflow import REPO_ROOT
+
+        fingerprints.write(REPO_ROOT)  # the code fingerprints dvc.yaml's stages read
         io.write_text(dvc_path, render_dvc_yaml(data, params_path))
         keep_source(params_path, dvc_path)
     return data

@@ -198,12 +198,26 @@ def _read_text(path: Path, what: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
+def check_code(file: str, stored: dict, code: dict[str, str]) -> None:
+    """A metrics.json made by other code than the package's now (its steps' fingerprints,
+    ncil/fingerprints.py) is stale: the steps that made it must rerun before it verifies (pure)."""
+    found = stored["provenance"].get("code_fingerprints")
+    if not isinstance(found, dict):
+        raise Mismatch(file, "provenance", "code_fingerprints", code, found)
+    for verb, value in code.items():
+        if found.get(verb) != value:
+            raise Mismatch(file, "provenance", f"code_fingerprints.{verb}", value, found.get(verb))
+
+
 def verify(root: str | Path, params: dict, log=print) -> dict:
     """Run every check under ``root`` for the grid of ``params``; raise ``Mismatch`` at the first difference.
     Returns counts of what was checked."""
     root = Path(root)
     checked = {"metrics": 0, "tables": 0, "figures": 0, "readme": 0}
     loaded = []
+    from ncil import fingerprints
+
+    code = fingerprints.for_metrics()  # the code that would make each metrics.json now
     for run in grid.runs(params):
         mfile = root / run.metrics_file
         if not mfile.is_file():
@@ -219,6 +233,7 @@ def verify(root: str | Path, params: dict, log=print) -> dict:
         identity = {"dataset": run.dataset, "setting": run.setting, "method": run.method, "seed": run.seed}
         label = setting_label(split["initial_increment"], split["increment"], len(split["tasks"]))
         check_metrics(run.metrics_file, stored, evaluations, identity, label, [len(t) for t in split["tasks"]])
+        check_code(run.metrics_file, stored, code)
         loaded.append(stored)
         checked["metrics"] += 1
     log(f"verify: {checked['metrics']} metrics.json files match their evaluation tables")

@@ -15,7 +15,8 @@ from ncil import resources as res
 from ncil.config import ConfigError, parse_params
 from ncil.devices import cuda_refusal
 from ncil.io import ArtifactError, read_yaml
-from ncil.workflow import code_deps, figure4_run, lookup_params, param_keys, raw_inputs, section_dataset, table_sections
+from ncil import fingerprints as _fingerprints
+from ncil.workflow import figure4_run, lookup_params, param_keys, raw_inputs, section_dataset, table_sections
 
 PARAMS_FILE = "params.yaml"
 
@@ -42,6 +43,14 @@ for _path in workflow.configfiles:  # params.yaml and any --configfile
     read_params(_path)
 validate(config, PARAMS_FILE)
 DATASET = config["dataset"]["name"]
+
+# Each rule's code dependency is its verb's fingerprint (fingerprints.yaml, ncil/fingerprints.py), a param
+# of the rule. fingerprints.yaml out of date with the code (an edit without `python -m ncil dvc-yaml`)
+# stops here, as DVC's check_params stage does: both engines then see the same code.
+_STALE_FINGERPRINTS = _fingerprints.problem(workflow.basedir)
+if _STALE_FINGERPRINTS:
+    sys.exit(f"error: {_STALE_FINGERPRINTS}")
+FINGERPRINTS = _fingerprints.committed(workflow.basedir)
 
 # runtime.device cuda on a machine without CUDA (runtime=gpu composed here by mistake): a dry run says so,
 # a local run stops before its first training or evaluation job (exit 2); a cluster executor's jobs run on
@@ -154,9 +163,19 @@ def params_file(wildcards):
 
 
 def code(verb):
-    """The package files `python -m ncil <verb>` runs (ncil/codedeps.py), a named input of its rule, so
-    an edit reruns exactly the steps DVC reports stale."""
-    return list(code_deps(verb))
+    """The file holding `python -m ncil <verb>`'s code fingerprint alone (fingerprints/<verb>.txt), an input of
+    its rule: rewritten only when the fingerprint changes, so Snakemake's mtime trigger sees a code change
+    even in a checkout without .snakemake/ metadata, and no other edit."""
+    return _fingerprints.stamp(verb)
+
+
+def fingerprint(verb):
+    """The code fingerprint of `python -m ncil <verb>` (fingerprints.yaml, ncil/fingerprints.py), a param of
+    its rule: Snakemake reruns a job whose params changed, so an edit reruns exactly the steps DVC reports
+    stale, and an edit outside the verb's code (or to launch-only code such as ncil/devices.py) none."""
+    if verb not in FINGERPRINTS:
+        sys.exit(f"error: fingerprints.yaml: {verb}: missing; run `python -m ncil dvc-yaml`")
+    return FINGERPRINTS[verb]
 
 
 def keys_digest(kind, dataset=None):

@@ -10,6 +10,7 @@ rule prepare:
         manifest="data/{dataset}/manifest.json",
         arrays=multiext("data/{dataset}/", *[f"{s}_{kind}.npy" for s in paths.DATA_SPLITS for kind in ("images", "labels")]),
     params:
+        code=fingerprint("prepare"),
         params_file=params_file,
         config_keys=keys_digest("prepare"),
     log:
@@ -34,6 +35,7 @@ rule split:
     output:
         split="results/{dataset}/{split_id}/split.json",
     params:
+        code=fingerprint("split"),
         params_file=params_file,
         initial=split_initial,
         increment=split_increment,

@@ -15,6 +15,7 @@ rule summarize:
     output:
         metrics="results/{dataset}/{setting}/{method}/seed{seed}/metrics.json",
     params:
+        code=fingerprint("summarize"),
         params_file=params_file,
         evals=run_evals,
         config_keys=keys_digest("summarize"),
@@ -45,6 +46,7 @@ rule results_table:
                         category="Results tables", subcategory="{dataset}", labels={"data set": "{dataset}"}),
         csv="results/tables/{dataset}_results.csv",
     params:
+        code=fingerprint("tables"),
         params_file=params_file,
         config_keys=keys_digest("tables"),
     log:
@@ -79,6 +81,7 @@ rule paper_sections:
         table5_md="results/tables/{dataset}/table5.md",
         table5_csv="results/tables/{dataset}/table5.csv",
     params:
+        code=fingerprint("paper-sections"),
         params_file=params_file,
         config_keys=keys_digest("paper_sections"),
     log:
@@ -116,6 +119,7 @@ rule paper_tables:
         table4_md=committed(paths.paper_table_files("table4")[0]),  # DyTox: the paper's values, ours "not run"
         table4_csv=committed(paths.paper_table_files("table4")[1]),
     params:
+        code=fingerprint("paper-tables"),
         params_file=PARAMS_FILE,
         config_keys=keys_digest("paper_tables"),
     log:
@@ -152,6 +156,7 @@ for FIG_DATASET, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
                         labels={"data set": FIG_DATASET, "setting": setting}) for png, setting in zip(FIG3_PNG, FIG_SETTINGS)],
             csv=FIG3_CSV,
         params:
+            code=fingerprint("figures"),
             params_file=FIG_PARAMS_FILE,
             config_keys=keys_digest("figures", FIG_DATASET),
         log:
@@ -185,6 +190,7 @@ for FIG_DATASET, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
                            category="Figure 4", subcategory=FIG_DATASET, labels={"data set": FIG_DATASET}),
                 csv=paths.weight_map_files(FIG_DATASET)[1],
             params:
+                code=fingerprint("figure4"),
                 params_file=FIG_PARAMS_FILE,
                 p=FIG_CONFIG["method"][FIG4[0]].get("pks_p", 2),
                 config_keys=keys_digest("figure4", FIG_DATASET),
@@ -217,6 +223,7 @@ rule costs:
                         subcategory="{dataset}", labels={"data set": "{dataset}"}),
         csv="results/costs/{dataset}_costs.csv",
     params:
+        code=fingerprint("costs"),
         params_file=params_file,
     log:
         "logs/costs/{dataset}.log",

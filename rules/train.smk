@@ -13,6 +13,7 @@ rule train_base:
         checkpoint="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/model.pt",
         centers="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/centers.parquet",
     params:
+        code=fingerprint("train"),
         params_file=params_file,
         config_keys=keys_digest("train"),
     log:
@@ -46,6 +47,7 @@ rule train:
     wildcard_constraints:
         task="[1-9][0-9]*",
     params:
+        code=fingerprint("train"),
         params_file=params_file,
         config_keys=keys_digest("train"),
     log:
@@ -76,6 +78,7 @@ rule evaluate:
     output:
         evals=directory("results/{dataset}/{setting}/{method}/seed{seed}/eval"),
     params:
+        code=fingerprint("evaluate"),
         params_file=params_file,
         evals=run_evals,  # eval/task_<t>.parquet, one per checkpoint
         config_keys=keys_digest("evaluate"),

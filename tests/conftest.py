@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ["ncil", "conf", "rules", "profiles", "envs", "Snakefile", ".dvcignore", "pyproject.toml"]
+PROJECT_FILES = ["ncil", "conf", "rules", "profiles", "envs", "Snakefile", ".dvcignore", "pyproject.toml",
+                 "fingerprints.yaml", "fingerprints"]
 # A grid that runs in seconds: one setting (4 + 2 x 3), both methods, one seed, one epoch, tiny ViT.
 TINY_OVERRIDES = ["model=vit_digits_tiny", "train=smoke", "scenario=[base4_inc2]", "seeds=[1]"]
 TINY_CONFIG = """\

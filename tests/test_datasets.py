@@ -319,9 +319,10 @@ def test_grid_verb_writes_a_dvc_pipeline_that_runs_from_the_root(tmp_path, monke
 
     stages = yaml.safe_load(dvc_text)["stages"]
     assert all(stage["wdir"] == "../.." for stage in stages.values())
-    deps = stages["prepare_cifar100"]["deps"]  # the code prepare runs (ncil/codedeps.py), then the raw folder
-    assert deps[-1] == "data/raw/cifar-100-python" and "ncil/data/cifar.py" in deps and "ncil/train.py" not in deps
-    assert stages["prepare_cifar100"]["params"] == [{"grids/cifar100/params.yaml": ["dataset"]}]
+    deps = stages["prepare_cifar100"]["deps"]  # the raw folder; the code is a fingerprint (ncil/fingerprints.py)
+    assert deps == ["data/raw/cifar-100-python"]
+    assert stages["prepare_cifar100"]["params"] == [{"grids/cifar100/params.yaml": ["dataset"]},
+                                                    {"fingerprints.yaml": ["prepare"]}]
     assert "--params grids/cifar100/params.yaml" in stages["prepare_cifar100"]["cmd"]
     assert yaml.safe_load(params_text) == data and data["seeds"] == [1]
 

@@ -97,33 +97,104 @@ def test_a_fresh_run_is_up_to_date_in_both_engines(produced):
     assert "Nothing to be done" in snakemake(produced, "--dry-run").stdout
 
 
-def test_editing_the_table_code_makes_only_the_table_steps_stale(produced, tmp_path):
-    project = tmp_path / "p"
-    shutil.copytree(produced, project, symlinks=True)
-    with open(project / "ncil" / "tables.py", "a") as fh:
-        fh.write("\n# an edit\n")
-    stale = stale_dvc_commands(project)
-    verbs = sorted(cmd.split()[3] for cmd in stale)
-    assert verbs == ["figures", "paper-sections", "paper-tables", "tables"]  # Figure 3 reads the tables' formatting too
-    jobs = dvc_engine_jobs(snakemake_jobs(project))
-    assert jobs == stale == with_downstream(project, stale)  # nothing reads their outputs
-    assert not [cmd for cmd in stale if " train " in cmd or " evaluate " in cmd]
+CHECK = "dvc-yaml"  # check_params (DVC only) reruns when fingerprints.yaml changes: a validation, no artifact
+REPORT_VERBS = ["figures", "paper-sections", "paper-tables", "tables"]  # Figure 3 reads the tables' formatting too
 
 
-def test_editing_the_training_code_makes_the_same_steps_stale_in_both(produced, tmp_path):
+def copied(produced: Path, tmp_path: Path, metadata: bool = True) -> Path:
+    """A copy of the run project (mtimes kept); without ``metadata``, as a copied checkout: no .snakemake/."""
     project = tmp_path / "p"
     shutil.copytree(produced, project, symlinks=True)
-    with open(project / "ncil" / "train.py", "a") as fh:
-        fh.write("\n# an edit\n")
-    stale = stale_dvc_commands(project)
+    if not metadata:
+        shutil.rmtree(project / ".snakemake")
+    return project
+
+
+def edit(project: Path, module: str, code: str = "\n_EDITED = 1\n", refresh: bool = True) -> None:
+    """A code edit (a statement, not a comment) and, as a developer does, `python -m ncil dvc-yaml`."""
+    with open(project / module, "a") as fh:
+        fh.write(code)
+    if refresh:
+        ncil(["dvc-yaml"], project)
+
+
+def stale_verbs(project: Path) -> list[str]:
+    return sorted(cmd.split()[3] for cmd in stale_dvc_commands(project) if cmd.split()[3] != CHECK)
+
+
+def nothing_stale(project: Path) -> None:
+    ncil(["dvc-yaml", "--check"], project)  # the fingerprints still follow the code: no refresh needed
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}
+    assert "Nothing to be done" in snakemake(project, "--dry-run").stdout
+
+
+@pytest.mark.parametrize("metadata", [True, False], ids=["has-run", "copied-checkout"])
+def test_editing_the_table_code_makes_only_the_report_steps_stale(produced, tmp_path, metadata):
+    project = copied(produced, tmp_path, metadata)
+    # Without metadata Snakemake goes by mtimes, and `dvc commit` re-linked the cached outputs after the run
+    # (newer than what reads them): what it schedules before the edit is not the edit's doing.
+    before = set() if metadata else dvc_engine_jobs(snakemake_jobs(project))
+    edit(project, "ncil/tables.py")
+    assert stale_verbs(project) == REPORT_VERBS
+    stale = {c for c in stale_dvc_commands(project) if c.split()[3] != CHECK}
+    after = dvc_engine_jobs(snakemake_jobs(project))
+    assert stale == with_downstream(project, stale) and stale <= after  # nothing reads their outputs
+    if metadata:
+        assert after == stale
+    # no summarize step added: no metrics.json is rewritten (its recorded fingerprints do not include tables)
+    assert not [cmd for cmd in after - before if cmd.split()[3] in ("train", "evaluate", "summarize")]
+
+
+def test_editing_how_a_gpu_is_claimed_makes_nothing_stale(produced, tmp_path):
+    project = copied(produced, tmp_path)
+    edit(project, "ncil/devices.py", refresh=False)
+    nothing_stale(project)
+
+
+def test_a_docstring_and_comment_edit_makes_nothing_stale(produced, tmp_path):
+    project = copied(produced, tmp_path)
+    source = (project / "ncil" / "train.py").read_text()
+    assert source.startswith('"""')
+    (project / "ncil" / "train.py").write_text('"""Edited docstring. ' + source[3:] + "\n# a comment\n")
+    nothing_stale(project)
+
+
+@pytest.mark.parametrize("metadata", [True, False], ids=["has-run", "copied-checkout"])
+def test_editing_the_training_code_makes_the_same_steps_stale_in_both(produced, tmp_path, metadata):
+    project = copied(produced, tmp_path, metadata)
+    before = set() if metadata else dvc_engine_jobs(snakemake_jobs(project))  # see the report-edit test
+    edit(project, "ncil/train.py")
+    stale = {c for c in stale_dvc_commands(project) if c.split()[3] != CHECK}
     assert sorted(re.search(r"--task (\d)", cmd).group(1) for cmd in stale) == ["0", "1", "2", "3"]
     # Snakemake lists the jobs that rerun, DVC's status the stages whose own dependencies changed:
     # those and everything downstream of them are the same set.
     all_jobs = snakemake_jobs(project)
     jobs = dvc_engine_jobs(all_jobs)
+    expected = with_downstream(project, stale)
     # + evaluation, summary, results table, paper sections, paper tables, Figure 3
-    assert jobs == with_downstream(project, stale) and len(jobs) == 4 + 1 + 1 + 4
+    assert expected <= jobs and jobs - before <= expected and len(expected) == 4 + 1 + 1 + 4
+    if metadata:
+        assert jobs == expected
     assert any(job["shell"].startswith(COSTS) for job in all_jobs)  # new metrics: the cost table is redone too
+
+
+def test_a_code_edit_without_refreshing_the_fingerprints_stops_both_engines(produced, tmp_path):
+    project = copied(produced, tmp_path)
+    edit(project, "ncil/train.py", refresh=False)
+    snakemake_dry_run = [sys.executable, "-m", "snakemake", "--cores", "2", "--dry-run"]
+    for proc in (ncil(["dvc-yaml", "--check"], project, check=False), run(snakemake_dry_run, project, check=False)):
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0, out
+        assert "fingerprints.yaml: out of date with the code of" in out and "python -m ncil dvc-yaml" in out, out
+
+
+def test_verify_refuses_metrics_made_by_other_training_code(produced, tmp_path):
+    project = copied(produced, tmp_path)
+    ncil(["verify"], project)
+    edit(project, "ncil/train.py")
+    proc = ncil(["verify"], project, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "code_fingerprints.train" in out, out
 
 
 def test_dvc_exp_run_with_a_bad_override_keeps_every_output(produced, tmp_path):

@@ -18,7 +18,7 @@ from ncil.stages import common
 VERB = "summarize"
 HELP = "accuracy matrix, Avg, Last and forgetting of one run"
 RUN_KEYS = ("dataset", "setting", "method", "seed", "label")
-PROVENANCE_KEYS = ("preset", "metric_convention", "order_seed", "seed", "code_version", "class_order")
+PROVENANCE_KEYS = ("preset", "metric_convention", "order_seed", "seed", "code_fingerprints", "class_order")
 SUMMARY_KEYS = ("avg_accuracy", "last_accuracy", "avg_forgetting", "accuracy_per_step")  # metrics.summarize
 TOP_LEVEL_KEYS = ("run", "provenance", "acc_matrix", "test_counts", *SUMMARY_KEYS, "variants")
 OPTIONAL_KEYS = ("variants",)  # files written before the variants were added lack them
@@ -82,9 +82,10 @@ def training_precision(configs: list[dict]) -> str:
 
 
 def build_metrics(evaluations: list[dict], split: dict, run: dict, preset: str, order_seed: int,
-                  code_version: str, precision: str | None = None) -> dict:
+                  code_fingerprints: dict[str, str], precision: str | None = None) -> dict:
     """The metrics record of one run (pure). ``run``: dataset, setting, method, seed. ``precision``
-    (``training_precision`` of its checkpoints): recorded in the provenance when given."""
+    (``training_precision`` of its checkpoints): recorded in the provenance when given.
+    ``code_fingerprints``: the code fingerprint of each step kind that made it (ncil/fingerprints.py)."""
     from ncil import metrics
     from ncil.provenance import setting_label
 
@@ -94,7 +95,7 @@ def build_metrics(evaluations: list[dict], split: dict, run: dict, preset: str, 
     return {
         "run": {**run, "label": setting_label(split["initial_increment"], split["increment"], n_tasks)},
         "provenance": {"preset": preset, "metric_convention": metrics.CONVENTION, "order_seed": order_seed,
-                       "seed": run["seed"], "code_version": code_version, "class_order": split["class_order"],
+                       "seed": run["seed"], "code_fingerprints": dict(code_fingerprints), "class_order": split["class_order"],
                        **({} if precision is None else {"precision": precision})},
         "acc_matrix": [[None if v != v else float(v) for v in row] for row in acc],
         "test_counts": [int(c) for c in counts],
@@ -131,7 +132,7 @@ def validate_metrics(data, source) -> dict:
 
 def run(args: Args) -> None:
     from ncil import io
-    from ncil.provenance import code_version
+    from ncil import fingerprints
     from ncil.stages.split import read_split
 
     common.refuse_overlap({"--out": args.out, "--log": args.log},
@@ -152,4 +153,4 @@ def run(args: Args) -> None:
         precision = training_precision([io.load_checkpoint(c)["config"] for c in args.checkpoints])
     run_identity = {"dataset": p.dataset.name, "setting": args.setting, "method": args.method, "seed": args.seed}
     io.write_json(args.out, build_metrics(evaluations, split, run_identity, p.method[args.method].preset,
-                                          p.order_seed, code_version(), precision))
+                                          p.order_seed, fingerprints.for_metrics(), precision))

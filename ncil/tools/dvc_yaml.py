@@ -117,6 +117,12 @@ def check(args: Args) -> None:
         if advice:
             raise ConfigError(f"{err}; {advice}") from None
         raise
+    from ncil import fingerprints
+    from ncil.workflow import REPO_ROOT
+
+    stale = fingerprints.problem(REPO_ROOT)
+    if stale:
+        raise common.CheckFailed(f"error: {stale} (the code changed since it was written)")
     current = Path(args.out).read_text() if Path(args.out).exists() else ""
     if current != render_dvc_yaml(raw, args.params):
         advice = undo_experiment_params(args.params, args.out)
@@ -133,6 +139,10 @@ def run(args: Args) -> None:
     if args.check:
         check(args)
         return
+    from ncil import fingerprints
+    from ncil.workflow import REPO_ROOT
+
     _, raw = common.load_params(args.params)
+    fingerprints.write(REPO_ROOT)
     io.write_text(args.out, render_dvc_yaml(raw, args.params))
     keep_source(args.params, args.out)
