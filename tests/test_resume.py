@@ -471,6 +471,7 @@ def test_ctrl_c_saves_the_state_says_one_line_and_exits_130_then_the_rerun_resum
 
 
 def test_stop_flag_takes_sigint_and_sigterm_and_gives_their_exit_status():
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler; SIG_IGN where pytest runs in the background (nohup, &)
     flag = resume.StopFlag().install()
     try:
         assert not flag() and flag.exit_status == resume.PREEMPTED_EXIT
@@ -481,7 +482,7 @@ def test_stop_flag_takes_sigint_and_sigterm_and_gives_their_exit_status():
             signal.raise_signal(signal.SIGINT)
     finally:
         flag.uninstall()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # what it was, restored
 
 
 def test_the_stop_line_says_what_stopped_the_job_and_what_was_saved():
