@@ -20,8 +20,11 @@ reproduce: $(BIN)/.installed
 # Test tiers (docs/testing.md). test: the whole suite, as CI runs it (.ci/run), then the 20 slowest tests.
 # test-fast: under 5 minutes on 2 cores, for every edit: no workflow run end to end (marker slow), no SLURM
 # cluster (slurm), no CUDA (gpu).
+# The whole suite, as CI runs it, on TEST_WORKERS processes (pytest-xdist; most tests use one core, so 2 workers
+# on 2 cores nearly halve it). --dist loadfile keeps each file's tests, and its module fixtures, in one worker.
+TEST_WORKERS ?= 2
 test: $(BIN)/.installed
-	python -m pytest -v --durations=20
+	python -m pytest -v -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 test-fast: $(BIN)/.installed
 	python -m pytest -v -m "not slow and not slurm and not gpu"
