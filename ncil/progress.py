@@ -68,6 +68,23 @@ def close() -> None:
             handler.close()
 
 
+class RunningSum:
+    """An attribute that keeps what ``step`` adds as it is (a device tensor stays on its device) and reads back as
+    a Python ``kind`` (a host sync for a tensor); setting it stores ``kind(value)``."""
+
+    def __init__(self, kind: type):
+        self.kind = kind
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else self.kind(getattr(obj, self.slot))
+
+    def __set__(self, obj, value) -> None:
+        setattr(obj, self.slot, self.kind(value))
+
+
 class EpochProgress:
     """Per-epoch bar (tqdm, terminal only) plus one log line per epoch: epoch, loss, images/s.
 
@@ -90,29 +107,9 @@ class EpochProgress:
     def start_epoch(self) -> None:
         self.t0, self.seen, self.loss_sum, self.correct = time.perf_counter(), 0, 0.0, 0
 
-    @property
-    def seen(self) -> int:
-        return int(self._seen)
-
-    @seen.setter
-    def seen(self, value: int) -> None:
-        self._seen = int(value)
-
-    @property
-    def loss_sum(self) -> float:
-        return float(self._loss_sum)
-
-    @loss_sum.setter
-    def loss_sum(self, value: float) -> None:
-        self._loss_sum = float(value)
-
-    @property
-    def correct(self) -> int:
-        return int(self._correct)
-
-    @correct.setter
-    def correct(self, value: int) -> None:
-        self._correct = int(value)
+    seen = RunningSum(int)  # rows seen this epoch
+    loss_sum = RunningSum(float)  # sum of loss x rows
+    correct = RunningSum(int)  # right predictions
 
     def step(self, loss, batch, correct) -> None:
         """One batch: ``loss`` its mean loss, ``batch`` its number of rows and ``correct`` its number of right

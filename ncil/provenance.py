@@ -1,27 +1,10 @@
-"""Provenance recorded in result files: a code version that reruns of the same code reproduce, and
+"""Provenance recorded in result files (the code's fingerprints are ``ncil.fingerprints``'s): the setting label and
 the platform (CPU type, torch build, GPU) that produced an artifact."""
 
 from __future__ import annotations
 
-import hashlib
 import platform as _platform
 from pathlib import Path
-
-
-def code_version() -> str:
-    """SHA-256 (first 16 hex digits) over the package's Python sources, by relative path.
-
-    A git commit id would change with every commit, even one that touches no code, and break
-    byte-identical reruns; this hash changes only when the package's code does.
-    """
-    root = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for file in sorted(root.rglob("*.py")):
-        digest.update(file.relative_to(root).as_posix().encode())
-        digest.update(b"\0")
-        digest.update(file.read_bytes())
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
 
 
 def setting_label(initial: int, increment: int, n_tasks: int) -> str:
