@@ -1,6 +1,7 @@
 """Helpers of `make check-reproduction-seed`: rerun one seed of the default grid and check it.
 
     python scripts/check_reproduction.py targets --seed 1   # the seed's metrics.json of every setting x method
+    python scripts/check_reproduction.py targets --seed 1 --cover  # every method once, every setting at least once
     python scripts/check_reproduction.py lock               # every output on disk hashes to dvc.lock
     python scripts/check_reproduction.py platform --write   # record this machine as the lock's producer
     python scripts/check_reproduction.py portable           # rerun the portable-numerics reference jobs
@@ -37,13 +38,26 @@ from ncil.provenance import CPU_PLATFORM_KEYS as PLATFORM_KEYS  # noqa: E402
 from ncil.provenance import current_platform, same_platform  # noqa: E402
 
 
-def targets(params_file: Path, seed: int) -> list[str]:
+def covering_pairs(settings: list[str], methods: list[str]) -> list[tuple[str, str]]:
+    """(setting, method) pairs that run every method once and every setting at least once: method i
+    (in params.yaml's order) in setting i mod len(settings). About 1/len(settings) of the grid: each
+    method's code and each setting's split, base task and task schedule are rerun, not every pair."""
+    if not settings or not methods:
+        return []
+    pairs = [(settings[i % len(settings)], method) for i, method in enumerate(methods)]
+    pairs += [(s, methods[0]) for s in settings[len(methods):]]  # more settings than methods
+    return sorted(pairs, key=lambda pair: (settings.index(pair[0]), methods.index(pair[1])))
+
+
+def targets(params_file: Path, seed: int, cover: bool = False) -> list[str]:
+    """The seed's metrics.json of every setting x method of the grid, or (``cover``) of the covering pairs."""
     params = io.read_yaml(params_file)
     if seed not in params["seeds"]:
         raise SystemExit(f"{params_file}: seeds: {seed} is not one of the grid's seeds {params['seeds']}")
     dataset = params["dataset"]["name"]
-    return [f"results/{dataset}/{setting}/{method}/seed{seed}/metrics.json"
-            for setting in params["scenario"] for method in params["method"]]
+    settings, methods = list(params["scenario"]), list(params["method"])
+    pairs = covering_pairs(settings, methods) if cover else [(s, m) for s in settings for m in methods]
+    return [f"results/{dataset}/{setting}/{method}/seed{seed}/metrics.json" for setting, method in pairs]
 
 
 def file_md5(path: Path) -> str:
@@ -234,6 +248,8 @@ def main(argv: list[str]) -> int:
     t = sub.add_parser("targets")
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--params", type=Path, default=Path("params.yaml"))
+    t.add_argument("--cover", action="store_true",
+                   help="every method once and every setting at least once, not every setting x method")
     c = sub.add_parser("lock")
     c.add_argument("--lock", type=Path, default=Path("dvc.lock"))
     c.add_argument("--platform", type=Path, default=PLATFORM_FILE)
@@ -252,7 +268,7 @@ def main(argv: list[str]) -> int:
     if args.command == "portable":
         return portable_command(args.reference, args.record, args.folder, args.emulate)
     if args.command == "targets":
-        print(" ".join(targets(args.params, args.seed)))
+        print(" ".join(targets(args.params, args.seed, args.cover)))
         return 0
     if args.command == "platform":
         if args.check_same:

@@ -20,6 +20,23 @@ def test_targets_are_one_seed_of_every_setting_and_method():
     assert all("/seed1/" in t for t in targets)
 
 
+def test_covering_pairs_run_every_method_once_and_every_setting():
+    pairs = check_reproduction.covering_pairs(["a", "b"], ["m1", "m2", "m3"])
+    assert pairs == [("a", "m1"), ("a", "m3"), ("b", "m2")]
+    # more settings than methods: the first method also runs in the settings left over
+    assert check_reproduction.covering_pairs(["a", "b", "c"], ["m1", "m2"]) == [("a", "m1"), ("b", "m2"), ("c", "m1")]
+    assert check_reproduction.covering_pairs(["a"], ["m1", "m2"]) == [("a", "m1"), ("a", "m2")]
+
+
+def test_ci_subset_covers_every_method_and_setting_of_the_default_grid_in_half_the_runs():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    targets = check_reproduction.targets(ROOT / "params.yaml", 1, cover=True)
+    runs = [t.split("/")[2:4] for t in targets]  # results/digits/<setting>/<method>/seed1/metrics.json
+    assert sorted(m for _, m in runs) == sorted(params["method"])  # each method exactly once
+    assert {s for s, _ in runs} == set(params["scenario"])
+    assert len(targets) == 12 and set(targets) <= set(check_reproduction.targets(ROOT / "params.yaml", 1))
+
+
 def _lock(tmp_path, md5):
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"s": {"outs": [
         {"path": "a.bin", "md5": md5}, {"path": "missing.bin", "md5": "0" * 32}, {"path": "d", "md5": "x.dir"}]}}}))
