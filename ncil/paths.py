@@ -152,6 +152,18 @@ def cost_table_file(dataset: str) -> str:
 PARAMS_CHECK_STAMP = f"{RESULTS_ROOT}/params_checked"
 
 
+# --- Snakemake's params stamps (rules/common.smk; local, gitignored) ----------------------------
+# One file per (data set, step kind, method) holding the digest of the params keys the step reads
+# (ncil.workflow.params_digest), an input of its rules, rewritten only when the digest changes: an
+# edit of params.yaml then reruns those steps by mtime alone, in a checkout without .snakemake/ too.
+PARAMS_STAMP_ROOT = ".ncil/params"
+
+
+def params_stamp(dataset: str, kind: str, method: str | None = None) -> str:
+    """The params stamp of the ``kind`` steps of ``dataset`` (of ``method``'s runs, where keyed by method)."""
+    return f"{PARAMS_STAMP_ROOT}/{dataset}/{kind}{'.' + method if method else ''}.txt"
+
+
 # --- One data set's sections of the paper's tables (results/tables/<dataset>/; git) --------------
 # Each grid writes only its own data set's sections; results/tables/<table>.{md,csv} are assembled
 # from every data set's sections present, so a second grid adds to the tables and rewrites nothing.

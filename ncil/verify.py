@@ -1,6 +1,7 @@
 """``python -m ncil verify``: recompute every reported number and stop at the first that differs.
 
-Chain checked, each link from the one before (issue 4, item 5):
+Chain checked, each link from the one before (issue 4, item 5), after a check that the results are
+not stale (0: every stage of ``dvc.lock`` that ``dvc.yaml`` still has ran with the params file's values now):
 
 1. per-task evaluation tables (``eval/task_<t>.parquet``) -> each ``metrics.json``: accuracy matrix,
    test counts, Acc_k curve, Avg, Last, F_T, and the run's identity (data set, setting, method, seed);
@@ -40,6 +41,18 @@ class Mismatch(Exception):
     def __init__(self, file, row, column, expected, found):
         self.file, self.row, self.column, self.expected, self.found = str(file), row, column, expected, found
         super().__init__(f"{file}: row {row}, column {column}: expected {expected!r}, found {found!r}")
+
+
+class StaleParams(Mismatch):
+    """The results were made with other parameter values than the params file holds now."""
+
+    def __init__(self, stage, params_file, key, locked, current):
+        Mismatch.__init__(self, "dvc.lock", stage, key, locked, current)
+        now = "no such key" if current is ABSENT else f"{current!r}"
+        was = "no such key" if locked is ABSENT else f"{key} = {locked!r}"
+        Exception.__init__(self, f"dvc.lock: stage {stage} ran with {params_file}: {was}, and {params_file} has "
+                           f"{now} now: the results are stale; rerun them (`snakemake` or `dvc repro`) and "
+                           "record them (`make lock`), or restore the params file")
 
 
 def _same(expected, found, tol: float) -> bool:
@@ -209,11 +222,13 @@ def check_code(file: str, stored: dict, code: dict[str, str]) -> None:
             raise Mismatch(file, "provenance", f"code_fingerprints.{verb}", value, found.get(verb))
 
 
-def verify(root: str | Path, params: dict, log=print) -> dict:
-    """Run every check under ``root`` for the grid of ``params``; raise ``Mismatch`` at the first difference.
-    Returns counts of what was checked."""
+def verify(root: str | Path, params: dict, log=print, params_file: str = "params.yaml") -> dict:
+    """Run every check under ``root`` for the grid of ``params`` (read from ``params_file``, relative to
+    ``root``); raise ``Mismatch`` at the first difference. Returns counts of what was checked."""
     root = Path(root)
     checked = {"metrics": 0, "tables": 0, "figures": 0, "readme": 0}
+    checked["locked stages"] = locked_params_checked(root, params, params_file)
+    log(f"verify: {checked['locked stages']} stages of dvc.lock ran with {params_file}'s values")
     loaded = []
     from ncil import fingerprints
 
@@ -329,3 +344,55 @@ def check_readme(readme: Path, expected: dict[str, str]) -> int:
         compare_markdown(f"{readme.name} ({table}:{dataset})", want, body)
         n += 1
     return n
+
+
+# --- 0. the results are not stale: dvc.lock's params against the params file -----------------------
+ABSENT = object()  # a key the params file does not have
+
+
+def first_difference(key: str, locked, current):
+    """(dotted key, locked value, current value) of the first difference, or None; a bool is not an
+    int here (YAML's ``true`` and ``1`` are different settings)."""
+    if isinstance(locked, dict) and isinstance(current, dict):
+        for sub in sorted(set(locked) | set(current), key=str):
+            found = first_difference(f"{key}.{sub}", locked.get(sub, ABSENT), current.get(sub, ABSENT))
+            if found:
+                return found
+        return None
+    if type(locked) is not type(current) and not (isinstance(locked, (int, float)) and isinstance(current, (int, float))
+                                                   and not isinstance(locked, bool) and not isinstance(current, bool)):
+        return key, locked, current
+    return None if locked == current else (key, locked, current)
+
+
+def check_locked_params(stages, locked: dict, params: dict, params_file: str) -> int:
+    """Every stage of ``stages`` (dvc.yaml's names) that dvc.lock (``locked``: its ``stages``) holds must
+    have run with ``params``' values of the keys it recorded from ``params_file``: otherwise its outputs,
+    and the numbers made from them, belong to other parameters (``StaleParams``). Pure; returns the
+    number of stages compared."""
+    compared = 0
+    for stage in stages:
+        recorded = (locked.get(stage) or {}).get("params", {}).get(params_file)
+        if recorded is None:
+            continue
+        compared += 1
+        for key, value in recorded.items():
+            node = params
+            for part in key.split("."):
+                node = node.get(part, ABSENT) if isinstance(node, dict) else ABSENT
+            found = first_difference(key, value, node)
+            if found:
+                raise StaleParams(stage, params_file, *found)
+    return compared
+
+
+def locked_params_checked(root: Path, params: dict, params_file: str) -> int:
+    """``check_locked_params`` on ``root``'s dvc.yaml and dvc.lock (0 where either is missing: nothing recorded)."""
+    import yaml
+
+    files = [root / "dvc.yaml", root / "dvc.lock"]
+    if not all(f.is_file() for f in files):
+        return 0
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # dvc.lock is ~1.3 MB: the C loader reads it in ~1 s
+    stages, locked = (yaml.load(f.read_text(encoding="utf-8"), Loader=loader) or {} for f in files)
+    return check_locked_params(stages.get("stages", {}), locked.get("stages", {}), params, params_file)

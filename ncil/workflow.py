@@ -9,6 +9,8 @@ files for the default grid (design.md 4).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -322,3 +324,12 @@ def lookup_params(params: dict, keys) -> dict:
             node = node[part]
         values[key] = node
     return values
+
+
+def params_digest(kind: str, params: dict, method: str | None = None, extra: dict | None = None) -> str:
+    """Digest of what a ``kind`` step reads from ``params`` (``param_keys``; ``extra``: anything else it
+    reads that is not a file input, as the raw folder's state of a prepare step): Snakemake's params
+    trigger and its params stamps (rules/common.smk) compare this, DVC the keys themselves."""
+    values = lookup_params(params, param_keys(kind, params, method))
+    values.update(extra or {})
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]

@@ -16,7 +16,7 @@ from ncil.config import ConfigError, parse_params
 from ncil.devices import cuda_refusal
 from ncil.io import ArtifactError, read_yaml
 from ncil import fingerprints as _fingerprints
-from ncil.workflow import figure4_run, lookup_params, param_keys, raw_inputs, section_dataset, table_sections
+from ncil.workflow import figure4_run, params_digest, raw_inputs, section_dataset, table_sections
 
 PARAMS_FILE = "params.yaml"
 
@@ -178,22 +178,59 @@ def fingerprint(verb):
     return FINGERPRINTS[verb]
 
 
+def step_params(kind, wildcards, dataset=None):
+    """(data set, method, digest) of the params a ``kind`` step reads (ncil.workflow.params_digest).
+    ``dataset``: the grid of a job without a `dataset` wildcard (default: its wildcard, else params.yaml's)."""
+    dataset = dataset or getattr(wildcards, "dataset", DATASET)
+    params = GRID_OF[dataset][1]
+    method = getattr(wildcards, "method", None)
+    if kind == "figure4":
+        method = figure4_run(params)[0]
+    extra = None
+    if kind == "prepare" and "raw" in raw_inputs(params["dataset"]):  # what is in the raw folder
+        extra = {"raw files": folder_state(params["dataset"]["root"])}
+    return dataset, method, params_digest(kind, params, method, extra)
+
+
 def keys_digest(kind, dataset=None):
-    """Params function: digest of the params.yaml keys a step reads (ncil.workflow.param_keys), so
-    Snakemake's params trigger reruns a job when, and only when, one of them changes. ``dataset``: the
-    grid of a job without a `dataset` wildcard (default: its wildcard, else params.yaml's)."""
+    """Params function: the digest of the params keys a step reads, so Snakemake's params trigger
+    reruns a job when, and only when, one of them changes (in a checkout with .snakemake/ metadata)."""
+    return lambda wildcards: step_params(kind, wildcards, dataset)[2]
 
-    def digest(wildcards):
-        params = GRID_OF[dataset][1] if dataset else grid_params(wildcards)[1]
-        method = getattr(wildcards, "method", None)
-        if kind == "figure4":
-            method = figure4_run(params)[0]
-        values = lookup_params(params, param_keys(kind, params, method))
-        if kind == "prepare" and "raw" in raw_inputs(params["dataset"]):  # what is in the raw folder
-            values["raw files"] = folder_state(params["dataset"]["root"])
-        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
-    return digest
+def config_stamp(kind, dataset=None):
+    """Input function: the step's params stamp (ncil.paths.params_stamp), holding the same digest and
+    rewritten only when it changes, so an edit of a key the step reads reruns it by mtime alone, as
+    in a copied checkout without .snakemake/ metadata, where the params trigger has nothing to compare.
+    A stamp written for the first time is dated 1970 (its absence is no evidence of an edit); a
+    digest that changes and changes back (a dry run in between) reruns the step once."""
+
+    def stamp(wildcards):
+        dataset_name, method, digest = step_params(kind, wildcards, dataset)
+        path = paths.params_stamp(dataset_name, kind, method)
+        write_stamp(path, digest)
+        return path
+
+    return stamp
+
+
+def write_stamp(path, digest):
+    """Write ``digest`` to ``path`` unless it holds it already (atomically: concurrent Snakemake
+    processes, as cluster jobs, compute the same digest and find it there)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if fh.read() == digest + "\n":
+                return
+        new = False
+    except FileNotFoundError:
+        new = True
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(digest + "\n")
+    if new:
+        os.utime(tmp, (1, 1))  # 1 s after the epoch: Snakemake skips the mtime check for mtime 0
+    os.replace(tmp, path)
 
 
 _FOLDER_STATES = {}

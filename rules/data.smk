@@ -6,6 +6,7 @@ rule prepare:
     input:
         unpack(raw_data),  # raw: the raw folder, class_list: ImageNet-Subset's class list (digits: none)
         code=code("prepare"),
+        config_keys=config_stamp("prepare"),
     output:
         manifest="data/{dataset}/manifest.json",
         arrays=multiext("data/{dataset}/", *[f"{s}_{kind}.npy" for s in paths.DATA_SPLITS for kind in ("images", "labels")]),
@@ -32,6 +33,7 @@ rule split:
     """Class order (order_seed) and the classes of each task: base<F> holds the base task alone."""
     input:
         code=code("split"),
+        config_keys=config_stamp("split"),
     output:
         split="results/{dataset}/{split_id}/split.json",
     params:

@@ -12,6 +12,7 @@ rule summarize:
         evals="results/{dataset}/{setting}/{method}/seed{seed}/eval",
         checkpoints=run_checkpoints,  # their config.runtime.precision: the run's training precision
         code=code("summarize"),
+        config_keys=config_stamp("summarize"),
     output:
         metrics="results/{dataset}/{setting}/{method}/seed{seed}/metrics.json",
     params:
@@ -41,6 +42,7 @@ rule results_table:
     input:
         metrics=grid_metrics,
         code=code("tables"),
+        config_keys=config_stamp("tables"),
     output:
         markdown=report("results/tables/{dataset}_results.md", caption="../report/results_table.rst",
                         category="Results tables", subcategory="{dataset}", labels={"data set": "{dataset}"}),
@@ -71,6 +73,7 @@ rule paper_sections:
     input:
         metrics=grid_metrics,
         code=code("paper-sections"),
+        config_keys=config_stamp("paper_sections"),
     output:
         table1_md="results/tables/{dataset}/table1.md",
         table1_csv="results/tables/{dataset}/table1.csv",
@@ -107,6 +110,7 @@ rule paper_tables:
     input:
         sections=PAPER_SECTIONS,
         code=code("paper-tables"),
+        config_keys=config_stamp("paper_tables"),
     output:
         table1_md=paper_table("table1"),
         table1_csv=committed(paths.paper_table_files("table1")[1]),
@@ -151,6 +155,7 @@ for FIG_DATASET, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
         input:
             metrics=[run.metrics_file for run in grid.runs(FIG_CONFIG)],
             code=code("figures"),
+            config_keys=config_stamp("figures", FIG_DATASET),
         output:
             png=[report(png, caption="../report/figure3.rst", category="Figure 3", subcategory=FIG_DATASET,
                         labels={"data set": FIG_DATASET, "setting": setting}) for png, setting in zip(FIG3_PNG, FIG_SETTINGS)],
@@ -185,6 +190,7 @@ for FIG_DATASET, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
                 split=FIG4[1].split_file,
                 checkpoints=FIG4[2],
                 code=code("figure4"),
+                config_keys=config_stamp("figure4", FIG_DATASET),
             output:
                 png=report(paths.weight_map_files(FIG_DATASET)[0], caption="../report/figure4.rst",
                            category="Figure 4", subcategory=FIG_DATASET, labels={"data set": FIG_DATASET}),

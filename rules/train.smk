@@ -9,6 +9,7 @@ rule train_base:
         manifest="data/{dataset}/manifest.json",
         split=base_split,  # results/{dataset}/base{initial}/split.json, for a base run of the grid
         code=code("train"),
+        config_keys=config_stamp("train"),
     output:
         checkpoint="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/model.pt",
         centers="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/centers.parquet",
@@ -41,6 +42,7 @@ rule train:
         prev_checkpoint=previous_checkpoint,
         prev_centers=previous_centers,
         code=code("train"),
+        config_keys=config_stamp("train"),
     output:
         checkpoint="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/model.pt",
         centers="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/centers.parquet",
@@ -75,6 +77,7 @@ rule evaluate:
         split="results/{dataset}/{setting}/split.json",
         checkpoints=run_checkpoints,
         code=code("evaluate"),
+        config_keys=config_stamp("evaluate"),
     output:
         evals=directory("results/{dataset}/{setting}/{method}/seed{seed}/eval"),
     params:

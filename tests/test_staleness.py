@@ -197,6 +197,48 @@ def test_verify_refuses_metrics_made_by_other_training_code(produced, tmp_path):
     assert proc.returncode != 0 and "code_fingerprints.train" in out, out
 
 
+TRAIN_AND_EVALUATE = ["evaluate", "train", "train", "train", "train"]  # the keys train.* are read by both
+
+
+@pytest.mark.parametrize("metadata", [True, False], ids=["has-run", "copied-checkout"])
+def test_a_parameter_edit_makes_the_same_steps_stale_in_both_and_verify_refuses(produced, tmp_path, metadata):
+    project = copied(produced, tmp_path, metadata)
+    before = set() if metadata else dvc_engine_jobs(snakemake_jobs(project))  # see the report-edit test
+    ncil(["verify"], project)
+    ncil(["params", "train.epochs=2"], project)  # smoke: 1 epoch
+    assert stale_verbs(project) == TRAIN_AND_EVALUATE
+    stale = {c for c in stale_dvc_commands(project) if c.split()[3] != CHECK}
+    jobs = dvc_engine_jobs(snakemake_jobs(project))
+    expected = with_downstream(project, stale)
+    assert expected <= jobs and jobs - before <= expected  # in a copied checkout too: the params stamp is newer
+    if metadata:
+        assert jobs == expected
+    proc = ncil(["verify"], project, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "ran with params.yaml: train.epochs = 1, and params.yaml has 2 now" in out, out
+
+
+def test_a_checkout_without_params_stamps_gets_them_without_a_rerun(produced, tmp_path):
+    project = copied(produced, tmp_path, metadata=False)
+    before = snakemake_jobs(project)
+    shutil.rmtree(project / ".ncil")
+    assert snakemake_jobs(project) == before  # a missing stamp is no evidence of an edit
+    stamps = sorted((project / ".ncil" / "params").rglob("*.txt"))
+    assert stamps and all(f.stat().st_mtime == 1 for f in stamps)
+
+
+def test_a_fresh_clone_after_dvc_checkout_is_up_to_date_in_both_once_touched(produced, tmp_path):
+    """A new clone (every file dated now), its outputs from the shared DVC cache, then `snakemake --touch`
+    (docs/workflow.md): no job and no stage to run, with no change at all."""
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(produced), str(clone))
+    dvc(clone, "cache", "dir", "--local", str(produced / ".dvc" / "cache"))
+    dvc(clone, "checkout", "--quiet")
+    snakemake(clone, "--touch")
+    assert json.loads(dvc(clone, "status", "--json").stdout) == {}
+    assert "Nothing to be done" in snakemake(clone, "--dry-run").stdout
+
+
 def test_dvc_exp_run_with_a_bad_override_keeps_every_output(produced, tmp_path):
     project = tmp_path / "p"
     shutil.copytree(produced, project, symlinks=True)

@@ -189,3 +189,48 @@ def test_variants_in_metrics_json_are_checked(copy):
     with pytest.raises(verify.Mismatch) as err:
         verify.check_metrics("m.json", stored, evals, identity, stored["run"]["label"], [1] * run.n_tasks)
     assert (err.value.row, err.value.column) == ("variants", "clipped_forgetting")
+
+
+# --- 0. stale results: dvc.lock's params against the params file (issue 22, item 2) ---------------
+LOCKED = {"train_a": {"params": {"params.yaml": {"train.epochs": 20, "runtime.threads": 1, "dataset": {"name": "digits"}},
+                                 "fingerprints.yaml": {"train": "abc"}}},
+          "gone": {"params": {"params.yaml": {"train.epochs": 7}}}}
+CURRENT = {"train": {"epochs": 20}, "runtime": {"threads": 1}, "dataset": {"name": "digits"}}
+
+
+def test_results_made_with_the_params_now_are_not_stale():
+    # "gone" is in dvc.lock but no longer a stage of dvc.yaml: DVC ignores it, and so does verify
+    assert verify.check_locked_params(["train_a", "new_stage"], LOCKED, CURRENT, "params.yaml") == 1
+
+
+def test_an_edited_param_makes_verify_name_the_stage_the_key_and_both_values():
+    current = {**CURRENT, "train": {"epochs": 5}}
+    with pytest.raises(verify.StaleParams) as err:
+        verify.check_locked_params(["train_a"], LOCKED, current, "params.yaml")
+    assert str(err.value).startswith("dvc.lock: stage train_a ran with params.yaml: train.epochs = 20, "
+                                     "and params.yaml has 5 now: the results are stale")
+
+
+@pytest.mark.parametrize("current, key", [
+    ({**CURRENT, "runtime": {}}, "runtime.threads"),  # a key removed
+    ({**CURRENT, "runtime": {"threads": True}}, "runtime.threads"),  # YAML's true is not 1
+    ({**CURRENT, "dataset": {"name": "digits", "root": "x"}}, "dataset.root"),  # a key added to a section
+])
+def test_a_removed_key_a_bool_for_an_int_and_an_added_subkey_are_differences(current, key):
+    with pytest.raises(verify.StaleParams) as err:
+        verify.check_locked_params(["train_a"], LOCKED, current, "params.yaml")
+    assert err.value.column == key
+
+
+def test_another_params_file_is_not_compared_with_params_yaml_lock_entries():
+    assert verify.check_locked_params(["train_a"], LOCKED, {}, "grids/cifar100/params.yaml") == 0
+
+
+def test_verify_fails_on_the_committed_grid_after_a_params_edit(tmp_path):
+    for name in ("params.yaml", "dvc.yaml", "dvc.lock"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert verify.locked_params_checked(tmp_path, params, "params.yaml") > 400  # every stage of the default grid
+    params["train"]["epochs"] += 1
+    with pytest.raises(verify.StaleParams, match=r"train\.epochs"):
+        verify.locked_params_checked(tmp_path, params, "params.yaml")

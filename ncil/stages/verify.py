@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: Args) -> None:
+    import os
     from pathlib import Path
 
     from ncil.progress import say
@@ -41,8 +42,8 @@ def run(args: Args) -> None:
         changed = refresh_readme(Path(args.root) / "README.md", Path(args.root))
         say(f"verify: README.md table blocks {'rewritten from results/tables' if changed else 'already current'}")
     _, raw = common.load_params(args.params)
-    try:
-        verify(args.root, raw, log=say)
+    try:  # dvc.lock names the params file relative to the project folder
+        verify(args.root, raw, log=say, params_file=os.path.relpath(args.params, args.root))
     except Mismatch as err:
         raise common.CheckFailed(f"verify: MISMATCH {err}") from err
     say("verify: every reported number matches its recomputation")
