@@ -28,6 +28,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -212,14 +213,27 @@ def write_platform(path: Path) -> None:
     io.write_json(path, current_platform())
 
 
+def confirmation(here: dict, seconds: float, day: str | None = None) -> dict:
+    """A confirmed_on entry: the CPU type (what ``same_platform`` compares, its name and flags), the day
+    and what was run there."""
+    import datetime
+
+    return {**{k: here[k] for k in (*PLATFORM_KEYS, "cpu_name", "cpu_flags")},
+            "date": day or datetime.date.today().isoformat(),
+            "evidence": f"`python scripts/check_reproduction.py portable --record`: the {len(REFERENCE_FILES)} "
+                        f"reference outputs bit-identical ({seconds:.0f} s)"}
+
+
 def portable_command(reference_file: Path, record: bool, folder: Path | None, emulate: str | None = None) -> int:
     import tempfile
 
     if emulate and record:
         raise SystemExit("--record with --emulate: an emulated CPU is not a machine; it is never recorded")
     here = current_platform()
+    start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ncil-portable-") as tmp:
         found = run_reference_jobs(folder or Path(tmp), emulate)
+    seconds = time.monotonic() - start
     if emulate:
         reference = io.read_json(reference_file, "portable reference")
         differing = [f"  {f}: reference {reference['hashes'].get(f)}, emulated {md5}" for f, md5 in found.items()
@@ -236,7 +250,7 @@ def portable_command(reference_file: Path, record: bool, folder: Path | None, em
     rc, message = check_portable(found, reference, here)
     print(message)
     if record and rc == 0 and not any(same_platform(seen, here) for seen in reference["confirmed_on"]):
-        reference["confirmed_on"].append({k: here[k] for k in (*PLATFORM_KEYS, "cpu_name", "cpu_flags")})
+        reference["confirmed_on"].append(confirmation(here, seconds))
         io.write_json(reference_file, reference)
         print(f"{reference_file}: recorded {_describe(here)}")
     return rc

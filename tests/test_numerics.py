@@ -4,6 +4,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import re
 import textwrap
 
 import pytest
@@ -115,6 +116,16 @@ def test_committed_reference_lists_its_hashes_and_where_they_held():
     reference = check_reproduction.io.read_json(ROOT / check_reproduction.PORTABLE_REFERENCE)
     assert sorted(reference["hashes"]) == sorted(check_reproduction.REFERENCE_FILES)
     assert reference["confirmed_on"] and all(len(h) == 32 for h in reference["hashes"].values())
+    # each confirmation says when and by what (issue 23, item 1): two vendors, four types on record
+    assert all(re.fullmatch(r"2026-\d\d-\d\d", e["date"]) and e["evidence"] for e in reference["confirmed_on"])
+    assert {e["cpu_vendor"] for e in reference["confirmed_on"]} == {"AuthenticAMD", "GenuineIntel"}
+
+
+def test_a_recorded_confirmation_is_the_cpu_type_its_day_and_its_run():
+    here = {**HERE, "cpu_name": "AMD EPYC", "cpu_flags": ["avx2"], "hostname": "not recorded"}
+    entry = check_reproduction.confirmation(here, 41.6, day="2026-12-05")
+    assert check_reproduction.same_platform(entry, HERE) and "hostname" not in entry
+    assert entry["date"] == "2026-12-05" and "4 reference outputs bit-identical (42 s)" in entry["evidence"]
 
 
 @pytest.mark.slow
