@@ -68,7 +68,7 @@ def repeatable_attention() -> None:
     """Leave ``scaled_dot_product_attention`` on CUDA only its math backend, whose backward repeats bitwise.
 
     Under ``use_deterministic_algorithms(True, warn_only=True)`` torch 2.11 still picks cuDNN attention
-    on sm90, and its backward did not repeat at 224 px (197 keys; ../shared/docs/gpu-baseline.md); the
+    on sm90, and its backward did not repeat at 224 px (197 keys; docs/gpu-baseline.md); the
     memory-efficient kernel's backward accumulates with atomics; and flash attention's backward is
     deterministic only under ``warn_only=False`` (torch says so on the H200: "Flash Attention defaults to
     a non-deterministic algorithm"), a mode that would make every other op without a deterministic kernel
