@@ -219,7 +219,7 @@ def write_stamp(path, digest):
     processes, as cluster jobs, compute the same digest and find it there)."""
     try:
         with open(path, encoding="utf-8") as fh:
-            if fh.read() == digest + "\n":
+            if fh.read() == f"{digest}\n":
                 return
         new = False
     except FileNotFoundError:
@@ -227,7 +227,7 @@ def write_stamp(path, digest):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(digest + "\n")
+        fh.write(f"{digest}\n")
     if new:
         os.utime(tmp, (1, 1))  # 1 s after the epoch: Snakemake skips the mtime check for mtime 0
     os.replace(tmp, path)
