@@ -18,16 +18,17 @@ reproduce: $(BIN)/.installed
 	snakemake --cores $(CORES)
 
 # Test tiers (docs/testing.md). test: the whole suite, as CI runs it (.ci/run), then the 20 slowest tests.
-# test-fast: under 5 minutes on 2 cores, for every edit: no workflow run end to end (marker slow), no SLURM
-# cluster (slurm), no CUDA (gpu).
-# The whole suite, as CI runs it, on TEST_WORKERS processes (pytest-xdist; most tests use one core, so 2 workers
-# on 2 cores nearly halve it). --dist loadfile keeps each file's tests, and its module fixtures, in one worker.
+# test-fast: under 5 minutes on 2 cores, for every edit: no workflow run end to end, no training chain and
+# nothing over ~10 s (marker slow), no SLURM cluster (slurm), no CUDA (gpu); then its 20 slowest tests.
+# Both on TEST_WORKERS processes (pytest-xdist; most tests use one core, so 2 workers on 2 cores nearly halve
+# them; TEST_WORKERS=0 runs one process). --dist loadfile keeps each file's tests, and its module fixtures, in
+# one worker.
 TEST_WORKERS ?= 2
 test: $(BIN)/.installed
 	python -m pytest -v -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 test-fast: $(BIN)/.installed
-	python -m pytest -v -m "not slow and not slurm and not gpu"
+	python -m pytest -v -n $(TEST_WORKERS) --dist loadfile --durations=20 -m "not slow and not slurm and not gpu"
 
 # profiles/slurm on a one-node SLURM started here (scripts/slurm_cluster.py: root installs slurm-wlm and
 # munge with apt-get); the tiny grid must come out byte-identical to a local run. Skips, saying why, without SLURM.

@@ -1,7 +1,7 @@
 """The CLI verbs on a tiny configuration in a temporary folder (integration tier).
 
-One run (4 + 2 x 3, finetune, seed 1, one epoch) is trained once per module; a test that changes
-files works on its own copy of it.
+One run (4 + 2 x 3, finetune, seed 1, one epoch) is trained once per module, tasks 0 and 1 for the fast
+tests and tasks 2 and 3 beside them for the slow ones; a test that changes files works on its own copy.
 """
 
 import json
@@ -41,11 +41,21 @@ def _train(project, task, method="finetune", check=True, seed=1, prev=None, out=
 
 @pytest.fixture(scope="module")
 def trained_once(tmp_path_factory):
+    """Tasks 0 and 1: what every refusal below needs (read-only; tests work on a copy, `trained`)."""
     p = copy_project(tmp_path_factory.mktemp("trained") / "project")
     ncil(["prepare"], p)
     ncil(["split", "--initial", "4", "--out", SPLIT0], p)
     ncil(["split", "--initial", "4", "--increment", "2", "--out", SPLIT], p)
-    for task in range(4):
+    for task in range(2):
+        _train(p, task)
+    return p
+
+
+@pytest.fixture(scope="module")
+def trained_all_once(trained_once, tmp_path_factory):
+    """All 4 tasks of the run (tasks 2 and 3 trained on a copy of ``trained_once``), for the slow tests only."""
+    p = shutil.copytree(trained_once, tmp_path_factory.mktemp("trained_all") / "project", symlinks=True)
+    for task in range(2, 4):
         _train(p, task)
     return p
 
@@ -53,6 +63,11 @@ def trained_once(tmp_path_factory):
 @pytest.fixture
 def trained(trained_once, tmp_path):
     return shutil.copytree(trained_once, tmp_path / "project", symlinks=True)
+
+
+@pytest.fixture
+def trained_all(trained_all_once, tmp_path):
+    return shutil.copytree(trained_all_once, tmp_path / "project", symlinks=True)
 
 
 def _hashes(project) -> dict:
@@ -79,8 +94,8 @@ def test_split_file_has_the_legacy_order(trained):
 
 
 @pytest.mark.slow
-def test_train_evaluate_summarize_chain(trained):
-    p = trained
+def test_train_evaluate_summarize_chain(trained_all):
+    p = trained_all
     ckpt = torch.load(p / INC / "model.pt", weights_only=True)
     assert ckpt["task"] == 1 and ckpt["n_outputs"] == 6 and ckpt["head_layout"] == "plain"
     assert ckpt["model"]["head.weight"].shape == (6, 16)
@@ -282,7 +297,9 @@ def test_evaluate_refuses_checkpoints_that_are_not_the_splits_tasks(trained):
     _refused(proc, "--checkpoints (1 paths) and --out (2 paths)")
 
 
-def test_summarize_needs_one_evaluation_per_task_in_order(trained):
+@pytest.mark.slow
+def test_summarize_needs_one_evaluation_per_task_in_order(trained_all):
+    trained = trained_all
     checkpoints = [f"{task_dir(t)}/model.pt" for t in range(4)]
     evals = [f"e{t}.parquet" for t in range(4)]
     ncil(["evaluate", "--split", SPLIT, "--checkpoints", *checkpoints, "--out", *evals], trained)

@@ -124,17 +124,23 @@ def test_the_rules_show_their_commands():
     assert "def previous_task(wildcards)" in (ROOT / "rules" / "common.smk").read_text()
 
 
-def test_an_unknown_run_fails_naming_the_grid(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory) -> Path:
+    """The tiny grid's project, shared by the dry runs below (they plan, never write an output)."""
+    return copy_project(tmp_path_factory.mktemp("tiny") / "p")
+
+
+def test_an_unknown_run_fails_naming_the_grid(tiny_grid):
     """Task t-1 of a run that is not in the grid: the input function names the grid's settings."""
-    project = copy_project(tmp_path / "p")
+    project = tiny_grid
     proc = run([sys.executable, "-m", "snakemake", "-n", "--cores", "1",
                 "runs/digits/base4_inc2/nosuchmethod/seed1/task_2/model.pt"], project, check=False)
     assert proc.returncode != 0
     assert "method='nosuchmethod'" in proc.stdout + proc.stderr
 
 
-def test_a_base_run_outside_the_grid_is_refused(tmp_path):
-    project = copy_project(tmp_path / "p")
+def test_a_base_run_outside_the_grid_is_refused(tiny_grid):
+    project = tiny_grid
     proc = run([sys.executable, "-m", "snakemake", "-n", "--cores", "1",
                 "runs/digits/base4/plain/seed7/task_0/model.pt"], project, check=False)
     assert proc.returncode != 0

@@ -99,12 +99,39 @@ def snakemake_slurm(project: Path, conf: str, *targets: str, check: bool = True)
     return proc
 
 
+def local_log(project: Path) -> Path:
+    return project.with_name(project.name + ".log")
+
+
+def local_run(project: Path, *targets: str) -> subprocess.Popen:
+    """``snakemake --cores 1`` in ``project``, started in the background: the local reference run goes on
+    while the SLURM run, which mostly waits on the scheduler, runs beside it (``finish_local`` waits). Its
+    output goes to ``local_log(project)`` (a pipe nobody reads while the SLURM run goes on could fill up)."""
+    with open(local_log(project), "w") as log:
+        return subprocess.Popen(["snakemake", "--cores", "1", *targets], cwd=project, env=env(),
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def finish_local(proc: subprocess.Popen, project: Path) -> str:
+    """Wait for ``local_run`` (killed past SLURM_TIMEOUT); the end of its output, for the test to show."""
+    try:
+        proc.wait(timeout=SLURM_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return local_log(project).read_text()[-4000:]
+
+
 @pytest.mark.slurm
 def test_tiny_grid_on_slurm_is_byte_identical_to_a_local_run(cluster, tmp_path):
     local = copy_project(tmp_path / "local")
-    run(["snakemake", "--cores", "1"], local, timeout=SLURM_TIMEOUT)
-    remote = slurm_project(tmp_path / "slurm")
-    proc = snakemake_slurm(remote, cluster)
+    reference = local_run(local)
+    try:
+        remote = slurm_project(tmp_path / "slurm")
+        proc = snakemake_slurm(remote, cluster)
+    finally:
+        local_out = finish_local(reference, local)
+    assert reference.returncode == 0, f"local snakemake failed:\n{local_out}"
     log = proc.stdout + proc.stderr
     expected, got = hashes(local), hashes(remote)
     assert len(expected) > 20  # data, 2 splits, 7 checkpoints + centers, evaluations, metrics, tables, figures
@@ -133,13 +160,15 @@ def test_sigterm_through_slurm_resumes_to_identical_bytes(cluster, tmp_path):
     overrides = ["train.epochs=30"]  # long enough to catch between two epochs
     local = copy_project(tmp_path / "local")
     run([sys.executable, "-m", "ncil", "params", *overrides], local)
-    run(["snakemake", "--cores", "1", *files], local, timeout=SLURM_TIMEOUT)
-    remote = slurm_project(tmp_path / "slurm")
-    run([sys.executable, "-m", "ncil", "params", *overrides], remote)
-    cores = str(min(os.cpu_count() or 1, 8))
-    cmd = ["snakemake", "--executor", "slurm", "--workflow-profile", "profiles/slurm", "--cores", cores, *files]
-    sm = subprocess.Popen(cmd, cwd=remote, env=slurm_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    reference = local_run(local, *files)
+    sm = None
     try:
+        remote = slurm_project(tmp_path / "slurm")
+        run([sys.executable, "-m", "ncil", "params", *overrides], remote)
+        cores = str(min(os.cpu_count() or 1, 8))
+        cmd = ["snakemake", "--executor", "slurm", "--workflow-profile", "profiles/slurm", "--cores", cores, *files]
+        sm = subprocess.Popen(cmd, cwd=remote, env=slurm_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
         state, deadline = remote / target / "resume.pt", time.monotonic() + 900
         while not state.exists():
             assert sm.poll() is None, f"snakemake ended before a resume state was written:\n{sm.stdout.read()[-4000:]}"
@@ -152,8 +181,10 @@ def test_sigterm_through_slurm_resumes_to_identical_bytes(cluster, tmp_path):
         subprocess.run(["scancel", "--signal=TERM", *ids], env=slurm_env(cluster), check=True)
         out, _ = sm.communicate(timeout=SLURM_TIMEOUT)
     finally:
-        if sm.poll() is None:
+        if sm is not None and sm.poll() is None:
             sm.kill()
+        local_out = finish_local(reference, local)
+    assert reference.returncode == 0, f"local snakemake failed:\n{local_out}"
     assert sm.returncode == 0, out[-4000:]
     assert re.search(r"[Tt]rying to restart|attempt 2|Retry", out), "the job was not retried:\n" + out[-3000:]
     for f in files:

@@ -116,6 +116,7 @@ def static() -> dict:
     return _run(ROOT, "--count", "--static")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ours", "baseline", "pass_resnet18", "ours_official", "fcs"])
 def test_with_static_shapes_no_step_of_either_preset_syncs(static, now, name):
     """``runtime.static_shapes: true`` (issue 21 items 1, 2, 6): the official step's mixup keeps all R * B

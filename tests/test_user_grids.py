@@ -28,6 +28,10 @@ def folder_grid(project: Path, root: Path) -> None:
           "+smoke=cpu"], project)
 
 
+# Each test copies the project, composes a grid and runs Snakemake (dry or for real): 20-30 s each.
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     return write_folder(tmp_path_factory.mktemp("images"), [f"c{i}" for i in range(10)], train_per_class=4,

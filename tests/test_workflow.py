@@ -65,8 +65,14 @@ def test_default_grid_job_graph(tmp_path):
     assert "runs/digits/base4/plain/seed1/task_0/model.pt" in proc.stdout
 
 
-def test_named_target_builds_only_what_it_needs(tmp_path):
-    project = copy_project(tmp_path / "p")
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory) -> Path:
+    """The tiny grid's project, shared by the dry runs below (they plan, never write an output)."""
+    return copy_project(tmp_path_factory.mktemp("tiny") / "p")
+
+
+def test_named_target_builds_only_what_it_needs(tiny_grid):
+    project = tiny_grid
     proc = snakemake(project, "--dry-run", "results/digits/base4_inc2/finetune/seed1/metrics.json")
     counts = job_counts(proc.stdout)
     assert counts["train_base"] == 1 and counts["train"] == 3 and counts["summarize"] == 1
@@ -75,9 +81,8 @@ def test_named_target_builds_only_what_it_needs(tmp_path):
 
 @pytest.mark.parametrize("target, rule, jobs", [("tables", "results_table", 1), ("metrics", "summarize", 2),
                                                 ("models", "train", 6), ("models", "train_base", 1)])
-def test_named_targets(tmp_path, target, rule, jobs):
-    project = copy_project(tmp_path / "p")
-    counts = job_counts(snakemake(project, "--dry-run", target).stdout)
+def test_named_targets(tiny_grid, target, rule, jobs):
+    counts = job_counts(snakemake(tiny_grid, "--dry-run", target).stdout)
     assert counts[rule] == jobs and counts[target] == 1
 
 
