@@ -37,29 +37,30 @@ SELF_PARSING_VERBS = ("dvc-yaml",)
 
 
 def _prepare_job(verb: str, params_file: str | None) -> None:
-    """Parse the job's params file once (``ncil.stages.common.load_params`` keeps the parse for the verb), then,
+    """Parse the job's params file once (``ncil.cli.load_params`` keeps the parse for the verb), then,
     before anything imports torch: its ``runtime.numerics``; for train and evaluate, the job's own GPU(s)
-    (ncil/devices.py) and its device (``ncil.runtime.resolve_device``, which refuses a CUDA device this machine
+    (ncil/pipeline/devices.py) and its device (``ncil.learning.runtime.resolve_device``, which refuses a CUDA device this machine
     lacks before any data loads). A missing file is left to the verb, whose message names the flag."""
     if not params_file or verb in SELF_PARSING_VERBS or not os.path.isfile(params_file):
         return
-    from ncil import devices, numerics
-    from ncil.stages.common import load_params
+    from ncil.learning import numerics
+    from ncil.pipeline import devices
+    from ncil.cli import load_params
 
     p, _ = load_params(params_file)
     numerics.apply(p.runtime.numerics)
     if verb in devices.CLAIMING_VERBS:
         devices.claim_for_job(p.runtime)
-        from ncil import runtime
+        from ncil.learning import runtime
 
         runtime.resolve_device(p.runtime.device, source=params_file)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ncil import progress
-    from ncil.config import ConfigError
-    from ncil.io import ArtifactError
-    from ncil.stages.common import CheckFailed, UsageError, record
+    from ncil.pipeline import progress
+    from ncil.pipeline.config import ConfigError
+    from ncil.pipeline.io import ArtifactError
+    from ncil.cli import CheckFailed, UsageError, record
 
     namespace = build_parser().parse_args(argv)
     module = importlib.import_module(namespace.module)

@@ -47,11 +47,11 @@ _PARSED: dict[tuple, tuple] = {}  # (real path, inode, size, mtime) -> (Params, 
 
 
 def load_params(path: str):
-    """(typed ``Params``, raw mapping) of a params file, parsed once per process by ``ncil.config.load_params``.
+    """(typed ``Params``, raw mapping) of a params file, parsed once per process by ``ncil.pipeline.config.load_params``.
 
     ``ncil/__main__.py`` parses the job's ``--params`` before torch starts (its numerics, GPU claim and device
     come from it); the verb's own call then gets that same parse. A file changed since is parsed again."""
-    from ncil.config import load_params as load
+    from ncil.pipeline.config import load_params as load
 
     try:
         st = os.stat(path)
@@ -65,7 +65,7 @@ def load_params(path: str):
 
 def read_metrics(files) -> list[dict]:
     """The metrics.json files a report step reads (``--metrics``), each checked to be JSON."""
-    from ncil import io
+    from ncil.pipeline import io
 
     return [io.read_json(path, "metrics file") for path in files]
 

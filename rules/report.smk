@@ -177,7 +177,7 @@ for FIG_DATASET, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
 
         rule:
             """Figure 4: PKS patch weights of the first base-task images after tasks 1, 3, 5, ... of one run
-            (ncil.workflow.figure4_run: `ours`, the first seed, the longest setting)."""
+            (ncil.pipeline.workflow.figure4_run: `ours`, the first seed, the longest setting)."""
             name:
                 f"figure4{FIG_SUFFIX}"
             input:

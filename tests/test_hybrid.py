@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from ncil.config import ConfigError, ModelConfig, parse_params
-from ncil.hydra_conf import compose
+from ncil.pipeline.config import ConfigError, ModelConfig, parse_params
+from ncil.pipeline.hydra_conf import compose
 from ncil.models import hybrid as H
 from ncil.models.network import build_network, load_network
 from ncil.models.vit import ViT

@@ -1,7 +1,7 @@
 import torch
 
-from ncil.config import ModelConfig
-from ncil.hydra_conf import compose
+from ncil.pipeline.config import ModelConfig
+from ncil.pipeline.hydra_conf import compose
 from ncil.models.head import GrowingHead
 from ncil.models.network import build_network
 

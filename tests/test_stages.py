@@ -27,7 +27,7 @@ def _subcommands(parser) -> dict:
 
 
 def test_every_workflow_step_runs_a_stage_verb_its_parser_accepts():
-    from ncil.workflow import steps
+    from ncil.pipeline.workflow import steps
 
     parser = build_parser()
     all_steps = steps(PARAMS)
@@ -68,7 +68,7 @@ def _ncil_imports(path: Path) -> set[str]:
 
 
 def test_no_module_imports_the_command_line():
-    """ncil.verify used to import ncil.__main__ (which imports the verbs): a cycle."""
+    """ncil.reports.recompute used to import ncil.__main__ (which imports the verbs): a cycle."""
     for path in (ROOT / "ncil").rglob("*.py"):
         if path.name != "__main__.py":
             assert "ncil.__main__" not in _ncil_imports(path), path
@@ -85,7 +85,7 @@ def test_building_the_parser_loads_no_torch():
 
 
 def test_the_split_step_writes_the_log_it_declares(tiny_project, monkeypatch):
-    from ncil.workflow import steps
+    from ncil.pipeline.workflow import steps
 
     monkeypatch.chdir(tiny_project)
     step = next(s for s in steps(yaml.safe_load(Path("params.yaml").read_text())) if s.kind == "split")
@@ -159,11 +159,11 @@ def test_the_installed_package_imports_from_any_folder(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--prefix", str(venv), "--editable", str(src)], check=True, env=env())
-    code = ("import numpy as np, ncil, ncil.metrics\n"
+    code = ("import numpy as np, ncil, ncil.reports.metrics\n"
             "from ncil.methods.pks import pks_loss\n"
             "from ncil.methods.prototypes import offset_loss, restore_prototypes\n"
-            "from ncil.hydra_conf import compose\n"
-            "s = ncil.metrics.summarize(np.array([[90.0, np.nan], [70.0, 80.0]]), [10, 10])\n"
+            "from ncil.pipeline.hydra_conf import compose\n"
+            "s = ncil.reports.metrics.summarize(np.array([[90.0, np.nan], [70.0, 80.0]]), [10, 10])\n"
             "print(ncil.__file__, s['avg_accuracy'], compose([])['dataset']['name'])\n")
     deps = next(p for p in sys.path if p.endswith("site-packages"))  # numpy, torch, hydra of this environment
     elsewhere = tmp_path / "notebook"
@@ -180,7 +180,7 @@ def test_paper_tables_from_sections_keep_every_committed_byte_and_add_another_da
     second data set's sections add to them without changing a digits line (issue 10, item 8)."""
     import shutil
 
-    from ncil import paths
+    from ncil.pipeline import paths
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     shutil.copytree(ROOT / "ncil", tmp_path / "ncil", ignore=shutil.ignore_patterns("__pycache__"))
@@ -209,7 +209,7 @@ def test_paper_tables_from_sections_keep_every_committed_byte_and_add_another_da
 def test_paper_tables_refuses_an_incomplete_set_of_sections(tmp_path):
     import shutil
 
-    from ncil import paths
+    from ncil.pipeline import paths
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     shutil.copytree(ROOT / "ncil", tmp_path / "ncil", ignore=shutil.ignore_patterns("__pycache__"))

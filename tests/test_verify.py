@@ -7,7 +7,8 @@ import shutil
 import pytest
 import yaml
 
-from ncil import io, paths, verify
+from ncil.pipeline import io, paths
+from ncil.reports import recompute
 from tests.conftest import ROOT, ncil
 
 
@@ -19,9 +20,9 @@ def reported(tmp_path_factory):
     shutil.copy(ROOT / "params.yaml", root / "params.yaml")
     shutil.copytree(ROOT / "ncil", root / "ncil", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((root / "params.yaml").read_text())
-    from ncil import grid
+    from ncil.pipeline import experiment_grid
 
-    metrics = [r.metrics_file for r in grid.runs(params) if (root / r.metrics_file).is_file()]
+    metrics = [r.metrics_file for r in experiment_grid.runs(params) if (root / r.metrics_file).is_file()]
     assert metrics, "no committed digits results to verify"
     ncil(["tables", "--metrics", *metrics, "--markdown", paths.table_files("digits")[0],
           "--csv", paths.table_files("digits")[1]], root)
@@ -29,7 +30,7 @@ def reported(tmp_path_factory):
     ncil(["paper-tables", "--sections", *paths.paper_sections("digits")], root)
     ncil(["figures", "--metrics", *metrics], root)
     table1 = (root / "results/tables/table1.md").read_text()
-    block = verify.readme_section(table1, "digits")
+    block = recompute.readme_section(table1, "digits")
     (root / "README.md").write_text(f"# x\n\n<!-- table1:digits -->\n{block}<!-- /table1:digits -->\n")
     return root, params
 
@@ -43,7 +44,7 @@ def copy(reported, tmp_path):
 
 def test_untouched_results_verify_and_cli_exits_zero(copy):
     root, params = copy
-    checked = verify.verify(root, params, log=lambda *_: None)
+    checked = recompute.verify(root, params, log=lambda *_: None)
     assert checked["metrics"] >= 1 and checked["tables"] == 18 and checked["figures"] >= 1 and checked["readme"] == 1
     proc = ncil(["verify"], root)
     assert "every reported number matches" in proc.stdout
@@ -75,8 +76,8 @@ def test_tampered_markdown_cell_is_named(copy):
     text = path.read_text()
     i = text.index("| Fine-tuning (lower bound) (`finetune`) | ") + len("| Fine-tuning (lower bound) (`finetune`) | ")
     path.write_text(text[:i] + "99.99" + text[i + 5:])
-    with pytest.raises(verify.Mismatch) as err:
-        verify.verify(root, params, log=lambda *_: None)
+    with pytest.raises(recompute.Mismatch) as err:
+        recompute.verify(root, params, log=lambda *_: None)
     e = err.value
     assert e.file.endswith("table1.md") and "Fine-tuning" in e.row and e.column.endswith("Avg") and e.found.startswith("99.99")
 
@@ -88,8 +89,8 @@ def test_tampered_metrics_json_is_named(copy):
     expected = data["last_accuracy"]
     data["last_accuracy"] = expected + 0.01
     io.write_json(path, data)
-    with pytest.raises(verify.Mismatch) as err:
-        verify.verify(root, params, log=lambda *_: None)
+    with pytest.raises(recompute.Mismatch) as err:
+        recompute.verify(root, params, log=lambda *_: None)
     e = err.value
     assert e.file.endswith("metrics.json") and e.column == "last_accuracy"
     assert e.expected == pytest.approx(expected) and e.found == pytest.approx(expected + 0.01)
@@ -102,8 +103,8 @@ def test_tampered_evaluation_changes_the_recomputed_matrix(copy):
     columns = {k: ev[k] for k in ("sample", "label", "original_label", "label_task", "prediction")}
     columns["prediction"] = columns["label"].copy()  # every prediction right
     io.write_predictions(path, columns, task=1)
-    with pytest.raises(verify.Mismatch) as err:
-        verify.verify(root, params, log=lambda *_: None)
+    with pytest.raises(recompute.Mismatch) as err:
+        recompute.verify(root, params, log=lambda *_: None)
     assert err.value.row.startswith("acc_matrix[1]") and err.value.expected == 100.0
 
 
@@ -115,8 +116,8 @@ def test_tampered_figure_data_is_caught(copy):
     cells[1] = "1.0000"
     lines[2] = ",".join(cells)
     fig.write_text("\n".join(lines) + "\n")
-    with pytest.raises(verify.Mismatch) as err:
-        verify.verify(root, params, log=lambda *_: None)
+    with pytest.raises(recompute.Mismatch) as err:
+        recompute.verify(root, params, log=lambda *_: None)
     assert err.value.file == f"results/figures/{fig.name}" and err.value.row.startswith("2 (2")
 
 
@@ -126,8 +127,8 @@ def test_tampered_readme_copy_is_caught(copy):
     text = readme.read_text()
     assert "| Joint training (upper bound) (`joint`) | 9" in text
     readme.write_text(text.replace("| Joint training (upper bound) (`joint`) | 9", "| Joint training (upper bound) (`joint`) | 8", 1))
-    with pytest.raises(verify.Mismatch) as err:
-        verify.verify(root, params, log=lambda *_: None)
+    with pytest.raises(recompute.Mismatch) as err:
+        recompute.verify(root, params, log=lambda *_: None)
     assert "README.md" in err.value.file and "Joint" in err.value.row
 
 
@@ -169,23 +170,24 @@ def test_tampered_png_is_caught(copy):
     data = bytearray(png.read_bytes())
     data[-20] ^= 0xFF
     png.write_bytes(bytes(data))
-    with pytest.raises(verify.Mismatch) as err:
-        verify.verify(root, params, log=lambda *_: None)
+    with pytest.raises(recompute.Mismatch) as err:
+        recompute.verify(root, params, log=lambda *_: None)
     assert err.value.file == f"results/figures/{png.name}" and "image bytes" in err.value.column
 
 
 def test_variants_in_metrics_json_are_checked(copy):
-    from ncil import grid, metrics
+    from ncil.pipeline import experiment_grid
+    from ncil.reports import metrics
 
     root, params = copy
-    run = next(r for r in grid.runs(params) if (root / r.metrics_file).is_file())
+    run = next(r for r in experiment_grid.runs(params) if (root / r.metrics_file).is_file())
     evals = [io.read_predictions(root / run.eval_file(t)) for t in range(run.n_tasks)]
     stored = io.read_json(root / run.metrics_file)
     acc, counts = metrics.accuracy_matrix(evals)
     stored["variants"] = metrics.variants(acc, counts, [1] * run.n_tasks)
     identity = {"dataset": run.dataset, "setting": run.setting, "method": run.method, "seed": run.seed}
-    verify.check_metrics("m.json", stored, evals, identity, stored["run"]["label"], [1] * run.n_tasks)
+    recompute.check_metrics("m.json", stored, evals, identity, stored["run"]["label"], [1] * run.n_tasks)
     stored["variants"]["clipped_forgetting"] += 1.0
-    with pytest.raises(verify.Mismatch) as err:
-        verify.check_metrics("m.json", stored, evals, identity, stored["run"]["label"], [1] * run.n_tasks)
+    with pytest.raises(recompute.Mismatch) as err:
+        recompute.check_metrics("m.json", stored, evals, identity, stored["run"]["label"], [1] * run.n_tasks)
     assert (err.value.row, err.value.column) == ("variants", "clipped_forgetting")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ncil import io, paths
-from ncil.config import ConfigError, DatasetConfig
+from ncil.pipeline import io, paths
+from ncil.pipeline.config import ConfigError, DatasetConfig
 from ncil.data.catalog import class_split_counts
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ncil import runtime
-from ncil.config import ModelConfig, Params, parse_section, resolve_precision
+from ncil.learning import runtime
+from ncil.pipeline.config import ModelConfig, Params, parse_section, resolve_precision
 from ncil.data import arrays
 from ncil.data.scenario import remap_labels
 from ncil.models.network import load_network

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ncil.config import MethodConfig
+from ncil.pipeline.config import MethodConfig
 from ncil.methods.baseline import feature_distillation, rotate_batch
 from ncil.methods.contrastive import contrastive_keys, supervised_contrastive
 from ncil.methods.head_layout import HeadLayout

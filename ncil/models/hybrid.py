@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ncil.config import ModelConfig
+from ncil.pipeline.config import ModelConfig
 from ncil.models.resnet import masked_forward
 from ncil.models.vit import ViT, _init_linear_and_norm, gpsa_blocks, import_timm_blocks
 

@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ncil.config import ConfigError
+from ncil.pipeline.config import ConfigError
 
 ENV_POOL = "NCIL_GPU_POOL"
 ENV_LOCK_DIR = "NCIL_GPU_LOCK_DIR"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ncil import paths
+from ncil.pipeline import paths
 from ncil.data.scenario import task_sizes
 
 

@@ -145,7 +145,7 @@ def cost_table_file(dataset: str) -> str:
     return f"{COSTS_DIR}/{dataset}_costs.md"
 
 
-# --- DVC's first stage (ncil/dvcgen.py) ----------------------------------------------------------
+# --- DVC's first stage (ncil/pipeline/dvcgen.py) ----------------------------------------------------------
 # Written empty by the stage that validates params.yaml and checks dvc.yaml against it; every other
 # stage depends on it, so `dvc repro` / `dvc exp run` stop there on a bad value. Its content never
 # changes, so a rerun of the check makes nothing downstream stale. Committed (git), not DVC-cached.

@@ -14,14 +14,14 @@ import math
 
 import numpy as np
 
-from ncil import paper_values
+from ncil.reports import paper_values
 
 DPI = 100
 
 
 def curve_table(rows: list[dict], dataset: str, setting: str, methods: list[str], n_tasks: int | None = None) -> list[dict]:
     """Figure 3's data for one (data set, setting): one record per task (1-based, as the paper's x-axis)
-    with each method's mean Acc_k over seeds, its std and n. ``rows`` is ``tables.aggregate`` output.
+    with each method's mean Acc_k over seeds, its std and n. ``rows`` is ``results_table.aggregate`` output.
 
     Every method of ``methods`` (the grid's) gets its columns, empty (None) without results, so the
     file's shape depends on the grid alone (DVC's plot definitions name these columns); methods with
@@ -166,8 +166,8 @@ def weight_maps(p, checkpoints: list[tuple[str, dict]], x, norm: int = 2) -> dic
     Map names number the tasks from 1 (the base task is task 1), as the paper's Figure 4 does."""
     import torch
 
-    from ncil.config import ModelConfig, parse_section
-    from ncil.io import ArtifactError
+    from ncil.pipeline.config import ModelConfig, parse_section
+    from ncil.pipeline.io import ArtifactError
     from ncil.methods.pks import patch_weights
     from ncil.models.network import load_network
 

@@ -3,7 +3,7 @@
 Every stage module has the same shape: a frozen ``Args`` record (its command-line flags, typed),
 ``add_arguments(parser)``, a pure core (parsed data in, data out, no disk I/O), the schema of the
 artifact it writes where it writes one, and a thin ``run(args)`` that reads and writes through
-``ncil.io``. The workflow (``ncil.workflow``) derives each step's code dependencies from the imports
+``ncil.pipeline.io``. The workflow (``ncil.pipeline.workflow``) derives each step's code dependencies from the imports
 of the module named here, so a stage module imports only what it runs.
 """
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ncil.stages import common
+from ncil import cli
 
 VERB = "split"
 HELP = "write the class order and the classes of each task"
@@ -27,8 +27,8 @@ class Args:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_params(parser)
-    common.add_log(parser)
+    cli.add_params(parser)
+    cli.add_log(parser)
     parser.add_argument("--initial", type=int, required=True, help="F: classes of the base task")
     parser.add_argument("--increment", type=int, default=0, help="C: classes per later task (0: base task only)")
     parser.add_argument("--out", required=True)
@@ -47,7 +47,7 @@ def build_split(dataset: str, n_classes: int, order_seed: int, initial: int, inc
 def validate_split(split, source) -> dict:
     """``split`` if it has the layout ``build_split`` writes, else an ArtifactError naming ``source``,
     the key, what was found and what was expected."""
-    from ncil.io import ArtifactError
+    from ncil.pipeline.io import ArtifactError
 
     if not isinstance(split, dict):
         raise ArtifactError(f"{source}: expected a split record (a JSON object), found {type(split).__name__}")
@@ -66,7 +66,7 @@ def validate_split(split, source) -> dict:
 
 
 def read_split(path) -> dict:
-    from ncil import io
+    from ncil.pipeline import io
 
     return validate_split(io.read_json(path, "split file"), path)
 
@@ -77,11 +77,11 @@ def seen_classes(split: dict, task: int) -> list[int]:
 
 
 def run(args: Args) -> None:
-    from ncil import io
+    from ncil.pipeline import io
 
-    p, _ = common.load_params(args.params)
+    p, _ = cli.load_params(args.params)
     try:
         split = build_split(p.dataset.name, p.dataset.n_classes, p.order_seed, args.initial, args.increment)
     except ValueError as err:  # F or C outside the data set's classes
-        raise common.UsageError(f"--initial {args.initial} --increment {args.increment}: {err}") from None
+        raise cli.UsageError(f"--initial {args.initial} --increment {args.increment}: {err}") from None
     io.write_json(args.out, split)

@@ -1,10 +1,10 @@
 """``summarize``: one run's accuracy matrix, Avg, Last and forgetting, as ``metrics.json``.
 
 The file's layout lives here only: ``build_metrics`` writes it and ``validate_metrics`` checks it
-(``ncil.verify`` uses both). The evaluations must be exactly one per task of the split, in order.
+(``ncil.reports.recompute`` uses both). The evaluations must be exactly one per task of the split, in order.
 
 ``provenance.precision`` is the arithmetic the run's checkpoints were trained in (each checkpoint's
-``config.runtime.precision``, resolved on its device by ``ncil.config.resolve_precision``: fp32 on a
+``config.runtime.precision``, resolved on its device by ``ncil.pipeline.config.resolve_precision``: fp32 on a
 CPU), read from the checkpoints given with ``--checkpoints``; files written without it lack the key.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ncil.stages import common
+from ncil import cli
 
 VERB = "summarize"
 HELP = "accuracy matrix, Avg, Last and forgetting of one run"
@@ -40,8 +40,8 @@ class Args:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_params(parser)
-    common.add_log(parser)
+    cli.add_params(parser)
+    cli.add_log(parser)
     parser.add_argument("--split", required=True)
     parser.add_argument("--evals", nargs="+", required=True)
     parser.add_argument("--setting", required=True)
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_evaluations(evaluations: list[dict], files, split: dict, split_file: str) -> None:
     """Exactly one evaluation per task of the split, task t's in position t (pure)."""
-    from ncil.io import ArtifactError
+    from ncil.pipeline.io import ArtifactError
 
     n_tasks = len(split["tasks"])
     if len(evaluations) != n_tasks:
@@ -85,9 +85,9 @@ def build_metrics(evaluations: list[dict], split: dict, run: dict, preset: str, 
                   code_fingerprints: dict[str, str], precision: str | None = None) -> dict:
     """The metrics record of one run (pure). ``run``: dataset, setting, method, seed. ``precision``
     (``training_precision`` of its checkpoints): recorded in the provenance when given.
-    ``code_fingerprints``: the code fingerprint of each step kind that made it (ncil/fingerprints.py)."""
-    from ncil import metrics
-    from ncil.provenance import setting_label
+    ``code_fingerprints``: the code fingerprint of each step kind that made it (ncil/pipeline/fingerprints.py)."""
+    from ncil.reports import metrics
+    from ncil.pipeline.provenance import setting_label
 
     acc, counts = metrics.accuracy_matrix(evaluations)
     summary = metrics.summarize(acc, counts)
@@ -122,7 +122,7 @@ def layout_problem(data) -> tuple[str, str] | None:
 
 
 def validate_metrics(data, source) -> dict:
-    from ncil.io import ArtifactError
+    from ncil.pipeline.io import ArtifactError
 
     problem = layout_problem(data)
     if problem is not None:
@@ -131,16 +131,16 @@ def validate_metrics(data, source) -> dict:
 
 
 def run(args: Args) -> None:
-    from ncil import io
-    from ncil import fingerprints
+    from ncil.pipeline import io
+    from ncil.pipeline import fingerprints
     from ncil.stages.split import read_split
 
-    common.refuse_overlap({"--out": args.out, "--log": args.log},
+    cli.refuse_overlap({"--out": args.out, "--log": args.log},
                           {"--params": args.params, "--split": args.split,
                            **{f"--evals[{i}]": e for i, e in enumerate(args.evals)}})
-    p, _ = common.load_params(args.params)
+    p, _ = cli.load_params(args.params)
     if args.method not in p.method:
-        raise common.UsageError(f"--method {args.method}: not a method of {args.params} "
+        raise cli.UsageError(f"--method {args.method}: not a method of {args.params} "
                                 f"(expected one of {', '.join(p.method)})")
     split = read_split(args.split)
     evaluations = [io.read_predictions(path, split["tasks"]) for path in args.evals]
