@@ -11,11 +11,11 @@ import re
 import sys
 
 from ncil.pipeline import experiment_grid, paths
+from ncil.pipeline import fingerprints as _fingerprints
 from ncil.pipeline import resources as res
 from ncil.pipeline.config import ConfigError, parse_params
 from ncil.pipeline.devices import cuda_refusal
 from ncil.pipeline.io import ArtifactError, read_yaml
-from ncil.pipeline import fingerprints as _fingerprints
 from ncil.pipeline.workflow import figure4_run, lookup_params, param_keys, raw_inputs, section_dataset, table_sections
 
 PARAMS_FILE = "params.yaml"

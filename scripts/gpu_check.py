@@ -63,12 +63,12 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import torch  # noqa: E402
 
-from ncil.learning import flops, optim, runtime, synthetic, training  # noqa: E402
-from ncil.pipeline import io, plainconf
-from ncil.pipeline.config import TrainConfig, parse_params, parse_section  # noqa: E402
 from ncil.data import arrays, augment  # noqa: E402
 from ncil.data.catalog import DATASETS, class_split_counts  # noqa: E402
 from ncil.data.scenario import task_sizes  # noqa: E402
+from ncil.learning import flops, optim, runtime, synthetic, training  # noqa: E402
+from ncil.pipeline import io, plainconf
+from ncil.pipeline.config import TrainConfig, parse_params, parse_section  # noqa: E402
 from ncil.pipeline.progress import EpochProgress  # noqa: E402
 
 METHODS = ("ours", "ours_official", "pass_resnet18")  # the paper preset's method, the official one, PASS

@@ -32,16 +32,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's ncil package
-from ncil.pipeline import io
-from ncil.pipeline.config import parse_params, to_dict
 from ncil.data import arrays
 from ncil.data.preparation import stratified_split
+from ncil.data.splits import build_split
 from ncil.learning.prediction import evaluate_checkpoint
+from ncil.learning.training import make_job, method_snapshot, train_task
+from ncil.pipeline import io
+from ncil.pipeline.config import parse_params, to_dict
 from ncil.pipeline.hydra_conf import compose
 from ncil.reports.metrics import accuracy_matrix, summarize
-from ncil.stages.split import build_split
-from ncil.stages.train import make_job
-from ncil.learning.training import method_snapshot, train_task
 
 
 def cached_task0(p, job, train, cache: Path, logger) -> tuple[dict, dict]:

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from ncil.data import arrays
 from ncil.learning import runtime
 from ncil.pipeline.config import ConfigError, parse_params
-from ncil.data import arrays
 from ncil.data.augment import (
     AugmentSpec,
     adjust_brightness,
@@ -353,7 +353,7 @@ def test_bench_augment_reports_both_rates_and_their_ratio():
 
 
 def test_bench_data_cli_reports_both_rates_and_the_ratio(capsys):
-    from ncil.__main__ import main
+    from ncil.cli import main
 
     assert main(["bench-data", "--images", "64", "--pil-images", "16", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
@@ -376,7 +376,7 @@ def test_train_task_compiles_the_backbone_only_when_asked(monkeypatch):
         p = parse_params(compose(["model=vit_digits_tiny", "train=smoke", "method=[finetune]",
                                   f"runtime.compile={str(flag).lower()}", "runtime.device=cpu"]))
         job = training.TaskJob(task=0, seed=1, class_order=list(range(10)), tasks=[[0, 1, 2, 3]], method_name="plain",
-                            method=p.method["finetune"], identity={})
+                               method=p.method["finetune"], identity={})
         payload, _ = training.train_task(p, job, split, None, None, logging.getLogger("test"))
         assert payload["task"] == 0
     assert [enabled for _, enabled in calls] == [False, True] and calls[0][0] != "IncrementalNet"

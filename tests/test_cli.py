@@ -232,8 +232,9 @@ def test_train_refuses_a_previous_checkpoint_of_another_class_order(trained):
 
 
 def test_check_previous_names_each_field(tiny_params):
+    from ncil.learning.training import make_job
     from ncil.pipeline.io import ArtifactError
-    from ncil.stages.train import check_previous, make_job
+    from ncil.stages.train import check_previous
 
     p, _ = tiny_params
     split = {"class_order": list(range(10)), "tasks": [[0, 1, 2, 3], [4, 5], [6, 7], [8, 9]]}

@@ -5,9 +5,9 @@ import shutil
 import pytest
 
 from ncil.pipeline import io
-from ncil.pipeline.io import ArtifactError
 from ncil.pipeline.config import ConfigError, parse_params
 from ncil.pipeline.hydra_conf import compose
+from ncil.pipeline.io import ArtifactError
 from tests.conftest import ROOT, ncil
 
 

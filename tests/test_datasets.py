@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ncil.cli import main
 from ncil.pipeline import io
-from ncil.__main__ import main
 from ncil.pipeline.config import ConfigError, parse_params
 from ncil.pipeline.hydra_conf import compose
 from tests import data_fixtures as fx

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from ncil.cli import VERBS
 from ncil.pipeline import config
-from ncil.__main__ import VERBS
 from ncil.reports.recompute import README_BLOCK
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ncil.pipeline import io, paths
-from ncil.pipeline.config import parse_params
 from ncil.data import arrays
 from ncil.data.preparation import prepare
+from ncil.pipeline import io, paths
+from ncil.pipeline.config import parse_params
 from ncil.pipeline.hydra_conf import compose
 from tests import data_fixtures as fx
 from tests.conftest import ROOT
@@ -112,16 +112,16 @@ def test_the_carve_refuses_a_share_that_carves_nothing():
 
 # --- The training precision in every result (issue 12, item 4) -----------------------------------
 
+from ncil.cli import main  # noqa: E402
+from ncil.reports import metrics_json  # noqa: E402
 from ncil.reports import paper_values, results_table  # noqa: E402
-from ncil.__main__ import main  # noqa: E402
-from ncil.stages import summarize  # noqa: E402
 
 
 def test_training_precision_joins_the_checkpoints_values():
     bf16, fp32, old = {"runtime": {"precision": "bf16"}}, {"runtime": {"precision": "fp32"}}, {"runtime": {}}
-    assert summarize.training_precision([bf16, bf16, bf16]) == "bf16"
+    assert metrics_json.training_precision([bf16, bf16, bf16]) == "bf16"
     # Base task on a GPU in bf16, later tasks on a CPU (always fp32), one from before the key existed.
-    assert summarize.training_precision([bf16, fp32, old, fp32]) == "bf16, fp32, unrecorded"
+    assert metrics_json.training_precision([bf16, fp32, old, fp32]) == "bf16, fp32, unrecorded"
 
 
 def _write_run(tmp_path: Path, precisions: list[str]) -> list[str]:
@@ -152,7 +152,7 @@ def test_summarize_records_the_precision_its_checkpoints_were_trained_in(tmp_pat
     m = io.read_json(tmp_path / "metrics.json")
     assert m["provenance"]["precision"] == "bf16"
     assert m["last_accuracy"] == 100.0 and m["test_counts"] == [4, 3, 3]
-    assert summarize.layout_problem(m) is None
+    assert metrics_json.layout_problem(m) is None
 
 
 def test_summarize_refuses_a_checkpoint_list_that_is_not_one_per_task(tmp_path, capsys):
@@ -181,7 +181,7 @@ def test_the_tables_say_which_precision_their_numbers_were_trained_in():
     rows = results_table.aggregate(ms)
     assert [r["precision"] for r in rows] == ["bf16", "fp32"]
     md = results_table.to_markdown(rows, "digits", {"preset": "paper", "convention": "paper", "order_seed": 1993,
-                                             "seeds": [1, 2]})
+                                                    "seeds": [1, 2]})
     assert "Preset `paper`; training precision `bf16, fp32`; metric convention" in md
     only_bf16 = results_table.to_markdown(results_table.aggregate(ms[:2]), "digits", {"preset": "paper", "convention": "paper",
                                                                          "order_seed": 1993, "seeds": [1, 2]})
@@ -199,7 +199,7 @@ def test_the_tables_say_which_precision_their_numbers_were_trained_in():
     assert results_table.context_from([], defaults)["precision"] is None
     assert results_table.context_line(results_table.context_from([], defaults)).startswith("Preset `paper`; metric convention")
     assert "training precision" not in results_table.to_markdown(results_table.aggregate([_metrics("ours", 1, None)]), "digits",
-                                                          defaults)
+                                                                 defaults)
 
 
 def test_context_lines_merge_their_precisions_and_old_lines_still_parse():

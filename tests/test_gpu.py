@@ -31,12 +31,12 @@ import numpy as np
 import pytest
 import torch
 
-from ncil.learning import prediction, runtime, synthetic, training
-from ncil.pipeline import plainconf
-from ncil.pipeline.config import parse_params
 from ncil.data import augment
+from ncil.learning import prediction, runtime, synthetic, training
 from ncil.methods.objective import OldKnowledge, step_loss
 from ncil.models.network import load_network
+from ncil.pipeline import plainconf
+from ncil.pipeline.config import parse_params
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -254,7 +254,7 @@ def test_graphed_training_has_no_graph_break_and_no_cudagraph_skip(method):
                                    optim.task_recipe(p.train, 1))
     assert opt.defaults["fused"]
     old = training.old_knowledge(*synthetic.incremental_task(p, method, N_OLD, N_NEW, PER_CLASS, 1)[2:],
-                              p.method[method], p, torch.device(DEVICE))
+                                 p.method[method], p, torch.device(DEVICE))
     layer = next(m for m in old.teacher.backbone.modules() if isinstance(m, runtime.AUTOCAST_WEIGHT_MODULES))
     bf16 = method != "ours_official"  # runtime.precision auto: bf16 for the paper preset, fp32 for the official
     assert layer.weight.dtype == (torch.bfloat16 if bf16 else torch.float32)

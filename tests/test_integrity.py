@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 import torch
 
-from ncil.pipeline import io, paths
-from ncil.pipeline.config import load_params
 from ncil.data.arrays import load_split
 from ncil.data.preparation import prepare
+from ncil.pipeline import io, paths
+from ncil.pipeline.config import load_params
 from tests.conftest import ROOT, env
 
 # --- A kill inside a write -----------------------------------------------------------------------
@@ -496,9 +496,9 @@ def test_npy_size_is_the_size_write_array_writes(tmp_path):
 
 KILLED_PREPARE = """
 import dataclasses, sys
+from ncil.data.preparation import prepare
 from ncil.pipeline import io
 from ncil.pipeline.config import load_params
-from ncil.data.preparation import prepare
 
 out, seed = sys.argv[1], int(sys.argv[2])
 cfg = dataclasses.replace(load_params("params.yaml")[0].dataset, split_seed=seed)

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from ncil.pipeline.config import ConfigError, MethodConfig, ModelConfig, parse_params
-from ncil.pipeline.hydra_conf import compose
 from ncil.methods.baseline import rotate_batch
 from ncil.methods.objective import OldKnowledge, step_loss
 from ncil.methods.pks import pks_loss
 from ncil.models.network import build_network
+from ncil.pipeline.config import ConfigError, MethodConfig, ModelConfig, parse_params
+from ncil.pipeline.hydra_conf import compose
 
 ALL_METHODS = ["finetune", "joint", "lwf", "baseline", "pks", "pr", "ours", "ours_w_uniform", "ours_w_direct",
                "pass_resnet18"]
@@ -232,7 +232,7 @@ def test_bench_rounds_alternate_and_keep_every_round(monkeypatch):
     monkeypatch.setattr(step_timing.time, "perf_counter", lambda: next(ticks))
     calls = []
     times = step_timing._interleaved_seconds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                                       rounds=3, warmup=1)
+                                             rounds=3, warmup=1)
     assert calls == ["a", "b"] * 4
     assert times == {"a": [1, 1, 1], "b": [1, 1, 1]}
 

@@ -51,15 +51,14 @@ def test_a_jobs_params_are_parsed_once_before_torch(tmp_path):
     params.write_text((ROOT / "params.yaml").read_text().replace("numerics: native", "numerics: portable"))
     code = textwrap.dedent(f"""
         import sys
-        from ncil import __main__ as entry
         from ncil import cli
         from ncil.pipeline import config
         parses = []
         real = config.load_params
         config.load_params = lambda path: parses.append(str(path)) or real(path)
-        entry._prepare_job("prepare", {str(params)!r})
+        cli._prepare_job("prepare", {str(params)!r})
         assert "torch" not in sys.modules  # numerics applied before torch; prepare claims no device
-        entry._prepare_job("train", {str(params)!r})  # the device check loads torch, after the numerics
+        cli._prepare_job("train", {str(params)!r})  # the device check loads torch, after the numerics
         import torch
         from ncil.learning import numerics
         first = cli.load_params({str(params)!r})

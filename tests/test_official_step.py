@@ -22,10 +22,10 @@ DIGEST_SCRIPT = r'''
 import hashlib, logging
 from io import BytesIO
 import numpy as np, torch
+from ncil.data import arrays
 from ncil.learning import training
 from ncil.pipeline import io
 from ncil.pipeline.config import parse_params
-from ncil.data import arrays
 from ncil.pipeline.hydra_conf import compose
 TINY = ["model=vit_digits_tiny", "model.drop_path=0.1", "train=smoke", "train.epochs=2", "train.batch_size=16",
         "method=[ours,baseline]", "runtime.device=cpu"]
@@ -88,18 +88,18 @@ import math  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ncil.learning import training  # noqa: E402
-from ncil.pipeline import io
-from ncil.pipeline.config import MethodConfig, parse_params  # noqa: E402
 from ncil.data import arrays, augment  # noqa: E402
+from ncil.learning import training  # noqa: E402
 from ncil.learning.prediction import predict  # noqa: E402
-from ncil.pipeline.hydra_conf import compose  # noqa: E402
+from ncil.learning.training import extract_features  # noqa: E402
 from ncil.methods import official_step as official  # noqa: E402
 from ncil.methods.head_layout import HeadLayout  # noqa: E402
 from ncil.methods.objective import OldKnowledge  # noqa: E402
 from ncil.methods.official import identity_transfer, map_prototypes  # noqa: E402
 from ncil.models.network import build_network  # noqa: E402
-from ncil.learning.training import extract_features  # noqa: E402
+from ncil.pipeline import io
+from ncil.pipeline.config import MethodConfig, parse_params  # noqa: E402
+from ncil.pipeline.hydra_conf import compose  # noqa: E402
 
 # The official preset's methods on a tiny hybrid backbone (ResNet-18 of width 4 + the tiny ViT; 8x8 digits).
 TINY = ["preset=official", "model=vit_digits_tiny", "+model.resnet_width=4", "train=smoke", "train.epochs=2",
@@ -128,7 +128,7 @@ def _train_two(p, name: str, method: MethodConfig, data=None):
     data = data if data is not None else _split()
     log = logging.getLogger("test")
     t0 = training.train_task(p, training.TaskJob(0, 1, list(range(10)), TASKS, method.base_recipe, method, {}), data,
-                          None, None, log)
+                             None, None, log)
     t1 = training.train_task(p, training.TaskJob(1, 1, list(range(10)), TASKS, name, method, {}), data, *t0, log)
     return t0, t1
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from ncil.data import arrays
 from ncil.learning import optim, training
 from ncil.pipeline.config import parse_params
-from ncil.data import arrays
 from ncil.pipeline.hydra_conf import compose
 
 TINY = ["model=vit_digits_tiny", "train=smoke", "train.epochs=3", "train.batch_size=16", "method=[ours]",

@@ -22,10 +22,10 @@ import pytest
 import torch
 
 from conftest import BASE_SPLIT, BASE_TASK, ROOT, SETTING_SPLIT, copy_project, env, ncil, run
+from ncil.data import arrays
 from ncil.learning import resume, training
 from ncil.pipeline import io, provenance
 from ncil.pipeline.config import ConfigError, parse_params
-from ncil.data import arrays
 from ncil.pipeline.hydra_conf import compose
 
 # --- Pure parts ---------------------------------------------------------------------------------
@@ -68,7 +68,7 @@ def test_resume_every_is_validated_and_stays_out_of_the_checkpoint():
     job = training.TaskJob(0, 1, list(range(10)), [[0, 1, 2, 3]], "plain", p.method["finetune"], {})
     assert p.runtime.resume_every == 5
     assert training.run_config_snapshot(p, job, "cpu")["runtime"] == {"threads": 1, "numerics": "native",
-                                                                   "precision": "fp32"}
+                                                                      "precision": "fp32"}
 
 
 CPUINFO = """processor\t: 0
@@ -167,7 +167,7 @@ def test_a_task_stopped_at_every_step_boundary_ends_in_the_uninterrupted_bytes(t
     assert positions1 == [(0, 1), (1, 0), (1, 1), (2, 0), (2, 1), (3, 0)]  # 20 new images: 2 steps per epoch
     assert _same_outputs(resumed1, clean1)
     assert not _same_outputs(clean1, training.train_task(parse_params(compose([*TINY, "train.lr=0.002"])), job1, data,
-                                                      *clean0, log))  # the comparison can tell runs apart
+                                                         *clean0, log))  # the comparison can tell runs apart
 
 
 def test_a_stop_before_the_first_step_saves_nothing_and_a_periodic_save_honours_resume_every(tmp_path):
@@ -596,7 +596,7 @@ def test_a_training_job_killed_under_snakemake_resumes_to_the_same_bytes(tmp_pat
 
 
 def test_bench_reports_the_state_size_and_save_cost_against_an_epoch(capsys):
-    from ncil.__main__ import main
+    from ncil.cli import main
 
     assert main(["bench", "--resume-state", "--method", "finetune", "--steps", "1", "--saves", "1",
                  "--batch-size", "64", "-o", "model=vit_digits_tiny", "--images", "640"]) == 0

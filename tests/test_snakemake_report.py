@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from ncil.pipeline import paths
-from ncil.reports import report, results_table
 from ncil.pipeline.workflow import steps
+from ncil.reports import report, results_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

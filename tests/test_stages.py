@@ -13,9 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from ncil.__main__ import VERBS, build_parser, main
-from ncil.stages import STAGES
-from ncil.tools import TOOLS
+from ncil.cli import STAGES, TOOLS, VERBS, build_parser, main
 from tests.conftest import ROOT, env, ncil
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -74,9 +72,18 @@ def test_no_module_imports_the_command_line():
             assert "ncil.__main__" not in _ncil_imports(path), path
 
 
+def test_library_code_imports_no_verb_module():
+    """Verb modules (ncil/stages, ncil/tools) import the library, never the reverse, and never each other:
+    what two verbs share lives in the library (ncil/data, ncil/learning, ncil/pipeline, ncil/reports) or in
+    ncil/cli.py, which names the verb modules as strings only."""
+    for path in (ROOT / "ncil").rglob("*.py"):
+        verbs = {m for m in _ncil_imports(path) if m.startswith(("ncil.stages", "ncil.tools"))}
+        assert not verbs, f"{path.relative_to(ROOT)} imports {sorted(verbs)}"
+
+
 def test_building_the_parser_loads_no_torch():
     """numerics.apply must run before torch loads: no stage or tool module imports it at import time."""
-    code = "import sys; from ncil.__main__ import build_parser; build_parser(); print('torch' in sys.modules)"
+    code = "import sys; from ncil.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env(), capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
 

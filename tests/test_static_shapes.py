@@ -32,9 +32,7 @@ import functools
 import pytest
 import torch
 
-from ncil.pipeline.config import ConfigError, RuntimeConfig, parse_params, resolve_static_shapes
 from ncil.data import augment
-from ncil.pipeline.hydra_conf import compose
 from ncil.methods import official_step as official
 from ncil.methods.baseline import feature_distillation
 from ncil.methods.head_layout import HeadLayout
@@ -43,6 +41,8 @@ from ncil.methods.objective import OldKnowledge
 from ncil.methods.official import classification_loss, identity_transfer, pks_official, transfer_loss
 from ncil.methods.pks import masked_mean, pks_loss
 from ncil.models.network import build_network
+from ncil.pipeline.config import ConfigError, RuntimeConfig, parse_params, resolve_static_shapes
+from ncil.pipeline.hydra_conf import compose
 
 REDUCTION_RTOL = 2.0**-19
 NETWORK_RTOL = {torch.float64: 1e-10, torch.float32: 1e-4}

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from ncil.learning import runtime
+from ncil.learning.opcount import StepCounter
+from ncil.models.network import build_network
 from ncil.pipeline.config import parse_params
 from ncil.pipeline.hydra_conf import compose
-from ncil.models.network import build_network
-from ncil.learning.opcount import StepCounter
 
 TINY = ["preset=official", "model=vit_digits_tiny", "+model.resnet_width=4", "runtime.device=cpu"]
 BACKBONES = {"ours": "vit", "pass_resnet18": "resnet18", "ours_official": "hybrid", "fcs": "hybrid"}

@@ -30,10 +30,10 @@ SCRIPT = r'''
 import hashlib, json, logging, sys
 from io import BytesIO
 import numpy as np, torch
+from ncil.data import arrays
 from ncil.learning import training
 from ncil.pipeline import io
 from ncil.pipeline.config import parse_params
-from ncil.data import arrays
 from ncil.pipeline.hydra_conf import compose
 PAPER = ["model=vit_digits_tiny", "model.drop_path=0.1", "train=smoke", "train.epochs=2", "train.batch_size=16",
          "method=[ours,baseline,pass_resnet18]", "runtime.device=cpu"]

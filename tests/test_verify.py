@@ -138,7 +138,7 @@ def test_figure4_weight_maps_from_a_checkpoint(tiny_project, tiny_params, monkey
 
     import torch
 
-    from ncil.__main__ import main
+    from ncil.cli import main
     from ncil.models.network import build_network
 
     p, raw = tiny_params

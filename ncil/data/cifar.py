@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ncil.pipeline.config import DatasetConfig
 from ncil.data.images import RawDataset, array_set
+from ncil.pipeline.config import DatasetConfig
 from ncil.pipeline.io import ArtifactError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"

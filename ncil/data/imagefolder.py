@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ncil.pipeline.config import DatasetConfig
 from ncil.data.images import RawDataset, class_tree, file_set
+from ncil.pipeline.config import DatasetConfig
 from ncil.pipeline.io import ArtifactError
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ncil.data.catalog import class_split_counts
 from ncil.pipeline import io, paths
 from ncil.pipeline.config import ConfigError, DatasetConfig
-from ncil.data.catalog import class_split_counts
 
 
 def load_digits_images() -> tuple[np.ndarray, np.ndarray]:

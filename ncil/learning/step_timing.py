@@ -27,13 +27,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ncil.pipeline.config import MethodConfig, Params
+from ncil.learning.runtime import keep_freed_memory
 from ncil.methods import official_step as official
 from ncil.methods.baseline import rotate_batch
 from ncil.methods.mixup import mixup_batch
 from ncil.methods.objective import OldKnowledge, rotations, step_loss
 from ncil.models.network import build_network
-from ncil.learning.runtime import keep_freed_memory
+from ncil.pipeline.config import MethodConfig, Params
 
 
 def _interleaved_seconds(fns: dict, rounds: int, warmup: int) -> dict[str, list[float]]:
@@ -131,8 +131,8 @@ def _bench_official_step(p: Params, method: MethodConfig, batch_size: int, steps
     passes the method requires (method-spec 5.3), i.e. the student's forward and backward and the old
     model's forward over X' (the 4B rotated views and the mixup images of one draw), and, with the
     contrastive loss on, the key encoder's forward over the 4B rotated strong views."""
-    from ncil.pipeline.config import resolve_static_shapes
     from ncil.learning.training import official_transfer
+    from ncil.pipeline.config import resolve_static_shapes
 
     static = resolve_static_shapes(p.runtime.static_shapes, p.runtime.compile)
     layout = official.head_layout(method, n_old, n_new)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ncil.pipeline.config import Params
 from ncil.data import arrays
+from ncil.learning.training import TaskJob
 from ncil.methods.objective import rotations
 from ncil.models.network import build_network
-from ncil.learning.training import TaskJob
+from ncil.pipeline.config import Params
 
 
 def images(n_classes: int, per_class: int, size: int, channels: int, seed: int, noise_seed: int | None = None) -> arrays.Split:

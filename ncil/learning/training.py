@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ncil.learning import optim, resume, runtime
 from ncil.pipeline.config import (BASE_RECIPE_FIELDS, MethodConfig, Params, non_default_fields, resolve_precision,
-                         resolve_static_shapes, to_dict)
+                                  resolve_static_shapes, to_dict)
 from ncil.data import arrays, augment
 from ncil.data.scenario import remap_labels
 from ncil.methods import official_step as official
@@ -39,6 +40,14 @@ class TaskJob:
     method_name: str  # incremental method (the base recipe's name for task 0)
     method: MethodConfig  # for task 0: any method of the base recipe (only its recipe fields matter)
     identity: dict  # who this job is: dataset, split, method, seed, task (stored in the checkpoint)
+
+
+def make_job(p, split: dict, task: int, seed: int, method_name: str, method, split_file: str):
+    """The TaskJob of task ``task`` of ``split`` (pure); ``split_file``'s folder names the split."""
+    return TaskJob(task=task, seed=seed, class_order=split["class_order"], tasks=split["tasks"],
+                   method_name=method_name, method=method,
+                   identity={"dataset": p.dataset.name, "split": str(Path(split_file).parent.name),
+                             "method": method_name, "seed": seed, "task": task})
 
 
 def method_snapshot(job: TaskJob) -> dict:

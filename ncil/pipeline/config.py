@@ -14,9 +14,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ncil.pipeline import paths
 from ncil.data.catalog import DATASETS, class_split_counts
 from ncil.data.scenario import ORDER_SEED_MAX, task_sizes
+from ncil.pipeline import paths
 
 
 class ConfigError(ValueError):

@@ -11,6 +11,8 @@ parser when it loads.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ncil.pipeline import fingerprints, paths
 from ncil.pipeline.workflow import steps
 
@@ -20,6 +22,11 @@ HEADER = (
 )
 CHECK_NOTE = "# First, check_params validates params.yaml and checks this file against it (DVC only).\n"
 CHECK_STAGE = "check_params"
+# A copy of the params.yaml a dvc.yaml was last generated from, in DVC's git-ignored scratch folder
+# beside it: what a refused `dvc exp run` puts back. Written by `python -m ncil params` and `dvc-yaml`.
+SOURCE_COPY = ".dvc/tmp/ncil-params.yaml"
+# The line `python -m ncil params` writes under params.yaml's header when it had overrides.
+COMPOSED_BY = "# Composed by: python -m ncil params "
 
 
 def check_stage(params_file: str = "params.yaml", dvc_file: str = "dvc.yaml") -> dict:
@@ -86,3 +93,16 @@ def render_dvc_yaml(params: dict, params_file: str = "params.yaml", wdir: str | 
         doc["plots"] = figure_plots
     header = HEADER if wdir else HEADER + CHECK_NOTE
     return header + yaml.safe_dump(doc, sort_keys=False, width=10_000)
+
+
+def source_copy(dvc_path: str) -> Path:
+    return Path(dvc_path).resolve().parent / SOURCE_COPY
+
+
+def keep_source(params_path: str, dvc_path: str) -> None:
+    """Remember params.yaml as the source of dvc.yaml (only where DVC is set up: .dvc/ beside it)."""
+    from ncil.pipeline import io
+
+    target = source_copy(dvc_path)
+    if target.parent.parent.is_dir():
+        io.write_text(target, Path(params_path).read_text(encoding="utf-8"))

@@ -116,13 +116,11 @@ def override_error(err: Exception, overrides: list[str], conf_dir: str | Path = 
 
 def write_params(overrides: list[str], params_path: str = "params.yaml", dvc_path: str | None = "dvc.yaml") -> dict:
     """Compose, validate, write params.yaml and (optionally) the dvc.yaml generated from it."""
-    from ncil.pipeline import io
-    from ncil.pipeline.config import parse_params
-    from ncil.pipeline.dvcgen import render_dvc_yaml
-
     import shlex
 
-    from ncil.tools.dvc_yaml import COMPOSED_BY, keep_source
+    from ncil.pipeline import io
+    from ncil.pipeline.config import parse_params
+    from ncil.pipeline.dvcgen import COMPOSED_BY, keep_source, render_dvc_yaml
 
     data = compose(overrides)
     parse_params(data, source=f"conf/ with overrides {list(overrides)}")

@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ncil.pipeline.config import MethodConfig, Params
 from ncil.data.catalog import class_split_counts
+from ncil.pipeline.config import MethodConfig, Params
 
 # Images per class before val (and, without a test set of its own, test) are carved out, and test
 # images per class of the data set's own test set. digits: 1,797 / 10; folder: unknown before

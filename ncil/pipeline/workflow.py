@@ -15,15 +15,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from ncil.cli import VERBS
 from ncil.pipeline import codedeps, experiment_grid, paths
-from ncil.stages import STAGES
-from ncil.tools import TOOLS
 from ncil.pipeline.provenance import setting_label
 
-# The module each verb of `python -m ncil` runs (ncil/stages, ncil/tools: one module per verb) and the
-# entry point every verb goes through (ncil/__main__.py: numerics before torch, logs, error types);
-# their imports, scanned by ncil/pipeline/codedeps.py, are each step's code dependencies.
-STAGE_MODULES: dict[str, str] = {**STAGES, **TOOLS}
+# The module each verb of `python -m ncil` runs (the verb table of ncil/cli.py: one module per verb) and
+# the entry point every verb goes through (ncil/__main__.py, then ncil/cli.py: numerics before torch, logs,
+# error types); their imports, scanned by ncil/pipeline/codedeps.py, are each step's code dependencies.
+STAGE_MODULES: dict[str, str] = dict(VERBS)
 ENTRY_MODULES: tuple[str, ...] = ("ncil.__main__",)
 ENTRY_FILES: tuple[str, ...] = ()
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this ncil package
@@ -70,6 +69,17 @@ class Step:
     @property
     def verb(self) -> str:
         return self.cmd[0]
+
+    def values(self, flag: str) -> list[str]:
+        """The values that follow ``flag`` in the command, up to the next flag (empty when it is absent)."""
+        if flag not in self.cmd:
+            return []
+        out = []
+        for word in self.cmd[self.cmd.index(flag) + 1:]:
+            if word.startswith("--"):
+                break
+            out.append(word)
+        return out
 
     @property
     def code(self) -> tuple[str, ...]:

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ncil.data.splits import read_split
 from ncil.pipeline import experiment_grid, io, paths
-from ncil.reports import metrics, plots, report, results_table
 from ncil.pipeline.provenance import setting_label
-from ncil.stages.split import read_split
-from ncil.stages.summarize import layout_problem
+from ncil.reports import metrics, plots, report, results_table
+from ncil.reports.metrics_json import layout_problem
 
 REL_TOL = 1e-9  # metrics.json holds full floats computed by the same arithmetic
 CSV_TOL = 2e-4  # the figure / table CSVs round to 4 decimals
@@ -65,7 +65,7 @@ def check_metrics(file: str, stored: dict, evaluations: list[dict], identity: di
     The named variants (``variants``) are checked when the file has them."""
     acc, counts = metrics.accuracy_matrix(evaluations)
     summary = metrics.summarize(acc, counts)
-    problem = layout_problem(stored)  # the layout summarize writes (ncil.stages.summarize)
+    problem = layout_problem(stored)  # the layout summarize writes (ncil.reports.metrics_json)
     if problem is not None:
         raise Mismatch(file, problem[0], problem[1], "present", "missing")
     for key, value in {**identity, "label": label}.items():
@@ -274,21 +274,23 @@ def check_figure4(root: Path, params: dict, log) -> int:
     """Figure 4 (when the grid has it): recompute the weight maps from the checkpoints, if they are here
     (they are DVC-cached: `dvc pull`); otherwise say that it was not checked."""
     from ncil.pipeline.config import parse_params
-    from ncil import cli
-    from ncil.stages import figure4
     from ncil.pipeline.workflow import steps
 
     step = next((s for s in steps(params) if s.kind == "figure4"), None)
     if step is None:
         return 0
-    args = cli.parse(figure4, list(step.cmd[1:]))
-    missing = [c for c in args.checkpoints if not (root / c).is_file()]
+    checkpoints = step.values("--checkpoints")
+    missing = [c for c in checkpoints if not (root / c).is_file()]
     if missing or not (root / paths.data_manifest(params["dataset"]["name"])).is_file():
         log(f"verify: Figure 4 not checked: {missing[0] if missing else 'the data set'} is not here (dvc pull)")
         return 0
-    csv_text, png, _ = figure4.compute(parse_params(params), args, root=str(root))
-    compare_csv(args.out_csv, csv_text, _read_text(root / args.out_csv, "Figure 4 data"))
-    check_png(root, args.out_png, png)
+    options = {key: int(step.values(flag)[0]) for key, flag in (("n_images", "--images"), ("norm", "--p"))
+               if step.values(flag)}  # what the step's command leaves out is the figure4 verb's default
+    csv_text, png, _ = plots.weight_map_files(parse_params(params), step.values("--split")[0], checkpoints,
+                                              root=str(root), **options)
+    csv_file, png_file = step.outs["csv"], step.outs["png"]
+    compare_csv(csv_file, csv_text, _read_text(root / csv_file, "Figure 4 data"))
+    check_png(root, png_file, png)
     log("verify: Figure 4's weight maps match their checkpoints")
     return 1
 

@@ -12,9 +12,9 @@ the same definitions.
 from __future__ import annotations
 
 from ncil.pipeline import experiment_grid, paths
+from ncil.pipeline.provenance import setting_label
 from ncil.reports import paper_values, plots, results_table
 from ncil.reports.metrics import CONVENTION
-from ncil.pipeline.provenance import setting_label
 
 
 def grid_settings(params: dict) -> dict[str, list[str]]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from ncil.reports import paper_values
 from ncil.reports.metrics import CONVENTION_TEXT
-from ncil.stages.summarize import UNRECORDED_PRECISION, join_values  # the metrics layout's owner
+from ncil.reports.metrics_json import UNRECORDED_PRECISION, join_values  # the metrics layout's owner
 
 COLUMNS = ("avg_accuracy", "last_accuracy", "avg_forgetting")
 HEADERS = {"avg_accuracy": "Avg", "last_accuracy": "Last", "avg_forgetting": "Forgetting"}

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_paths(args: Args) -> None:
     if len(args.checkpoints) != len(args.out):
         raise cli.UsageError(f"--checkpoints ({len(args.checkpoints)} paths) and --out ({len(args.out)} paths) "
-                                "need the same number of paths")
+                             "need the same number of paths")
     cli.refuse_overlap(
         {**{f"--out[{i}]": o for i, o in enumerate(args.out)}, "--log": args.log},
         {"--params": args.params, "--split": args.split, **{f"--checkpoints[{i}]": c for i, c in enumerate(args.checkpoints)}},
@@ -48,8 +48,8 @@ def check_paths(args: Args) -> None:
 
 def check_checkpoint(checkpoint: dict, task: int, split: dict, ckpt_file: str, split_file: str) -> None:
     """Refuse a checkpoint that is not task ``task`` of ``split`` (pure; names both files and the field)."""
+    from ncil.data.splits import seen_classes
     from ncil.pipeline.io import ArtifactError
-    from ncil.stages.split import seen_classes
 
     if len(split["tasks"]) <= task:
         raise ArtifactError(f"{ckpt_file}: task: {split_file} has only {len(split['tasks'])} tasks, "
@@ -65,11 +65,11 @@ def accuracy(columns: dict) -> float:
 
 
 def run(args: Args) -> None:
-    from ncil.pipeline import io
     from ncil.data.arrays import load_split
+    from ncil.data.splits import read_split
     from ncil.learning.prediction import evaluate_checkpoint
+    from ncil.pipeline import io
     from ncil.pipeline.progress import logger
-    from ncil.stages.split import read_split
 
     check_paths(args)
     p, _ = cli.load_params(args.params)

@@ -1,7 +1,7 @@
 """``figure4``: Figure 4, PKS weight maps of test images from ViT checkpoints (PNG and CSV).
 
-The maps and the drawing are ``ncil.reports.plots.weight_map_figure``'s (pure); ``verify`` recomputes them
-through ``compute``.
+The maps and the drawing are ``ncil.reports.plots.weight_map_files``' (``verify`` recomputes them through
+it).
 """
 
 from __future__ import annotations
@@ -38,30 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-csv", required=True)
 
 
-def compute(p, args: Args, root: str = ".") -> tuple[str, bytes, int]:
-    """(CSV text, PNG bytes, number of checkpoints) of the figure ``args`` asks for, reading under ``root``."""
-    from pathlib import Path
-
-    from ncil.pipeline import io
-    from ncil.reports import plots
-    from ncil.data.arrays import load_split
-    from ncil.stages.split import read_split
-
-    split = read_split(Path(root) / args.split)
-    test = load_split(p.dataset.name, "test", root=str(root))
-    checkpoints = [(path, io.load_checkpoint(Path(root) / path)) for path in args.checkpoints]
-    csv_text, png = plots.weight_map_figure(p, split["tasks"], test, checkpoints, args.images, args.p)
-    return csv_text, png, len(checkpoints)
-
-
 def run(args: Args) -> None:
     from ncil.pipeline import io
     from ncil.pipeline.progress import say
+    from ncil.reports import plots
 
     cli.refuse_overlap({"--out-png": args.out_png, "--out-csv": args.out_csv, "--log": args.log},
-                          {"--params": args.params, "--split": args.split,
-                           **{f"--checkpoints[{i}]": c for i, c in enumerate(args.checkpoints)}})
+                       {"--params": args.params, "--split": args.split,
+                        **{f"--checkpoints[{i}]": c for i, c in enumerate(args.checkpoints)}})
     p, _ = cli.load_params(args.params)
-    csv_text, png, n = compute(p, args)
+    csv_text, png, n = plots.weight_map_files(p, args.split, args.checkpoints, args.images, args.p)
     io.write_files({args.out_csv: csv_text, args.out_png: png})
     say(f"wrote {args.out_png} and {args.out_csv} ({n} checkpoints)")

@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: Args) -> None:
     from ncil.pipeline import io
-    from ncil.reports import plots, report
     from ncil.pipeline.progress import say
+    from ncil.reports import plots, report
 
     _, raw = cli.load_params(args.params)
     metrics = cli.read_metrics(args.metrics)

@@ -31,14 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: Args) -> None:
     from ncil.pipeline import io
-    from ncil.reports import report
     from ncil.pipeline.progress import say
+    from ncil.reports import report
 
     _, raw = cli.load_params(args.params)
     metrics = cli.read_metrics(args.metrics)
     texts = report.section_texts(raw, metrics)
     cli.refuse_overlap({f"section {p}": p for p in texts} | {"--log": args.log},
-                          {"--params": args.params, **{f"--metrics[{i}]": m for i, m in enumerate(args.metrics)}})
+                       {"--params": args.params, **{f"--metrics[{i}]": m for i, m in enumerate(args.metrics)}})
     io.write_files(texts)  # as a set: a kill leaves files missing, never old and new side by side
     for path in texts:
         say(f"wrote {path}")

@@ -50,8 +50,8 @@ def read_sections(files: tuple[str, ...]) -> dict[str, str]:
 
 def run(args: Args) -> None:
     from ncil.pipeline import io, paths
-    from ncil.reports import report, results_table
     from ncil.pipeline.progress import say
+    from ncil.reports import report, results_table
 
     _, raw = cli.load_params(args.params)
     try:
@@ -61,7 +61,7 @@ def run(args: Args) -> None:
     md_path, csv_path = paths.paper_table_files(results_table.TABLE4)
     texts[md_path], texts[csv_path] = results_table.table4_texts([])  # no grid has DyTox results
     cli.refuse_overlap({f"table {p}": p for p in texts} | {"--log": args.log},
-                          {"--params": args.params, **{f"--sections[{i}]": s for i, s in enumerate(args.sections)}})
+                       {"--params": args.params, **{f"--sections[{i}]": s for i, s in enumerate(args.sections)}})
     io.write_files(texts)  # as a set: a kill leaves files missing, never old and new side by side
     for path in texts:
         say(f"wrote {path}")

@@ -31,8 +31,8 @@ def summary_line(dataset: str, counts: dict) -> str:
 
 
 def run(args: Args) -> None:
-    from ncil.pipeline import io, paths
     from ncil.data.preparation import prepare
+    from ncil.pipeline import io, paths
     from ncil.pipeline.progress import say
 
     p, _ = cli.load_params(args.params)

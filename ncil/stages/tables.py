@@ -45,7 +45,7 @@ def run(args: Args) -> None:
     from ncil.pipeline import io
 
     cli.refuse_overlap({"--markdown": args.markdown, "--csv": args.csv, "--log": args.log},
-                          {"--params": args.params, **{f"--metrics[{i}]": m for i, m in enumerate(args.metrics)}})
+                       {"--params": args.params, **{f"--metrics[{i}]": m for i, m in enumerate(args.metrics)}})
     p, _ = cli.load_params(args.params)
     markdown, csv = table_texts(p, cli.read_metrics(args.metrics))
     io.write_files({args.markdown: markdown, args.csv: csv})

@@ -81,24 +81,14 @@ def resolve_method(p, args: Args, params_file: str):
     return p.method[args.method]
 
 
-def make_job(p, split: dict, task: int, seed: int, method_name: str, method, split_file: str):
-    """The TaskJob of task ``task`` of ``split`` (pure)."""
-    from ncil.learning.training import TaskJob
-
-    return TaskJob(task=task, seed=seed, class_order=split["class_order"], tasks=split["tasks"],
-                   method_name=method_name, method=method,
-                   identity={"dataset": p.dataset.name, "split": str(Path(split_file).parent.name),
-                             "method": method_name, "seed": seed, "task": task})
-
-
 def check_previous(previous: dict, job, p, expected_method: str, prev_file: str, split_file: str) -> None:
     """Refuse a previous checkpoint that is not task t-1 of this run (pure; names both files and the field).
 
     ``expected_method``: what task t-1 was trained as (the base recipe for task 0, else the method).
     """
+    from ncil.data.splits import seen_classes
     from ncil.pipeline.config import to_dict
     from ncil.pipeline.io import ArtifactError
-    from ncil.stages.split import seen_classes
 
     config = previous.get("config", {})
     expected = {
@@ -204,9 +194,10 @@ def tell(log, line: str) -> None:
 
 
 def run(args: Args) -> None:
+    from ncil.data.splits import read_split
     from ncil.learning import resume
+    from ncil.learning.training import make_job
     from ncil.pipeline.progress import logger
-    from ncil.stages.split import read_split
 
     check_paths(args)
     p, _ = cli.load_params(args.params)
@@ -234,10 +225,10 @@ def run(args: Args) -> None:
 
 
 def _train(args: Args, p, split: dict, method, job, log, flag) -> None:
-    from ncil.learning import resume, runtime
-    from ncil.pipeline import io, provenance
     from ncil.data.arrays import load_split
+    from ncil.learning import resume, runtime
     from ncil.learning.training import run_config_snapshot, train_task
+    from ncil.pipeline import io, provenance
 
     previous = previous_centers = None
     if args.task:

@@ -31,9 +31,9 @@ def run(args: Args) -> None:
     from pathlib import Path
 
     from ncil.pipeline import io, paths
-    from ncil.reports import cost_table
     from ncil.pipeline.progress import say
     from ncil.pipeline.provenance import setting_label
+    from ncil.reports import cost_table
 
     _, raw = cli.load_params(args.params)
     records, missing = [], 0

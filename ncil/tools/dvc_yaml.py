@@ -14,14 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ncil import cli
+from ncil.pipeline.dvcgen import COMPOSED_BY, keep_source, source_copy
 
 VERB = "dvc-yaml"
 HELP = "generate dvc.yaml (one stage per job) from params.yaml"
-# A copy of the params.yaml a dvc.yaml was last generated from, in DVC's git-ignored scratch folder
-# beside it: what a refused `dvc exp run` puts back. Written by `python -m ncil params` and `dvc-yaml`.
-SOURCE_COPY = ".dvc/tmp/ncil-params.yaml"
-# The line `python -m ncil params` writes under params.yaml's header when it had overrides.
-COMPOSED_BY = "# Composed by: python -m ncil params "
 
 
 @dataclass(frozen=True)
@@ -39,19 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true",
                         help="fail if the file differs instead of writing it, or if runtime.device needs a CUDA GPU "
                              "this machine lacks (DVC's first stage: dvc repro stops before any job)")
-
-
-def source_copy(dvc_path: str) -> Path:
-    return Path(dvc_path).resolve().parent / SOURCE_COPY
-
-
-def keep_source(params_path: str, dvc_path: str) -> None:
-    """Remember params.yaml as the source of dvc.yaml (only where DVC is set up: .dvc/ beside it)."""
-    from ncil.pipeline import io
-
-    target = source_copy(dvc_path)
-    if target.parent.parent.is_dir():
-        io.write_text(target, Path(params_path).read_text(encoding="utf-8"))
 
 
 def source_of(dvc_text: str, params_path: str, candidates: list[str]) -> str | None:
