@@ -149,7 +149,7 @@ for FIG_DATASET, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
         name:
             f"figures{FIG_SUFFIX}"
         input:
-            metrics=[run.metrics_file for run in grid.runs(FIG_CONFIG)],
+            metrics=[run.metrics_file for run in experiment_grid.runs(FIG_CONFIG)],
             code=code("figures"),
         output:
             png=[report(png, caption="../report/figure3.rst", category="Figure 3", subcategory=FIG_DATASET,
