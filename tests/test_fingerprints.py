@@ -57,7 +57,7 @@ def package_copy(tmp_path, monkeypatch) -> Path:
 def test_an_edit_without_refresh_is_named_with_the_command_that_refreshes(package_copy):
     fingerprints.write(package_copy)
     assert fingerprints.problem(package_copy) is None
-    with open(package_copy / "ncil" / "train.py", "a") as fh:
+    with open(package_copy / "ncil" / "learning" / "training.py", "a") as fh:
         fh.write("\n_EDITED = 1\n")
     message = fingerprints.problem(package_copy)
     assert message is not None and "fingerprints.yaml: out of date with the code of" in message

@@ -38,7 +38,7 @@ def test_apply_refuses_once_torch_is_loaded(monkeypatch):
 
 
 def test_portable_mode_reaches_aten_in_a_fresh_process():
-    code = ("from ncil import numerics; numerics.apply('portable'); import torch; "
+    code = ("from ncil.learning import numerics; numerics.apply('portable'); import torch; "
             "print(torch.backends.cpu.get_cpu_capability())")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "AVX2"  # on an AVX-512 machine too: the vectorised kernels are capped
@@ -84,7 +84,7 @@ def test_portable_is_read_from_the_three_variables_and_only_then_fuses_adam():
 def test_build_optimizer_fuses_adam_in_portable_processes_only(mode, fused):
     """In a fresh process (the mode is set before torch loads, as the CLI does): native builds Adam exactly as
     before (``fused`` left at torch's default None), portable with ``fused=True``; SGD is the same in both."""
-    code = ("import sys; from ncil import numerics; numerics.apply(sys.argv[1]); import torch; "
+    code = ("import sys; from ncil.learning import numerics; numerics.apply(sys.argv[1]); import torch; "
             "from ncil.learning.optim import Recipe, build_optimizer; w = [torch.nn.Parameter(torch.zeros(3))]; "
             "adam, _ = build_optimizer(w, Recipe('adam', 1, 1e-3, 2e-4, 0.0, (), 0, 0.1)); "
             "sgd, _ = build_optimizer(w, Recipe('sgd', 1, 0.1, 5e-4, 0.9, (), 0, 0.1)); "

@@ -23,10 +23,15 @@ import hashlib, logging
 from io import BytesIO
 import numpy as np, torch
 from ncil.data import arrays
-from ncil.learning import training
-from ncil.pipeline import io
-from ncil.pipeline.config import parse_params
-from ncil.pipeline.hydra_conf import compose
+try:
+    from ncil.learning import training
+    from ncil.pipeline import io
+    from ncil.pipeline.config import parse_params
+    from ncil.pipeline.hydra_conf import compose
+except ImportError:  # an archived commit of the flat layout (before ncil/learning, ncil/pipeline)
+    from ncil import io, train as training
+    from ncil.config import parse_params
+    from ncil.hydra_conf import compose
 TINY = ["model=vit_digits_tiny", "model.drop_path=0.1", "train=smoke", "train.epochs=2", "train.batch_size=16",
         "method=[ours,baseline]", "runtime.device=cpu"]
 rng = np.random.RandomState(0)
@@ -43,8 +48,8 @@ tasks = [[0, 1, 2, 3], [4, 5]]
 out = []
 for name in ("ours", "baseline"):
     m = p.method[name]
-    t0 = train.train_task(p, train.TaskJob(0, 1, list(range(10)), tasks, m.base_recipe, m, {}), data, None, None, log)
-    t1 = train.train_task(p, train.TaskJob(1, 1, list(range(10)), tasks, name, m, {}), data, *t0, log)
+    t0 = training.train_task(p, training.TaskJob(0, 1, list(range(10)), tasks, m.base_recipe, m, {}), data, None, None, log)
+    t1 = training.train_task(p, training.TaskJob(1, 1, list(range(10)), tasks, name, m, {}), data, *t0, log)
     out += [f"{name}:0:{digest(*t0)}", f"{name}:1:{digest(*t1)}"]
 print(" ".join(out))
 '''

@@ -353,16 +353,16 @@ def test_a_refusal_names_what_changed_params_split_data_or_code():
     said = {field: resume.mismatch_message(path, (field, "a", "b")) for field in
             ("identity.config.train.lr", "identity.job.seed", "identity.previous_checkpoint_sha256",
              "identity.split.class_order[5]", "identity.data.data/digits/train_images.npy",
-             "identity.code.ncil/train.py")}
+             "identity.code.ncil/learning/training.py")}
     belongs = {field: text.split("belongs to ")[1].split(" ")[0:2] for field, text in said.items()}
     assert belongs == {"identity.config.train.lr": ["another", "configuration;"],
                        "identity.job.seed": ["another", "configuration;"],
                        "identity.previous_checkpoint_sha256": ["another", "previous"],
                        "identity.split.class_order[5]": ["another", "split"],
                        "identity.data.data/digits/train_images.npy": ["other", "data"],
-                       "identity.code.ncil/train.py": ["other", "training"]}
-    assert said["identity.code.ncil/train.py"] == (
-        f"{path}: identity.code.ncil/train.py: expected 'a', found 'b': this resumable state belongs to other "
+                       "identity.code.ncil/learning/training.py": ["other", "training"]}
+    assert said["identity.code.ncil/learning/training.py"] == (
+        f"{path}: identity.code.ncil/learning/training.py: expected 'a', found 'b': this resumable state belongs to other "
         f"training code (a file the train step runs changed); delete it (rm {path}) to train this task again "
         "from epoch 1")
 
@@ -437,7 +437,7 @@ def test_a_state_of_other_code_is_refused_and_code_outside_the_step_does_not_mat
     trained.write_text(original + "# an edit\n")
     proc = ncil([*TASK0, *_outputs(BASE_TASK)], project, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert (f"error: {state}: identity.code.ncil/train.py: expected {io.sha256_file(trained)!r}, found "
+    assert (f"error: {state}: identity.code.ncil/learning/training.py: expected {io.sha256_file(trained)!r}, found "
             f"{hashlib.sha256(original.encode()).hexdigest()!r}: this resumable state belongs to other training "
             "code") in proc.stderr
     trained.write_text(original)

@@ -65,6 +65,16 @@ def _ncil_imports(path: Path) -> set[str]:
     return names
 
 
+def test_a_step_reads_back_the_values_of_its_flags():
+    """verify recomputes Figure 4 from the figure4 step's own flags (Step.values)."""
+    from ncil.pipeline.workflow import steps
+
+    step = next(s for s in steps(PARAMS) if s.kind == "figure4")
+    assert step.values("--checkpoints") == [v for k, v in step.deps.items() if k.startswith("checkpoint")]
+    assert step.values("--split") == [step.deps["split"]] and step.values("--out-csv") == [step.outs["csv"]]
+    assert step.values("--images") == []  # left to the verb's default
+
+
 def test_no_module_imports_the_command_line():
     """ncil.reports.recompute used to import ncil.__main__ (which imports the verbs): a cycle."""
     for path in (ROOT / "ncil").rglob("*.py"):

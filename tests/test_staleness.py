@@ -153,9 +153,9 @@ def test_editing_how_a_gpu_is_claimed_makes_nothing_stale(produced, tmp_path):
 
 def test_a_docstring_and_comment_edit_makes_nothing_stale(produced, tmp_path):
     project = copied(produced, tmp_path)
-    source = (project / "ncil" / "train.py").read_text()
+    source = (project / "ncil" / "learning" / "training.py").read_text()
     assert source.startswith('"""')
-    (project / "ncil" / "train.py").write_text('"""Edited docstring. ' + source[3:] + "\n# a comment\n")
+    (project / "ncil" / "learning" / "training.py").write_text('"""Edited docstring. ' + source[3:] + "\n# a comment\n")
     nothing_stale(project)
 
 

@@ -31,10 +31,15 @@ import hashlib, json, logging, sys
 from io import BytesIO
 import numpy as np, torch
 from ncil.data import arrays
-from ncil.learning import training
-from ncil.pipeline import io
-from ncil.pipeline.config import parse_params
-from ncil.pipeline.hydra_conf import compose
+try:
+    from ncil.learning import training
+    from ncil.pipeline import io
+    from ncil.pipeline.config import parse_params
+    from ncil.pipeline.hydra_conf import compose
+except ImportError:  # an archived commit of the flat layout (before ncil/learning, ncil/pipeline)
+    from ncil import io, train as training
+    from ncil.config import parse_params
+    from ncil.hydra_conf import compose
 PAPER = ["model=vit_digits_tiny", "model.drop_path=0.1", "train=smoke", "train.epochs=2", "train.batch_size=16",
          "method=[ours,baseline,pass_resnet18]", "runtime.device=cpu"]
 OFFICIAL = ["preset=official", "model=vit_digits_tiny", "+model.resnet_width=4", "train=smoke", "train.epochs=2",
@@ -55,14 +60,14 @@ for conf, names in ((PAPER, ("ours", "baseline", "pass_resnet18")), (OFFICIAL, (
     p = parse_params(compose(conf + (["runtime.static_shapes=true"] if "--static" in sys.argv else [])))
     for name in names:
         m = p.method[name]
-        t0 = train.train_task(p, train.TaskJob(0, 1, list(range(10)), tasks, m.base_recipe, m, {}), data, None, None, log)
-        job = train.TaskJob(1, 1, list(range(10)), tasks, name, m, {})
+        t0 = training.train_task(p, training.TaskJob(0, 1, list(range(10)), tasks, m.base_recipe, m, {}), data, None, None, log)
+        job = training.TaskJob(1, 1, list(range(10)), tasks, name, m, {})
         if "--count" in sys.argv:
             from ncil.learning import opcount
-            t1, counts = opcount.count_training_steps(train.train_task, p, job, data, *t0, log)
+            t1, counts = opcount.count_training_steps(training.train_task, p, job, data, *t0, log)
             out[name + ":counts"] = counts.summary()
         else:
-            t1 = train.train_task(p, job, data, *t0, log)
+            t1 = training.train_task(p, job, data, *t0, log)
         out[name] = [digest(*t0), digest(*t1), t1[0]["history"]]
 print(json.dumps(out))
 '''

@@ -1,4 +1,4 @@
-"""``bench``: the cost of one training step of a method against the floor of its backbone work.
+"""Step timing (for ``bench``): the cost of one training step of a method against its backbone floor.
 
 The floor is what any distillation method on the same rows must pay: the student's forward and
 backward pass plus the old model's forward pass (method-spec 5.3: one old-model pass per step).

@@ -1,4 +1,4 @@
-"""``python -m ncil verify``: recompute every reported number and stop at the first that differs.
+"""Recomputation (for ``verify``): recompute every reported number and stop at the first that differs.
 
 Chain checked, each link from the one before (issue 4, item 5):
 
