@@ -1,7 +1,7 @@
 # ncil workflow: data -> split -> one training job per task -> evaluation -> summary -> tables, figures.
 # The grid (datasets x settings x methods x seeds x tasks) comes from params.yaml, validated when this
-# file loads by the CLI's parser (ncil.config.parse_params: a bad value stops here, nothing runs), and is
-# expanded by ncil/grid.py, the module dvc.yaml is generated from. Run: snakemake --cores all [target]
+# file loads by the CLI's parser (ncil.pipeline.config.parse_params: a bad value stops here, nothing runs), and is
+# expanded by ncil/pipeline/experiment_grid.py, the module dvc.yaml is generated from. Run: snakemake --cores all [target]
 
 configfile: "params.yaml"
 

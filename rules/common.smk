@@ -1,7 +1,7 @@
 # Validation, targets and the input functions shared by every rule file.
 #
-# The grid (data set x setting x method x seed x task) comes from params.yaml through ncil/grid.py,
-# the paths from ncil/paths.py and the params keys and code of each step from ncil/workflow.py: the
+# The grid (data set x setting x method x seed x task) comes from params.yaml through ncil/pipeline/experiment_grid.py,
+# the paths from ncil/pipeline/paths.py and the params keys and code of each step from ncil/pipeline/workflow.py: the
 # same records `python -m ncil dvc-yaml` writes dvc.yaml from, so both engines run the same commands
 # (tests/test_commands_agree.py).
 import hashlib
@@ -10,13 +10,13 @@ import os
 import re
 import sys
 
-from ncil import grid, paths
-from ncil import resources as res
-from ncil.config import ConfigError, parse_params
-from ncil.devices import cuda_refusal
-from ncil.io import ArtifactError, read_yaml
-from ncil import fingerprints as _fingerprints
-from ncil.workflow import figure4_run, params_digest, raw_inputs, section_dataset, table_sections
+from ncil.pipeline import experiment_grid, paths
+from ncil.pipeline import fingerprints as _fingerprints
+from ncil.pipeline import resources as res
+from ncil.pipeline.config import ConfigError, parse_params
+from ncil.pipeline.devices import cuda_refusal
+from ncil.pipeline.io import ArtifactError, read_yaml
+from ncil.pipeline.workflow import figure4_run, params_digest, raw_inputs, section_dataset, table_sections
 
 PARAMS_FILE = "params.yaml"
 
@@ -44,7 +44,7 @@ for _path in workflow.configfiles:  # params.yaml and any --configfile
 validate(config, PARAMS_FILE)
 DATASET = config["dataset"]["name"]
 
-# Each rule's code dependency is its verb's fingerprint (fingerprints.yaml, ncil/fingerprints.py), a param
+# Each rule's code dependency is its verb's fingerprint (fingerprints.yaml, ncil/pipeline/fingerprints.py), a param
 # of the rule. fingerprints.yaml out of date with the code (an edit without `python -m ncil dvc-yaml`)
 # stops here, as DVC's check_params stage does: both engines then see the same code.
 _STALE_FINGERPRINTS = _fingerprints.problem(workflow.basedir)
@@ -92,10 +92,10 @@ GRID_OF.update({cfg["dataset"]["name"]: (path, cfg) for path, cfg in GRIDS.value
 GRID_OF.update({section_dataset(cfg): (path, cfg) for path, cfg in list(GRID_OF.values())})
 
 # --- Targets ------------------------------------------------------------------------------------
-RUNS = grid.runs(config)
+RUNS = experiment_grid.runs(config)
 TABLES = list(paths.table_files(DATASET))
 METRICS = [run.metrics_file for run in RUNS]
-CHECKPOINTS = [job.run.checkpoint(job.task) for job in grid.train_jobs(config)]  # params.yaml's grid only
+CHECKPOINTS = [job.run.checkpoint(job.task) for job in experiment_grid.train_jobs(config)]  # params.yaml's grid only
 # Each grid writes its own data set's sections of the paper's tables (results/tables/<dataset>/):
 # running a paper data set's grid adds its sections; Tables 1, 2, 3, 5 are then reassembled by
 # params.yaml's grid (`snakemake tables` or `report`), from every data set's sections present.
@@ -111,7 +111,7 @@ def grid_figures(params):
     """(settings, Figure 3 PNGs, their CSVs, Figure 4's (method, run, checkpoints) or None) of a grid:
     files named by its data set, so every grid has its own figure rules (rules/report.smk)."""
     dataset = params["dataset"]["name"]
-    settings = list(dict.fromkeys(run.setting for run in grid.runs(params)))
+    settings = list(dict.fromkeys(run.setting for run in experiment_grid.runs(params)))
     curves = [paths.curve_figure_files(dataset, s) for s in settings]
     return settings, [png for png, _ in curves], [csv for _, csv in curves], figure4_run(params)
 
@@ -170,16 +170,16 @@ def code(verb):
 
 
 def fingerprint(verb):
-    """The code fingerprint of `python -m ncil <verb>` (fingerprints.yaml, ncil/fingerprints.py), a param of
+    """The code fingerprint of `python -m ncil <verb>` (fingerprints.yaml, ncil/pipeline/fingerprints.py), a param of
     its rule: Snakemake reruns a job whose params changed, so an edit reruns exactly the steps DVC reports
-    stale, and an edit outside the verb's code (or to launch-only code such as ncil/devices.py) none."""
+    stale, and an edit outside the verb's code (or to launch-only code such as ncil/pipeline/devices.py) none."""
     if verb not in FINGERPRINTS:
         sys.exit(f"error: fingerprints.yaml: {verb}: missing; run `python -m ncil dvc-yaml`")
     return FINGERPRINTS[verb]
 
 
 def step_params(kind, wildcards, dataset=None):
-    """(data set, method, digest) of the params a ``kind`` step reads (ncil.workflow.params_digest).
+    """(data set, method, digest) of the params a ``kind`` step reads (ncil.pipeline.workflow.params_digest).
     ``dataset``: the grid of a job without a `dataset` wildcard (default: its wildcard, else params.yaml's)."""
     dataset = dataset or getattr(wildcards, "dataset", DATASET)
     params = GRID_OF[dataset][1]
@@ -199,7 +199,7 @@ def keys_digest(kind, dataset=None):
 
 
 def config_stamp(kind, dataset=None):
-    """Input function: the step's params stamp (ncil.paths.params_stamp), holding the same digest and
+    """Input function: the step's params stamp (ncil.pipeline.paths.params_stamp), holding the same digest and
     rewritten only when it changes, so an edit of a key the step reads reruns it by mtime alone, as
     in a copied checkout without .snakemake/ metadata, where the params trigger has nothing to compare.
     A stamp written for the first time is dated 1970 (its absence is no evidence of an edit); a
@@ -242,7 +242,7 @@ def folder_state(root):
     leaves as it was; as part of the prepare step's params digest, any such change reruns prepare
     (issue 20, item 4). One stat per file when Snakemake builds its DAG, no reading: about 1 s per
     10^5 files on a local disk (0.5 s for 5 x 10^4 here), so ~15 s for an ImageNet-size folder (whose
-    ImageNet-Subset root is no input at all, ncil.workflow.raw_inputs). DVC, which hashes the folder,
+    ImageNet-Subset root is no input at all, ncil.pipeline.workflow.raw_inputs). DVC, which hashes the folder,
     likewise trusts size and mtime to skip rehashing a file it has seen."""
     if root not in _FOLDER_STATES:
         entries = []
@@ -265,7 +265,7 @@ def raw_data(wildcards):
     dataset = grid_params(wildcards)[1]["dataset"]
     root = dataset.get("root")
     if root and not dataset.get("download") and not os.path.exists(root):
-        from ncil.data.prepare import missing_message
+        from ncil.data.preparation import missing_message
 
         raise ValueError(missing_message(wildcards.dataset, root))
     return raw_inputs(dataset)
@@ -274,7 +274,7 @@ def raw_data(wildcards):
 def split_sizes(wildcards):
     """(F, C) of a split: base<F> is the base task alone (C = 0), a setting is its scenario."""
     params = grid_params(wildcards)[1]
-    for run in grid.runs(params):
+    for run in experiment_grid.runs(params):
         if wildcards.split_id == paths.base_split_id(run.initial):
             return run.initial, 0
         if wildcards.split_id == run.setting:
@@ -293,7 +293,7 @@ def split_increment(wildcards):
 def this_run(wildcards):
     """The run (setting, method, seed) of a job; a KeyError names the grid's settings and methods."""
     params = grid_params(wildcards)[1]
-    return grid.find_run(params, wildcards.setting, wildcards.method, int(wildcards.seed))
+    return experiment_grid.find_run(params, wildcards.setting, wildcards.method, int(wildcards.seed))
 
 
 def base_split(wildcards):
@@ -301,7 +301,7 @@ def base_split(wildcards):
     (F, base recipe, seed) is known to be in the grid: a path outside it fails naming the grid's base runs."""
     params = grid_params(wildcards)[1]
     wanted = (int(wildcards.initial), wildcards.recipe, int(wildcards.seed))
-    runs = grid.runs(params)
+    runs = experiment_grid.runs(params)
     if wanted not in {(r.initial, r.base_recipe, r.seed) for r in runs}:
         have = sorted({r.base_run_id for r in runs})
         raise ValueError(f"base{wanted[0]}/{wanted[1]}/seed{wanted[2]}: not a base run of {params_file(wildcards)} "
@@ -340,7 +340,7 @@ def run_evals(wildcards):
 
 def grid_metrics(wildcards):
     """Every run's metrics.json of the grid, in the grid's order (setting, method, seed)."""
-    return [run.metrics_file for run in grid.runs(grid_params(wildcards)[1])]
+    return [run.metrics_file for run in experiment_grid.runs(grid_params(wildcards)[1])]
 
 
 def paper_table(table):
@@ -380,7 +380,7 @@ def mark_restored_stale(logs, persistence):
             print(f"{path}: previous version kept; its job failed, so the next run redoes it", file=sys.stderr)
 
 
-# --- Scheduler requests (ncil/resources.py): threads, mem_mb (MB), runtime (minutes), gpu -------------
+# --- Scheduler requests (ncil/pipeline/resources.py): threads, mem_mb (MB), runtime (minutes), gpu -------------
 # What a cluster job asks for (profiles/slurm sends them as --cpus-per-task, --mem, -t, --gpus); no
 # command or output depends on them. Override any of them without editing code:
 #     snakemake --set-resources train:runtime=720 train:mem_mb=16000 --set-threads train=8
@@ -388,7 +388,7 @@ _PARSED = {}
 
 
 def parsed_params(wildcards):
-    """The typed params (ncil.config.Params) of a job's grid, parsed once per grid."""
+    """The typed params (ncil.pipeline.config.Params) of a job's grid, parsed once per grid."""
     path, data = grid_params(wildcards)
     if path not in _PARSED:
         _PARSED[path] = parse_params(data, path)
@@ -404,7 +404,7 @@ def method_of_recipe(params, recipe):
 
 
 def job_request(wildcards, rule_name, attempt=1):
-    """ncil.resources' request (cpus, mem_mb, runtime, gpus) of one job of the rule named ``rule_name``."""
+    """ncil.pipeline.resources' request (cpus, mem_mb, runtime, gpus) of one job of the rule named ``rule_name``."""
     params = parsed_params(wildcards)
     if rule_name == "train_base":
         method = method_of_recipe(params, wildcards.recipe)

@@ -153,7 +153,7 @@ for FIG_DATASET, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
         name:
             f"figures{FIG_SUFFIX}"
         input:
-            metrics=[run.metrics_file for run in grid.runs(FIG_CONFIG)],
+            metrics=[run.metrics_file for run in experiment_grid.runs(FIG_CONFIG)],
             code=code("figures"),
             config_keys=config_stamp("figures", FIG_DATASET),
         output:
@@ -182,7 +182,7 @@ for FIG_DATASET, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
 
         rule:
             """Figure 4: PKS patch weights of the first base-task images after tasks 1, 3, 5, ... of one run
-            (ncil.workflow.figure4_run: `ours`, the first seed, the longest setting)."""
+            (ncil.pipeline.workflow.figure4_run: `ours`, the first seed, the longest setting)."""
             name:
                 f"figure4{FIG_SUFFIX}"
             input:

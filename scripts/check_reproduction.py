@@ -34,9 +34,9 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's ncil package
-from ncil import io  # noqa: E402
-from ncil.provenance import CPU_PLATFORM_KEYS as PLATFORM_KEYS  # noqa: E402
-from ncil.provenance import current_platform, same_platform  # noqa: E402
+from ncil.pipeline import io  # noqa: E402
+from ncil.pipeline.provenance import CPU_PLATFORM_KEYS as PLATFORM_KEYS  # noqa: E402
+from ncil.pipeline.provenance import current_platform, same_platform  # noqa: E402
 
 
 def covering_pairs(settings: list[str], methods: list[str]) -> list[tuple[str, str]]:
@@ -134,7 +134,7 @@ def check_lock(lock_file: Path, platform_file: Path | None = None, here: dict | 
     return 3
 
 
-# --- The portable numerics mode's reference jobs (runtime.numerics=portable, ncil/numerics.py) -------
+# --- The portable numerics mode's reference jobs (runtime.numerics=portable, ncil/learning/numerics.py) -------
 
 PORTABLE_REFERENCE = Path("results/portable_reference.json")
 ROOT = Path(__file__).resolve().parents[1]

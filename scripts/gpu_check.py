@@ -5,7 +5,7 @@
 
 1. Runs the tests marked ``gpu`` (``tests/test_gpu.py``; all skipped without CUDA) in a pytest subprocess
    and counts them in the report.
-2. Times ``ncil.train.train_task`` itself, task 1 of a method (``ours``: the paper preset's ViT, 4 rotations,
+2. Times ``ncil.learning.training.train_task`` itself, task 1 of a method (``ours``: the paper preset's ViT, 4 rotations,
    the teacher's forward, PKS, PR, prototype augmentation, bf16 autocast on CUDA; ``ours_official``: the
    official preset's hybrid, mixup, key encoder, fp32; ``pass_resnet18``) on synthetic images shaped like
    CIFAR-100 (32x32, batch 64), and ``ours`` also like TinyImageNet (64x64) and ImageNet-Subset (224x224),
@@ -16,19 +16,19 @@
    Syncs per step are counted in the timed epochs with ``torch.cuda.set_sync_debug_mode("warn")``: every
    warning between the end of one step and the end of the next (each epoch's first step, its set-up and its
    one read of the running sums left out). On the CPU a second, short run counts syncs and aten ops per
-   step with ``ncil.opcount``. The graphs rows train with ``runtime.static_shapes: true`` (the official step's
+   step with ``ncil.learning.opcount``. The graphs rows train with ``runtime.static_shapes: true`` (the official step's
    mixup rows masked, not compacted: one input shape, no sync); the others with ``--static-shapes`` (default
    auto: compacted, as the default grid). The data path (index_select + ``augment_batch``) is timed alone over the same
    batches; its share is that time over the step time.
 3. Writes one JSON report (``--out``) and prints a table: device, torch version, per row the step time,
    images/s, syncs, kernels, the busy share, the data-path share, peak memory and, for the ViT rows, the
-   achieved FLOP/s (``ncil.flops``) against the device's dense bf16 peak (``ncil.flops.DEVICE_PEAKS`` or
+   achieved FLOP/s (``ncil.learning.flops``) against the device's dense bf16 peak (``ncil.learning.flops.DEVICE_PEAKS`` or
    ``--peak-tflops``); then the hours per paper run of each timed method and mode (both presets): the
    setting's optimisation steps (the schedules of ``conf/experiment/{cifar100,tinyimagenet,imagenet_subset}.yaml``)
    times the measured step time at its image size.
 
 It needs only this package, torch, timm, numpy, pyyaml and pytest: no Hydra, omegaconf, Snakemake or
-DVC (``ncil.plainconf`` reads ``conf/`` as plain YAML), so it runs on a lent GPU machine as it is.
+DVC (``ncil.pipeline.plainconf`` reads ``conf/`` as plain YAML), so it runs on a lent GPU machine as it is.
 CUBLAS_WORKSPACE_CONFIG=:4096:8 is set before torch loads (cuBLAS's deterministic mode; see
 tests/test_gpu.py), in this process and the tests'.
 
@@ -63,12 +63,13 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import torch  # noqa: E402
 
-from ncil import flops, io, optim, plainconf, runtime, synthetic, train  # noqa: E402
-from ncil.config import TrainConfig, parse_params, parse_section  # noqa: E402
 from ncil.data import arrays, augment  # noqa: E402
 from ncil.data.catalog import DATASETS, class_split_counts  # noqa: E402
 from ncil.data.scenario import task_sizes  # noqa: E402
-from ncil.progress import EpochProgress  # noqa: E402
+from ncil.learning import flops, optim, runtime, synthetic, training  # noqa: E402
+from ncil.pipeline import io, plainconf
+from ncil.pipeline.config import TrainConfig, parse_params, parse_section  # noqa: E402
+from ncil.pipeline.progress import EpochProgress  # noqa: E402
 
 METHODS = ("ours", "ours_official", "pass_resnet18")  # the paper preset's method, the official one, PASS
 MODES = {"eager": False, "compiled": True, "graphs": "graphs"}  # row mode -> runtime.compile
@@ -86,7 +87,7 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu (reduced sizes)")
     ap.add_argument("--out", default="benchmarks/gpu_check/report.json", help="JSON report to write")
     ap.add_argument("--peak-tflops", type=float, default=None,
-                    help="the device's dense bf16 peak in TFLOP/s (default: ncil.flops.DEVICE_PEAKS by device name)")
+                    help="the device's dense bf16 peak in TFLOP/s (default: ncil.learning.flops.DEVICE_PEAKS by device name)")
     ap.add_argument("--modes", default=None,
                     help=f"runtime.compile modes to time, of {','.join(MODES)} (default: all on CUDA, eager on the CPU)")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"methods timed at 32x32, of {','.join(METHODS)}")
@@ -214,17 +215,17 @@ class Measured:
 
 @contextlib.contextmanager
 def measuring(measured: Measured):
-    """Within: ``ncil.train`` builds ``measured``'s progress class (the training code offers no hook, so the
+    """Within: ``ncil.learning.training`` builds ``measured``'s progress class (the training code offers no hook, so the
     name is swapped for the duration; nothing else of the loop changes) and warnings are recorded."""
-    saved = train.EpochProgress
-    train.EpochProgress = measured.progress_class()
+    saved = training.EpochProgress
+    training.EpochProgress = measured.progress_class()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             measured.warnings = caught
             yield measured
     finally:
-        train.EpochProgress = saved
+        training.EpochProgress = saved
         if measured.cuda:
             torch.cuda.set_sync_debug_mode("default")
 
@@ -281,7 +282,7 @@ def time_data_path(p, split, device: torch.device, batch: int, epochs: int) -> f
 
     def one_epoch() -> int:
         n = 0
-        for idx in train.epoch_order(len(x_all), batch, train.torch_cpu_generator(generator), device):
+        for idx in training.epoch_order(len(x_all), batch, training.torch_cpu_generator(generator), device):
             augment.augment_batch(x_all.index_select(0, idx), spec, generator)
             n += 1
         return n
@@ -303,13 +304,13 @@ def _quiet_logger() -> logging.Logger:
 
 
 def count_ops(experiment: str, args, method: str) -> dict:
-    """Syncs and aten ops per step (``ncil.opcount``) of a short eager run: 2 epochs of 2 steps."""
-    from ncil import opcount
+    """Syncs and aten ops per step (``ncil.learning.opcount``) of a short eager run: 2 epochs of 2 steps."""
+    from ncil.learning import opcount
 
     s = shape(args)
     p = params_for(experiment, args, "eager", 2, s["batch"], method)
     job, split, previous, centers = synthetic.incremental_task(p, method, s["n_old"], s["n_new"], 2 * s["batch"] // s["n_new"])
-    _, counts = opcount.count_training_steps(train.train_task, p, job, split, previous, centers, _quiet_logger())
+    _, counts = opcount.count_training_steps(training.train_task, p, job, split, previous, centers, _quiet_logger())
     return counts.summary()
 
 
@@ -334,7 +335,7 @@ def time_training(experiment: str, args, mode: str, deterministic_on: bool = Tru
     sync(device)
     start = time.perf_counter()
     with measuring(measured), deterministic(deterministic_on):
-        payload, _ = train.train_task(p, job, split, previous, centers, _quiet_logger())
+        payload, _ = training.train_task(p, job, split, previous, centers, _quiet_logger())
     sync(device)
     wall = time.perf_counter() - start
     seconds = measured.seconds

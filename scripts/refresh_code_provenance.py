@@ -1,7 +1,7 @@
 """Record new code fingerprints on results whose bytes a code change did not change, without rerunning.
 
 After a refactor (a module moved, a function renamed) every fingerprint of the code it touches changes
-(ncil/fingerprints.py), so both engines call the steps that ran that code stale, and `verify` refuses
+(ncil/pipeline/fingerprints.py), so both engines call the steps that ran that code stale, and `verify` refuses
 the metrics.json files that record the old fingerprints. When the tests that compare bytes with the
 commit before show that the refactor keeps every artifact's bytes (tests/test_step_syncs.py,
 tests/test_official_step.py, CI's seed-1 rerun against dvc.lock), this records that fact once:
@@ -35,7 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ncil import fingerprints, io  # noqa: E402
+from ncil.pipeline import fingerprints, io  # noqa: E402
 
 LOCK = "dvc.lock"
 

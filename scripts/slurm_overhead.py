@@ -17,7 +17,7 @@ from pathlib import Path
 from statistics import mean
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's ncil package
-from ncil.costs import read_benchmark  # noqa: E402
+from ncil.reports.cost_table import read_benchmark  # noqa: E402
 
 STAMP = re.compile(r"^\s*\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]")
 

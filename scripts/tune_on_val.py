@@ -2,7 +2,7 @@
 
 Trains every task of one setting for the given seeds with the configuration composed from ``conf/``
 plus Hydra overrides, evaluates each task's model on the *validation* images of the classes seen so
-far, and prints Avg / Last / forgetting (the paper's definitions, ``ncil.metrics``) and the diagonal
+far, and prints Avg / Last / forgetting (the paper's definitions, ``ncil.reports.metrics``) and the diagonal
 a[k, k] (is each new task learned at all?). Nothing is written under data/, runs/ or results/;
 task-0 models are cached under --cache keyed by everything that shapes them.
 
@@ -32,21 +32,20 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's ncil package
-from ncil import io
-from ncil.config import parse_params, to_dict
 from ncil.data import arrays
-from ncil.data.prepare import stratified_split
-from ncil.evaluate import evaluate_checkpoint
-from ncil.hydra_conf import compose
-from ncil.metrics import accuracy_matrix, summarize
-from ncil.stages.split import build_split
-from ncil.stages.train import make_job
-from ncil.train import method_snapshot, train_task
+from ncil.data.preparation import stratified_split
+from ncil.data.splits import build_split
+from ncil.learning.prediction import evaluate_checkpoint
+from ncil.learning.training import make_job, method_snapshot, train_task
+from ncil.pipeline import io
+from ncil.pipeline.config import parse_params, to_dict
+from ncil.pipeline.hydra_conf import compose
+from ncil.reports.metrics import accuracy_matrix, summarize
 
 
 def cached_task0(p, job, train, cache: Path, logger) -> tuple[dict, dict]:
     """Task 0's checkpoint and centers, from the cache (keyed by everything that shapes them) or trained
-    and stored there in the pipeline's formats (``ncil.io``: hashed, checked on load)."""
+    and stored there in the pipeline's formats (``ncil.pipeline.io``: hashed, checked on load)."""
     shape = {"seed": job.seed, "tasks0": job.tasks[0], "model": to_dict(p.model), "train": to_dict(p.train),
              "dataset": to_dict(p.dataset), "recipe": method_snapshot(job), "threads": p.runtime.threads,
              "numerics": p.runtime.numerics, "train_images": len(train.labels)}  # a carved training set differs

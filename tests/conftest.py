@@ -156,8 +156,8 @@ def tiny_trained(tiny_trained_template, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_params() -> dict:
-    from ncil.config import parse_params
-    from ncil.hydra_conf import compose
+    from ncil.pipeline.config import parse_params
+    from ncil.pipeline.hydra_conf import compose
 
     data = compose(TINY_OVERRIDES)
     return parse_params(data), data

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from ncil import runtime
-from ncil.config import ConfigError, parse_params
 from ncil.data import arrays
+from ncil.learning import runtime
+from ncil.pipeline.config import ConfigError, parse_params
 from ncil.data.augment import (
     AugmentSpec,
     adjust_brightness,
@@ -27,7 +27,7 @@ from ncil.data.augment import (
     resized_crop,
     spec_from_dataset,
 )
-from ncil.hydra_conf import compose
+from ncil.pipeline.hydra_conf import compose
 
 CIFAR = AugmentSpec(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761), crop_padding=4,
                     crop_fill="black", hflip=True, brightness=63 / 255)
@@ -343,7 +343,7 @@ def test_compile_flag_is_plumbed(monkeypatch):
 
 def test_bench_augment_reports_both_rates_and_their_ratio():
     """The report's arithmetic on a tiny round (the batched path measured about 25x when first written)."""
-    from ncil.bench import bench_augment
+    from ncil.learning.step_timing import bench_augment
 
     r = bench_augment(batch_size=8, batched_images=16, pil_images=8, rounds=2, threads=1)
     assert r["ratio"] == pytest.approx(r["batched_images_per_s"] / r["pil_images_per_s"])
@@ -353,7 +353,7 @@ def test_bench_augment_reports_both_rates_and_their_ratio():
 
 
 def test_bench_data_cli_reports_both_rates_and_the_ratio(capsys):
-    from ncil.__main__ import main
+    from ncil.cli import main
 
     assert main(["bench-data", "--images", "64", "--pil-images", "16", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
@@ -365,7 +365,7 @@ def test_train_task_compiles_the_backbone_only_when_asked(monkeypatch):
     """runtime.compile reaches train_task (compiling itself is slow on the CPU, so it is stubbed)."""
     import logging
 
-    from ncil import train
+    from ncil.learning import training
 
     calls = []
     monkeypatch.setattr(runtime, "maybe_compile",
@@ -375,8 +375,8 @@ def test_train_task_compiles_the_backbone_only_when_asked(monkeypatch):
     for flag in (False, True):
         p = parse_params(compose(["model=vit_digits_tiny", "train=smoke", "method=[finetune]",
                                   f"runtime.compile={str(flag).lower()}", "runtime.device=cpu"]))
-        job = train.TaskJob(task=0, seed=1, class_order=list(range(10)), tasks=[[0, 1, 2, 3]], method_name="plain",
-                            method=p.method["finetune"], identity={})
-        payload, _ = train.train_task(p, job, split, None, None, logging.getLogger("test"))
+        job = training.TaskJob(task=0, seed=1, class_order=list(range(10)), tasks=[[0, 1, 2, 3]], method_name="plain",
+                               method=p.method["finetune"], identity={})
+        payload, _ = training.train_task(p, job, split, None, None, logging.getLogger("test"))
         assert payload["task"] == 0
     assert [enabled for _, enabled in calls] == [False, True] and calls[0][0] != "IncrementalNet"

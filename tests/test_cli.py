@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ncil import io
+from ncil.pipeline import io
 from tests.conftest import copy_project, ncil
 
 BASE = "runs/digits/base4/plain/seed1/task_0"
@@ -247,13 +247,14 @@ def test_train_refuses_a_previous_checkpoint_of_another_class_order(trained):
 
 
 def test_check_previous_names_each_field(tiny_params):
-    from ncil.io import ArtifactError
-    from ncil.stages.train import check_previous, make_job
+    from ncil.learning.training import make_job
+    from ncil.pipeline.io import ArtifactError
+    from ncil.stages.train import check_previous
 
     p, _ = tiny_params
     split = {"class_order": list(range(10)), "tasks": [[0, 1, 2, 3], [4, 5], [6, 7], [8, 9]]}
     job = make_job(p, split, 2, 1, "finetune", p.method["finetune"], "s/split.json")
-    from ncil.config import to_dict
+    from ncil.pipeline.config import to_dict
 
     good = {"task": 1, "class_order": list(range(10)), "seen_classes": [0, 1, 2, 3, 4, 5],
             "config": {"dataset": {"name": "digits"}, "seed": 1, "method": "finetune", "model": to_dict(p.model)}}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ncil.codedeps import code_files, step_code_files
+from ncil.pipeline.codedeps import code_files, step_code_files
 
 FAKE = {
     "ncil/__init__.py": '"""fake"""\n',
@@ -78,11 +78,11 @@ def test_missing_module_names_itself(fake):
 
 def test_the_real_package_steps():
     """On this repository: training does not depend on the table code, and tables not on training."""
-    from ncil.workflow import code_deps
+    from ncil.pipeline.workflow import code_deps
 
     train, tables = set(code_deps("train")), set(code_deps("tables"))
-    assert {"ncil/train.py", "ncil/models/vit.py", "ncil/methods/pks.py", "ncil/__main__.py"} <= train
-    assert "ncil/tables.py" not in train and "ncil/report.py" not in train
-    assert "ncil/tables.py" in tables and "ncil/train.py" not in tables
+    assert {"ncil/learning/training.py", "ncil/models/vit.py", "ncil/methods/pks.py", "ncil/__main__.py"} <= train
+    assert "ncil/reports/results_table.py" not in train and "ncil/reports/report.py" not in train
+    assert "ncil/reports/results_table.py" in tables and "ncil/learning/training.py" not in tables
     root = Path(__file__).resolve().parent.parent
     assert all((root / f).is_file() for f in train | tables)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ncil import paths
-from ncil.dvcgen import CHECK_STAGE
+from ncil.pipeline import paths
+from ncil.pipeline.dvcgen import CHECK_STAGE
 from tests.conftest import ROOT, copy_project, run
 
 
@@ -148,7 +148,7 @@ def test_a_base_run_outside_the_grid_is_refused(tiny_grid):
 
 
 def test_dry_run_paths_match_the_path_owner():
-    """The rules' literal patterns and ncil/paths.py agree (the commands test covers the default grid)."""
+    """The rules' literal patterns and ncil/pipeline/paths.py agree (the commands test covers the default grid)."""
     text = "".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
     for template in (paths.checkpoint("{dataset}", "{setting}/{method}/seed{seed}", "{task}"),
                      paths.centers("{dataset}", "base{initial}/{recipe}/seed{seed}", 0),

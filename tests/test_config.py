@@ -4,10 +4,10 @@ import shutil
 
 import pytest
 
-from ncil import io
-from ncil.io import ArtifactError
-from ncil.config import ConfigError, parse_params
-from ncil.hydra_conf import compose
+from ncil.pipeline import io
+from ncil.pipeline.config import ConfigError, parse_params
+from ncil.pipeline.hydra_conf import compose
+from ncil.pipeline.io import ArtifactError
 from tests.conftest import ROOT, ncil
 
 
@@ -170,7 +170,7 @@ def test_smoke_cut_of_a_paper_grid_is_accepted():
     ("order_seed: 1993", "order_seed: 1993\nseed: 1", "seed: unknown key"),
 ])
 def test_hand_edited_params_file_is_refused_naming_the_file(tmp_path, text, replacement, message):
-    from ncil.config import load_params
+    from ncil.pipeline.config import load_params
 
     path = tmp_path / "params.yaml"
     original = (ROOT / "params.yaml").read_text()
@@ -192,7 +192,7 @@ REPEATED_KEYS = [
 
 @pytest.mark.parametrize("text, replacement, message", REPEATED_KEYS)
 def test_a_key_given_twice_is_refused_naming_the_file_the_key_and_both_lines(tmp_path, text, replacement, message):
-    from ncil.config import load_params
+    from ncil.pipeline.config import load_params
 
     path = tmp_path / "params.yaml"
     original = (ROOT / "params.yaml").read_text()
@@ -246,7 +246,7 @@ def test_a_malformed_cuda_device_is_refused_when_composing(device):
 
 
 def test_plain_conf_reader_refuses_a_key_given_twice(tmp_path):
-    from ncil import plainconf
+    from ncil.pipeline import plainconf
 
     conf = tmp_path / "conf"
     shutil.copytree(ROOT / "conf", conf)
@@ -319,18 +319,18 @@ def test_params_cli_rejects_invalid_values(tmp_path):
 
 
 def test_default_grid_has_every_method_and_bounds_experiment_only_two():
-    from ncil import grid
+    from ncil.pipeline import experiment_grid
 
     data = compose([])
     parse_params(data)
     assert len(data["method"]) == 12 and data["train"]["batch_size"] == 16
-    jobs = grid.train_jobs(data)
+    jobs = experiment_grid.train_jobs(data)
     # 4 base recipes (plain, rotation, rotation_resnet18, official) x 2 base sizes x 3 seeds shared task-0
     # jobs, plus 12 methods x 3 seeds x (3 + 5) incremental tasks.
     assert sum(j.task == 0 for j in jobs) == 24 and len(jobs) == 24 + 12 * 3 * 8
     bounds = compose(["+experiment=digits_bounds"])
     assert sorted(bounds["method"]) == ["finetune", "joint"]
-    assert len(grid.train_jobs(bounds)) == 6 + 2 * 3 * 8
+    assert len(experiment_grid.train_jobs(bounds)) == 6 + 2 * 3 * 8
 
 
 # --- facts the checks rely on ------------------------------------------------------------------
@@ -338,14 +338,14 @@ def test_default_grid_has_every_method_and_bounds_experiment_only_two():
 def test_dataset_catalog_matches_prepare_and_the_digits_source():
     import numpy as np
 
-    from ncil.data import catalog, prepare
+    from ncil.data import catalog, preparation
 
-    assert {n for n, f in catalog.DATASETS.items() if not f.raw} == set(prepare.SOURCES)
-    assert {n for n, f in catalog.DATASETS.items() if f.raw} == set(prepare.RAW_DATASETS)
+    assert {n for n, f in catalog.DATASETS.items() if not f.raw} == set(preparation.SOURCES)
+    assert {n for n, f in catalog.DATASETS.items() if f.raw} == set(preparation.RAW_DATASETS)
     for name, facts in catalog.DATASETS.items():  # every conf/dataset file agrees with the catalog
         conf = io.read_yaml(ROOT / "conf" / "dataset" / f"{name}.yaml")
         assert conf["name"] == name and conf["n_classes"] == (facts.n_classes or conf["n_classes"])
-    images, labels = prepare.load_digits_images()
+    images, labels = preparation.load_digits_images()
     counts = np.bincount(labels)
     assert len(counts) == catalog.DATASETS["digits"].n_classes
     assert counts.min() == catalog.DATASETS["digits"].smallest_class
@@ -355,7 +355,7 @@ def test_class_split_counts_are_the_counts_of_the_stratified_split():
     import numpy as np
 
     from ncil.data.catalog import class_split_counts
-    from ncil.data.prepare import stratified_split
+    from ncil.data.preparation import stratified_split
 
     labels = np.repeat(np.arange(4), [7, 10, 174, 1])
     for test_fraction, val_fraction in ((0.2, 0.1), (0.0, 0.5), (0.5, 0.5), (0.99, 0.99)):
@@ -368,7 +368,7 @@ def test_class_split_counts_are_the_counts_of_the_stratified_split():
 
 def test_folder_class_count_is_checked_at_prepare_time(tmp_path):
     """`folder` has no known class count: prepare compares n_classes with the class folders, before writing."""
-    from ncil.data.prepare import prepare
+    from ncil.data.preparation import prepare
     from tests import data_fixtures as fx
 
     root = fx.write_folder(tmp_path / "raw", ["cat", "dog", "eel"], train_per_class=2, test_per_class=1, size=8)
@@ -387,7 +387,7 @@ def test_every_composed_setting_is_labelled_with_its_real_task_sizes():
     """Increments divide the classes after the base task, so F + C x T names the tasks exactly; the
     default grid keeps its labels."""
     from ncil.data.scenario import task_sizes
-    from ncil.provenance import setting_label
+    from ncil.pipeline.provenance import setting_label
 
     experiments = sorted(f.stem for f in (ROOT / "conf/experiment").glob("*.yaml"))
     for overrides in ([], *([f"+experiment={e}"] for e in experiments)):

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ncil import io
-from ncil.__main__ import main
-from ncil.config import ConfigError, parse_params
-from ncil.hydra_conf import compose
+from ncil.cli import main
+from ncil.pipeline import io
+from ncil.pipeline.config import ConfigError, parse_params
+from ncil.pipeline.hydra_conf import compose
 from tests import data_fixtures as fx
 from tests.conftest import ROOT, copy_project, run
 
@@ -259,7 +259,7 @@ def test_bad_values_name_the_key(override, key):
 
 
 def test_paper_schedules_and_the_sgd_base_task():
-    from ncil.optim import build_optimizer, task_recipe
+    from ncil.learning.optim import build_optimizer, task_recipe
 
     cifar = parse_params(compose(["+experiment=cifar100_b50_inc10"]))
     assert list(cifar.scenario) == ["base50_inc10"] and cifar.dataset.mean == (0.5071, 0.4867, 0.4408)
@@ -291,13 +291,13 @@ def test_the_seven_paper_settings_are_experiments():
     expected = {"cifar100_b50_inc10": 6, "cifar100_b50_inc5": 11, "cifar100_b40_inc3": 21,
                 "tinyimagenet_b100_inc20": 6, "tinyimagenet_b100_inc10": 11, "tinyimagenet_b100_inc5": 21,
                 "imagenet_subset_b50_inc5": 11, "imagenet_subset_b50_inc10": 6, "imagenet_subset_b40_inc3": 21}
-    from ncil import grid
+    from ncil.pipeline import experiment_grid
 
     for experiment, n_tasks in expected.items():
         data = compose([f"+experiment={experiment}"])
         p = parse_params(data)
         assert p.model.img_size == p.dataset.image_size
-        assert {run.n_tasks for run in grid.runs(data)} == {n_tasks}, experiment
+        assert {run.n_tasks for run in experiment_grid.runs(data)} == {n_tasks}, experiment
 
 
 def test_grid_files_are_up_to_date():
@@ -312,14 +312,14 @@ def test_grid_files_are_up_to_date():
 
 
 def test_grid_verb_writes_a_dvc_pipeline_that_runs_from_the_root(tmp_path, monkeypatch):
-    from ncil import hydra_conf
+    from ncil.pipeline import hydra_conf
 
     data, params_text, dvc_text = hydra_conf.render_grid("cifar100", ["seeds=[1]"])
     import yaml
 
     stages = yaml.safe_load(dvc_text)["stages"]
     assert all(stage["wdir"] == "../.." for stage in stages.values())
-    deps = stages["prepare_cifar100"]["deps"]  # the raw folder; the code is a fingerprint (ncil/fingerprints.py)
+    deps = stages["prepare_cifar100"]["deps"]  # the raw folder; the code is a fingerprint (ncil/pipeline/fingerprints.py)
     assert deps == ["data/raw/cifar-100-python"]
     assert stages["prepare_cifar100"]["params"] == [{"grids/cifar100/params.yaml": ["dataset"]},
                                                     {"fingerprints.yaml": ["prepare"]}]
@@ -329,7 +329,7 @@ def test_grid_verb_writes_a_dvc_pipeline_that_runs_from_the_root(tmp_path, monke
 
 def test_moving_the_raw_data_reruns_prepare_only():
     """Training and evaluation do not read dataset.root / dataset.download (only prepare does)."""
-    from ncil.workflow import steps
+    from ncil.pipeline.workflow import steps
 
     by_kind = {}
     for step in steps(compose(["+experiment=tinyimagenet_b100_inc20"]), "grids/tinyimagenet/params.yaml"):

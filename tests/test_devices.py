@@ -1,4 +1,4 @@
-"""One GPU per job (ncil/devices.py): the pool, the plan, the locks, and concurrent processes claiming."""
+"""One GPU per job (ncil/pipeline/devices.py): the pool, the plan, the locks, and concurrent processes claiming."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ncil import devices
-from ncil.devices import GpuClaimError, Pool
+from ncil.pipeline import devices
+from ncil.pipeline.devices import GpuClaimError, Pool
 from tests import conftest
 
 NO_DRIVER = lambda: ((), "the driver (none here)")  # noqa: E731
@@ -184,7 +184,7 @@ def _params(tmp_path, device="cpu", gpus=1) -> str:
 
 def _runtime(tmp_path, device="cpu", gpus=1):
     """The parsed runtime section of ``_params`` (what the CLI hands ``claim_for_job``)."""
-    from ncil.config import load_params
+    from ncil.pipeline.config import load_params
 
     return load_params(_params(tmp_path, device, gpus))[0].runtime
 
@@ -274,9 +274,9 @@ def test_the_hook_refuses_or_skips_with_a_reason(tmp_path, monkeypatch):
 WORKER = textwrap.dedent("""
     import json, os, sys, time
     from pathlib import Path
-    from ncil import devices
+    from ncil.pipeline import devices
     job, mode, params, folder = sys.argv[1:5]
-    from ncil.config import load_params
+    from ncil.pipeline.config import load_params
     runtime = load_params(params)[0].runtime
     devices.POLL_S = 0.05
     log = Path(folder, f"job{job}.log")

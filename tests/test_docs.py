@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ncil import config
-from ncil.__main__ import VERBS
-from ncil.verify import README_BLOCK
+from ncil.cli import VERBS
+from ncil.pipeline import config
+from ncil.reports.recompute import README_BLOCK
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

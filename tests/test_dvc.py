@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ncil import paths
+from ncil.pipeline import paths
 from tests.conftest import ROOT, copy_project, run
 
 DVC = [sys.executable, "-m", "dvc"]
@@ -31,7 +31,7 @@ def init_repo(project: Path) -> Path:
     shutil.copy2(ROOT / ".gitignore", project / ".gitignore")
     dvc(project, "init", "-q")
     shutil.copy2(ROOT / ".dvc" / "config", project / ".dvc" / "config")
-    stamp = project / paths.PARAMS_CHECK_STAMP  # committed, as in the repository (ncil/dvcgen.py)
+    stamp = project / paths.PARAMS_CHECK_STAMP  # committed, as in the repository (ncil/pipeline/dvcgen.py)
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.touch()
     git(project, "add", "-A")
@@ -42,7 +42,7 @@ def init_repo(project: Path) -> Path:
 def tracked_bytes(project: Path) -> dict[str, bytes]:
     """Every file of runs/ and data/ that DVC tracks (dvc.lock's outputs; the untracked platform.json
     sidecars beside the checkpoints are machine records, not artifacts)."""
-    from ncil import io
+    from ncil.pipeline import io
 
     outs = {out["path"] for stage in io.read_yaml(project / "dvc.lock")["stages"].values() for out in stage.get("outs", [])}
     files = {}
@@ -142,7 +142,7 @@ def test_hydra_experiment_with_key_and_group_overrides(reproduced, tmp_path):
     clone = tmp_path / "exp"
     shutil.copytree(reproduced, clone, symlinks=True)
     dvc(clone, "exp", "run", "-S", "train=digits", "-S", "train.epochs=2")
-    from ncil import io
+    from ncil.pipeline import io
 
     params = io.read_yaml(clone / "params.yaml")
     assert params["train"]["epochs"] == 2 and params["model"]["embed_dim"] == 16

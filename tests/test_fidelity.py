@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ncil import io, paths
-from ncil.config import parse_params
 from ncil.data import arrays
-from ncil.data.prepare import prepare
-from ncil.hydra_conf import compose
+from ncil.data.preparation import prepare
+from ncil.pipeline import io, paths
+from ncil.pipeline.config import parse_params
+from ncil.pipeline.hydra_conf import compose
 from tests import data_fixtures as fx
 from tests.conftest import ROOT
 from tests.test_datasets import TINY, fixture_overrides
@@ -112,16 +112,16 @@ def test_the_carve_refuses_a_share_that_carves_nothing():
 
 # --- The training precision in every result (issue 12, item 4) -----------------------------------
 
-from ncil import paper_values, tables  # noqa: E402
-from ncil.__main__ import main  # noqa: E402
-from ncil.stages import summarize  # noqa: E402
+from ncil.cli import main  # noqa: E402
+from ncil.reports import metrics_json  # noqa: E402
+from ncil.reports import paper_values, results_table  # noqa: E402
 
 
 def test_training_precision_joins_the_checkpoints_values():
     bf16, fp32, old = {"runtime": {"precision": "bf16"}}, {"runtime": {"precision": "fp32"}}, {"runtime": {}}
-    assert summarize.training_precision([bf16, bf16, bf16]) == "bf16"
+    assert metrics_json.training_precision([bf16, bf16, bf16]) == "bf16"
     # Base task on a GPU in bf16, later tasks on a CPU (always fp32), one from before the key existed.
-    assert summarize.training_precision([bf16, fp32, old, fp32]) == "bf16, fp32, unrecorded"
+    assert metrics_json.training_precision([bf16, fp32, old, fp32]) == "bf16, fp32, unrecorded"
 
 
 def _write_run(tmp_path: Path, precisions: list[str]) -> list[str]:
@@ -152,7 +152,7 @@ def test_summarize_records_the_precision_its_checkpoints_were_trained_in(tmp_pat
     m = io.read_json(tmp_path / "metrics.json")
     assert m["provenance"]["precision"] == "bf16"
     assert m["last_accuracy"] == 100.0 and m["test_counts"] == [4, 3, 3]
-    assert summarize.layout_problem(m) is None
+    assert metrics_json.layout_problem(m) is None
 
 
 def test_summarize_refuses_a_checkpoint_list_that_is_not_one_per_task(tmp_path, capsys):
@@ -178,50 +178,50 @@ def _metrics(method: str, seed: int, precision: str | None, dataset: str = "digi
 
 def test_the_tables_say_which_precision_their_numbers_were_trained_in():
     ms = [_metrics("ours", 1, "bf16"), _metrics("ours", 2, "bf16"), _metrics("joint", 1, "fp32")]
-    rows = tables.aggregate(ms)
+    rows = results_table.aggregate(ms)
     assert [r["precision"] for r in rows] == ["bf16", "fp32"]
-    md = tables.to_markdown(rows, "digits", {"preset": "paper", "convention": "paper", "order_seed": 1993,
-                                             "seeds": [1, 2]})
+    md = results_table.to_markdown(rows, "digits", {"preset": "paper", "convention": "paper", "order_seed": 1993,
+                                                    "seeds": [1, 2]})
     assert "Preset `paper`; training precision `bf16, fp32`; metric convention" in md
-    only_bf16 = tables.to_markdown(tables.aggregate(ms[:2]), "digits", {"preset": "paper", "convention": "paper",
+    only_bf16 = results_table.to_markdown(results_table.aggregate(ms[:2]), "digits", {"preset": "paper", "convention": "paper",
                                                                          "order_seed": 1993, "seeds": [1, 2]})
     assert "training precision `bf16`;" in only_bf16
     defaults = {"preset": "paper", "convention": "paper", "order_seed": 1993, "seeds": [1]}
-    context = tables.context_from(ms[:2], defaults)
+    context = results_table.context_from(ms[:2], defaults)
     assert context["precision"] == "bf16"
-    line = tables.context_line(context)
+    line = results_table.context_line(context)
     assert line.startswith("Preset `paper`; training precision `bf16`; metric convention `paper` (")
-    assert tables.parse_context_line(line, "x")["precision"] == "bf16"
+    assert results_table.parse_context_line(line, "x")["precision"] == "bf16"
     # Beside recorded ones, metrics written before the key count as "unrecorded"; when none records one
     # (or there are no metrics), no precision: the line reads as it did before (committed bytes stay).
-    assert tables.context_from([_metrics("ours", 1, None), ms[0]], defaults)["precision"] == "bf16, unrecorded"
-    assert tables.context_from([_metrics("ours", 1, None)], defaults)["precision"] is None
-    assert tables.context_from([], defaults)["precision"] is None
-    assert tables.context_line(tables.context_from([], defaults)).startswith("Preset `paper`; metric convention")
-    assert "training precision" not in tables.to_markdown(tables.aggregate([_metrics("ours", 1, None)]), "digits",
-                                                          defaults)
+    assert results_table.context_from([_metrics("ours", 1, None), ms[0]], defaults)["precision"] == "bf16, unrecorded"
+    assert results_table.context_from([_metrics("ours", 1, None)], defaults)["precision"] is None
+    assert results_table.context_from([], defaults)["precision"] is None
+    assert results_table.context_line(results_table.context_from([], defaults)).startswith("Preset `paper`; metric convention")
+    assert "training precision" not in results_table.to_markdown(results_table.aggregate([_metrics("ours", 1, None)]), "digits",
+                                                                 defaults)
 
 
 def test_context_lines_merge_their_precisions_and_old_lines_still_parse():
     defaults = {"preset": "paper", "convention": "paper", "order_seed": 1993, "seeds": [1]}
-    a = tables.parse_context_line(tables.context_line(tables.context_from([_metrics("ours", 1, "fp32")], defaults)), "a")
-    b = tables.parse_context_line(tables.context_line(tables.context_from([_metrics("ours", 2, "bf16")], defaults)), "b")
-    assert tables.merge_contexts([a, b])["precision"] == "bf16, fp32"
+    a = results_table.parse_context_line(results_table.context_line(results_table.context_from([_metrics("ours", 1, "fp32")], defaults)), "a")
+    b = results_table.parse_context_line(results_table.context_line(results_table.context_from([_metrics("ours", 2, "bf16")], defaults)), "b")
+    assert results_table.merge_contexts([a, b])["precision"] == "bf16, fp32"
     old = ("Preset `paper`; metric convention `paper` (x); class-order seed 1993; mean ± std over seeds [1, 2, 3] "
            "(n per cell). Accuracies in %.")  # a section file written before the precision was recorded
-    parsed = tables.parse_context_line(old, "old.md")
+    parsed = results_table.parse_context_line(old, "old.md")
     assert parsed == {"preset": "paper", "precision": None, "convention": "paper", "order_seed": "1993",
                       "seeds": [1, 2, 3]}
-    assert tables.merge_contexts([parsed, a])["precision"] == "fp32, unrecorded"
-    assert tables.merge_contexts([parsed, parsed])["precision"] is None
+    assert results_table.merge_contexts([parsed, a])["precision"] == "fp32, unrecorded"
+    assert results_table.merge_contexts([parsed, parsed])["precision"] is None
 
 
 def test_the_summarize_step_reads_every_checkpoint_of_its_run():
-    from ncil import grid
-    from ncil.workflow import steps
+    from ncil.pipeline import experiment_grid
+    from ncil.pipeline.workflow import steps
 
     params = io.read_yaml(ROOT / "params.yaml")
-    run = grid.find_run(params, "base4_inc2", "ours", 2)
+    run = experiment_grid.find_run(params, "base4_inc2", "ours", 2)
     step = next(s for s in steps(params) if s.kind == "summarize" and run.metrics_file in s.outs.values())
     cmd = list(step.cmd)
     given = cmd[cmd.index("--checkpoints") + 1: cmd.index("--log")]
@@ -245,9 +245,9 @@ def test_table4_holds_the_papers_dytox_numbers():
 
 
 def test_table4_reads_not_run_beside_every_reported_value():
-    md, csv_text = tables.table4_texts([])
+    md, csv_text = results_table.table4_texts([])
     lines = csv_text.splitlines()
-    assert lines[0] == ",".join(tables.CSV_FIELDS) and len(lines) == 1 + 2 * 2 * 3  # 2 rows x 2 settings x 3 metrics
+    assert lines[0] == ",".join(results_table.CSV_FIELDS) and len(lines) == 1 + 2 * 2 * 3  # 2 rows x 2 settings x 3 metrics
     assert all(line.endswith(",not run") for line in lines[1:])
     assert "table4,cifar100,10+10x9,DyTox,dytox,avg_accuracy,75.4700,,,0,,,not run" in lines
     assert md.startswith("# Table 4: DyTox and DyTox + PKS/PR")
@@ -258,7 +258,7 @@ def test_table4_shows_a_dytox_run_with_its_difference():
     m = _metrics("dytox", 1, "fp32", dataset="cifar100")
     m["run"].update(setting="b10", label="10+10x9")
     m["avg_accuracy"], m["last_accuracy"], m["avg_forgetting"] = 76.47, 60.10, 16.43
-    cells = {(c["row"], c["setting"], c["metric"]): c for c in tables.table4_cells(tables.aggregate([m]))}
+    cells = {(c["row"], c["setting"], c["metric"]): c for c in results_table.table4_cells(results_table.aggregate([m]))}
     ours = cells[("DyTox", "10+10x9", "avg_accuracy")]
     assert ours["status"] == "ok" and ours["diff"] == pytest.approx(1.0)  # 76.47 - 75.47
     assert cells[("DyTox", "10+10x9", "last_accuracy")]["diff"] == pytest.approx(-2.0)  # 60.10 - 62.10
@@ -278,7 +278,7 @@ def test_paper_tables_stage_writes_table4(tmp_path, monkeypatch):
     md_path, csv_path = paths.paper_table_files("table4")
     assert (md_path, csv_path) == ("results/tables/table4.md", "results/tables/table4.csv")
     written = ((tmp_path / md_path).read_text(encoding="utf-8"), (tmp_path / csv_path).read_text(encoding="utf-8"))
-    assert written == tables.table4_texts([])
+    assert written == results_table.table4_texts([])
     assert written[1].count(",not run\n") == 12
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ncil import fingerprints
-from ncil.workflow import REPO_ROOT, code_deps
+from ncil.pipeline import fingerprints
+from ncil.pipeline.workflow import REPO_ROOT, code_deps
 
 
 def test_docstrings_comments_and_layout_do_not_count(tmp_path):
@@ -28,9 +28,9 @@ def test_a_function_with_only_a_docstring_stays_valid(tmp_path):
 
 
 def test_launch_only_code_is_in_the_closure_but_not_in_the_fingerprint():
-    assert "ncil/devices.py" in code_deps("train")  # the train step imports it (claims a GPU)
+    assert "ncil/pipeline/devices.py" in code_deps("train")  # the train step imports it (claims a GPU)
     with_devices = fingerprints.fingerprint_of(code_deps("train"), REPO_ROOT)
-    without = fingerprints.fingerprint_of([f for f in code_deps("train") if f != "ncil/devices.py"], REPO_ROOT)
+    without = fingerprints.fingerprint_of([f for f in code_deps("train") if f != "ncil/pipeline/devices.py"], REPO_ROOT)
     assert with_devices == without
 
 
@@ -39,15 +39,15 @@ def test_the_committed_fingerprints_follow_the_code():
 
 
 def test_the_report_and_training_code_have_their_own_fingerprints():
-    assert "ncil/tables.py" not in code_deps("train")
-    assert "ncil/train.py" not in code_deps("tables")
+    assert "ncil/reports/results_table.py" not in code_deps("train")
+    assert "ncil/learning/training.py" not in code_deps("tables")
 
 
 @pytest.fixture
 def package_copy(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "repo"
     shutil.copytree(REPO_ROOT / "ncil", root / "ncil", ignore=shutil.ignore_patterns("__pycache__"))
-    from ncil import workflow
+    from ncil.pipeline import workflow
     monkeypatch.setattr(workflow, "REPO_ROOT", root)
     workflow.code_deps.cache_clear()
     yield root
@@ -57,7 +57,7 @@ def package_copy(tmp_path, monkeypatch) -> Path:
 def test_an_edit_without_refresh_is_named_with_the_command_that_refreshes(package_copy):
     fingerprints.write(package_copy)
     assert fingerprints.problem(package_copy) is None
-    with open(package_copy / "ncil" / "train.py", "a") as fh:
+    with open(package_copy / "ncil" / "learning" / "training.py", "a") as fh:
         fh.write("\n_EDITED = 1\n")
     message = fingerprints.problem(package_copy)
     assert message is not None and "fingerprints.yaml: out of date with the code of" in message

@@ -1,7 +1,7 @@
 """The GPU path on a real GPU (marker ``gpu``; skipped without CUDA): ``scripts/gpu_check.py`` runs these.
 
-Every check drives the real training code (``ncil.train.train_task``, ``ncil.methods.objective.step_loss``,
-``ncil.evaluate.predict``, ``ncil.data.augment``) on the synthetic tasks of ``ncil.synthetic`` with a tiny
+Every check drives the real training code (``ncil.learning.training.train_task``, ``ncil.methods.objective.step_loss``,
+``ncil.learning.prediction.predict``, ``ncil.data.augment``) on the synthetic tasks of ``ncil.learning.synthetic`` with a tiny
 ViT, so the whole file takes a few minutes, most of it compiling. Stated tolerances:
 
 * bf16 autocast against fp32 (the same weights and batch): one training step's loss within 2% (relative),
@@ -9,11 +9,11 @@ ViT, so the whole file takes a few minutes, most of it compiling. Stated toleran
 * ``runtime.compile`` true (compiled) and graphs (CUDA graphs): over seeds 1-3, every epoch's mean loss and the
   final training accuracy of those runs within the seed-to-seed range of the eager ones (their float orders
   differ; ``assert_same_training``, which ``tests/test_step_speed.py`` also applies to compiled runs on the CPU);
-  0 graph breaks and 0 cudagraph skips; no host sync inside an eager step (``ncil.opcount``);
+  0 graph breaks and 0 cudagraph skips; no host sync inside an eager step (``ncil.learning.opcount``);
 * determinism: two runs give bit-identical checkpoints and centers with the settings of a deterministic
   run on CUDA: ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` in the environment before the first cuBLAS call
   (set below, at import, which pytest does before running any test), ``torch.use_deterministic_algorithms(True)``
-  (``ncil.runtime.setup`` sets it for every task) and ``torch.backends.cudnn.benchmark`` off (torch's
+  (``ncil.learning.runtime.setup`` sets it for every task) and ``torch.backends.cudnn.benchmark`` off (torch's
   default). Their cost is measured by ``scripts/gpu_check.py`` (its "deterministic off" row).
 """
 
@@ -31,11 +31,12 @@ import numpy as np
 import pytest
 import torch
 
-from ncil import evaluate, plainconf, runtime, synthetic, train
-from ncil.config import parse_params
 from ncil.data import augment
+from ncil.learning import prediction, runtime, synthetic, training
 from ncil.methods.objective import OldKnowledge, step_loss
 from ncil.models.network import load_network
+from ncil.pipeline import plainconf
+from ncil.pipeline.config import parse_params
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -71,13 +72,13 @@ def train_tiny(p, method: str = "ours", seed: int = 1, fresh_compile: bool = Tru
     log = logging.getLogger("ncil.test_gpu")
     log.handlers[:] = [logging.NullHandler()]
     log.propagate = False
-    payload, rows = train.train_task(p, job, split, previous, centers, log)
+    payload, rows = training.train_task(p, job, split, previous, centers, log)
     return payload, rows, previous, centers
 
 
 def test_autocast_training_is_finite_and_matches_fp32():
     p = tiny_params("ours")
-    payload, _, previous, centers = train_tiny(p)  # trained under bf16 autocast (ncil.runtime.autocast on CUDA)
+    payload, _, previous, centers = train_tiny(p)  # trained under bf16 autocast (ncil.learning.runtime.autocast on CUDA)
     losses = [h["loss"] for h in payload["history"]]
     assert all(math.isfinite(v) for v in losses), losses
     assert all(torch.isfinite(v).all() for v in payload["model"].values() if v.is_floating_point())
@@ -107,8 +108,8 @@ def test_autocast_training_is_finite_and_matches_fp32():
     net = load_network(pf.model, 3, trained["model"]).to(device)
     test = synthetic.held_out(pf, N_OLD, N_NEW, 64)
     args = (net, test.images, pf.dataset.mean, pf.dataset.std, 256, device, 1)
-    with_amp = evaluate.predict(*args, "bf16")
-    without = evaluate.predict(*args, "fp32")
+    with_amp = prediction.predict(*args, "bf16")
+    without = prediction.predict(*args, "fp32")
     agreement = float(np.mean(with_amp == without))
     accuracy = float(np.mean(without == test.labels))  # incremental label = original id here (order 0..n-1)
     assert agreement >= AGREEMENT, (agreement, accuracy)
@@ -156,7 +157,7 @@ def test_two_gpu_runs_give_bit_identical_checkpoints(side, mode):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         runs = [train_tiny(p)[:2] for _ in range(2)]
-    assert torch.are_deterministic_algorithms_enabled()  # ncil.runtime.setup turned them on
+    assert torch.are_deterministic_algorithms_enabled()  # ncil.learning.runtime.setup turned them on
     assert not torch.backends.cuda.cudnn_sdp_enabled() and not torch.backends.cuda.mem_efficient_sdp_enabled()
     assert not torch.backends.cuda.flash_sdp_enabled()  # its backward repeats only under warn_only=False
     assert not torch.backends.cudnn.benchmark
@@ -211,17 +212,17 @@ def test_compiled_and_graphed_training_is_the_same_training_within_the_seed_spre
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 @pytest.mark.parametrize("method", ["ours", "pass_resnet18", "ours_official"])
 def test_a_gpu_training_step_has_no_host_sync(method, static):
-    """``ncil.opcount`` on CUDA (item scalars, data-dependent shapes, device-to-host and pageable host-to-device
+    """``ncil.learning.opcount`` on CUDA (item scalars, data-dependent shapes, device-to-host and pageable host-to-device
     copies) over the steps of an eager run: none with ``runtime.static_shapes: true``; with false (the compacted
     rows) none but for the official preset's mixup row count (one nonzero) and its strong view's colour jitter
     in ncil/data."""
-    from ncil import opcount
+    from ncil.learning import opcount
 
     p = tiny_params(method, epochs=2, static_shapes=static)
     job, split, previous, centers = synthetic.incremental_task(p, method, N_OLD, N_NEW, PER_CLASS, 1)
     log = logging.getLogger("ncil.test_gpu")
     log.handlers[:] = [logging.NullHandler()]
-    _, counts = opcount.count_training_steps(train.train_task, p, job, split, previous, centers, log)
+    _, counts = opcount.count_training_steps(training.train_task, p, job, split, previous, centers, log)
     assert counts.steps >= 2
     if static:
         assert not counts.sites, dict(counts.sites)
@@ -247,13 +248,13 @@ def test_graphed_training_has_no_graph_break_and_no_cudagraph_skip(method):
     assert all(math.isfinite(h["loss"]) for h in payload["history"])
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
-    from ncil import optim
+    from ncil.learning import optim
 
     opt, _ = optim.build_optimizer([torch.nn.Parameter(torch.zeros(2, device=DEVICE))],
                                    optim.task_recipe(p.train, 1))
     assert opt.defaults["fused"]
-    old = train.old_knowledge(*synthetic.incremental_task(p, method, N_OLD, N_NEW, PER_CLASS, 1)[2:],
-                              p.method[method], p, torch.device(DEVICE))
+    old = training.old_knowledge(*synthetic.incremental_task(p, method, N_OLD, N_NEW, PER_CLASS, 1)[2:],
+                                 p.method[method], p, torch.device(DEVICE))
     layer = next(m for m in old.teacher.backbone.modules() if isinstance(m, runtime.AUTOCAST_WEIGHT_MODULES))
     bf16 = method != "ours_official"  # runtime.precision auto: bf16 for the paper preset, fp32 for the official
     assert layer.weight.dtype == (torch.bfloat16 if bf16 else torch.float32)

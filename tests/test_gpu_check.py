@@ -1,4 +1,4 @@
-"""`make gpu-check` (scripts/gpu_check.py) on the CPU, and the pure pieces it stands on (ncil.flops, ncil.plainconf).
+"""`make gpu-check` (scripts/gpu_check.py) on the CPU, and the pure pieces it stands on (ncil.learning.flops, ncil.pipeline.plainconf).
 
 The script's GPU numbers can only come from a GPU; here it runs with ``--device cpu`` at its reduced
 size, with Hydra, omegaconf, Snakemake and DVC made unimportable (as on the lent GPU machine), and the
@@ -15,8 +15,9 @@ import sys
 import pytest
 import torch
 
-from ncil import flops, plainconf
-from ncil.config import ModelConfig, parse_params
+from ncil.learning import flops
+from ncil.pipeline import plainconf
+from ncil.pipeline.config import ModelConfig, parse_params
 from tests.conftest import ROOT, env
 
 BLOCKED = ("hydra", "omegaconf", "snakemake", "dvc")
@@ -77,7 +78,7 @@ def test_cpu_run_times_the_real_training_task(cpu_report):
         assert r["images_per_s"] == pytest.approx(8 / (r["step_ms"] / 1e3))
         assert 0 < r["data_path_share"] < 1 and r["peak_memory_mib"] is None
         assert r["losses_finite"] and len(r["losses"]) == 2
-        assert r["aten_ops_per_step"] > 100 and r["op_counts"]["steps_counted"] == 2  # ncil.opcount, 2 epochs x 2 steps
+        assert r["aten_ops_per_step"] > 100 and r["op_counts"]["steps_counted"] == 2  # ncil.learning.opcount, 2 epochs x 2 steps
     for r in (rows[0], rows[3]):  # the ViT rows: the analytic FLOP count
         model = ModelConfig(name="vit", img_size=r["image_size"], patch_size=r["patch_size"], **r["model"])
         n_out = 4 * (4 + 2)  # rotations x (old + new classes) of the reduced task
@@ -154,7 +155,7 @@ def test_junit_outcomes():
     assert cases[0]["seconds"] == 1.5
 
 
-# --- ncil.flops ---------------------------------------------------------------------------------------
+# --- ncil.learning.flops ---------------------------------------------------------------------------------------
 
 def test_vit_forward_flops_by_hand():
     parts = flops.vit_forward_flops(32, 4, 384, 5, 12, 4.0)
@@ -207,11 +208,11 @@ def test_hours():
     assert flops.hours(3.6e15, 1e12) == 1.0 and flops.hours(1.0, None) is None
 
 
-# --- ncil.plainconf -------------------------------------------------------------------------------------
+# --- ncil.pipeline.plainconf -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("experiment", plainconf.PAPER_EXPERIMENTS)
 def test_plain_conf_reads_what_hydra_composes(experiment):
-    from ncil.hydra_conf import compose
+    from ncil.pipeline.hydra_conf import compose
 
     hydra = compose([f"+experiment={experiment}"])
     exp = plainconf.paper_experiment(experiment)
@@ -285,7 +286,7 @@ def test_unknown_modes_and_methods_are_refused(capsys, option, value, message):
 
 @pytest.mark.parametrize("method", ["ours_official", "fcs"])
 def test_plain_conf_reads_the_official_methods_as_hydra_composes_them(method):
-    from ncil.hydra_conf import compose
+    from ncil.pipeline.hydra_conf import compose
 
     plain = parse_params(plainconf.compose_params("cifar100", "vit_paper", "paper", method), source="plain")
     assert plain.method[method] == parse_params(compose(["preset=official"])).method[method]

@@ -9,8 +9,8 @@ from datetime import datetime
 
 import pytest
 
-from ncil.config import parse_params
-from ncil.hydra_conf import compose
+from ncil.pipeline.config import parse_params
+from ncil.pipeline.hydra_conf import compose
 from tests import conftest
 from tests.conftest import copy_project, ncil, run
 

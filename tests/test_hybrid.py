@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from ncil.config import ConfigError, ModelConfig, parse_params
-from ncil.hydra_conf import compose
 from ncil.models import hybrid as H
 from ncil.models.network import build_network, load_network
 from ncil.models.vit import ViT
+from ncil.pipeline.config import ConfigError, ModelConfig, parse_params
+from ncil.pipeline.hydra_conf import compose
 from tests.test_models import _model
 
 # A small hybrid at 32x32 for the arithmetic tests: width 8 (stage-4 channels 64), patch 4 -> 8x8 tokens of dim 16.

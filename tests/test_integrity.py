@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 import torch
 
-from ncil import io, paths
-from ncil.config import load_params
 from ncil.data.arrays import load_split
-from ncil.data.prepare import prepare
+from ncil.data.preparation import prepare
+from ncil.pipeline import io, paths
+from ncil.pipeline.config import load_params
 from tests.conftest import ROOT, env
 
 # --- A kill inside a write -----------------------------------------------------------------------
@@ -38,7 +38,7 @@ from tests.conftest import ROOT, env
 KILLED_WRITER = """
 import sys
 import numpy as np
-from ncil import io
+from ncil.pipeline import io
 
 kind, target = sys.argv[1], sys.argv[2]
 
@@ -244,7 +244,7 @@ def test_a_read_only_file_system_fails_naming_the_artifact(tmp_path, monkeypatch
 FILE_SIZE_LIMITED = """
 import resource, sys
 import numpy as np
-from ncil import io
+from ncil.pipeline import io
 
 folder = sys.argv[1]
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))  # writes past 4 kB: EFBIG
@@ -496,9 +496,9 @@ def test_npy_size_is_the_size_write_array_writes(tmp_path):
 
 KILLED_PREPARE = """
 import dataclasses, sys
-from ncil import io
-from ncil.config import load_params
-from ncil.data.prepare import prepare
+from ncil.data.preparation import prepare
+from ncil.pipeline import io
+from ncil.pipeline.config import load_params
 
 out, seed = sys.argv[1], int(sys.argv[2])
 cfg = dataclasses.replace(load_params("params.yaml")[0].dataset, split_seed=seed)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ncil import io
+from ncil.pipeline import io
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from ncil.config import ConfigError, MethodConfig, ModelConfig, parse_params
-from ncil.hydra_conf import compose
 from ncil.methods.baseline import rotate_batch
 from ncil.methods.objective import OldKnowledge, step_loss
 from ncil.methods.pks import pks_loss
 from ncil.models.network import build_network
+from ncil.pipeline.config import ConfigError, MethodConfig, ModelConfig, parse_params
+from ncil.pipeline.hydra_conf import compose
 
 ALL_METHODS = ["finetune", "joint", "lwf", "baseline", "pks", "pr", "ours", "ours_w_uniform", "ours_w_direct",
                "pass_resnet18"]
@@ -154,7 +154,7 @@ def test_method_options_are_validated():
 def test_bench_step_times_the_full_step_and_its_floor_on_the_same_rows():
     """What ``python -m ncil bench`` reports, not how fast it is: speed is measured by that command
     (for example `python -m ncil bench --method ours`), never asserted in a test."""
-    from ncil.bench import bench_step
+    from ncil.learning.step_timing import bench_step
 
     p = parse_params(compose(["model=vit_digits_tiny", "method=[ours]"]))
     result = bench_step(p, p.method["ours"], batch_size=4, steps=2, warmup=0)
@@ -171,7 +171,7 @@ def test_bench_of_an_official_method_times_its_step_against_the_floor_over_x_pri
     runs over one such X', the very rows of the step's first draw (the same seed), and the old model too."""
     from types import SimpleNamespace
 
-    from ncil import bench
+    from ncil.learning import step_timing
 
     p = parse_params(compose(["model=vit_digits_tiny", "+model.resnet_width=4", "preset=official",
                               "method=[ours_official]"]))
@@ -188,9 +188,9 @@ def test_bench_of_an_official_method_times_its_step_against_the_floor_over_x_pri
         twin.backbone.register_forward_pre_hook(lambda m, a: sizes["teacher"].append(a[0].shape[0]))
         return twin
 
-    monkeypatch.setattr(bench, "build_network", recording_build)
-    monkeypatch.setattr(bench, "copy", SimpleNamespace(deepcopy=recording_deepcopy))
-    result = bench.bench_step(p, p.method["ours_official"], batch_size=4, steps=2, warmup=0)
+    monkeypatch.setattr(step_timing, "build_network", recording_build)
+    monkeypatch.setattr(step_timing, "copy", SimpleNamespace(deepcopy=recording_deepcopy))
+    result = step_timing.bench_step(p, p.method["ours_official"], batch_size=4, steps=2, warmup=0)
     rows = result["rows"]
     assert 16 < rows <= 16 + 4 * 4  # 4 rotations of 4 images, then at most 4 rounds x 4 mixup images
     # the student's passes, in order: step 1 (its X'), floor, step 2 (X' of the next draw), floor
@@ -203,7 +203,7 @@ def test_bench_of_an_official_method_times_its_step_against_the_floor_over_x_pri
 def test_official_floor_includes_the_key_encoder_pass_only_with_the_contrastive_loss(monkeypatch):
     """The key encoder is the third backbone pass of an official step (method-spec 5.3): the floor runs it
     over the 4B rotated strong views when the contrastive loss is on, and not for a method without it."""
-    from ncil import bench
+    from ncil.learning import step_timing
     from ncil.methods import official_step
 
     calls = []
@@ -211,14 +211,14 @@ def test_official_floor_includes_the_key_encoder_pass_only_with_the_contrastive_
     monkeypatch.setattr(official_step, "key_features", lambda bb, x, buf: calls.append(x.shape[0]) or real(bb, x, buf))
     p = parse_params(compose(["model=vit_digits_tiny", "+model.resnet_width=4", "preset=official",
                               "method=[ours_official]"]))
-    bench.bench_step(p, p.method["ours_official"], batch_size=4, steps=2, warmup=0)
+    step_timing.bench_step(p, p.method["ours_official"], batch_size=4, steps=2, warmup=0)
     assert calls == [16] * 4  # step, floor, step, floor: 4 rotations x 4 strong views each
     calls.clear()
     data = compose(["model=vit_digits_tiny", "+model.resnet_width=4", "preset=official", "method=[ours_official]"])
     data["method"]["ours_official"]["contrastive"] = 0.0
     data["method"]["ours_official"]["contrastive_by_scenario"] = {}
     p = parse_params(data)
-    bench.bench_step(p, p.method["ours_official"], batch_size=4, steps=2, warmup=0)
+    step_timing.bench_step(p, p.method["ours_official"], batch_size=4, steps=2, warmup=0)
     assert calls == []
 
 
@@ -226,13 +226,13 @@ def test_bench_rounds_alternate_and_keep_every_round(monkeypatch):
     """The two timed functions take turns within every round, after untimed warm-up calls."""
     import itertools
 
-    from ncil import bench
+    from ncil.learning import step_timing
 
     ticks = itertools.count()  # a fake clock: every reading is one second after the last
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
+    monkeypatch.setattr(step_timing.time, "perf_counter", lambda: next(ticks))
     calls = []
-    times = bench._interleaved_seconds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                                       rounds=3, warmup=1)
+    times = step_timing._interleaved_seconds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                             rounds=3, warmup=1)
     assert calls == ["a", "b"] * 4
     assert times == {"a": [1, 1, 1], "b": [1, 1, 1]}
 
@@ -240,7 +240,7 @@ def test_bench_rounds_alternate_and_keep_every_round(monkeypatch):
 def test_freed_memory_is_kept_for_reuse_on_glibc():
     import platform
 
-    from ncil.runtime import keep_freed_memory
+    from ncil.learning.runtime import keep_freed_memory
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")

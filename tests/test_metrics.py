@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ncil import metrics
+from ncil.reports import metrics
 
 NAN = np.nan
 

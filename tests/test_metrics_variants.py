@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ncil import metrics
+from ncil.reports import metrics
 
 NAN = np.nan
 # metrics.md, "Example where they disagree": rows after tasks 1..3.

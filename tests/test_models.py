@@ -1,9 +1,9 @@
 import torch
 
-from ncil.config import ModelConfig
-from ncil.hydra_conf import compose
 from ncil.models.head import GrowingHead
 from ncil.models.network import build_network
+from ncil.pipeline.config import ModelConfig
+from ncil.pipeline.hydra_conf import compose
 
 
 def _model(name: str) -> ModelConfig:

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from ncil import numerics
+from ncil.learning import numerics
 from tests.conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("check_reproduction", ROOT / "scripts/check_reproduction.py")
@@ -39,7 +39,7 @@ def test_apply_refuses_once_torch_is_loaded(monkeypatch):
 
 
 def test_portable_mode_reaches_aten_in_a_fresh_process():
-    code = ("from ncil import numerics; numerics.apply('portable'); import torch; "
+    code = ("from ncil.learning import numerics; numerics.apply('portable'); import torch; "
             "print(torch.backends.cpu.get_cpu_capability())")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "AVX2"  # on an AVX-512 machine too: the vectorised kernels are capped
@@ -47,13 +47,13 @@ def test_portable_mode_reaches_aten_in_a_fresh_process():
 
 def test_a_jobs_params_are_parsed_once_before_torch(tmp_path):
     """Issue 22 item 4: ``python -m ncil`` parses ``--params`` once with the typed parser, applies its numerics
-    before torch loads, and the verb gets that same parse (``ncil.stages.common.load_params``)."""
+    before torch loads, and the verb gets that same parse (``ncil.cli.load_params``)."""
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text().replace("numerics: native", "numerics: portable"))
     code = textwrap.dedent(f"""
         import sys
-        from ncil import __main__ as cli, config
-        from ncil.stages import common
+        from ncil import cli
+        from ncil.pipeline import config
         parses = []
         real = config.load_params
         config.load_params = lambda path: parses.append(str(path)) or real(path)
@@ -61,9 +61,9 @@ def test_a_jobs_params_are_parsed_once_before_torch(tmp_path):
         assert "torch" not in sys.modules  # numerics applied before torch; prepare claims no device
         cli._prepare_job("train", {str(params)!r})  # the device check loads torch, after the numerics
         import torch
-        from ncil import numerics
-        first = common.load_params({str(params)!r})
-        assert common.load_params({str(params)!r}) is first
+        from ncil.learning import numerics
+        first = cli.load_params({str(params)!r})
+        assert cli.load_params({str(params)!r}) is first
         print(len(parses), numerics.portable_active(), first[0].runtime.numerics, torch.backends.cpu.get_cpu_capability())
     """)
     env = {k: v for k, v in os.environ.items() if k not in numerics.PORTABLE_ENV}
@@ -85,8 +85,8 @@ def test_portable_is_read_from_the_three_variables_and_only_then_fuses_adam():
 def test_build_optimizer_fuses_adam_in_portable_processes_only(mode, fused):
     """In a fresh process (the mode is set before torch loads, as the CLI does): native builds Adam exactly as
     before (``fused`` left at torch's default None), portable with ``fused=True``; SGD is the same in both."""
-    code = ("import sys; from ncil import numerics; numerics.apply(sys.argv[1]); import torch; "
-            "from ncil.optim import Recipe, build_optimizer; w = [torch.nn.Parameter(torch.zeros(3))]; "
+    code = ("import sys; from ncil.learning import numerics; numerics.apply(sys.argv[1]); import torch; "
+            "from ncil.learning.optim import Recipe, build_optimizer; w = [torch.nn.Parameter(torch.zeros(3))]; "
             "adam, _ = build_optimizer(w, Recipe('adam', 1, 1e-3, 2e-4, 0.0, (), 0, 0.1)); "
             "sgd, _ = build_optimizer(w, Recipe('sgd', 1, 0.1, 5e-4, 0.9, (), 0, 0.1)); "
             "print(adam.defaults['fused'], adam.defaults['foreach'], 'fused' in sgd.defaults and sgd.defaults['fused'])")

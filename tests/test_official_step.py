@@ -22,10 +22,16 @@ DIGEST_SCRIPT = r'''
 import hashlib, logging
 from io import BytesIO
 import numpy as np, torch
-from ncil import io, train
-from ncil.config import parse_params
 from ncil.data import arrays
-from ncil.hydra_conf import compose
+try:
+    from ncil.learning import training
+    from ncil.pipeline import io
+    from ncil.pipeline.config import parse_params
+    from ncil.pipeline.hydra_conf import compose
+except ImportError:  # an archived commit of the flat layout (before ncil/learning, ncil/pipeline)
+    from ncil import io, train as training
+    from ncil.config import parse_params
+    from ncil.hydra_conf import compose
 TINY = ["model=vit_digits_tiny", "model.drop_path=0.1", "train=smoke", "train.epochs=2", "train.batch_size=16",
         "method=[ours,baseline]", "runtime.device=cpu"]
 rng = np.random.RandomState(0)
@@ -42,8 +48,8 @@ tasks = [[0, 1, 2, 3], [4, 5]]
 out = []
 for name in ("ours", "baseline"):
     m = p.method[name]
-    t0 = train.train_task(p, train.TaskJob(0, 1, list(range(10)), tasks, m.base_recipe, m, {}), data, None, None, log)
-    t1 = train.train_task(p, train.TaskJob(1, 1, list(range(10)), tasks, name, m, {}), data, *t0, log)
+    t0 = training.train_task(p, training.TaskJob(0, 1, list(range(10)), tasks, m.base_recipe, m, {}), data, None, None, log)
+    t1 = training.train_task(p, training.TaskJob(1, 1, list(range(10)), tasks, name, m, {}), data, *t0, log)
     out += [f"{name}:0:{digest(*t0)}", f"{name}:1:{digest(*t1)}"]
 print(" ".join(out))
 '''
@@ -68,7 +74,7 @@ def test_paper_preset_checkpoints_keep_the_bytes_of_the_regenerated_commit(tmp_p
     commit run on this very machine (CPU-type independent); on the recorded platform also the recorded ones."""
     new = _digests(ROOT)
     assert new == _digests(archived_tree(PAPER_COMMIT, tmp_path / "old"))
-    from ncil import io, provenance
+    from ncil.pipeline import io, provenance
     import torch
 
     recorded = ROOT / "results" / "platform.json"
@@ -87,17 +93,18 @@ import math  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ncil import io, train  # noqa: E402
-from ncil.config import MethodConfig, parse_params  # noqa: E402
 from ncil.data import arrays, augment  # noqa: E402
-from ncil.evaluate import predict  # noqa: E402
-from ncil.hydra_conf import compose  # noqa: E402
+from ncil.learning import training  # noqa: E402
+from ncil.learning.prediction import predict  # noqa: E402
+from ncil.learning.training import extract_features  # noqa: E402
 from ncil.methods import official_step as official  # noqa: E402
 from ncil.methods.head_layout import HeadLayout  # noqa: E402
 from ncil.methods.objective import OldKnowledge  # noqa: E402
 from ncil.methods.official import identity_transfer, map_prototypes  # noqa: E402
 from ncil.models.network import build_network  # noqa: E402
-from ncil.train import extract_features  # noqa: E402
+from ncil.pipeline import io
+from ncil.pipeline.config import MethodConfig, parse_params  # noqa: E402
+from ncil.pipeline.hydra_conf import compose  # noqa: E402
 
 # The official preset's methods on a tiny hybrid backbone (ResNet-18 of width 4 + the tiny ViT; 8x8 digits).
 TINY = ["preset=official", "model=vit_digits_tiny", "+model.resnet_width=4", "train=smoke", "train.epochs=2",
@@ -125,9 +132,9 @@ def _split() -> arrays.Split:
 def _train_two(p, name: str, method: MethodConfig, data=None):
     data = data if data is not None else _split()
     log = logging.getLogger("test")
-    t0 = train.train_task(p, train.TaskJob(0, 1, list(range(10)), TASKS, method.base_recipe, method, {}), data,
-                          None, None, log)
-    t1 = train.train_task(p, train.TaskJob(1, 1, list(range(10)), TASKS, name, method, {}), data, *t0, log)
+    t0 = training.train_task(p, training.TaskJob(0, 1, list(range(10)), TASKS, method.base_recipe, method, {}), data,
+                             None, None, log)
+    t1 = training.train_task(p, training.TaskJob(1, 1, list(range(10)), TASKS, name, method, {}), data, *t0, log)
     return t0, t1
 
 
@@ -247,14 +254,14 @@ def test_evaluation_reads_the_rotation0_columns_of_the_real_classes_only():
 def test_official_tasks_train_end_to_end_with_the_transfer_layer_and_the_mapped_prototypes(monkeypatch):
     p = _params()
     starts = []
-    make = train.official_transfer
+    make = training.official_transfer
 
     def recording(dim, device):
         layer = make(dim, device)
         starts.append((layer.weight.detach().clone(), layer.bias.detach().clone()))
         return layer
 
-    monkeypatch.setattr(train, "official_transfer", recording)
+    monkeypatch.setattr(training, "official_transfer", recording)
     (payload0, rows0), (payload1, rows1) = _train_two(p, "ours_official", _method("ours_official"))
     d = payload0["model"]["head.weight"].shape[1]
     assert len(starts) == 2 and all(torch.equal(w, torch.eye(d)) and torch.equal(b, torch.zeros(d)) for w, b in starts)
@@ -273,7 +280,7 @@ def test_official_tasks_train_end_to_end_with_the_transfer_layer_and_the_mapped_
     net = build_network(p.model, 1, payload1["n_outputs"], "hybrid")
     net.load_state_dict(payload1["model"])
     data = _split()
-    _, images, labels = arrays.select_classes(data, TASKS[1], train.remap_labels(list(range(10))))
+    _, images, labels = arrays.select_classes(data, TASKS[1], training.remap_labels(list(range(10))))
     features = extract_features(net, arrays.to_uint8_tensor(images), 256, torch.device("cpu"), p.dataset.mean, p.dataset.std)
     expected = torch.stack([features[torch.from_numpy(labels) == c].mean(0) for c in (4, 5)])
     np.testing.assert_allclose(rows1["center"][4:], expected.numpy(), rtol=1e-5, atol=1e-6)
@@ -315,7 +322,7 @@ def test_an_official_task_stopped_at_every_step_boundary_ends_in_the_uninterrupt
     p = _params()
     data = _split()
     (clean0, clean1) = _train_two(p, "ours_official", _method("ours_official"), data)
-    job1 = train.TaskJob(1, 1, list(range(10)), TASKS, "ours_official", _method("ours_official"), {})
+    job1 = training.TaskJob(1, 1, list(range(10)), TASKS, "ours_official", _method("ours_official"), {})
     resumed1, positions = _interrupted_at_every_boundary(p, job1, data, *clean0, tmp_path / "t1.pt")
     assert positions == [(0, 1), (1, 0), (1, 1), (2, 0)]  # 20 new images, batch 16: 2 steps per epoch
     assert _same_outputs(resumed1, clean1)

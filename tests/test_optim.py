@@ -1,4 +1,4 @@
-"""The per-task optimiser recipe (ncil.optim, method-spec 5.1 and 5.6) as ``train_task`` uses it."""
+"""The per-task optimiser recipe (ncil.learning.optim, method-spec 5.1 and 5.6) as ``train_task`` uses it."""
 
 import logging
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from ncil import optim, train
-from ncil.config import parse_params
 from ncil.data import arrays
-from ncil.hydra_conf import compose
+from ncil.learning import optim, training
+from ncil.pipeline.config import parse_params
+from ncil.pipeline.hydra_conf import compose
 
 TINY = ["model=vit_digits_tiny", "train=smoke", "train.epochs=3", "train.batch_size=16", "method=[ours]",
         "runtime.device=cpu"]
@@ -24,17 +24,17 @@ def split() -> arrays.Split:
 def two_tasks(p):
     """Train tasks 0 and 1 of the tiny digits run (``ours``: rotation, KD, protoAug, PKS, PR)."""
     data, log = split(), logging.getLogger("test")
-    job0 = train.TaskJob(0, 1, list(range(10)), TASKS, "rotation", p.method["ours"], {})
-    payload0, centers0 = train.train_task(p, job0, data, None, None, log)
-    job1 = train.TaskJob(1, 1, list(range(10)), TASKS, "ours", p.method["ours"], {})
-    payload1, centers1 = train.train_task(p, job1, data, payload0, centers0, log)
+    job0 = training.TaskJob(0, 1, list(range(10)), TASKS, "rotation", p.method["ours"], {})
+    payload0, centers0 = training.train_task(p, job0, data, None, None, log)
+    job1 = training.TaskJob(1, 1, list(range(10)), TASKS, "ours", p.method["ours"], {})
+    payload1, centers1 = training.train_task(p, job1, data, payload0, centers0, log)
     return payload0, centers0, payload1, centers1
 
 
 def spy(monkeypatch):
     """Record every (optimizer, scheduler) pair train_task builds, and the epochs its progress bar gets."""
     built, bars = [], []
-    real_build, real_progress = optim.build_optimizer, train.EpochProgress
+    real_build, real_progress = optim.build_optimizer, training.EpochProgress
 
     def build(parameters, recipe):
         pair = real_build(parameters, recipe)
@@ -46,7 +46,7 @@ def spy(monkeypatch):
         return real_progress(logger, label, epochs, steps)
 
     monkeypatch.setattr(optim, "build_optimizer", build)
-    monkeypatch.setattr(train, "EpochProgress", progress)
+    monkeypatch.setattr(training, "EpochProgress", progress)
     return built, bars
 
 
@@ -69,7 +69,7 @@ def test_without_base_keys_training_is_bit_identical_to_the_explicit_adam_steplr
             assert scheduler is None
     assert len(built) == 2 and bars == [3, 3]
 
-    def explicit(parameters, recipe):  # the lines train_task had before ncil.optim was wired in
+    def explicit(parameters, recipe):  # the lines train_task had before ncil.learning.optim was wired in
         optimizer = torch.optim.Adam(parameters, lr=p.train.lr, weight_decay=p.train.weight_decay)
         scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, step_size=p.train.lr_step, gamma=p.train.lr_gamma)
                      if p.train.lr_step else None)

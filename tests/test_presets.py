@@ -8,9 +8,9 @@ import functools
 import pytest
 import yaml
 
-from ncil import config, plainconf
-from ncil.config import BASE_RECIPE_FIELDS, ConfigError, MethodConfig, method_for_split, non_default_fields, parse_params
-from ncil.hydra_conf import compose, write_params
+from ncil.pipeline import config, plainconf
+from ncil.pipeline.config import BASE_RECIPE_FIELDS, ConfigError, MethodConfig, method_for_split, non_default_fields, parse_params
+from ncil.pipeline.hydra_conf import compose, write_params
 from tests.conftest import ROOT
 
 OFFICIAL_CIFAR = ["+experiment=cifar100", "preset=official", "method=[fcs,ours_official]"]
@@ -272,7 +272,7 @@ def test_official_cifar_grid_and_digits_hybrid_width():
 
 
 def test_plain_reader_merges_the_official_methods_and_refuses_other_defaults_lists(tmp_path):
-    """ncil.plainconf reads one Hydra defaults list, the official methods' ``[/preset/method/official@<name>,
+    """ncil.pipeline.plainconf reads one Hydra defaults list, the official methods' ``[/preset/method/official@<name>,
     _self_]`` (the preset's options under the method's own, as Hydra merges them: scripts/gpu_check.py times
     ours_official), and refuses any other instead of returning half of a method; the one-method grid's preset
     is the method's own."""

@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 
-from ncil import figures, paper_values, tables
+from ncil.reports import paper_values, plots, results_table
 
 
 def fake_metrics(dataset, setting, label, method, seed, curve, forgetting=10.0):
@@ -25,14 +25,14 @@ def test_aggregate_mean_std_n_per_dataset_setting_method():
     ms = [fake_metrics("digits", "s", "4+2x3", "ours", 2, [90, 64]),
           fake_metrics("digits", "s", "4+2x3", "ours", 1, [80, 60]),
           fake_metrics("cifar100", "s", "4+2x3", "ours", 1, [70, 50])]
-    rows = tables.aggregate(ms)
+    rows = results_table.aggregate(ms)
     assert [(r["dataset"], r["n"], r["seeds"]) for r in rows] == [("digits", 2, [1, 2]), ("cifar100", 1, [1])]
     assert rows[0]["last_accuracy_mean"] == 62.0
     assert rows[0]["last_accuracy_std"] == pytest.approx(2 * np.sqrt(2))  # sample std of 60, 64
     assert rows[0]["curve_mean"] == [85.0, 62.0]
     assert rows[1]["last_accuracy_std"] == 0.0  # one seed
     with pytest.raises(ValueError, match="seed listed twice"):
-        tables.aggregate(ms + [ms[0]])
+        results_table.aggregate(ms + [ms[0]])
 
 
 def _csv(text):
@@ -41,7 +41,7 @@ def _csv(text):
 
 def test_paper_table_places_ours_beside_the_paper_with_the_difference():
     ms = [fake_metrics("cifar100", "b50_inc10", "50+10x5", "ours", s, [70, v]) for s, v in ((1, 58.0), (2, 60.0))]
-    out = tables.paper_tables(tables.aggregate(ms), {"cifar100": ["50+10x5"]}, CONTEXT)
+    out = results_table.paper_tables(results_table.aggregate(ms), {"cifar100": ["50+10x5"]}, CONTEXT)
     md, text = out["table3"]
     rows = _csv(text)
     full = next(r for r in rows if r["row"] == "Full" and r["setting"] == "50+10x5")
@@ -54,7 +54,7 @@ def test_paper_table_places_ours_beside_the_paper_with_the_difference():
 
 
 def test_tables_work_with_no_results_and_our_dataset_shows_the_grid_settings():
-    out = tables.paper_tables([], {"digits": ["4+2x3", "5+1x5"]}, CONTEXT)
+    out = results_table.paper_tables([], {"digits": ["4+2x3", "5+1x5"]}, CONTEXT)
     md, text = out["table1"]
     rows = _csv(text)
     digits = [r for r in rows if r["dataset"] == "digits"]
@@ -88,54 +88,54 @@ def test_paper_values_match_method_spec_section_7():
 def test_curve_table_mean_is_avg_and_last_point_is_last():
     ms = [fake_metrics("digits", "s", "4+2x3", m, seed, c) for m, seed, c in
           (("joint", 1, [90, 80, 70]), ("joint", 2, [92, 82, 74]), ("ours", 1, [90, 50, 40]))]
-    rows = tables.aggregate(ms)
-    table = figures.curve_table(rows, "digits", "s", ["ours", "joint", "lwf"])
-    assert figures.curve_methods(table) == ["ours", "joint"]  # grid order; lwf has no results
+    rows = results_table.aggregate(ms)
+    table = plots.curve_table(rows, "digits", "s", ["ours", "joint", "lwf"])
+    assert plots.curve_methods(table) == ["ours", "joint"]  # grid order; lwf has no results
     assert [r["task"] for r in table] == [1, 2, 3]
     joint = next(r for r in rows if r["method"] == "joint")
     assert np.mean([r["joint"] for r in table]) == pytest.approx(joint["avg_accuracy_mean"])
     assert table[-1]["joint"] == joint["last_accuracy_mean"] == 72.0
     assert table[0]["joint_std"] == pytest.approx(np.sqrt(2)) and table[0]["joint_n"] == 2
     # Every grid method has its columns (empty without results), so the CSV's shape follows the grid.
-    assert figures.curve_methods(table, with_data=False) == ["ours", "joint", "lwf"]
-    assert figures.table_to_csv(table).splitlines()[1] == "1,90.0000,0.0000,1,91.0000,1.4142,2,,,0"
-    assert len(figures.curve_table([], "digits", "s", ["ours"], n_tasks=4)) == 4
+    assert plots.curve_methods(table, with_data=False) == ["ours", "joint", "lwf"]
+    assert plots.table_to_csv(table).splitlines()[1] == "1,90.0000,0.0000,1,91.0000,1.4142,2,,,0"
+    assert len(plots.curve_table([], "digits", "s", ["ours"], n_tasks=4)) == 4
 
 
 def test_png_is_deterministic_and_carries_no_software_or_date():
     table = [{"task": 1, "ours": 90.0, "ours_std": 1.0, "ours_n": 3}, {"task": 2, "ours": 60.0, "ours_std": 2.0, "ours_n": 3}]
-    a = figures.png_bytes(figures.draw_curves(table, "t"))
-    b = figures.png_bytes(figures.draw_curves(table, "t"))
+    a = plots.png_bytes(plots.draw_curves(table, "t"))
+    b = plots.png_bytes(plots.draw_curves(table, "t"))
     assert a == b and a.startswith(b"\x89PNG")
     assert b"Software" not in a and b"matplotlib" not in a.lower()
     weights = {"uniform": np.ones((2, 16)), "after task 2": np.linspace(0.1, 1, 32).reshape(2, 16)}
-    png = figures.png_bytes(figures.draw_weight_maps(np.zeros((2, 8, 8, 1), np.uint8), weights, "w"))
-    assert png == figures.png_bytes(figures.draw_weight_maps(np.zeros((2, 8, 8, 1), np.uint8), weights, "w"))
-    data = figures.weight_map_table(weights, [5, 9])
+    png = plots.png_bytes(plots.draw_weight_maps(np.zeros((2, 8, 8, 1), np.uint8), weights, "w"))
+    assert png == plots.png_bytes(plots.draw_weight_maps(np.zeros((2, 8, 8, 1), np.uint8), weights, "w"))
+    data = plots.weight_map_table(weights, [5, 9])
     assert len(data) == 2 * 2 * 16 and data[0] == {"map": "uniform", "sample": 5, "patch": 0, "weight": 1.0}
 
 
 def test_figure3_names_and_dashes_the_official_presets_methods():
     table = [{"task": k, **{f"{m}{suffix}": v for m in ("ours", "fcs") for suffix, v in (("", 50.0 + k), ("_std", 1.0),
                                                                                          ("_n", 3))}} for k in (1, 2)]
-    fig = figures.draw_curves(table, "t")
+    fig = plots.draw_curves(table, "t")
     lines = {line.get_label(): line.get_linestyle() for line in fig.axes[0].get_lines()}
     assert lines == {"ours (n=3)": "-", "fcs (n=3, official preset)": "--"}
 
 
 def test_cost_rows_sum_tasks_average_seeds_and_take_the_peak():
-    from ncil import costs
+    from ncil.reports import cost_table
 
     bench = "s\th:m:s\tmax_rss\tmax_vms\n12.5\t0:00:12\t900.0\t2000\n"
-    assert costs.read_benchmark(bench, "x.tsv") == {"s": 12.5, "max_rss": 900.0}
+    assert cost_table.read_benchmark(bench, "x.tsv") == {"s": 12.5, "max_rss": 900.0}
     with pytest.raises(ValueError, match="x.tsv"):
-        costs.read_benchmark("a\tb\n1\t2\n", "x.tsv")
+        cost_table.read_benchmark("a\tb\n1\t2\n", "x.tsv")
     recs = [{"label": "4+2x3", "method": "ours", "seed": s, "task": t, "s": v, "max_rss": m}
             for s, t, v, m in ((1, 0, 10.0, 500.0), (1, 1, 5.0, 700.0), (2, 0, 12.0, 400.0), (2, 1, 7.0, 650.0))]
-    (row,) = costs.cost_rows(recs)
+    (row,) = cost_table.cost_rows(recs)
     assert row["train_s_per_run"] == 17.0 and row["slowest_task_s"] == 12.0 and row["peak_rss_mb"] == 700.0
     assert row["seeds"] == 2 and row["tasks"] == 4
-    assert "| 4+2x3 | ours | 2 | 4 | 17.0 | 12.0 | 700 |" in costs.to_markdown([row], "digits")
+    assert "| 4+2x3 | ours | 2 | 4 | 17.0 | 12.0 | 700 |" in cost_table.to_markdown([row], "digits")
 
 
 # --- Item 8: a second grid adds its sections and rewrites nothing of the first --------------------
@@ -146,8 +146,9 @@ from pathlib import Path  # noqa: E402
 
 import yaml  # noqa: E402
 
-from ncil import grid, paths, report  # noqa: E402
-from ncil.verify import readme_section  # noqa: E402
+from ncil.pipeline import experiment_grid, paths  # noqa: E402
+from ncil.reports import report
+from ncil.reports.recompute import readme_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,7 +158,7 @@ def _committed_params():
 
 
 def _committed_metrics(params):
-    return [json.loads((ROOT / run.metrics_file).read_text()) for run in grid.runs(params)]
+    return [json.loads((ROOT / run.metrics_file).read_text()) for run in experiment_grid.runs(params)]
 
 
 def _committed(path):
@@ -173,7 +174,7 @@ def _folder_grid():
     params["method"] = {m: params["method"][m] for m in ("finetune", "ours")}
     params["seeds"] = [1, 2]
     metrics = []
-    for run in grid.runs(params):
+    for run in experiment_grid.runs(params):
         label = f"{run.initial}+{run.increment}x{run.n_tasks - 1}"
         curve = [90.0 - 10 * t - run.seed - (5 if run.method == "finetune" else 0) for t in range(run.n_tasks)]
         m = fake_metrics("folder", run.setting, label, run.method, run.seed, curve, forgetting=7.0 + run.seed)
@@ -265,18 +266,18 @@ def test_context_line_round_trips_and_merging_equals_context_from_over_all_metri
     _, folder_metrics = _folder_grid()
     digits = [fake_metrics("digits", "s", "4+2x3", "ours", s, [80, 60]) for s in (1, 3)]
     defaults = {"preset": "paper", "convention": "paper", "order_seed": 1993, "seeds": [9]}
-    parts = [tables.context_from(ms, defaults) for ms in (digits, folder_metrics)]
+    parts = [results_table.context_from(ms, defaults) for ms in (digits, folder_metrics)]
     for c in parts:
-        assert tables.parse_context_line(tables.context_line(c), "x") == {**c, "order_seed": str(c["order_seed"])}
-    merged = tables.merge_contexts([tables.parse_context_line(tables.context_line(c), "x") for c in parts])
-    assert tables.context_line(merged) == tables.context_line(tables.context_from(digits + folder_metrics, defaults))
+        assert results_table.parse_context_line(results_table.context_line(c), "x") == {**c, "order_seed": str(c["order_seed"])}
+    merged = results_table.merge_contexts([results_table.parse_context_line(results_table.context_line(c), "x") for c in parts])
+    assert results_table.context_line(merged) == results_table.context_line(results_table.context_from(digits + folder_metrics, defaults))
     assert merged["seeds"] == [1, 2, 3] and merged["preset"] == "paper, smoke"
     with pytest.raises(ValueError, match="f.md: line 3 is not a table context line"):
-        tables.parse_context_line("Preset paper", "f.md")
+        results_table.parse_context_line("Preset paper", "f.md")
 
 
 def test_section_order_puts_own_datasets_sorted_before_the_papers():
-    assert tables.section_order(["imagenet_subset", "folder", "cifar100", "digits"]) == [
+    assert results_table.section_order(["imagenet_subset", "folder", "cifar100", "digits"]) == [
         "digits", "folder", "cifar100", "imagenet_subset"]
 
 

@@ -1,4 +1,4 @@
-"""ncil/resources.py: what each job asks a scheduler for, with numbers worked out by hand."""
+"""ncil/pipeline/resources.py: what each job asks a scheduler for, with numbers worked out by hand."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, run
-from ncil import resources as res
-from ncil.config import parse_params
+from ncil.pipeline import resources as res
+from ncil.pipeline.config import parse_params
 
 
 def load(path: str, **runtime):
@@ -133,7 +133,7 @@ def resources_of(project, rule: str) -> dict:
 
 
 def test_rules_take_their_requests_and_default_profile_leaves_gpu(tiny_project):
-    """The rules pass ncil/resources.py's numbers on; profiles/default caps no `gpu` request (a global
+    """The rules pass ncil/pipeline/resources.py's numbers on; profiles/default caps no `gpu` request (a global
     gpu=0 there used to strip the GPU from every job of a GPU grid, also under --profile)."""
     cpu = resources_of(tiny_project, "train_base")
     assert (cpu["gpu"], cpu["mem_mb"], cpu["runtime"]) == ("0", "1536", "10")

@@ -1,7 +1,7 @@
-"""Preemption-safe training tasks (ncil.resume; issue 11 item 4): a task stopped by SIGTERM or killed
+"""Preemption-safe training tasks (ncil.learning.resume; issue 11 item 4): a task stopped by SIGTERM or killed
 with SIGKILL, then rerun, ends in the bytes of an uninterrupted run; the state is refused when it
 belongs to another configuration or is damaged, survives a kill inside its own write, and is removed
-once the task completes. Plus the platform record (ncil.provenance) and the save-cost bench."""
+once the task completes. Plus the platform record (ncil.pipeline.provenance) and the save-cost bench."""
 
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ import pytest
 import torch
 
 from conftest import BASE_SPLIT, BASE_TASK, ROOT, SETTING_SPLIT, copy_project, env, ncil, run
-from ncil import io, provenance, resume, train
-from ncil.config import ConfigError, parse_params
 from ncil.data import arrays
-from ncil.hydra_conf import compose
+from ncil.learning import resume, training
+from ncil.pipeline import io, provenance
+from ncil.pipeline.config import ConfigError, parse_params
+from ncil.pipeline.hydra_conf import compose
 
 # --- Pure parts ---------------------------------------------------------------------------------
 
@@ -64,10 +65,10 @@ def test_resume_every_is_validated_and_stays_out_of_the_checkpoint():
     with pytest.raises(ConfigError, match=r"runtime.resume_every: expected a number of epochs \(0 = off\) >= 0, got -1"):
         parse_params(compose(["runtime.resume_every=-1"]))
     p = parse_params(compose(["runtime.resume_every=5"]))
-    job = train.TaskJob(0, 1, list(range(10)), [[0, 1, 2, 3]], "plain", p.method["finetune"], {})
+    job = training.TaskJob(0, 1, list(range(10)), [[0, 1, 2, 3]], "plain", p.method["finetune"], {})
     assert p.runtime.resume_every == 5
-    assert train.run_config_snapshot(p, job, "cpu")["runtime"] == {"threads": 1, "numerics": "native",
-                                                                   "precision": "fp32"}
+    assert training.run_config_snapshot(p, job, "cpu")["runtime"] == {"threads": 1, "numerics": "native",
+                                                                      "precision": "fp32"}
 
 
 CPUINFO = """processor\t: 0
@@ -141,7 +142,7 @@ def _interrupted_at_every_boundary(p, job, data, previous, centers, state_file: 
         plan = resume.Plan(path=state_file, state=state, save=lambda g: resume.save(state_file, ident, g),
                            every=1, stop_requested=StopAfter(2))  # 1: before the first step
         try:
-            out = train.train_task(p, job, data, previous, centers, logging.getLogger("test"), plan)
+            out = training.train_task(p, job, data, previous, centers, logging.getLogger("test"), plan)
         except resume.Preempted as stop:
             positions.append((stop.epoch, stop.step))
             state = resume.load(state_file, ident)
@@ -154,10 +155,10 @@ def _interrupted_at_every_boundary(p, job, data, previous, centers, state_file: 
 def test_a_task_stopped_at_every_step_boundary_ends_in_the_uninterrupted_bytes(tmp_path, pr_centers):
     p = parse_params(compose([*TINY, f"method.ours.pr_centers={pr_centers}"]))
     data, log = _split(), logging.getLogger("test")
-    job0 = train.TaskJob(0, 1, list(range(10)), TASKS, "rotation", p.method["ours"], {})
-    job1 = train.TaskJob(1, 1, list(range(10)), TASKS, "ours", p.method["ours"], {})
-    clean0 = train.train_task(p, job0, data, None, None, log)
-    clean1 = train.train_task(p, job1, data, *clean0, log)
+    job0 = training.TaskJob(0, 1, list(range(10)), TASKS, "rotation", p.method["ours"], {})
+    job1 = training.TaskJob(1, 1, list(range(10)), TASKS, "ours", p.method["ours"], {})
+    clean0 = training.train_task(p, job0, data, None, None, log)
+    clean1 = training.train_task(p, job1, data, *clean0, log)
     if pr_centers == "task_start":  # task 0 once: 40 images, 3 steps per epoch
         resumed0, positions0 = _interrupted_at_every_boundary(p, job0, data, None, None, tmp_path / "t0.pt")
         assert positions0 == [(0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (3, 0)]
@@ -165,20 +166,20 @@ def test_a_task_stopped_at_every_step_boundary_ends_in_the_uninterrupted_bytes(t
     resumed1, positions1 = _interrupted_at_every_boundary(p, job1, data, *clean0, tmp_path / "t1.pt")
     assert positions1 == [(0, 1), (1, 0), (1, 1), (2, 0), (2, 1), (3, 0)]  # 20 new images: 2 steps per epoch
     assert _same_outputs(resumed1, clean1)
-    assert not _same_outputs(clean1, train.train_task(parse_params(compose([*TINY, "train.lr=0.002"])), job1, data,
-                                                      *clean0, log))  # the comparison can tell runs apart
+    assert not _same_outputs(clean1, training.train_task(parse_params(compose([*TINY, "train.lr=0.002"])), job1, data,
+                                                         *clean0, log))  # the comparison can tell runs apart
 
 
 def test_a_stop_before_the_first_step_saves_nothing_and_a_periodic_save_honours_resume_every(tmp_path):
     p = parse_params(compose(TINY))
     data, saved = _split(), []
-    job0 = train.TaskJob(0, 1, list(range(10)), TASKS, "rotation", p.method["ours"], {})
+    job0 = training.TaskJob(0, 1, list(range(10)), TASKS, "rotation", p.method["ours"], {})
     plan = resume.Plan(path=tmp_path / "r.pt", save=saved.append, every=1, stop_requested=lambda: True)
     with pytest.raises(resume.Preempted) as stop:
-        train.train_task(p, job0, data, None, None, logging.getLogger("test"), plan)
+        training.train_task(p, job0, data, None, None, logging.getLogger("test"), plan)
     assert (stop.value.epoch, stop.value.step, stop.value.saved) == (0, 0, False) and saved == []
     plan = resume.Plan(path=tmp_path / "r.pt", save=saved.append, every=2)
-    train.train_task(p, job0, data, None, None, logging.getLogger("test"), plan)
+    training.train_task(p, job0, data, None, None, logging.getLogger("test"), plan)
     assert [(s["epoch"], s["step"]) for s in saved] == [(2, 0)]  # every 2 epochs, none after the last
 
 
@@ -187,7 +188,8 @@ def test_a_stop_before_the_first_step_saves_nothing_and_a_periodic_save_honours_
 KILLED_SAVE = """
 import sys
 import torch
-from ncil import io, resume
+from ncil.learning import resume
+from ncil.pipeline import io
 
 path = sys.argv[1]
 FIELDS = dict.fromkeys(resume.PROGRESS_KEYS, 0)  # every field a state must have; values are not checked here
@@ -351,28 +353,28 @@ def test_a_refusal_names_what_changed_params_split_data_or_code():
     said = {field: resume.mismatch_message(path, (field, "a", "b")) for field in
             ("identity.config.train.lr", "identity.job.seed", "identity.previous_checkpoint_sha256",
              "identity.split.class_order[5]", "identity.data.data/digits/train_images.npy",
-             "identity.code.ncil/train.py")}
+             "identity.code.ncil/learning/training.py")}
     belongs = {field: text.split("belongs to ")[1].split(" ")[0:2] for field, text in said.items()}
     assert belongs == {"identity.config.train.lr": ["another", "configuration;"],
                        "identity.job.seed": ["another", "configuration;"],
                        "identity.previous_checkpoint_sha256": ["another", "previous"],
                        "identity.split.class_order[5]": ["another", "split"],
                        "identity.data.data/digits/train_images.npy": ["other", "data"],
-                       "identity.code.ncil/train.py": ["other", "training"]}
-    assert said["identity.code.ncil/train.py"] == (
-        f"{path}: identity.code.ncil/train.py: expected 'a', found 'b': this resumable state belongs to other "
+                       "identity.code.ncil/learning/training.py": ["other", "training"]}
+    assert said["identity.code.ncil/learning/training.py"] == (
+        f"{path}: identity.code.ncil/learning/training.py: expected 'a', found 'b': this resumable state belongs to other "
         f"training code (a file the train step runs changed); delete it (rm {path}) to train this task again "
         "from epoch 1")
 
 
 def test_the_code_identity_covers_the_files_the_train_step_runs():
     """The files hashed into a state are the ones dvc.yaml and the Snakemake rule list for a train step."""
-    from ncil import workflow
+    from ncil.pipeline import workflow
     from ncil.stages import train as train_stage
 
     code = train_stage.code_identity()
     assert sorted(code) == list(workflow.code_deps("train"))
-    assert code["ncil/train.py"] == hashlib.sha256((ROOT / "ncil/train.py").read_bytes()).hexdigest()
+    assert code["ncil/learning/training.py"] == hashlib.sha256((ROOT / "ncil/learning/training.py").read_bytes()).hexdigest()
 
 
 def _reprepare_with_one_image_replaced(project: Path) -> str:
@@ -430,16 +432,16 @@ def test_a_state_of_another_split_is_refused_naming_it(preempted, tmp_path):
 def test_a_state_of_other_code_is_refused_and_code_outside_the_step_does_not_matter(preempted, tmp_path):
     """The project's copy of the package is what `python -m ncil` runs there (cwd first on sys.path)."""
     project = _copy(preempted, tmp_path)
-    state, trained = f"{BASE_TASK}/resume.pt", project / "ncil/train.py"
+    state, trained = f"{BASE_TASK}/resume.pt", project / "ncil/learning/training.py"
     original = trained.read_text()
     trained.write_text(original + "# an edit\n")
     proc = ncil([*TASK0, *_outputs(BASE_TASK)], project, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert (f"error: {state}: identity.code.ncil/train.py: expected {io.sha256_file(trained)!r}, found "
+    assert (f"error: {state}: identity.code.ncil/learning/training.py: expected {io.sha256_file(trained)!r}, found "
             f"{hashlib.sha256(original.encode()).hexdigest()!r}: this resumable state belongs to other training "
             "code") in proc.stderr
     trained.write_text(original)
-    tables = project / "ncil/tables.py"  # not run by a train step
+    tables = project / "ncil/reports/results_table.py"  # not run by a train step
     tables.write_text(tables.read_text() + "# an edit\n")
     proc = ncil([*TASK0, *_outputs(BASE_TASK)], project)
     assert "task 0: resuming from" in proc.stderr
@@ -594,7 +596,7 @@ def test_a_training_job_killed_under_snakemake_resumes_to_the_same_bytes(tmp_pat
 
 
 def test_bench_reports_the_state_size_and_save_cost_against_an_epoch(capsys):
-    from ncil.__main__ import main
+    from ncil.cli import main
 
     assert main(["bench", "--resume-state", "--method", "finetune", "--steps", "1", "--saves", "1",
                  "--batch-size", "64", "-o", "model=vit_digits_tiny", "--images", "640"]) == 0

@@ -149,8 +149,8 @@ def test_tiny_grid_on_slurm_is_byte_identical_to_a_local_run(cluster, tmp_path):
 
 
 @pytest.mark.slurm
-@pytest.mark.skipif(not (ROOT / "ncil" / "resume.py").exists(),
-                    reason="ncil/resume.py does not exist yet: training cannot resume after SIGTERM (issue 11 item 4)")
+@pytest.mark.skipif(not (ROOT / "ncil" / "learning" / "resume.py").exists(),
+                    reason="ncil/learning/resume.py does not exist yet: training cannot resume after SIGTERM (issue 11 item 4)")
 def test_sigterm_through_slurm_resumes_to_identical_bytes(cluster, tmp_path):
     """scancel --signal=TERM a running training job once it has saved resume.pt; Snakemake's retry
     (profiles/slurm: retries) resumes it, and the task's checkpoint and centers are byte-identical to

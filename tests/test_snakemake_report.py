@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ncil import paths, report, tables
-from ncil.workflow import steps
+from ncil.pipeline import paths
+from ncil.pipeline.workflow import steps
+from ncil.reports import report, results_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ def _entry(html: str, path: str) -> tuple[str, bytes]:
 def _expected_items(params: dict) -> dict[str, str]:
     """Report file -> a title its caption must show (the same words as report/*.rst)."""
     dataset = params["dataset"]["name"]
-    items = {paths.paper_table_files(t)[0]: tables.TABLE_TITLES[t] for t in paths.PAPER_TABLES}
+    items = {paths.paper_table_files(t)[0]: results_table.TABLE_TITLES[t] for t in paths.PAPER_TABLES}
     items[paths.table_files(dataset)[0]] = f"Results on {dataset}"
     for d, setting, _ in report.grid_curves(params):
         items[paths.curve_figure_files(d, setting)[0]] = f"Figure 3: accuracy after each task, {d}"

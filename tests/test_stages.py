@@ -13,9 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from ncil.__main__ import VERBS, build_parser, main
-from ncil.stages import STAGES
-from ncil.tools import TOOLS
+from ncil.cli import STAGES, TOOLS, VERBS, build_parser, main
 from tests.conftest import ROOT, env, ncil
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -27,7 +25,7 @@ def _subcommands(parser) -> dict:
 
 
 def test_every_workflow_step_runs_a_stage_verb_its_parser_accepts():
-    from ncil.workflow import steps
+    from ncil.pipeline.workflow import steps
 
     parser = build_parser()
     all_steps = steps(PARAMS)
@@ -67,16 +65,35 @@ def _ncil_imports(path: Path) -> set[str]:
     return names
 
 
+def test_a_step_reads_back_the_values_of_its_flags():
+    """verify recomputes Figure 4 from the figure4 step's own flags (Step.values)."""
+    from ncil.pipeline.workflow import steps
+
+    step = next(s for s in steps(PARAMS) if s.kind == "figure4")
+    assert step.values("--checkpoints") == [v for k, v in step.deps.items() if k.startswith("checkpoint")]
+    assert step.values("--split") == [step.deps["split"]] and step.values("--out-csv") == [step.outs["csv"]]
+    assert step.values("--images") == []  # left to the verb's default
+
+
 def test_no_module_imports_the_command_line():
-    """ncil.verify used to import ncil.__main__ (which imports the verbs): a cycle."""
+    """ncil.reports.recompute used to import ncil.__main__ (which imports the verbs): a cycle."""
     for path in (ROOT / "ncil").rglob("*.py"):
         if path.name != "__main__.py":
             assert "ncil.__main__" not in _ncil_imports(path), path
 
 
+def test_library_code_imports_no_verb_module():
+    """Verb modules (ncil/stages, ncil/tools) import the library, never the reverse, and never each other:
+    what two verbs share lives in the library (ncil/data, ncil/learning, ncil/pipeline, ncil/reports) or in
+    ncil/cli.py, which names the verb modules as strings only."""
+    for path in (ROOT / "ncil").rglob("*.py"):
+        verbs = {m for m in _ncil_imports(path) if m.startswith(("ncil.stages", "ncil.tools"))}
+        assert not verbs, f"{path.relative_to(ROOT)} imports {sorted(verbs)}"
+
+
 def test_building_the_parser_loads_no_torch():
     """numerics.apply must run before torch loads: no stage or tool module imports it at import time."""
-    code = "import sys; from ncil.__main__ import build_parser; build_parser(); print('torch' in sys.modules)"
+    code = "import sys; from ncil.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env(), capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
 
@@ -85,7 +102,7 @@ def test_building_the_parser_loads_no_torch():
 
 
 def test_the_split_step_writes_the_log_it_declares(tiny_project, monkeypatch):
-    from ncil.workflow import steps
+    from ncil.pipeline.workflow import steps
 
     monkeypatch.chdir(tiny_project)
     step = next(s for s in steps(yaml.safe_load(Path("params.yaml").read_text())) if s.kind == "split")
@@ -159,11 +176,11 @@ def test_the_installed_package_imports_from_any_folder(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--prefix", str(venv), "--editable", str(src)], check=True, env=env())
-    code = ("import numpy as np, ncil, ncil.metrics\n"
+    code = ("import numpy as np, ncil, ncil.reports.metrics\n"
             "from ncil.methods.pks import pks_loss\n"
             "from ncil.methods.prototypes import offset_loss, restore_prototypes\n"
-            "from ncil.hydra_conf import compose\n"
-            "s = ncil.metrics.summarize(np.array([[90.0, np.nan], [70.0, 80.0]]), [10, 10])\n"
+            "from ncil.pipeline.hydra_conf import compose\n"
+            "s = ncil.reports.metrics.summarize(np.array([[90.0, np.nan], [70.0, 80.0]]), [10, 10])\n"
             "print(ncil.__file__, s['avg_accuracy'], compose([])['dataset']['name'])\n")
     deps = next(p for p in sys.path if p.endswith("site-packages"))  # numpy, torch, hydra of this environment
     elsewhere = tmp_path / "notebook"
@@ -180,7 +197,7 @@ def test_paper_tables_from_sections_keep_every_committed_byte_and_add_another_da
     second data set's sections add to them without changing a digits line (issue 10, item 8)."""
     import shutil
 
-    from ncil import paths
+    from ncil.pipeline import paths
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     shutil.copytree(ROOT / "ncil", tmp_path / "ncil", ignore=shutil.ignore_patterns("__pycache__"))
@@ -209,7 +226,7 @@ def test_paper_tables_from_sections_keep_every_committed_byte_and_add_another_da
 def test_paper_tables_refuses_an_incomplete_set_of_sections(tmp_path):
     import shutil
 
-    from ncil import paths
+    from ncil.pipeline import paths
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     shutil.copytree(ROOT / "ncil", tmp_path / "ncil", ignore=shutil.ignore_patterns("__pycache__"))

@@ -134,7 +134,7 @@ def test_editing_the_table_code_makes_only_the_report_steps_stale(produced, tmp_
     # Without metadata Snakemake goes by mtimes, and `dvc commit` re-linked the cached outputs after the run
     # (newer than what reads them): what it schedules before the edit is not the edit's doing.
     before = set() if metadata else dvc_engine_jobs(snakemake_jobs(project))
-    edit(project, "ncil/tables.py")
+    edit(project, "ncil/reports/results_table.py")
     assert stale_verbs(project) == REPORT_VERBS
     stale = {c for c in stale_dvc_commands(project) if c.split()[3] != CHECK}
     after = dvc_engine_jobs(snakemake_jobs(project))
@@ -147,15 +147,15 @@ def test_editing_the_table_code_makes_only_the_report_steps_stale(produced, tmp_
 
 def test_editing_how_a_gpu_is_claimed_makes_nothing_stale(produced, tmp_path):
     project = copied(produced, tmp_path)
-    edit(project, "ncil/devices.py", refresh=False)
+    edit(project, "ncil/pipeline/devices.py", refresh=False)
     nothing_stale(project)
 
 
 def test_a_docstring_and_comment_edit_makes_nothing_stale(produced, tmp_path):
     project = copied(produced, tmp_path)
-    source = (project / "ncil" / "train.py").read_text()
+    source = (project / "ncil" / "learning" / "training.py").read_text()
     assert source.startswith('"""')
-    (project / "ncil" / "train.py").write_text('"""Edited docstring. ' + source[3:] + "\n# a comment\n")
+    (project / "ncil" / "learning" / "training.py").write_text('"""Edited docstring. ' + source[3:] + "\n# a comment\n")
     nothing_stale(project)
 
 
@@ -163,7 +163,7 @@ def test_a_docstring_and_comment_edit_makes_nothing_stale(produced, tmp_path):
 def test_editing_the_training_code_makes_the_same_steps_stale_in_both(produced, tmp_path, metadata):
     project = copied(produced, tmp_path, metadata)
     before = set() if metadata else dvc_engine_jobs(snakemake_jobs(project))  # see the report-edit test
-    edit(project, "ncil/train.py")
+    edit(project, "ncil/learning/training.py")
     stale = {c for c in stale_dvc_commands(project) if c.split()[3] != CHECK}
     assert sorted(re.search(r"--task (\d)", cmd).group(1) for cmd in stale) == ["0", "1", "2", "3"]
     # Snakemake lists the jobs that rerun, DVC's status the stages whose own dependencies changed:
@@ -180,7 +180,7 @@ def test_editing_the_training_code_makes_the_same_steps_stale_in_both(produced, 
 
 def test_a_code_edit_without_refreshing_the_fingerprints_stops_both_engines(produced, tmp_path):
     project = copied(produced, tmp_path)
-    edit(project, "ncil/train.py", refresh=False)
+    edit(project, "ncil/learning/training.py", refresh=False)
     snakemake_dry_run = [sys.executable, "-m", "snakemake", "--cores", "2", "--dry-run"]
     for proc in (ncil(["dvc-yaml", "--check"], project, check=False), run(snakemake_dry_run, project, check=False)):
         out = proc.stdout + proc.stderr
@@ -191,7 +191,7 @@ def test_a_code_edit_without_refreshing_the_fingerprints_stops_both_engines(prod
 def test_verify_refuses_metrics_made_by_other_training_code(produced, tmp_path):
     project = copied(produced, tmp_path)
     ncil(["verify"], project)
-    edit(project, "ncil/train.py")
+    edit(project, "ncil/learning/training.py")
     proc = ncil(["verify"], project, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "code_fingerprints.train" in out, out

@@ -32,9 +32,7 @@ import functools
 import pytest
 import torch
 
-from ncil.config import ConfigError, RuntimeConfig, parse_params, resolve_static_shapes
 from ncil.data import augment
-from ncil.hydra_conf import compose
 from ncil.methods import official_step as official
 from ncil.methods.baseline import feature_distillation
 from ncil.methods.head_layout import HeadLayout
@@ -43,6 +41,8 @@ from ncil.methods.objective import OldKnowledge
 from ncil.methods.official import classification_loss, identity_transfer, pks_official, transfer_loss
 from ncil.methods.pks import masked_mean, pks_loss
 from ncil.models.network import build_network
+from ncil.pipeline.config import ConfigError, RuntimeConfig, parse_params, resolve_static_shapes
+from ncil.pipeline.hydra_conf import compose
 
 REDUCTION_RTOL = 2.0**-19
 NETWORK_RTOL = {torch.float64: 1e-10, torch.float32: 1e-4}
@@ -85,12 +85,12 @@ def test_static_shapes_defaults_to_auto_and_auto_means_static_only_under_cuda_gr
 
 def test_the_checkpoint_records_static_shapes_only_when_it_is_on():
     """The compacted step's checkpoints keep their bytes (no new key); a static one says so."""
-    from ncil import train
+    from ncil.learning import training
 
     method = _params().method["fcs"]
-    job = train.TaskJob(1, 1, list(range(10)), [[0, 1, 2, 3], [4, 5]], "fcs", method, {})
-    default = train.run_config_snapshot(_params(), job, "cpu")["runtime"]
-    static = train.run_config_snapshot(parse_params(compose(TINY + ["runtime.static_shapes=true"])), job, "cpu")
+    job = training.TaskJob(1, 1, list(range(10)), [[0, 1, 2, 3], [4, 5]], "fcs", method, {})
+    default = training.run_config_snapshot(_params(), job, "cpu")["runtime"]
+    static = training.run_config_snapshot(parse_params(compose(TINY + ["runtime.static_shapes=true"])), job, "cpu")
     assert default == {"threads": 1, "numerics": "native", "precision": "fp32"}
     assert static["runtime"] == {**default, "static_shapes": True}
 

@@ -10,11 +10,11 @@ import functools
 import pytest
 import torch
 
-from ncil import runtime
-from ncil.config import parse_params
-from ncil.hydra_conf import compose
+from ncil.learning import runtime
+from ncil.learning.opcount import StepCounter
 from ncil.models.network import build_network
-from ncil.opcount import StepCounter
+from ncil.pipeline.config import parse_params
+from ncil.pipeline.hydra_conf import compose
 
 TINY = ["preset=official", "model=vit_digits_tiny", "+model.resnet_width=4", "runtime.device=cpu"]
 BACKBONES = {"ours": "vit", "pass_resnet18": "resnet18", "ours_official": "hybrid", "fcs": "hybrid"}
@@ -87,7 +87,7 @@ def test_the_steps_model_functions_trace_without_a_graph_break(method):
 
 
 def test_graphs_is_a_runtime_compile_value_that_needs_cuda():
-    from ncil.config import ConfigError
+    from ncil.pipeline.config import ConfigError
 
     p = parse_params(compose([*TINY, "runtime.compile=graphs"]))
     assert p.runtime.compile == "graphs"

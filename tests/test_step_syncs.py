@@ -1,7 +1,7 @@
 """Issue 21 item 1: no host sync inside a training step, for every method of both presets, with the CPU bytes
 kept (the history and checkpoints of commit a14f38e, where every step read its loss terms, loss and accuracy).
 
-How syncs are counted (``ncil.opcount``): a TorchDispatchMode sees every aten op of the step below autograd
+How syncs are counted (``ncil.learning.opcount``): a TorchDispatchMode sees every aten op of the step below autograd
 (forward, backward, Adam) and counts ``_local_scalar_dense`` (item/float/int/bool) of device values,
 data-dependent shapes (nonzero, masked_select, unique, boolean-mask indexing, repeat_interleave without
 output_size, bincount, equal) and device-to-host copies; a TorchFunctionMode adds tolist/numpy/cpu. Values the
@@ -24,16 +24,22 @@ BEFORE = "a14f38e"  # the last commit whose steps read every loss term (8 syncs 
 
 # Tasks 0 and 1 of each method on synthetic 8x8 digits with the tiny ViT (ResNet-18 of width 4 for the
 # official preset's hybrid); prints {method: [task-0 digest, task-1 digest, task-1 history]} where a digest is
-# over the checkpoint bytes train writes and every centers column. With --count (needs ncil.opcount) also the
+# over the checkpoint bytes train writes and every centers column. With --count (needs ncil.learning.opcount) also the
 # sync counts of task 1's steps; with --static, runtime.static_shapes=true (issue 21 items 1, 2, 6).
 SCRIPT = r'''
 import hashlib, json, logging, sys
 from io import BytesIO
 import numpy as np, torch
-from ncil import io, train
-from ncil.config import parse_params
 from ncil.data import arrays
-from ncil.hydra_conf import compose
+try:
+    from ncil.learning import training
+    from ncil.pipeline import io
+    from ncil.pipeline.config import parse_params
+    from ncil.pipeline.hydra_conf import compose
+except ImportError:  # an archived commit of the flat layout (before ncil/learning, ncil/pipeline)
+    from ncil import io, train as training
+    from ncil.config import parse_params
+    from ncil.hydra_conf import compose
 PAPER = ["model=vit_digits_tiny", "model.drop_path=0.1", "train=smoke", "train.epochs=2", "train.batch_size=16",
          "method=[ours,baseline,pass_resnet18]", "runtime.device=cpu"]
 OFFICIAL = ["preset=official", "model=vit_digits_tiny", "+model.resnet_width=4", "train=smoke", "train.epochs=2",
@@ -54,14 +60,14 @@ for conf, names in ((PAPER, ("ours", "baseline", "pass_resnet18")), (OFFICIAL, (
     p = parse_params(compose(conf + (["runtime.static_shapes=true"] if "--static" in sys.argv else [])))
     for name in names:
         m = p.method[name]
-        t0 = train.train_task(p, train.TaskJob(0, 1, list(range(10)), tasks, m.base_recipe, m, {}), data, None, None, log)
-        job = train.TaskJob(1, 1, list(range(10)), tasks, name, m, {})
+        t0 = training.train_task(p, training.TaskJob(0, 1, list(range(10)), tasks, m.base_recipe, m, {}), data, None, None, log)
+        job = training.TaskJob(1, 1, list(range(10)), tasks, name, m, {})
         if "--count" in sys.argv:
-            from ncil import opcount
-            t1, counts = opcount.count_training_steps(train.train_task, p, job, data, *t0, log)
+            from ncil.learning import opcount
+            t1, counts = opcount.count_training_steps(training.train_task, p, job, data, *t0, log)
             out[name + ":counts"] = counts.summary()
         else:
-            t1 = train.train_task(p, job, data, *t0, log)
+            t1 = training.train_task(p, job, data, *t0, log)
         out[name] = [digest(*t0), digest(*t1), t1[0]["history"]]
 print(json.dumps(out))
 '''
@@ -138,7 +144,7 @@ def test_with_static_shapes_no_step_of_either_preset_syncs(static, now, name):
 
 
 def test_the_counter_counts_device_reads_and_not_host_values():
-    from ncil.opcount import StepCounter
+    from ncil.learning.opcount import StepCounter
 
     net = torch.nn.Linear(3, 2)
     opt = torch.optim.Adam(net.parameters())

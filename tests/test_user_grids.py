@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ncil import paths
+from ncil.pipeline import paths
 from tests.conftest import ROOT, copy_project, ncil, run
 from tests.data_fixtures import write_folder
 

@@ -7,7 +7,8 @@ import shutil
 import pytest
 import yaml
 
-from ncil import io, paths, verify
+from ncil.pipeline import io, paths
+from ncil.reports import recompute
 from tests.conftest import ROOT, ncil
 
 
@@ -19,9 +20,9 @@ def reported(tmp_path_factory):
     shutil.copy(ROOT / "params.yaml", root / "params.yaml")
     shutil.copytree(ROOT / "ncil", root / "ncil", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((root / "params.yaml").read_text())
-    from ncil import grid
+    from ncil.pipeline import experiment_grid
 
-    metrics = [r.metrics_file for r in grid.runs(params) if (root / r.metrics_file).is_file()]
+    metrics = [r.metrics_file for r in experiment_grid.runs(params) if (root / r.metrics_file).is_file()]
     assert metrics, "no committed digits results to verify"
     ncil(["tables", "--metrics", *metrics, "--markdown", paths.table_files("digits")[0],
           "--csv", paths.table_files("digits")[1]], root)
@@ -29,7 +30,7 @@ def reported(tmp_path_factory):
     ncil(["paper-tables", "--sections", *paths.paper_sections("digits")], root)
     ncil(["figures", "--metrics", *metrics], root)
     table1 = (root / "results/tables/table1.md").read_text()
-    block = verify.readme_section(table1, "digits")
+    block = recompute.readme_section(table1, "digits")
     (root / "README.md").write_text(f"# x\n\n<!-- table1:digits -->\n{block}<!-- /table1:digits -->\n")
     return root, params
 
@@ -43,7 +44,7 @@ def copy(reported, tmp_path):
 
 def test_untouched_results_verify_and_cli_exits_zero(copy):
     root, params = copy
-    checked = verify.verify(root, params, log=lambda *_: None)
+    checked = recompute.verify(root, params, log=lambda *_: None)
     assert checked["metrics"] >= 1 and checked["tables"] == 18 and checked["figures"] >= 1 and checked["readme"] == 1
     proc = ncil(["verify"], root)
     assert "every reported number matches" in proc.stdout
@@ -75,8 +76,8 @@ def test_tampered_markdown_cell_is_named(copy):
     text = path.read_text()
     i = text.index("| Fine-tuning (lower bound) (`finetune`) | ") + len("| Fine-tuning (lower bound) (`finetune`) | ")
     path.write_text(text[:i] + "99.99" + text[i + 5:])
-    with pytest.raises(verify.Mismatch) as err:
-        verify.verify(root, params, log=lambda *_: None)
+    with pytest.raises(recompute.Mismatch) as err:
+        recompute.verify(root, params, log=lambda *_: None)
     e = err.value
     assert e.file.endswith("table1.md") and "Fine-tuning" in e.row and e.column.endswith("Avg") and e.found.startswith("99.99")
 
@@ -88,8 +89,8 @@ def test_tampered_metrics_json_is_named(copy):
     expected = data["last_accuracy"]
     data["last_accuracy"] = expected + 0.01
     io.write_json(path, data)
-    with pytest.raises(verify.Mismatch) as err:
-        verify.verify(root, params, log=lambda *_: None)
+    with pytest.raises(recompute.Mismatch) as err:
+        recompute.verify(root, params, log=lambda *_: None)
     e = err.value
     assert e.file.endswith("metrics.json") and e.column == "last_accuracy"
     assert e.expected == pytest.approx(expected) and e.found == pytest.approx(expected + 0.01)
@@ -102,8 +103,8 @@ def test_tampered_evaluation_changes_the_recomputed_matrix(copy):
     columns = {k: ev[k] for k in ("sample", "label", "original_label", "label_task", "prediction")}
     columns["prediction"] = columns["label"].copy()  # every prediction right
     io.write_predictions(path, columns, task=1)
-    with pytest.raises(verify.Mismatch) as err:
-        verify.verify(root, params, log=lambda *_: None)
+    with pytest.raises(recompute.Mismatch) as err:
+        recompute.verify(root, params, log=lambda *_: None)
     assert err.value.row.startswith("acc_matrix[1]") and err.value.expected == 100.0
 
 
@@ -115,8 +116,8 @@ def test_tampered_figure_data_is_caught(copy):
     cells[1] = "1.0000"
     lines[2] = ",".join(cells)
     fig.write_text("\n".join(lines) + "\n")
-    with pytest.raises(verify.Mismatch) as err:
-        verify.verify(root, params, log=lambda *_: None)
+    with pytest.raises(recompute.Mismatch) as err:
+        recompute.verify(root, params, log=lambda *_: None)
     assert err.value.file == f"results/figures/{fig.name}" and err.value.row.startswith("2 (2")
 
 
@@ -126,8 +127,8 @@ def test_tampered_readme_copy_is_caught(copy):
     text = readme.read_text()
     assert "| Joint training (upper bound) (`joint`) | 9" in text
     readme.write_text(text.replace("| Joint training (upper bound) (`joint`) | 9", "| Joint training (upper bound) (`joint`) | 8", 1))
-    with pytest.raises(verify.Mismatch) as err:
-        verify.verify(root, params, log=lambda *_: None)
+    with pytest.raises(recompute.Mismatch) as err:
+        recompute.verify(root, params, log=lambda *_: None)
     assert "README.md" in err.value.file and "Joint" in err.value.row
 
 
@@ -137,7 +138,7 @@ def test_figure4_weight_maps_from_a_checkpoint(tiny_project, tiny_params, monkey
 
     import torch
 
-    from ncil.__main__ import main
+    from ncil.cli import main
     from ncil.models.network import build_network
 
     p, raw = tiny_params
@@ -169,25 +170,26 @@ def test_tampered_png_is_caught(copy):
     data = bytearray(png.read_bytes())
     data[-20] ^= 0xFF
     png.write_bytes(bytes(data))
-    with pytest.raises(verify.Mismatch) as err:
-        verify.verify(root, params, log=lambda *_: None)
+    with pytest.raises(recompute.Mismatch) as err:
+        recompute.verify(root, params, log=lambda *_: None)
     assert err.value.file == f"results/figures/{png.name}" and "image bytes" in err.value.column
 
 
 def test_variants_in_metrics_json_are_checked(copy):
-    from ncil import grid, metrics
+    from ncil.pipeline import experiment_grid
+    from ncil.reports import metrics
 
     root, params = copy
-    run = next(r for r in grid.runs(params) if (root / r.metrics_file).is_file())
+    run = next(r for r in experiment_grid.runs(params) if (root / r.metrics_file).is_file())
     evals = [io.read_predictions(root / run.eval_file(t)) for t in range(run.n_tasks)]
     stored = io.read_json(root / run.metrics_file)
     acc, counts = metrics.accuracy_matrix(evals)
     stored["variants"] = metrics.variants(acc, counts, [1] * run.n_tasks)
     identity = {"dataset": run.dataset, "setting": run.setting, "method": run.method, "seed": run.seed}
-    verify.check_metrics("m.json", stored, evals, identity, stored["run"]["label"], [1] * run.n_tasks)
+    recompute.check_metrics("m.json", stored, evals, identity, stored["run"]["label"], [1] * run.n_tasks)
     stored["variants"]["clipped_forgetting"] += 1.0
-    with pytest.raises(verify.Mismatch) as err:
-        verify.check_metrics("m.json", stored, evals, identity, stored["run"]["label"], [1] * run.n_tasks)
+    with pytest.raises(recompute.Mismatch) as err:
+        recompute.check_metrics("m.json", stored, evals, identity, stored["run"]["label"], [1] * run.n_tasks)
     assert (err.value.row, err.value.column) == ("variants", "clipped_forgetting")
 
 
@@ -200,13 +202,13 @@ CURRENT = {"train": {"epochs": 20}, "runtime": {"threads": 1}, "dataset": {"name
 
 def test_results_made_with_the_params_now_are_not_stale():
     # "gone" is in dvc.lock but no longer a stage of dvc.yaml: DVC ignores it, and so does verify
-    assert verify.check_locked_params(["train_a", "new_stage"], LOCKED, CURRENT, "params.yaml") == 1
+    assert recompute.check_locked_params(["train_a", "new_stage"], LOCKED, CURRENT, "params.yaml") == 1
 
 
 def test_an_edited_param_makes_verify_name_the_stage_the_key_and_both_values():
     current = {**CURRENT, "train": {"epochs": 5}}
-    with pytest.raises(verify.StaleParams) as err:
-        verify.check_locked_params(["train_a"], LOCKED, current, "params.yaml")
+    with pytest.raises(recompute.StaleParams) as err:
+        recompute.check_locked_params(["train_a"], LOCKED, current, "params.yaml")
     assert str(err.value).startswith("dvc.lock: stage train_a ran with params.yaml: train.epochs = 20, "
                                      "and params.yaml has 5 now: the results are stale")
 
@@ -217,20 +219,20 @@ def test_an_edited_param_makes_verify_name_the_stage_the_key_and_both_values():
     ({**CURRENT, "dataset": {"name": "digits", "root": "x"}}, "dataset.root"),  # a key added to a section
 ])
 def test_a_removed_key_a_bool_for_an_int_and_an_added_subkey_are_differences(current, key):
-    with pytest.raises(verify.StaleParams) as err:
-        verify.check_locked_params(["train_a"], LOCKED, current, "params.yaml")
+    with pytest.raises(recompute.StaleParams) as err:
+        recompute.check_locked_params(["train_a"], LOCKED, current, "params.yaml")
     assert err.value.column == key
 
 
 def test_another_params_file_is_not_compared_with_params_yaml_lock_entries():
-    assert verify.check_locked_params(["train_a"], LOCKED, {}, "grids/cifar100/params.yaml") == 0
+    assert recompute.check_locked_params(["train_a"], LOCKED, {}, "grids/cifar100/params.yaml") == 0
 
 
 def test_verify_fails_on_the_committed_grid_after_a_params_edit(tmp_path):
     for name in ("params.yaml", "dvc.yaml", "dvc.lock"):
         shutil.copy(ROOT / name, tmp_path / name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert verify.locked_params_checked(tmp_path, params, "params.yaml") > 400  # every stage of the default grid
+    assert recompute.locked_params_checked(tmp_path, params, "params.yaml") > 400  # every stage of the default grid
     params["train"]["epochs"] += 1
-    with pytest.raises(verify.StaleParams, match=r"train\.epochs"):
-        verify.locked_params_checked(tmp_path, params, "params.yaml")
+    with pytest.raises(recompute.StaleParams, match=r"train\.epochs"):
+        recompute.locked_params_checked(tmp_path, params, "params.yaml")

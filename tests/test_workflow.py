@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ncil import paths
+from ncil.pipeline import paths
 from tests.conftest import ROOT, copy_project, env, run
 
 ARTIFACT_DIRS = ("runs", "results", "data")
@@ -120,7 +120,7 @@ def test_rerun_from_scratch_is_bit_identical(reference_run, tmp_path):
 
 @pytest.mark.slow
 def test_killed_workflow_resumes_at_the_first_missing_task(reference_run, tmp_path):
-    from ncil import io
+    from ncil.pipeline import io
 
     project = copy_project(tmp_path / "killed")
     running = "runs/digits/base4_inc2/finetune/seed1/task_2"
@@ -184,8 +184,8 @@ def _folder_params() -> dict:
 def test_every_grid_writes_only_its_own_sections_and_figures():
     """A grid's steps write its data set's section files and figures, never the shared tables (which
     before this change every grid rebuilt from its own metrics only)."""
-    from ncil import paths
-    from ncil.workflow import steps
+    from ncil.pipeline import paths
+    from ncil.pipeline.workflow import steps
 
     grid_steps = steps(_folder_params(), "grids/folder/params.yaml", report=False)
     outs = {f for s in grid_steps for f in s.outs.values()}
@@ -201,8 +201,8 @@ def test_the_root_grid_assembles_the_tables_from_every_data_set_present(tmp_path
     outputs of this grid), and no file has two producers across the two grids."""
     import yaml
 
-    from ncil import paths
-    from ncil.workflow import steps
+    from ncil.pipeline import paths
+    from ncil.pipeline.workflow import steps
 
     for path in paths.paper_sections("folder"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)

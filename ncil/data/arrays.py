@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ncil import io, paths
+from ncil.pipeline import io, paths
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ Two facts live here, each in one place:
   time, as for ``folder``), the image count of its smallest class in the pool that validation (and,
   without a test set of its own, test) images are carved from (``None``: unknown before prepare),
   whether it brings its own test set and whether it is read from raw files under ``dataset.root``.
-  ``ncil.config`` checks ``params.yaml`` against them;
-  ``ncil.data.prepare`` checks the files against the configuration.
+  ``ncil.pipeline.config`` checks ``params.yaml`` against them;
+  ``ncil.data.preparation`` checks the files against the configuration.
 * ``class_split_counts``: how many of one class's images go to train, val and test (the rounding
-  of ``ncil.data.prepare.stratified_split``).
+  of ``ncil.data.preparation.stratified_split``).
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ncil.config import DatasetConfig
 from ncil.data.images import RawDataset, array_set
-from ncil.io import ArtifactError
+from ncil.pipeline.config import DatasetConfig
+from ncil.pipeline.io import ArtifactError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 FILES = ("train", "test", "meta")

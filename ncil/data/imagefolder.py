@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ncil.config import DatasetConfig
 from ncil.data.images import RawDataset, class_tree, file_set
-from ncil.io import ArtifactError
+from ncil.pipeline.config import DatasetConfig
+from ncil.pipeline.io import ArtifactError
 
 
 def _tree(root: Path, train: str, test: str, classes: list[str], cfg: DatasetConfig) -> RawDataset:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from ncil.io import ArtifactError
+from ncil.pipeline.io import ArtifactError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 

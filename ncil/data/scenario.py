@@ -31,7 +31,7 @@ def task_sizes(n_classes: int, initial_increment: int, increment: int) -> list[i
     """Number of classes per task: ``[F]``, then ``C`` for each incremental task.
 
     ``C`` must divide the ``n_classes - F`` classes after the base task, and at least one incremental
-    task must follow: every setting is then exactly ``F + C x T`` (``ncil.provenance.setting_label``),
+    task must follow: every setting is then exactly ``F + C x T`` (``ncil.pipeline.provenance.setting_label``),
     the notation of the paper's tables. PyCIL would make the remainder a last, smaller task ([4, 4, 2]
     for 10 classes, F = C = 4), which that label cannot name and no setting of the paper uses.
     """

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ncil.config import DatasetConfig
 from ncil.data.images import RawDataset, file_set, image_files
-from ncil.io import ArtifactError
+from ncil.pipeline.config import DatasetConfig
+from ncil.pipeline.io import ArtifactError
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ncil.config import MethodConfig
 from ncil.methods.baseline import N_ROTATIONS, feature_distillation, rotate_batch
 from ncil.methods.pks import pks_loss
 from ncil.methods.prototypes import augment_prototypes, offset_loss, restore_prototypes, split_halves
+from ncil.pipeline.config import MethodConfig
 
 
 @dataclass

@@ -46,12 +46,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ncil.config import MethodConfig
 from ncil.methods.baseline import feature_distillation, rotate_batch
 from ncil.methods.contrastive import contrastive_keys, supervised_contrastive
 from ncil.methods.head_layout import HeadLayout
 from ncil.methods.mixup import check_labels, mixup_batch
 from ncil.methods.objective import OldKnowledge, rotations
+from ncil.pipeline.config import MethodConfig
 from ncil.methods.official import (
     PR_RESTORE_WEIGHT,
     classification_loss,

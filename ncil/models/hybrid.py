@@ -55,9 +55,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ncil.config import ModelConfig
 from ncil.models.resnet import masked_forward
 from ncil.models.vit import ViT, _init_linear_and_norm, gpsa_blocks, import_timm_blocks
+from ncil.pipeline.config import ModelConfig
 
 FUSION_SCALE = 0.1  # weight of the ConViT branch in M = R + 0.1 * adapt(nearest(P)) (released code's constant)
 IMAGENET_STEM_MIN_SIZE = 128  # inputs at least this side get the 7x7/2 + max-pool stem

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ncil.config import ModelConfig
 from ncil.models.head import GrowingHead
 from ncil.models.resnet import has_batch_norm
 from ncil.models.vit import ViT
+from ncil.pipeline.config import ModelConfig
 
 
 class IncrementalNet(nn.Module):

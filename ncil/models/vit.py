@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ncil.config import ModelConfig
+from ncil.pipeline.config import ModelConfig
 
 
 def import_timm_blocks():

@@ -1,8 +1,8 @@
 """``evaluate``: every checkpoint's predictions on the test (or validation) images it has seen.
 
 Each checkpoint must be task t of the split (its task index, class order and seen classes), and no
-output may be an input. The predictions are ``ncil.evaluate.evaluate_checkpoint``'s; the table's
-layout is ``ncil.io.write_predictions``'s.
+output may be an input. The predictions are ``ncil.learning.prediction.evaluate_checkpoint``'s; the table's
+layout is ``ncil.pipeline.io.write_predictions``'s.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ncil.stages import common
+from ncil import cli
 
 VERB = "evaluate"
 HELP = "predict the test images seen after each task"
@@ -27,8 +27,8 @@ class Args:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_params(parser)
-    common.add_log(parser)
+    cli.add_params(parser)
+    cli.add_log(parser)
     parser.add_argument("--split", required=True)
     parser.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints of tasks 0..T-1")
     parser.add_argument("--out", nargs="+", required=True, help="one predictions table per checkpoint")
@@ -38,9 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_paths(args: Args) -> None:
     if len(args.checkpoints) != len(args.out):
-        raise common.UsageError(f"--checkpoints ({len(args.checkpoints)} paths) and --out ({len(args.out)} paths) "
-                                "need the same number of paths")
-    common.refuse_overlap(
+        raise cli.UsageError(f"--checkpoints ({len(args.checkpoints)} paths) and --out ({len(args.out)} paths) "
+                             "need the same number of paths")
+    cli.refuse_overlap(
         {**{f"--out[{i}]": o for i, o in enumerate(args.out)}, "--log": args.log},
         {"--params": args.params, "--split": args.split, **{f"--checkpoints[{i}]": c for i, c in enumerate(args.checkpoints)}},
     )
@@ -48,8 +48,8 @@ def check_paths(args: Args) -> None:
 
 def check_checkpoint(checkpoint: dict, task: int, split: dict, ckpt_file: str, split_file: str) -> None:
     """Refuse a checkpoint that is not task ``task`` of ``split`` (pure; names both files and the field)."""
-    from ncil.io import ArtifactError
-    from ncil.stages.split import seen_classes
+    from ncil.data.splits import seen_classes
+    from ncil.pipeline.io import ArtifactError
 
     if len(split["tasks"]) <= task:
         raise ArtifactError(f"{ckpt_file}: task: {split_file} has only {len(split['tasks'])} tasks, "
@@ -65,14 +65,14 @@ def accuracy(columns: dict) -> float:
 
 
 def run(args: Args) -> None:
-    from ncil import io
     from ncil.data.arrays import load_split
-    from ncil.evaluate import evaluate_checkpoint
-    from ncil.progress import logger
-    from ncil.stages.split import read_split
+    from ncil.data.splits import read_split
+    from ncil.learning.prediction import evaluate_checkpoint
+    from ncil.pipeline import io
+    from ncil.pipeline.progress import logger
 
     check_paths(args)
-    p, _ = common.load_params(args.params)
+    p, _ = cli.load_params(args.params)
     split = read_split(args.split)
     io.ensure_writable(*args.out)
     log = logger()

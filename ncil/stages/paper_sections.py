@@ -2,7 +2,7 @@
 
 Each data set's sections are its own files (``paths.paper_section_files``), written only by that data
 set's grid, so a second grid adds its sections and never rewrites another's (issue 10, item 8). The
-cells and their text are ``ncil.report.section_texts``'s (pure); ``paper-tables`` assembles the tables.
+cells and their text are ``ncil.reports.report.section_texts``'s (pure); ``paper-tables`` assembles the tables.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ncil.stages import common
+from ncil import cli
 
 VERB = "paper-sections"
 HELP = "this grid's data set's sections of Tables 1, 2, 3, 5 (Markdown and CSV) in results/tables/<dataset>/"
@@ -24,20 +24,21 @@ class Args:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_params(parser)
-    common.add_log(parser)
+    cli.add_params(parser)
+    cli.add_log(parser)
     parser.add_argument("--metrics", nargs="*", default=[], help="metrics.json files of the grid (missing runs: 'not run')")
 
 
 def run(args: Args) -> None:
-    from ncil import io, report
-    from ncil.progress import say
+    from ncil.pipeline import io
+    from ncil.pipeline.progress import say
+    from ncil.reports import report
 
-    _, raw = common.load_params(args.params)
-    metrics = common.read_metrics(args.metrics)
+    _, raw = cli.load_params(args.params)
+    metrics = cli.read_metrics(args.metrics)
     texts = report.section_texts(raw, metrics)
-    common.refuse_overlap({f"section {p}": p for p in texts} | {"--log": args.log},
-                          {"--params": args.params, **{f"--metrics[{i}]": m for i, m in enumerate(args.metrics)}})
+    cli.refuse_overlap({f"section {p}": p for p in texts} | {"--log": args.log},
+                       {"--params": args.params, **{f"--metrics[{i}]": m for i, m in enumerate(args.metrics)}})
     io.write_files(texts)  # as a set: a kill leaves files missing, never old and new side by side
     for path in texts:
         say(f"wrote {path}")

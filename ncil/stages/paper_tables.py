@@ -1,10 +1,10 @@
 """``paper-tables``: the paper's Tables 1, 2, 3, 5 (Markdown and CSV) in results/tables/, assembled from
 every data set's section files (``paper-sections``; results/tables/<dataset>/table1.md, ...), and Table 4
-(DyTox, results/tables/table4.{md,csv}): the paper's values with ours "not run" (``ncil.tables.table4_texts``;
+(DyTox, results/tables/table4.{md,csv}): the paper's values with ours "not run" (``ncil.reports.results_table.table4_texts``;
 no grid runs DyTox, so it has no sections).
 
 Section lines and CSV rows are copied unchanged, so adding a data set changes no other data set's
-lines (issue 10, item 8); the assembly is ``ncil.report.assemble_texts``'s (pure).
+lines (issue 10, item 8); the assembly is ``ncil.reports.report.assemble_texts``'s (pure).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ncil.stages import common
+from ncil import cli
 
 VERB = "paper-tables"
 HELP = ("the paper's Tables 1, 2, 3, 5 (Markdown and CSV) in results/tables/, from every data set's sections, "
@@ -27,8 +27,8 @@ class Args:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_params(parser)
-    common.add_log(parser)
+    cli.add_params(parser)
+    cli.add_log(parser)
     parser.add_argument("--sections", nargs="+", required=True,
                         help="section files results/tables/<dataset>/table{1,2,3,5}.{md,csv} of every data set to show")
 
@@ -37,7 +37,7 @@ def read_sections(files: tuple[str, ...]) -> dict[str, str]:
     """Path -> text of the section files named; a missing one names its file and its writer."""
     from pathlib import Path
 
-    from ncil.io import ArtifactError
+    from ncil.pipeline.io import ArtifactError
 
     out = {}
     for path in files:
@@ -49,18 +49,19 @@ def read_sections(files: tuple[str, ...]) -> dict[str, str]:
 
 
 def run(args: Args) -> None:
-    from ncil import io, paths, report, tables
-    from ncil.progress import say
+    from ncil.pipeline import io, paths
+    from ncil.pipeline.progress import say
+    from ncil.reports import report, results_table
 
-    _, raw = common.load_params(args.params)
+    _, raw = cli.load_params(args.params)
     try:
         texts = report.assemble_texts(read_sections(args.sections), report.default_context(raw))
     except ValueError as err:  # a section file that is not one, or a data set's sections incomplete
-        raise common.UsageError(f"--sections: {err}") from None
-    md_path, csv_path = paths.paper_table_files(tables.TABLE4)
-    texts[md_path], texts[csv_path] = tables.table4_texts([])  # no grid has DyTox results
-    common.refuse_overlap({f"table {p}": p for p in texts} | {"--log": args.log},
-                          {"--params": args.params, **{f"--sections[{i}]": s for i, s in enumerate(args.sections)}})
+        raise cli.UsageError(f"--sections: {err}") from None
+    md_path, csv_path = paths.paper_table_files(results_table.TABLE4)
+    texts[md_path], texts[csv_path] = results_table.table4_texts([])  # no grid has DyTox results
+    cli.refuse_overlap({f"table {p}": p for p in texts} | {"--log": args.log},
+                       {"--params": args.params, **{f"--sections[{i}]": s for i, s in enumerate(args.sections)}})
     io.write_files(texts)  # as a set: a kill leaves files missing, never old and new side by side
     for path in texts:
         say(f"wrote {path}")

@@ -1,7 +1,7 @@
 """``prepare``: the data set's arrays under data/<name>/ and their checksum manifest.
 
-The reading, splitting and writing are ``ncil.data.prepare``'s (the manifest's layout is
-``ncil.io.write_manifest``'s); this stage checks first that every output can be written.
+The reading, splitting and writing are ``ncil.data.preparation``'s (the manifest's layout is
+``ncil.pipeline.io.write_manifest``'s); this stage checks first that every output can be written.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ncil.stages import common
+from ncil import cli
 
 VERB = "prepare"
 HELP = "write the data set under data/<name>/ with a checksum manifest"
@@ -22,8 +22,8 @@ class Args:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_params(parser)
-    common.add_log(parser)
+    cli.add_params(parser)
+    cli.add_log(parser)
 
 
 def summary_line(dataset: str, counts: dict) -> str:
@@ -31,10 +31,10 @@ def summary_line(dataset: str, counts: dict) -> str:
 
 
 def run(args: Args) -> None:
-    from ncil import io, paths
-    from ncil.data.prepare import prepare
-    from ncil.progress import say
+    from ncil.data.preparation import prepare
+    from ncil.pipeline import io, paths
+    from ncil.pipeline.progress import say
 
-    p, _ = common.load_params(args.params)
+    p, _ = cli.load_params(args.params)
     io.ensure_writable(*paths.data_files(p.dataset.name))  # the manifest and every array
     say(summary_line(p.dataset.name, prepare(p.dataset)))

@@ -3,14 +3,14 @@
 Before any data is loaded, the command is checked: no output is an input (or the other output),
 the outputs can be written, and for task t >= 1 the previous checkpoint is task t-1 of this very run
 (data set, class order, seen classes, seed, method or base recipe, model) and its centers belong to
-it. The loop itself is ``ncil.train.train_task``.
+it. The loop itself is ``ncil.learning.training.train_task``.
 
-Preemption (``ncil.resume``): the task's resumable state ``resume.pt`` beside the checkpoint is saved
+Preemption (``ncil.learning.resume``): the task's resumable state ``resume.pt`` beside the checkpoint is saved
 every ``runtime.resume_every`` epochs and on SIGTERM or Ctrl-C (SIGINT) (then the job exits with 143 or
 130, one line on stderr); a rerun resumes from it, refuses a damaged one or one of other params, split,
 data or code (``data_identity``, ``code_identity``), and removes it once the outputs are written.
 ``platform.json`` beside the checkpoint records the platform that trained it
-(``ncil.provenance.current_platform``) and the checkpoint's SHA-256: removed before training, written
+(``ncil.pipeline.provenance.current_platform``) and the checkpoint's SHA-256: removed before training, written
 after the checkpoint, outside the DVC-tracked bytes.
 """
 
@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ncil.stages import common
+from ncil import cli
 
 VERB = "train"
 HELP = "train one task and write its checkpoint and class centers"
@@ -42,8 +42,8 @@ class Args:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_params(parser)
-    common.add_log(parser)
+    cli.add_params(parser)
+    cli.add_log(parser)
     parser.add_argument("--split", required=True)
     parser.add_argument("--task", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
@@ -57,12 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_paths(args: Args) -> None:
     """The command's own consistency (pure): task range aside, the flags a task needs, no overlap."""
     if args.task < 0:
-        raise common.UsageError(f"--task {args.task}: expected 0 or more")
+        raise cli.UsageError(f"--task {args.task}: expected 0 or more")
     if args.task == 0 and (args.prev_checkpoint or args.prev_centers):
-        raise common.UsageError("--prev-checkpoint/--prev-centers: task 0 starts from scratch and takes neither")
+        raise cli.UsageError("--prev-checkpoint/--prev-centers: task 0 starts from scratch and takes neither")
     if args.task > 0 and not (args.prev_checkpoint and args.prev_centers):
-        raise common.UsageError("tasks after the first need --prev-checkpoint and --prev-centers")
-    common.refuse_overlap(
+        raise cli.UsageError("tasks after the first need --prev-checkpoint and --prev-centers")
+    cli.refuse_overlap(
         {"--checkpoint": args.checkpoint, "--centers": args.centers, "--log": args.log},
         {"--params": args.params, "--split": args.split, "--prev-checkpoint": args.prev_checkpoint,
          "--prev-centers": args.prev_centers},
@@ -74,21 +74,11 @@ def resolve_method(p, args: Args, params_file: str):
     if args.task == 0:
         recipes = {m.base_recipe: m for m in reversed(p.method.values())}  # validated to agree per recipe
         if args.method not in recipes:
-            raise common.UsageError(f"--method {args.method}: task 0 takes a base recipe ({sorted(recipes)})")
+            raise cli.UsageError(f"--method {args.method}: task 0 takes a base recipe ({sorted(recipes)})")
         return recipes[args.method]
     if args.method not in p.method:
-        raise common.UsageError(f"--method {args.method}: not in {params_file} (methods: {sorted(p.method)})")
+        raise cli.UsageError(f"--method {args.method}: not in {params_file} (methods: {sorted(p.method)})")
     return p.method[args.method]
-
-
-def make_job(p, split: dict, task: int, seed: int, method_name: str, method, split_file: str):
-    """The TaskJob of task ``task`` of ``split`` (pure)."""
-    from ncil.train import TaskJob
-
-    return TaskJob(task=task, seed=seed, class_order=split["class_order"], tasks=split["tasks"],
-                   method_name=method_name, method=method,
-                   identity={"dataset": p.dataset.name, "split": str(Path(split_file).parent.name),
-                             "method": method_name, "seed": seed, "task": task})
 
 
 def check_previous(previous: dict, job, p, expected_method: str, prev_file: str, split_file: str) -> None:
@@ -96,9 +86,9 @@ def check_previous(previous: dict, job, p, expected_method: str, prev_file: str,
 
     ``expected_method``: what task t-1 was trained as (the base recipe for task 0, else the method).
     """
-    from ncil.config import to_dict
-    from ncil.io import ArtifactError
-    from ncil.stages.split import seen_classes
+    from ncil.data.splits import seen_classes
+    from ncil.pipeline.config import to_dict
+    from ncil.pipeline.io import ArtifactError
 
     config = previous.get("config", {})
     expected = {
@@ -154,14 +144,14 @@ def platform_sidecar(platform: dict, checkpoint: str, checkpoint_sha256: str, ea
     return record
 
 
-# The entry point every verb runs through, as ncil.workflow.ENTRY_MODULES (tests/test_resume.py checks
+# The entry point every verb runs through, as ncil.pipeline.workflow.ENTRY_MODULES (tests/test_resume.py checks
 # that code_identity covers exactly the files dvc.yaml and the Snakemake rule list for a train step).
 ENTRY_MODULES = ("ncil.__main__",)
 
 
 def code_identity() -> dict[str, str]:
-    """SHA-256 of every package file the train step runs (its import closure, ncil/codedeps.py), by path."""
-    from ncil import codedeps, io
+    """SHA-256 of every package file the train step runs (its import closure, ncil/pipeline/codedeps.py), by path."""
+    from ncil.pipeline import codedeps, io
 
     root = Path(__file__).resolve().parents[2]  # the folder holding the ncil package
     files = codedeps.step_code_files(VERB, {VERB: __name__}, root, ENTRY_MODULES)
@@ -173,7 +163,7 @@ def data_identity(dataset: str, splits: list[str]) -> dict[str, str | None]:
 
     The manifest is read, not verified here: ``load_split`` checks the files against these very entries.
     """
-    from ncil import io, paths
+    from ncil.pipeline import io, paths
 
     files = io.verify_manifest(paths.data_manifest(dataset), names=[])["files"]  # format checked, nothing hashed
     entries = {f: files.get(Path(f).name) for split in splits for f in paths.data_arrays(dataset, split)}
@@ -184,7 +174,7 @@ def stop_line(stop, flag, state_file: Path) -> str:
     """The one line a stopped job prints (pure): what stopped it, where, what was saved."""
     import signal
 
-    from ncil import resume
+    from ncil.learning import resume
 
     word = "interrupted" if flag.signum == signal.SIGINT else "preempted"
     if stop.saved:
@@ -204,18 +194,19 @@ def tell(log, line: str) -> None:
 
 
 def run(args: Args) -> None:
-    from ncil import resume
-    from ncil.progress import logger
-    from ncil.stages.split import read_split
+    from ncil.data.splits import read_split
+    from ncil.learning import resume
+    from ncil.learning.training import make_job
+    from ncil.pipeline.progress import logger
 
     check_paths(args)
-    p, _ = common.load_params(args.params)
+    p, _ = cli.load_params(args.params)
     split = read_split(args.split)
     if args.task >= len(split["tasks"]):
-        raise common.UsageError(f"--task {args.task}: {args.split} has only {len(split['tasks'])} tasks")
+        raise cli.UsageError(f"--task {args.task}: {args.split} has only {len(split['tasks'])} tasks")
     method = resolve_method(p, args, args.params)
     if method.contrastive_by_scenario:  # per-setting lambda_con (method-spec 4.8); paper methods have none
-        from ncil.config import method_for_split
+        from ncil.pipeline.config import method_for_split
 
         method = method_for_split(p, method, Path(args.split).parent.name)
     job = make_job(p, split, args.task, args.seed, args.method, method, args.split)
@@ -234,9 +225,10 @@ def run(args: Args) -> None:
 
 
 def _train(args: Args, p, split: dict, method, job, log, flag) -> None:
-    from ncil import io, provenance, resume, runtime
     from ncil.data.arrays import load_split
-    from ncil.train import run_config_snapshot, train_task
+    from ncil.learning import resume, runtime
+    from ncil.learning.training import run_config_snapshot, train_task
+    from ncil.pipeline import io, provenance
 
     previous = previous_centers = None
     if args.task:

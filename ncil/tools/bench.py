@@ -1,12 +1,12 @@
 """``bench``: time one training step of a method against its backbone floor; with ``--resume-state``,
-the size and save time of a training task's resumable state (ncil.resume) against one epoch."""
+the size and save time of a training task's resumable state (ncil.learning.resume) against one epoch."""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
 
-from ncil.stages import common
+from ncil import cli
 
 VERB = "bench"
 HELP = "time one training step of a method against its backbone floor"
@@ -29,7 +29,7 @@ class Args:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_log(parser)
+    cli.add_log(parser)
     parser.add_argument("--method", default="ours")
     parser.add_argument("--batch-size", type=int, default=0, help="images per step (default: train.batch_size)")
     parser.add_argument("--steps", type=int, default=20, help="timed rounds, each one step and one floor (default 20)")
@@ -44,10 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: Args) -> None:
-    from ncil.bench import bench_step
-    from ncil.config import parse_params
-    from ncil.hydra_conf import compose
-    from ncil.progress import say
+    from ncil.learning.step_timing import bench_step
+    from ncil.pipeline.config import parse_params
+    from ncil.pipeline.hydra_conf import compose
+    from ncil.pipeline.progress import say
 
     overrides = list(args.override) + (PAPER_SIZE if args.paper_size else [])
     p = parse_params(compose([f"method=[{args.method}]", *overrides]), source=f"conf/ with {overrides}")
@@ -68,7 +68,7 @@ def bench_state_save(p, method, classes: int, saves: int, folder, seed: int = 0)
     """Bytes of a resumable state at the end of an epoch and seconds per save (capture + encode + write).
 
     The state is what ``train`` saves: the network with a ``classes``-class head, Adam after one step
-    (both moments filled), every random stream, the history; written through ``ncil.resume.save`` into
+    (both moments filled), every random stream, the history; written through ``ncil.learning.resume.save`` into
     ``folder`` (atomic, as in training). Fastest and median save over ``saves`` rounds.
     """
     import statistics
@@ -77,7 +77,7 @@ def bench_state_save(p, method, classes: int, saves: int, folder, seed: int = 0)
 
     import torch
 
-    from ncil import optim, resume, runtime
+    from ncil.learning import optim, resume, runtime
     from ncil.methods.objective import rotations
     from ncil.models.network import build_network
 
@@ -108,8 +108,8 @@ def bench_state_save(p, method, classes: int, saves: int, folder, seed: int = 0)
 def run_resume_state(p, args: Args) -> None:
     import tempfile
 
-    from ncil.bench import bench_step
-    from ncil.progress import say
+    from ncil.learning.step_timing import bench_step
+    from ncil.pipeline.progress import say
 
     method = p.method[args.method]
     batch = args.batch_size or p.train.batch_size

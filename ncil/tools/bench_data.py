@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ncil.stages import common
+from ncil import cli
 
 VERB = "bench-data"
 HELP = "images/s of the batched augmentation against a per-image torchvision + PIL pipeline (CPU)"
@@ -26,7 +26,7 @@ class Args:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_log(parser)
+    cli.add_log(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64, the paper's)")
     parser.add_argument("--images", type=int, default=4096, help="images per round, batched path (default 4096)")
     parser.add_argument("--pil-images", type=int, default=512, help="images per round, per-image path (default 512)")
@@ -39,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: Args) -> None:
-    from ncil.bench import bench_augment
-    from ncil.progress import say
+    from ncil.learning.step_timing import bench_augment
+    from ncil.pipeline.progress import say
 
     jitter = (args.brightness, args.contrast, args.saturation, args.hue)
     r = bench_augment(args.batch_size, args.images, args.pil_images, args.rounds, args.threads, jitter=jitter)

@@ -1,6 +1,6 @@
 """``dvc-yaml``: generate dvc.yaml (one stage per job) from params.yaml (or check it).
 
-``--check`` is DVC's first stage (``check_params``, ncil/dvcgen.py). In a DVC experiment, DVC's Hydra
+``--check`` is DVC's first stage (``check_params``, ncil/pipeline/dvcgen.py). In a DVC experiment, DVC's Hydra
 integration has already rewritten params.yaml from conf/ and the ``-S`` overrides alone (not from the
 overrides the workspace's grid was composed with), so a refusal there puts back the params.yaml that
 dvc.yaml was generated from and says how to change that grid instead (issue 20, item 7).
@@ -13,15 +13,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ncil.stages import common
+from ncil import cli
+from ncil.pipeline.dvcgen import COMPOSED_BY, keep_source, source_copy
 
 VERB = "dvc-yaml"
 HELP = "generate dvc.yaml (one stage per job) from params.yaml"
-# A copy of the params.yaml a dvc.yaml was last generated from, in DVC's git-ignored scratch folder
-# beside it: what a refused `dvc exp run` puts back. Written by `python -m ncil params` and `dvc-yaml`.
-SOURCE_COPY = ".dvc/tmp/ncil-params.yaml"
-# The line `python -m ncil params` writes under params.yaml's header when it had overrides.
-COMPOSED_BY = "# Composed by: python -m ncil params "
 
 
 @dataclass(frozen=True)
@@ -33,33 +29,20 @@ class Args:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_params(parser)
-    common.add_log(parser)
+    cli.add_params(parser)
+    cli.add_log(parser)
     parser.add_argument("--out", default="dvc.yaml")
     parser.add_argument("--check", action="store_true",
                         help="fail if the file differs instead of writing it, or if runtime.device needs a CUDA GPU "
                              "this machine lacks (DVC's first stage: dvc repro stops before any job)")
 
 
-def source_copy(dvc_path: str) -> Path:
-    return Path(dvc_path).resolve().parent / SOURCE_COPY
-
-
-def keep_source(params_path: str, dvc_path: str) -> None:
-    """Remember params.yaml as the source of dvc.yaml (only where DVC is set up: .dvc/ beside it)."""
-    from ncil import io
-
-    target = source_copy(dvc_path)
-    if target.parent.parent.is_dir():
-        io.write_text(target, Path(params_path).read_text(encoding="utf-8"))
-
-
 def source_of(dvc_text: str, params_path: str, candidates: list[str]) -> str | None:
     """The first candidate params text whose generated dvc.yaml is ``dvc_text`` (pure but for parsing)."""
     import yaml
 
-    from ncil.config import ConfigError
-    from ncil.dvcgen import render_dvc_yaml
+    from ncil.pipeline.config import ConfigError
+    from ncil.pipeline.dvcgen import render_dvc_yaml
 
     for text in candidates:
         try:
@@ -83,10 +66,10 @@ def undo_experiment_params(params_path: str, dvc_path: str) -> str | None:
     """In a DVC experiment whose params.yaml DVC composed (no header of ours), put back the params.yaml
     dvc.yaml was generated from (our copy, else the committed one) and return the advice that keeps
     that grid; None outside an experiment or when no such params.yaml is known."""
-    from ncil import io
+    from ncil.pipeline import io
 
     current = Path(params_path).read_text(encoding="utf-8")
-    # Ours starts with the header comment of ncil.hydra_conf; DVC's Hydra dump has no comment.
+    # Ours starts with the header comment of ncil.pipeline.hydra_conf; DVC's Hydra dump has no comment.
     if not os.environ.get("DVC_EXP_BASELINE_REV") or current.startswith("#") or not Path(dvc_path).is_file():
         return None
     copy = source_copy(dvc_path)
@@ -103,12 +86,12 @@ def undo_experiment_params(params_path: str, dvc_path: str) -> str | None:
 
 
 def check(args: Args) -> None:
-    from ncil.config import ConfigError
-    from ncil.devices import cuda_refusal
-    from ncil.dvcgen import render_dvc_yaml
+    from ncil.pipeline.config import ConfigError
+    from ncil.pipeline.devices import cuda_refusal
+    from ncil.pipeline.dvcgen import render_dvc_yaml
 
     try:
-        p, raw = common.load_params(args.params)
+        p, raw = cli.load_params(args.params)
         refusal = cuda_refusal(p.runtime.device, args.params)  # DVC runs every stage on this machine
         if refusal:
             raise ConfigError(refusal)
@@ -117,32 +100,32 @@ def check(args: Args) -> None:
         if advice:
             raise ConfigError(f"{err}; {advice}") from None
         raise
-    from ncil import fingerprints
-    from ncil.workflow import REPO_ROOT
+    from ncil.pipeline import fingerprints
+    from ncil.pipeline.workflow import REPO_ROOT
 
     stale = fingerprints.problem(REPO_ROOT)
     if stale:
-        raise common.CheckFailed(f"error: {stale} (the code changed since it was written)")
+        raise cli.CheckFailed(f"error: {stale} (the code changed since it was written)")
     current = Path(args.out).read_text() if Path(args.out).exists() else ""
     if current != render_dvc_yaml(raw, args.params):
         advice = undo_experiment_params(args.params, args.out)
         if advice:
-            raise common.CheckFailed(f"error: {args.out} is not the grid of {args.params}: {advice}")
-        raise common.CheckFailed(f"error: {args.out} is out of date with {args.params}: run `python -m ncil dvc-yaml`")
+            raise cli.CheckFailed(f"error: {args.out} is not the grid of {args.params}: {advice}")
+        raise cli.CheckFailed(f"error: {args.out} is out of date with {args.params}: run `python -m ncil dvc-yaml`")
     keep_source(args.params, args.out)  # the grid that passed: what a later refused experiment puts back
 
 
 def run(args: Args) -> None:
-    from ncil import io
-    from ncil.dvcgen import render_dvc_yaml
+    from ncil.pipeline import io
+    from ncil.pipeline.dvcgen import render_dvc_yaml
 
     if args.check:
         check(args)
         return
-    from ncil import fingerprints
-    from ncil.workflow import REPO_ROOT
+    from ncil.pipeline import fingerprints
+    from ncil.pipeline.workflow import REPO_ROOT
 
-    _, raw = common.load_params(args.params)
+    _, raw = cli.load_params(args.params)
     fingerprints.write(REPO_ROOT)
     io.write_text(args.out, render_dvc_yaml(raw, args.params))
     keep_source(args.params, args.out)

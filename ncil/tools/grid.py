@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ncil.stages import common
+from ncil import cli
 
 VERB = "grid"
 HELP = "compose a paper data set's grid into grids/<name>/{params,dvc}.yaml"
@@ -20,7 +20,7 @@ class Args:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_log(parser)
+    cli.add_log(parser)
     parser.add_argument("name", nargs="?", choices=("cifar100", "tinyimagenet", "imagenet_subset"),
                         help="data set (default: all three)")
     parser.add_argument("override", nargs="*", help="Hydra overrides after +experiment=<name>, e.g. +smoke=cpu")
@@ -31,8 +31,8 @@ def stale_files(names: list[str], overrides: list[str]) -> list[str]:
     """The grid files that differ from what conf/ composes (reads the committed files)."""
     from pathlib import Path
 
-    from ncil import paths
-    from ncil.hydra_conf import render_grid
+    from ncil.pipeline import paths
+    from ncil.pipeline.hydra_conf import render_grid
 
     stale = []
     for name in names:
@@ -47,15 +47,15 @@ def stale_files(names: list[str], overrides: list[str]) -> list[str]:
 
 
 def run(args: Args) -> None:
-    from ncil import paths
-    from ncil.hydra_conf import write_grid
-    from ncil.progress import say
+    from ncil.pipeline import paths
+    from ncil.pipeline.hydra_conf import write_grid
+    from ncil.pipeline.progress import say
 
     names = [args.name] if args.name else list(paths.GRID_NAMES)
     if args.check:
         stale = stale_files(names, list(args.override))
         if stale:
-            raise common.CheckFailed(f"error: out of date with conf/: {', '.join(stale)}: run `python -m ncil grid`")
+            raise cli.CheckFailed(f"error: out of date with conf/: {', '.join(stale)}: run `python -m ncil grid`")
         return
     for name in names:
         data = write_grid(name, list(args.override))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ncil.stages import common
+from ncil import cli
 
 VERB = "params"
 HELP = "compose conf/ with Hydra overrides into params.yaml and regenerate dvc.yaml"
@@ -20,7 +20,7 @@ class Args:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_log(parser)
+    cli.add_log(parser)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.epochs=3 'method=[finetune]'")
     parser.add_argument("--out", default="params.yaml")
     parser.add_argument("--dvc-yaml", default=None,
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: Args) -> None:
-    from ncil.hydra_conf import write_params
+    from ncil.pipeline.hydra_conf import write_params
 
     from pathlib import Path
 

@@ -11,15 +11,16 @@ the same definitions.
 
 from __future__ import annotations
 
-from ncil import figures, grid, paper_values, paths, tables
-from ncil.metrics import CONVENTION
-from ncil.provenance import setting_label
+from ncil.pipeline import experiment_grid, paths
+from ncil.pipeline.provenance import setting_label
+from ncil.reports import paper_values, plots, results_table
+from ncil.reports.metrics import CONVENTION
 
 
 def grid_settings(params: dict) -> dict[str, list[str]]:
     """Data set -> setting labels (``F+CxT``) of the grid, in params.yaml order."""
     out: dict[str, list[str]] = {}
-    for run in grid.runs(params):
+    for run in experiment_grid.runs(params):
         label = setting_label(run.initial, run.increment, run.n_tasks)
         out.setdefault(run.dataset, [])
         if label not in out[run.dataset]:
@@ -30,7 +31,7 @@ def grid_settings(params: dict) -> dict[str, list[str]]:
 def grid_curves(params: dict) -> list[tuple[str, str, str]]:
     """(data set, setting id, label) of every Figure 3 panel of the grid."""
     seen = {}
-    for run in grid.runs(params):
+    for run in experiment_grid.runs(params):
         seen.setdefault((run.dataset, run.setting), setting_label(run.initial, run.increment, run.n_tasks))
     return [(d, s, label) for (d, s), label in seen.items()]
 
@@ -52,21 +53,21 @@ def section_datasets(params: dict) -> dict[str, list[str]]:
 def section_texts(params: dict, metrics: list[dict]) -> dict[str, str]:
     """Path -> text of this grid's data sets' sections of Tables 1, 2, 3 and 5 (what the grid's
     ``paper-sections`` step writes; nothing of another data set)."""
-    rows = tables.aggregate(metrics)
+    rows = results_table.aggregate(metrics)
     out = {}
     for dataset, settings in section_datasets(params).items():
         own = [m for m in metrics if paper_values.canonical_dataset(m["run"].get("dataset", "")) == dataset]
-        context = tables.context_from(own, default_context(params))
-        for table in tables.TABLE_NAMES:
-            cells = tables.section_cells(table, dataset, rows, settings)
+        context = results_table.context_from(own, default_context(params))
+        for table in results_table.TABLE_NAMES:
+            cells = results_table.section_cells(table, dataset, rows, settings)
             md_path, csv_path = paths.paper_section_files(dataset, table)
-            out[md_path], out[csv_path] = tables.cells_to_markdown(table, cells, context), tables.cells_to_csv(cells)
+            out[md_path], out[csv_path] = results_table.cells_to_markdown(table, cells, context), results_table.cells_to_csv(cells)
     return out
 
 
 def assemble_texts(sections: dict[str, str], defaults: dict) -> dict[str, str]:
     """Path -> text of Tables 1, 2, 3 and 5 from every data set's section files in ``sections`` (path ->
-    text): sections in ``tables.section_order``; a paper data set without section files shows the paper's
+    text): sections in ``results_table.section_order``; a paper data set without section files shows the paper's
     values with ours "not run". ``defaults``: the context when no data set has sections."""
     datasets = {}
     for path in sections:
@@ -78,21 +79,21 @@ def assemble_texts(sections: dict[str, str], defaults: dict) -> dict[str, str]:
             raise ValueError(f"{missing[0]}: missing; a data set's sections are written together "
                              f"({', '.join(paths.paper_sections(dataset))})")
     out = {}
-    for table in tables.TABLE_NAMES:
+    for table in results_table.TABLE_NAMES:
         parts, contexts = [], []
-        for dataset in tables.section_order([*datasets, *paper_values.DATASETS]):
+        for dataset in results_table.section_order([*datasets, *paper_values.DATASETS]):
             md_path, csv_path = paths.paper_section_files(dataset, table)
             if dataset in datasets:
-                context, lines = tables.split_section(table, sections[md_path], md_path)
+                context, lines = results_table.split_section(table, sections[md_path], md_path)
                 contexts.append(context)
-                parts.append((lines, tables.section_rows(table, sections[csv_path], csv_path)))
+                parts.append((lines, results_table.section_rows(table, sections[csv_path], csv_path)))
             else:
-                cells = tables.section_cells(table, dataset, [], [])
-                parts.append((tables.section_lines(dataset, cells) if cells else [],
-                              tables.cells_to_csv(cells).splitlines()[1:]))
-        context = tables.merge_contexts(contexts) if contexts else defaults
+                cells = results_table.section_cells(table, dataset, [], [])
+                parts.append((results_table.section_lines(dataset, cells) if cells else [],
+                              results_table.cells_to_csv(cells).splitlines()[1:]))
+        context = results_table.merge_contexts(contexts) if contexts else defaults
         out_md, out_csv = paths.paper_table_files(table)
-        out[out_md], out[out_csv] = tables.assemble(table, parts, context)
+        out[out_md], out[out_csv] = results_table.assemble(table, parts, context)
     return out
 
 
@@ -102,11 +103,11 @@ def _section_key(path: str) -> tuple[str, str]:
     if len(parts) == 3:
         dataset, name = parts[1], parts[2]
         table = name.rsplit(".", 1)[0]
-        if table in tables.TABLE_NAMES and path in paths.paper_section_files(dataset, table):
+        if table in results_table.TABLE_NAMES and path in paths.paper_section_files(dataset, table):
             return dataset, table
     expected = paths.paper_section_files("<dataset>", "table1")[0]
     raise ValueError(f"{path}: not a paper table section file (expected {expected} "
-                     f"or .csv, tables {', '.join(tables.TABLE_NAMES)})")
+                     f"or .csv, tables {', '.join(results_table.TABLE_NAMES)})")
 
 
 def read_sections(root: str, exclude: tuple[str, ...] = ()) -> dict[str, str]:
@@ -136,18 +137,18 @@ def table_texts(params: dict, metrics: list[dict], other_sections: dict[str, str
 
 def curve_tables(params: dict, metrics: list[dict]) -> dict[str, tuple[str, list[dict]]]:
     """PNG path -> (title, Figure 3 data) of every setting of the grid."""
-    rows = tables.aggregate(metrics)
+    rows = results_table.aggregate(metrics)
     methods = list(params["method"])
     out = {}
-    n_tasks = {(r.dataset, r.setting): r.n_tasks for r in grid.runs(params)}
+    n_tasks = {(r.dataset, r.setting): r.n_tasks for r in experiment_grid.runs(params)}
     for dataset, setting, label in grid_curves(params):
         png, _ = paths.curve_figure_files(dataset, setting)
-        table = figures.curve_table(rows, dataset, setting, methods, n_tasks[(dataset, setting)])
+        table = plots.curve_table(rows, dataset, setting, methods, n_tasks[(dataset, setting)])
         out[png] = (f"{dataset} {label}: accuracy after each task", table)
     return out
 
 
 def curve_csv_texts(params: dict, metrics: list[dict]) -> dict[str, str]:
     """CSV path -> text of every Figure 3 panel's data."""
-    return {png[: -len(".png")] + ".csv": figures.table_to_csv(table)
+    return {png[: -len(".png")] + ".csv": plots.table_to_csv(table)
             for png, (_, table) in curve_tables(params, metrics).items()}

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ncil import paths
 from ncil.data.scenario import task_sizes
+from ncil.pipeline import paths
 
 
 @dataclass(frozen=True)

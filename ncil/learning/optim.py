@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ncil import numerics
-from ncil.config import TrainConfig
+from ncil.learning import numerics
+from ncil.pipeline.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def build_optimizer(parameters, recipe: Recipe):
         optimizer = torch.optim.SGD(parameters, lr=recipe.lr, momentum=recipe.momentum,
                                     weight_decay=recipe.weight_decay)
     else:
-        # runtime.numerics=portable: fused=True, an IEEE sqrt in the update (ncil/numerics.py); native: no extra
+        # runtime.numerics=portable: fused=True, an IEEE sqrt in the update (ncil/learning/numerics.py); native: no extra
         # argument. On CUDA always fused: one kernel per parameter group instead of ~200 small ones per step.
         on_cuda = bool(parameters) and parameters[0].is_cuda
         optimizer = torch.optim.Adam(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay,

@@ -1,4 +1,4 @@
-"""``prepare``: write a data set under ``data/<name>/`` as NPY arrays with a checksum manifest.
+"""Data preparation (for ``prepare``): a data set under ``data/<name>/`` as NPY arrays with a checksum manifest.
 
 Images are stored as uint8 (N, H, W, C), labels as int64 original class ids. The train/val/test
 split is stratified and seeded (``dataset.split_seed``); ``val`` is carved from the training images
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ncil import io, paths
-from ncil.config import ConfigError, DatasetConfig
 from ncil.data.catalog import class_split_counts
+from ncil.pipeline import io, paths
+from ncil.pipeline.config import ConfigError, DatasetConfig
 
 
 def load_digits_images() -> tuple[np.ndarray, np.ndarray]:

@@ -17,18 +17,17 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from ncil import codedeps, grid, paths
-from ncil.stages import STAGES
-from ncil.tools import TOOLS
-from ncil.provenance import setting_label
+from ncil.cli import VERBS
+from ncil.pipeline import codedeps, experiment_grid, paths
+from ncil.pipeline.provenance import setting_label
 
-# The module each verb of `python -m ncil` runs (ncil/stages, ncil/tools: one module per verb) and the
-# entry point every verb goes through (ncil/__main__.py: numerics before torch, logs, error types);
-# their imports, scanned by ncil/codedeps.py, are each step's code dependencies.
-STAGE_MODULES: dict[str, str] = {**STAGES, **TOOLS}
+# The module each verb of `python -m ncil` runs (the verb table of ncil/cli.py: one module per verb) and
+# the entry point every verb goes through (ncil/__main__.py, then ncil/cli.py: numerics before torch, logs,
+# error types); their imports, scanned by ncil/pipeline/codedeps.py, are each step's code dependencies.
+STAGE_MODULES: dict[str, str] = dict(VERBS)
 ENTRY_MODULES: tuple[str, ...] = ("ncil.__main__",)
 ENTRY_FILES: tuple[str, ...] = ()
-REPO_ROOT = Path(__file__).resolve().parent.parent  # the folder holding this ncil package
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this ncil package
 # What shapes a training or evaluation job (its method section is added per job). The grid-level `preset`
 # is not here: each method carries its own (method.<name>.preset), which is what a checkpoint records.
 RUN_KEYS = ["order_seed", "dataset", "model", "train", "runtime.threads", "runtime.numerics", "runtime.precision"]
@@ -73,6 +72,17 @@ class Step:
     def verb(self) -> str:
         return self.cmd[0]
 
+    def values(self, flag: str) -> list[str]:
+        """The values that follow ``flag`` in the command, up to the next flag (empty when it is absent)."""
+        if flag not in self.cmd:
+            return []
+        out = []
+        for word in self.cmd[self.cmd.index(flag) + 1:]:
+            if word.startswith("--"):
+                break
+            out.append(word)
+        return out
+
     @property
     def code(self) -> tuple[str, ...]:
         """The package files this step's command runs (its code dependency in both engines)."""
@@ -108,7 +118,7 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True, r
     ))
     manifest = paths.data_manifest(dataset)
 
-    runs = grid.runs(params)
+    runs = experiment_grid.runs(params)
     split_ids = {paths.base_split_id(r.initial): (r.initial, 0) for r in runs}
     split_ids.update({r.setting: (r.initial, r.increment) for r in runs})
     for split_id, (initial, increment) in sorted(split_ids.items()):
@@ -122,7 +132,7 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True, r
             benchmark=paths.benchmark_file("split", f"{dataset}/{split_id}"), cached=False,
         ))
 
-    for job in grid.train_jobs(params):
+    for job in experiment_grid.train_jobs(params):
         run, t = job.run, job.task
         split = run.base_split_file if t == 0 else run.split_file
         method = run.base_recipe if t == 0 else run.method
@@ -186,7 +196,7 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True, r
 
 def section_dataset(params: dict) -> str:
     """The grid's data set as the paper tables name it (a paper data set's alias: its canonical name)."""
-    from ncil.paper_values import canonical_dataset
+    from ncil.reports.paper_values import canonical_dataset
 
     return canonical_dataset(params["dataset"]["name"])
 
@@ -232,7 +242,7 @@ def report_steps(params: dict, p: list[str], metrics_files: list[str]) -> list[S
         deps=deps, outs=section_outs, params=param_keys("paper_sections", params),
         log=log, benchmark=paths.benchmark_file("tables", f"{section}_sections"), cached=False,
     )]
-    figure_outs, plots, runs = {}, [], grid.runs(params)
+    figure_outs, plots, runs = {}, [], experiment_grid.runs(params)
     for setting in dict.fromkeys(r.setting for r in runs):
         png, csv = paths.curve_figure_files(dataset, setting)
         figure_outs[f"{setting}_png"], figure_outs[f"{setting}_csv"] = png, csv
@@ -263,7 +273,7 @@ def report_steps(params: dict, p: list[str], metrics_files: list[str]) -> list[S
     return out
 
 
-def figure4_run(params: dict) -> tuple[str, grid.Run, list[str]] | None:
+def figure4_run(params: dict) -> tuple[str, experiment_grid.Run, list[str]] | None:
     """Figure 4's (method, run, checkpoints), or None when the grid has no PKS method on the ViT: the
     method ``ours`` (else the first PKS method), its first seed's longest setting, and the checkpoints
     after tasks 1, 3, 5, ... (at most five, as the paper shows)."""
@@ -271,7 +281,7 @@ def figure4_run(params: dict) -> tuple[str, grid.Run, list[str]] | None:
     if not pks:
         return None
     method = "ours" if "ours" in pks else pks[0]
-    runs = [r for r in grid.runs(params) if r.method == method and r.seed == params["seeds"][0]]
+    runs = [r for r in experiment_grid.runs(params) if r.method == method and r.seed == params["seeds"][0]]
     run = max(runs, key=lambda r: r.n_tasks)
     return method, run, [run.checkpoint(t) for t in range(1, run.n_tasks, 2)][:5]
 

@@ -4,7 +4,7 @@
   metric per (data set, setting, method), from the contents of ``metrics.json`` files.
 * ``paper_tables``: each table as Markdown shaped like the paper (one section per data set, methods as
   rows, settings as columns) and as a tidy CSV (one row per table cell). Data sets of the paper
-  (``ncil.paper_values``) show the paper's value, ours and the difference (ours - paper); other data
+  (``ncil.reports.paper_values``) show the paper's value, ours and the difference (ours - paper); other data
   sets (digits) show ours only. A (data set, setting, method) without results reads "not run".
 * ``section_cells`` / ``section_lines``: one data set's section; ``assemble``: a table from the sections
   of several data sets (each written by its own grid), their context lines merged (``merge_contexts``),
@@ -20,9 +20,9 @@ import re
 
 import numpy as np
 
-from ncil import paper_values
-from ncil.metrics import CONVENTION_TEXT
-from ncil.stages.summarize import UNRECORDED_PRECISION, join_values  # the metrics layout's owner
+from ncil.reports import paper_values
+from ncil.reports.metrics import CONVENTION_TEXT
+from ncil.reports.metrics_json import UNRECORDED_PRECISION, join_values  # the metrics layout's owner
 
 COLUMNS = ("avg_accuracy", "last_accuracy", "avg_forgetting")
 HEADERS = {"avg_accuracy": "Avg", "last_accuracy": "Last", "avg_forgetting": "Forgetting"}

@@ -14,9 +14,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ncil import paths
 from ncil.data.catalog import DATASETS, class_split_counts
 from ncil.data.scenario import ORDER_SEED_MAX, task_sizes
+from ncil.pipeline import paths
 
 
 class ConfigError(ValueError):
@@ -81,7 +81,7 @@ class TrainConfig:
     lr_step: int = 0  # StepLR step size in epochs (0 = constant learning rate)
     lr_gamma: float = 0.1  # StepLR decay factor
     eval_batch_size: int = 256  # images per evaluation forward pass
-    # Task 0 may use its own optimiser (method-spec 5.6: ImageNet-Subset's SGD base task; ncil/optim.py).
+    # Task 0 may use its own optimiser (method-spec 5.6: ImageNet-Subset's SGD base task; ncil/learning/optim.py).
     base_optimizer: str = "adam"  # adam (as every other task) or sgd (momentum, MultiStepLR at base_milestones)
     base_epochs: int = 0  # epochs of task 0 (0 = train.epochs)
     base_lr: float = 0.0  # learning rate of task 0 (0 = train.lr)
@@ -140,8 +140,8 @@ class RuntimeConfig:
     threads: int = 1  # torch intra-op threads; pinned because it changes floating-point results
     gpus_per_job: int = 0  # Snakemake `gpu` resource each training job claims
     compile: CompileSetting = False  # torch.compile student and teacher: false, true or graphs (CUDA graphs; COMPILE_SETTINGS)
-    numerics: str = "native"  # native (fastest kernels of this CPU) or portable (ncil.numerics: same bits on every x86 CPU type)
-    resume_every: int = 1  # epochs between saves of a training task's resumable state (ncil.resume); 0 = off
+    numerics: str = "native"  # native (fastest kernels of this CPU) or portable (ncil.learning.numerics: same bits on every x86 CPU type)
+    resume_every: int = 1  # epochs between saves of a training task's resumable state (ncil.learning.resume); 0 = off
     precision: str = "auto"  # GPU arithmetic: fp32, bf16 (autocast) or auto (the method's preset: PRESET_PRECISION); CPU runs are always fp32
     # The official step's shapes (issue 21): true = every step the same shapes and no host sync (all R*B mixup
     # candidates masked, colour jitter selected per image), false = the compacted rows (the default grid's
@@ -178,7 +178,7 @@ PKS_WEIGHTINGS = ("inverse", "uniform", "direct")
 PR_CENTERS = ("task_start", "epoch")
 FORMS = ("paper", "official")  # method pks_form, pr_form, proto_aug_form
 TRAIN_IMAGES = ("train", "train_val")  # method train_images
-NUMERICS = ("native", "portable")  # runtime.numerics (ncil.numerics)
+NUMERICS = ("native", "portable")  # runtime.numerics (ncil.learning.numerics)
 CROP_FILLS = ("black", "mean")  # as ncil.data.augment.CROP_FILLS
 # Method fields that shape task 0: methods sharing a base recipe must agree on them.
 BASE_RECIPE_FIELDS = ("preset", "backbone", "rotation", "ce_temperature", "mixup_rounds", "contrastive",
@@ -305,7 +305,7 @@ def _name(source: str, key: str, name) -> None:
         raise _fail(source, key, f"expected a name of letters, digits, _ and - (it becomes a folder name), got {name!r}")
 
 
-METHOD_CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "method"  # Hydra's method group
+METHOD_CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "method"  # Hydra's method group
 SCENARIO_CONF_DIR = METHOD_CONF_DIR.parent / "scenario"  # Hydra's scenario group
 
 
@@ -587,7 +587,7 @@ def _validate_dataset(p: Params, source: str) -> None:
 
 def load_params(path: str | Path = "params.yaml") -> tuple[Params, dict]:
     """Read and validate ``params.yaml``; return the typed config and the raw mapping."""
-    from ncil import io
+    from ncil.pipeline import io
 
     raw = io.read_yaml(path)
     return parse_params(raw, source=str(path)), raw

@@ -4,7 +4,7 @@ Snakemake counts GPUs (``--resources gpu=N``; each train/evaluate job claims
 ``runtime.gpus_per_job``) but does not say which GPU a job gets: without help every job would open
 ``cuda:0``. So a ``train`` or ``evaluate`` process whose params file has ``runtime.gpus_per_job >= 1``
 takes that many devices from the workstation's pool, sets ``CUDA_VISIBLE_DEVICES`` to them and so
-sees only those (as ``cuda:0``...). ``ncil/__main__.py`` calls ``claim_for_job`` before anything
+sees only those (as ``cuda:0``...). ``ncil/cli.py`` calls ``claim_for_job`` before anything
 imports torch.
 
 * The pool: ``NCIL_GPU_POOL`` (comma-separated ids; simulated devices for tests), else the devices of
@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ncil.config import ConfigError
+from ncil.pipeline.config import ConfigError
 
 ENV_POOL = "NCIL_GPU_POOL"
 ENV_LOCK_DIR = "NCIL_GPU_LOCK_DIR"

@@ -1,4 +1,4 @@
-"""``python -m ncil verify``: recompute every reported number and stop at the first that differs.
+"""Recomputation (for ``verify``): recompute every reported number and stop at the first that differs.
 
 Chain checked, each link from the one before (issue 4, item 5), after a check that the results are
 not stale (0: every stage of ``dvc.lock`` that ``dvc.yaml`` still has ran with the params file's values now):
@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ncil import figures, grid, io, metrics, paths, report, tables
-from ncil.provenance import setting_label
-from ncil.stages.split import read_split
-from ncil.stages.summarize import layout_problem
+from ncil.data.splits import read_split
+from ncil.pipeline import experiment_grid, io, paths
+from ncil.pipeline.provenance import setting_label
+from ncil.reports import metrics, plots, report, results_table
+from ncil.reports.metrics_json import layout_problem
 
 REL_TOL = 1e-9  # metrics.json holds full floats computed by the same arithmetic
 CSV_TOL = 2e-4  # the figure / table CSVs round to 4 decimals
@@ -77,7 +78,7 @@ def check_metrics(file: str, stored: dict, evaluations: list[dict], identity: di
     The named variants (``variants``) are checked when the file has them."""
     acc, counts = metrics.accuracy_matrix(evaluations)
     summary = metrics.summarize(acc, counts)
-    problem = layout_problem(stored)  # the layout summarize writes (ncil.stages.summarize)
+    problem = layout_problem(stored)  # the layout summarize writes (ncil.reports.metrics_json)
     if problem is not None:
         raise Mismatch(file, problem[0], problem[1], "present", "missing")
     for key, value in {**identity, "label": label}.items():
@@ -101,7 +102,7 @@ def check_metrics(file: str, stored: dict, evaluations: list[dict], identity: di
         found = stored["accuracy_per_step"][k] if k < len(stored["accuracy_per_step"]) else "missing"
         if not _same(value, found, REL_TOL):
             raise Mismatch(file, "accuracy_per_step", f"[{k}]", value, found)
-    for key in tables.COLUMNS:
+    for key in results_table.COLUMNS:
         if not _same(summary[key], _num_or_nan(stored[key]), REL_TOL):
             raise Mismatch(file, "(top level)", key, summary[key], stored[key])
     if "variants" in stored:  # derived from the matrix: checked after it
@@ -213,7 +214,7 @@ def _read_text(path: Path, what: str) -> str:
 
 def check_code(file: str, stored: dict, code: dict[str, str]) -> None:
     """A metrics.json made by other code than the package's now (its steps' fingerprints,
-    ncil/fingerprints.py) is stale: the steps that made it must rerun before it verifies (pure)."""
+    ncil/pipeline/fingerprints.py) is stale: the steps that made it must rerun before it verifies (pure)."""
     found = stored["provenance"].get("code_fingerprints")
     if not isinstance(found, dict):
         raise Mismatch(file, "provenance", "code_fingerprints", code, found)
@@ -230,10 +231,10 @@ def verify(root: str | Path, params: dict, log=print, params_file: str = "params
     checked["locked stages"] = locked_params_checked(root, params, params_file)
     log(f"verify: {checked['locked stages']} stages of dvc.lock ran with {params_file}'s values")
     loaded = []
-    from ncil import fingerprints
+    from ncil.pipeline import fingerprints
 
     code = fingerprints.for_metrics()  # the code that would make each metrics.json now
-    for run in grid.runs(params):
+    for run in experiment_grid.runs(params):
         mfile = root / run.metrics_file
         if not mfile.is_file():
             continue  # not run yet: the tables say so, and step 2 checks that they do
@@ -255,10 +256,10 @@ def verify(root: str | Path, params: dict, log=print, params_file: str = "params
 
     expected: dict[str, str] = {}
     for dataset in report.grid_settings(params):
-        rows = tables.aggregate([m for m in loaded if m["run"]["dataset"] == dataset])
+        rows = results_table.aggregate([m for m in loaded if m["run"]["dataset"] == dataset])
         md, csv_path = paths.table_files(dataset)
-        expected[md] = tables.to_markdown(rows, dataset, report.default_context(params))
-        expected[csv_path] = tables.to_csv(rows)
+        expected[md] = results_table.to_markdown(rows, dataset, report.default_context(params))
+        expected[csv_path] = results_table.to_csv(rows)
     # The tables hold every data set's sections present: the other data sets' as committed (their own
     # grids write and check them), this grid's recomputed from its metrics.
     expected.update(report.table_texts(params, loaded, report.read_sections(str(root))))
@@ -268,7 +269,7 @@ def verify(root: str | Path, params: dict, log=print, params_file: str = "params
         (compare_csv if path.endswith(".csv") else compare_markdown)(path, text, found)
         checked["figures" if path in figure_csvs else "tables"] += 1
     for png, (title, table) in report.curve_tables(params, loaded).items():
-        check_png(root, png, figures.png_bytes(figures.draw_curves(table, title)))
+        check_png(root, png, plots.png_bytes(plots.draw_curves(table, title)))
     t1_csv = (root / paths.paper_table_files("table1")[1]).read_text(encoding="utf-8")
     for dataset, setting, label in report.grid_curves(params):
         curve = paths.curve_figure_files(dataset, setting)[1]
@@ -287,21 +288,24 @@ def verify(root: str | Path, params: dict, log=print, params_file: str = "params
 def check_figure4(root: Path, params: dict, log) -> int:
     """Figure 4 (when the grid has it): recompute the weight maps from the checkpoints, if they are here
     (they are DVC-cached: `dvc pull`); otherwise say that it was not checked."""
-    from ncil.config import parse_params
-    from ncil.stages import common, figure4
-    from ncil.workflow import steps
+    from ncil.pipeline.config import parse_params
+    from ncil.pipeline.workflow import steps
 
     step = next((s for s in steps(params) if s.kind == "figure4"), None)
     if step is None:
         return 0
-    args = common.parse(figure4, list(step.cmd[1:]))
-    missing = [c for c in args.checkpoints if not (root / c).is_file()]
+    checkpoints = step.values("--checkpoints")
+    missing = [c for c in checkpoints if not (root / c).is_file()]
     if missing or not (root / paths.data_manifest(params["dataset"]["name"])).is_file():
         log(f"verify: Figure 4 not checked: {missing[0] if missing else 'the data set'} is not here (dvc pull)")
         return 0
-    csv_text, png, _ = figure4.compute(parse_params(params), args, root=str(root))
-    compare_csv(args.out_csv, csv_text, _read_text(root / args.out_csv, "Figure 4 data"))
-    check_png(root, args.out_png, png)
+    options = {key: int(step.values(flag)[0]) for key, flag in (("n_images", "--images"), ("norm", "--p"))
+               if step.values(flag)}  # what the step's command leaves out is the figure4 verb's default
+    csv_text, png, _ = plots.weight_map_files(parse_params(params), step.values("--split")[0], checkpoints,
+                                              root=str(root), **options)
+    csv_file, png_file = step.outs["csv"], step.outs["png"]
+    compare_csv(csv_file, csv_text, _read_text(root / csv_file, "Figure 4 data"))
+    check_png(root, png_file, png)
     log("verify: Figure 4's weight maps match their checkpoints")
     return 1
 
@@ -314,7 +318,7 @@ def readme_section(table_markdown: str, dataset: str) -> str:
     lines, out, inside = table_markdown.splitlines(), [], False
     for line in lines:
         if line.startswith("## "):
-            inside = line == tables.section_heading(dataset)  # exact: "digits_own" is not "digits"
+            inside = line == results_table.section_heading(dataset)  # exact: "digits_own" is not "digits"
             continue
         if inside and line.startswith("|"):
             out.append(line)

@@ -1,6 +1,6 @@
 """The paper preset's settings read from ``conf/`` as plain YAML, without Hydra (for ``scripts/gpu_check.py``).
 
-Hydra composes ``conf/`` for the workflow (``ncil.hydra_conf``). A machine that has only torch, numpy,
+Hydra composes ``conf/`` for the workflow (``ncil.pipeline.hydra_conf``). A machine that has only torch, numpy,
 pyyaml and this package (a lent GPU machine, say) still needs the paper's model, data set, schedule and
 method settings: this module reads the group files those settings live in, one file per group option,
 and the ``override /group: option`` lines of the experiment files that pick them. It reads nothing
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # The experiment file of each data set's paper grid (conf/experiment/<name>.yaml).
 PAPER_EXPERIMENTS = ("cifar100", "tinyimagenet", "imagenet_subset")
 
 
 def read_yaml(path: Path):
-    from ncil import io
+    from ncil.pipeline import io
 
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -38,7 +38,7 @@ def group_option(group: str, option: str, conf_dir: Path = CONF_DIR) -> dict:
         data = _preset_method(path, data, option, conf_dir) if group == "method" else None
         if data is None:
             raise ValueError(f"{path}: composes other files (a defaults list), which only Hydra reads "
-                             f"(ncil.hydra_conf.compose); expected a group file without one")
+                             f"(ncil.pipeline.hydra_conf.compose); expected a group file without one")
     if group in ("method", "scenario"):
         if option not in data:
             raise ValueError(f"{path}: expected one entry named {option!r}, got {sorted(data)}")
@@ -82,7 +82,7 @@ def method_default(key: str):
     """The default of a MethodConfig field (what a method file that leaves ``key`` out gets)."""
     import dataclasses
 
-    from ncil.config import MethodConfig
+    from ncil.pipeline.config import MethodConfig
 
     return next(f.default for f in dataclasses.fields(MethodConfig) if f.name == key)
 
@@ -109,7 +109,7 @@ def compose_params(dataset: str, model: str, train: str, method: str = "ours", s
 
     ``overrides`` maps a section name (dataset, model, train, runtime) to keys replaced in it. The
     top-level keys order_seed and seeds are those of ``conf/config.yaml``; ``preset`` is the method's own
-    (the grid preset of a one-method grid, as ``ncil.config`` validates it); ``scenarios`` default
+    (the grid preset of a one-method grid, as ``ncil.pipeline.config`` validates it); ``scenarios`` default
     to CIFAR-100's 50+10x5 (parse_params needs one; a synthetic task does not use it).
     """
     top = read_yaml(Path(conf_dir) / "config.yaml")

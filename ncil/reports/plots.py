@@ -14,14 +14,14 @@ import math
 
 import numpy as np
 
-from ncil import paper_values
+from ncil.reports import paper_values
 
 DPI = 100
 
 
 def curve_table(rows: list[dict], dataset: str, setting: str, methods: list[str], n_tasks: int | None = None) -> list[dict]:
     """Figure 3's data for one (data set, setting): one record per task (1-based, as the paper's x-axis)
-    with each method's mean Acc_k over seeds, its std and n. ``rows`` is ``tables.aggregate`` output.
+    with each method's mean Acc_k over seeds, its std and n. ``rows`` is ``results_table.aggregate`` output.
 
     Every method of ``methods`` (the grid's) gets its columns, empty (None) without results, so the
     file's shape depends on the grid alone (DVC's plot definitions name these columns); methods with
@@ -166,10 +166,10 @@ def weight_maps(p, checkpoints: list[tuple[str, dict]], x, norm: int = 2) -> dic
     Map names number the tasks from 1 (the base task is task 1), as the paper's Figure 4 does."""
     import torch
 
-    from ncil.config import ModelConfig, parse_section
-    from ncil.io import ArtifactError
     from ncil.methods.pks import patch_weights
     from ncil.models.network import load_network
+    from ncil.pipeline.config import ModelConfig, parse_section
+    from ncil.pipeline.io import ArtifactError
 
     torch.set_num_threads(p.runtime.threads)  # the thread count changes floating-point results
     out: dict[str, np.ndarray] = {}
@@ -198,3 +198,21 @@ def weight_map_figure(p, tasks: list[list[int]], test, checkpoints: list[tuple[s
     title = f"{p.dataset.name}: PKS weights w_i (Eq. 2, white = 1)"
     png = png_bytes(draw_weight_maps(np.asarray(test.images[samples]), weights, title))
     return table_to_csv(weight_map_table(weights, samples)), png
+
+
+def weight_map_files(p, split_file: str, checkpoint_files, n_images: int = 4, norm: int = 2,
+                     root: str = ".") -> tuple[str, bytes, int]:
+    """Figure 4 from the files a ``figure4`` step reads, under ``root``: (CSV text, PNG bytes, number of
+    checkpoints) of ``weight_map_figure`` for the run's split and checkpoints (the ``figure4`` step writes
+    them, ``verify`` recomputes them)."""
+    from pathlib import Path
+
+    from ncil.data.arrays import load_split
+    from ncil.data.splits import read_split
+    from ncil.pipeline import io as artifacts
+
+    split = read_split(Path(root) / split_file)
+    test = load_split(p.dataset.name, "test", root=str(root))
+    checkpoints = [(path, artifacts.load_checkpoint(Path(root) / path)) for path in checkpoint_files]
+    csv_text, png = weight_map_figure(p, split["tasks"], test, checkpoints, n_images, norm)
+    return csv_text, png, len(checkpoints)

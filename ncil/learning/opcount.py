@@ -18,7 +18,7 @@ Adam's step counter) is told apart from the device's: reading it is no sync, on 
 Copies between host and device cannot be seen on the CPU (they are no-ops there); on a GPU
 ``torch.cuda.set_sync_debug_mode`` catches them (tests/test_gpu.py).
 
-``count_training_steps`` runs a callable that trains (``ncil.train.train_task``) under the counter and
+``count_training_steps`` runs a callable that trains (``ncil.learning.training.train_task``) under the counter and
 returns the counts per training step: the ops between the end of one step's ``EpochProgress.step``
 and the end of the next, so the first step of every epoch (the epoch's set-up, Adam's state) and the
 per-epoch reads in ``end_epoch`` are left out.
@@ -179,14 +179,14 @@ class StepCounts:
 
 
 def count_training_steps(train_fn, *args, **kwargs):
-    """Run ``train_fn(*args, **kwargs)`` (it must build ``ncil.train.EpochProgress`` through ``ncil.train``)
+    """Run ``train_fn(*args, **kwargs)`` (it must build ``ncil.learning.training.EpochProgress`` through ``ncil.learning.training``)
     under a ``StepCounter``; return (its result, ``StepCounts``) of the steps after each epoch's first."""
-    from ncil import train
+    from ncil.learning import training
 
     counter = StepCounter(active=False)
     steps = [0]
 
-    class Counted(train.EpochProgress):
+    class Counted(training.EpochProgress):
         def start_epoch(self):
             counter.active = False
             return super().start_epoch()
@@ -200,11 +200,11 @@ def count_training_steps(train_fn, *args, **kwargs):
             counter.active = False
             return super().end_epoch(epoch, lr)
 
-    saved = train.EpochProgress
-    train.EpochProgress = Counted
+    saved = training.EpochProgress
+    training.EpochProgress = Counted
     try:
         with counter.counting():
             result = train_fn(*args, **kwargs)
     finally:
-        train.EpochProgress = saved
+        training.EpochProgress = saved
     return result, StepCounts(steps[0], counter.ops, counter.syncs, counter.sites)

@@ -2,7 +2,7 @@
 
 The rules (rules/*.smk) take their ``threads`` and ``resources`` from here, so a SLURM job
 (profiles/slurm) is sent with ``--cpus-per-task``, ``--mem``, ``-t`` and ``--gpus`` that fit the job,
-not the whole node. The numbers follow the parsed params (``ncil.config.Params``) of the job's grid:
+not the whole node. The numbers follow the parsed params (``ncil.pipeline.config.Params``) of the job's grid:
 
 * memory: a process base (Python, torch; more with CUDA) plus what the step holds of the data set's
   uint8 arrays (memory-mapped: a training task holds its own rows, evaluation the seen classes' test
@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ncil.config import MethodConfig, Params
 from ncil.data.catalog import class_split_counts
+from ncil.pipeline.config import MethodConfig, Params
 
 # Images per class before val (and, without a test set of its own, test) are carved out, and test
 # images per class of the data set's own test set. digits: 1,797 / 10; folder: unknown before

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from ncil import grid, paths
+from ncil.pipeline import experiment_grid, paths
 
 
 def read_benchmark(text: str, source: str) -> dict:
@@ -31,11 +31,11 @@ def read_benchmark(text: str, source: str) -> dict:
     return {"s": num("s"), "max_rss": num("max_rss")}
 
 
-def run_benchmarks(params: dict) -> list[tuple[grid.Run, int, str]]:
+def run_benchmarks(params: dict) -> list[tuple[experiment_grid.Run, int, str]]:
     """(run, task, benchmark file) of every training task of the grid (task 0's file is the shared one)."""
     dataset = params["dataset"]["name"]
     return [(run, t, paths.benchmark_file("train", f"{dataset}/{run.task_run_id(t)}/task_{t}"))
-            for run in grid.runs(params) for t in range(run.n_tasks)]
+            for run in experiment_grid.runs(params) for t in range(run.n_tasks)]
 
 
 def cost_rows(records: list[dict]) -> list[dict]:

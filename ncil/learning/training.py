@@ -9,20 +9,21 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from ncil import optim, resume, runtime
-from ncil.config import (BASE_RECIPE_FIELDS, MethodConfig, Params, non_default_fields, resolve_precision,
-                         resolve_static_shapes, to_dict)
+from ncil.learning import optim, resume, runtime
+from ncil.pipeline.config import (BASE_RECIPE_FIELDS, MethodConfig, Params, non_default_fields, resolve_precision,
+                                  resolve_static_shapes, to_dict)
 from ncil.data import arrays, augment
 from ncil.data.scenario import remap_labels
 from ncil.methods import official_step as official
 from ncil.methods.objective import OldKnowledge, needs_teacher, rotations, step_loss
 from ncil.methods.prototypes import class_centers, gaussian_radius, global_radius
 from ncil.models.network import IncrementalNet, build_network, load_network
-from ncil.progress import EpochProgress
+from ncil.pipeline.progress import EpochProgress
 
 
 EPOCH_COUNTERS = ("seen", "loss_sum", "correct")  # EpochProgress's running sums inside an epoch
@@ -39,6 +40,14 @@ class TaskJob:
     method_name: str  # incremental method (the base recipe's name for task 0)
     method: MethodConfig  # for task 0: any method of the base recipe (only its recipe fields matter)
     identity: dict  # who this job is: dataset, split, method, seed, task (stored in the checkpoint)
+
+
+def make_job(p, split: dict, task: int, seed: int, method_name: str, method, split_file: str):
+    """The TaskJob of task ``task`` of ``split`` (pure); ``split_file``'s folder names the split."""
+    return TaskJob(task=task, seed=seed, class_order=split["class_order"], tasks=split["tasks"],
+                   method_name=method_name, method=method,
+                   identity={"dataset": p.dataset.name, "split": str(Path(split_file).parent.name),
+                             "method": method_name, "seed": seed, "task": task})
 
 
 def method_snapshot(job: TaskJob) -> dict:
@@ -116,7 +125,7 @@ def train_task(
 ) -> tuple[dict, dict]:
     """Train task ``job.task``; return (checkpoint payload, centers rows).
 
-    ``plan`` (``ncil.resume``): a state to resume from, how to save one (every ``plan.every`` epochs
+    ``plan`` (``ncil.learning.resume``): a state to resume from, how to save one (every ``plan.every`` epochs
     and when ``plan.stop_requested()``, after which ``resume.Preempted`` is raised). Resumed or not,
     the payload and rows are the same bytes.
     """
@@ -182,7 +191,7 @@ def train_task(
     # 4. Epochs. PR's class centers mu (Eq. 4): stored ones for old classes, the model's for new ones.
     #    A resumed task first takes the saved weights, optimiser, schedule and random streams; a state
     #    saved inside epoch e draws e's data order again from the data generator's state at e's start,
-    #    then continues from the saved generator state at step s (ncil.resume).
+    #    then continues from the saved generator state at step s (ncil.learning.resume).
     steps = -(-len(y_all) // p.train.batch_size)
     progress = EpochProgress(logger, f"task {job.task}", recipe.epochs, steps)
     history = []

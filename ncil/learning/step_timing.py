@@ -1,4 +1,4 @@
-"""``bench``: the cost of one training step of a method against the floor of its backbone work.
+"""Step timing (for ``bench``): the cost of one training step of a method against its backbone floor.
 
 The floor is what any distillation method on the same rows must pay: the student's forward and
 backward pass plus the old model's forward pass (method-spec 5.3: one old-model pass per step).
@@ -27,13 +27,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ncil.config import MethodConfig, Params
+from ncil.learning.runtime import keep_freed_memory
 from ncil.methods import official_step as official
 from ncil.methods.baseline import rotate_batch
 from ncil.methods.mixup import mixup_batch
 from ncil.methods.objective import OldKnowledge, rotations, step_loss
 from ncil.models.network import build_network
-from ncil.runtime import keep_freed_memory
+from ncil.pipeline.config import MethodConfig, Params
 
 
 def _interleaved_seconds(fns: dict, rounds: int, warmup: int) -> dict[str, list[float]]:
@@ -56,7 +56,7 @@ def bench_step(p: Params, method: MethodConfig, batch_size: int, steps: int = 20
     incremental step with ``n_old`` old and ``n_new`` new classes."""
     torch.manual_seed(seed)
     torch.set_num_threads(p.runtime.threads)
-    keep_freed_memory()  # as train does (ncil.runtime.setup)
+    keep_freed_memory()  # as train does (ncil.learning.runtime.setup)
     if official.is_official(method):
         return _bench_official_step(p, method, batch_size, steps, warmup, n_old, n_new, seed)
     task = _synthetic_task(p, method, rotations(method) * (n_old + n_new), batch_size, n_old, n_new, seed)
@@ -131,8 +131,8 @@ def _bench_official_step(p: Params, method: MethodConfig, batch_size: int, steps
     passes the method requires (method-spec 5.3), i.e. the student's forward and backward and the old
     model's forward over X' (the 4B rotated views and the mixup images of one draw), and, with the
     contrastive loss on, the key encoder's forward over the 4B rotated strong views."""
-    from ncil.config import resolve_static_shapes
-    from ncil.train import official_transfer
+    from ncil.learning.training import official_transfer
+    from ncil.pipeline.config import resolve_static_shapes
 
     static = resolve_static_shapes(p.runtime.static_shapes, p.runtime.compile)
     layout = official.head_layout(method, n_old, n_new)

@@ -1,7 +1,7 @@
 """Which files of the package a step runs: the transitive ``ncil`` imports of its module (stdlib only).
 
 Each DVC stage and each Snakemake rule lists these files as its code dependency, so an edit to
-``ncil/tables.py`` makes the table steps stale and no training step (both engines agree).
+``ncil/reports/results_table.py`` makes the table steps stale and no training step (both engines agree).
 
 The scan reads the package's own sources with ``ast`` and never imports them, and it never leaves the
 package: ``import torch`` is not followed (``modulefinder`` would scan all of torch). Every
@@ -58,7 +58,7 @@ def imported_modules(module: str, root: Path, package: str = PACKAGE) -> set[str
             else:
                 base = node.module or ""
             names = [base]
-            # `from ncil import tables` imports the submodule ncil.tables; `from ncil.io import x` does not.
+            # `from ncil.reports import plots` imports the submodule ncil.reports.plots; `from ncil.pipeline.io import x` does not.
             if base and _is_package(base, root):
                 names += [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]
         else:

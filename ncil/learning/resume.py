@@ -23,7 +23,7 @@ one command that does (as for a damaged state). Resuming anyway would give a che
 neither the old nor the new inputs' uninterrupted run.
 
 The file is a plain dict of tensors and primitives (``torch.load(weights_only=True)``) with a
-``content_sha256`` over the rest (``ncil.io.content_digest``), written atomically through ``ncil.io``:
+``content_sha256`` over the rest (``ncil.pipeline.io.content_digest``), written atomically through ``ncil.pipeline.io``:
 a job killed inside the write leaves the previous state in place.
 """
 
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ncil import io
+from ncil.pipeline import io
 
 STATE_NAME = "resume.pt"
 RESUME_FORMAT = 2  # 2: the identity holds the split record, the data's and the code's SHA-256

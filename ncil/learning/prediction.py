@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ncil import runtime
-from ncil.config import ModelConfig, Params, parse_section, resolve_precision
 from ncil.data import arrays
 from ncil.data.scenario import remap_labels
+from ncil.learning import runtime
 from ncil.models.network import load_network
+from ncil.pipeline.config import ModelConfig, Params, parse_section, resolve_precision
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import random
 import numpy as np
 import torch
 
-from ncil.config import ConfigError, RuntimeConfig
+from ncil.pipeline.config import ConfigError, RuntimeConfig
 
 
 def derive_seeds(seed: int, task: int, n: int = 4) -> list[int]:
@@ -85,8 +85,8 @@ def repeatable_attention() -> None:
 def resolve_device(name: str, source: str = "params.yaml") -> torch.device:
     """``runtime.device`` as a torch device: the one place it is decided (auto: cuda where torch finds a GPU,
     else cpu). A CUDA device this machine lacks is a ``ConfigError`` naming ``source`` and the way out
-    (``ncil.devices.cuda_refusal``); the CLI calls this before a train or evaluate job loads any data."""
-    from ncil.devices import cuda_refusal
+    (``ncil.pipeline.devices.cuda_refusal``); the CLI calls this before a train or evaluate job loads any data."""
+    from ncil.pipeline.devices import cuda_refusal
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -169,7 +169,7 @@ def cast_frozen_weights(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn
 def autocast(device: torch.device, precision: str):
     """bf16 autocast for ``precision`` bf16 on CUDA; a no-op context otherwise (fp32; CPU results stay exact).
 
-    ``precision`` is resolved by ``ncil.config.resolve_precision`` (``runtime.precision``, recorded in
+    ``precision`` is resolved by ``ncil.pipeline.config.resolve_precision`` (``runtime.precision``, recorded in
     every checkpoint).
     """
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast_enabled(device, precision))

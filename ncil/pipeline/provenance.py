@@ -1,4 +1,4 @@
-"""Provenance recorded in result files (the code's fingerprints are ``ncil.fingerprints``'s): the setting label and
+"""Provenance recorded in result files (the code's fingerprints are ``ncil.pipeline.fingerprints``'s): the setting label and
 the platform (CPU type, torch build, GPU) that produced an artifact."""
 
 from __future__ import annotations

@@ -145,7 +145,7 @@ def cost_table_file(dataset: str) -> str:
     return f"{COSTS_DIR}/{dataset}_costs.md"
 
 
-# --- DVC's first stage (ncil/dvcgen.py) ----------------------------------------------------------
+# --- DVC's first stage (ncil/pipeline/dvcgen.py) ----------------------------------------------------------
 # Written empty by the stage that validates params.yaml and checks dvc.yaml against it; every other
 # stage depends on it, so `dvc repro` / `dvc exp run` stop there on a bad value. Its content never
 # changes, so a rerun of the check makes nothing downstream stale. Committed (git), not DVC-cached.
@@ -154,7 +154,7 @@ PARAMS_CHECK_STAMP = f"{RESULTS_ROOT}/params_checked"
 
 # --- Snakemake's params stamps (rules/common.smk; local, gitignored) ----------------------------
 # One file per (data set, step kind, method) holding the digest of the params keys the step reads
-# (ncil.workflow.params_digest), an input of its rules, rewritten only when the digest changes: an
+# (ncil.pipeline.workflow.params_digest), an input of its rules, rewritten only when the digest changes: an
 # edit of params.yaml then reruns those steps by mtime alone, in a checkout without .snakemake/ too.
 PARAMS_STAMP_ROOT = ".ncil/params"
 

@@ -1,4 +1,4 @@
-"""One incremental task of synthetic data, for ``ncil.train.train_task`` with no data set on disk.
+"""One incremental task of synthetic data, for ``ncil.learning.training.train_task`` with no data set on disk.
 
 ``scripts/gpu_check.py`` and ``tests/test_gpu.py`` time and check the real training code on the paper
 preset's shapes (CIFAR-100 32x32, TinyImageNet 64x64, ImageNet-Subset 224x224) on a machine that has
@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ncil.config import Params
 from ncil.data import arrays
+from ncil.learning.training import TaskJob
 from ncil.methods.objective import rotations
 from ncil.models.network import build_network
-from ncil.train import TaskJob
+from ncil.pipeline.config import Params
 
 
 def images(n_classes: int, per_class: int, size: int, channels: int, seed: int, noise_seed: int | None = None) -> arrays.Split:

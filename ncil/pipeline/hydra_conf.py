@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 HEADER = "# Generated from conf/ by `python -m ncil params` (or `dvc exp run -S ...`); edit conf/ or override.\n"
 
 
@@ -17,7 +17,7 @@ def compose(overrides: list[str] | None = None, conf_dir: str | Path = CONF_DIR)
     import yaml
     from hydra.errors import HydraException
 
-    from ncil.config import ConfigError
+    from ncil.pipeline.config import ConfigError
 
     overrides = list(overrides or [])
     try:
@@ -27,7 +27,7 @@ def compose(overrides: list[str] | None = None, conf_dir: str | Path = CONF_DIR)
     except yaml.YAMLError as err:  # a conf/ file Hydra's loader refuses (a key given twice, bad syntax)
         mark = getattr(err, "problem_mark", None)
         if mark is not None and Path(mark.name).is_file():
-            from ncil import io
+            from ncil.pipeline import io
 
             io.parse_yaml(Path(mark.name).read_text(encoding="utf-8"), mark.name)  # its one-line error
         raise ConfigError(f"{mark.name if mark else conf_dir}: not valid YAML ({' '.join(str(err).split())})") from None
@@ -52,7 +52,7 @@ def _typed_keys() -> set[str]:
     """Dotted keys of the fixed sections of the typed config (``dataset.root``, ``train.lr``, ...)."""
     import dataclasses
 
-    from ncil.config import SECTIONS
+    from ncil.pipeline.config import SECTIONS
 
     return {f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 
@@ -116,21 +116,19 @@ def override_error(err: Exception, overrides: list[str], conf_dir: str | Path = 
 
 def write_params(overrides: list[str], params_path: str = "params.yaml", dvc_path: str | None = "dvc.yaml") -> dict:
     """Compose, validate, write params.yaml and (optionally) the dvc.yaml generated from it."""
-    from ncil import io
-    from ncil.config import parse_params
-    from ncil.dvcgen import render_dvc_yaml
-
     import shlex
 
-    from ncil.tools.dvc_yaml import COMPOSED_BY, keep_source
+    from ncil.pipeline import io
+    from ncil.pipeline.config import parse_params
+    from ncil.pipeline.dvcgen import COMPOSED_BY, keep_source, render_dvc_yaml
 
     data = compose(overrides)
     parse_params(data, source=f"conf/ with overrides {list(overrides)}")
     # The overrides, so that a refused `dvc exp run` can name the command that recomposes this grid.
     io.write_yaml(params_path, data, header=HEADER + (f"{COMPOSED_BY}{shlex.join(overrides)}\n" if overrides else ""))
     if dvc_path:
-        from ncil import fingerprints
-        from ncil.workflow import REPO_ROOT
+        from ncil.pipeline import fingerprints
+        from ncil.pipeline.workflow import REPO_ROOT
 
         fingerprints.write(REPO_ROOT)  # the code fingerprints dvc.yaml's stages read
         io.write_text(dvc_path, render_dvc_yaml(data, params_path))
@@ -149,16 +147,16 @@ def render_grid(name: str, overrides: list[str] | None = None) -> tuple[dict, st
     """
     import yaml
 
-    from ncil import paths
-    from ncil.config import parse_params
-    from ncil.dvcgen import render_dvc_yaml
+    from ncil.pipeline import paths
+    from ncil.pipeline.config import parse_params
+    from ncil.pipeline.dvcgen import render_dvc_yaml
 
     overrides = [f"+experiment={name}", *(overrides or [])]
     data = compose(overrides)
     params_file = paths.grid_params(name)
     parse_params(data, source=f"conf/ with overrides {overrides}")
     if data["dataset"]["name"] != name:
-        from ncil.config import ConfigError
+        from ncil.pipeline.config import ConfigError
 
         raise ConfigError(f"conf/experiment/{name}.yaml: dataset.name: expected {name!r}, got {data['dataset']['name']!r}")
     header = HEADER.replace("`python -m ncil params`", f"`python -m ncil grid {name}`")
@@ -169,7 +167,7 @@ def render_grid(name: str, overrides: list[str] | None = None) -> tuple[dict, st
 
 
 def write_grid(name: str, overrides: list[str] | None = None) -> dict:
-    from ncil import io, paths
+    from ncil.pipeline import io, paths
 
     data, params_text, dvc_text = render_grid(name, overrides)
     io.write_text(paths.grid_params(name), params_text)

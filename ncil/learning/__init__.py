@@ -1,0 +1,1 @@
+"""Training and prediction: the task loop, optimiser, resumable state, numerics and device settings, FLOP counts."""
