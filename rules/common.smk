@@ -182,14 +182,18 @@ def step_params(kind, wildcards, dataset=None):
     """(data set, method, digest) of the params a ``kind`` step reads (ncil.pipeline.workflow.params_digest).
     ``dataset``: the grid of a job without a `dataset` wildcard (default: its wildcard, else params.yaml's)."""
     dataset = dataset or getattr(wildcards, "dataset", DATASET)
+    return (dataset, *kind_params(kind, dataset, getattr(wildcards, "method", None)))
+
+
+def kind_params(kind, dataset, method=None):
+    """(method, digest) of the params a ``kind`` step of ``dataset``'s grid reads (of ``method``'s runs)."""
     params = GRID_OF[dataset][1]
-    method = getattr(wildcards, "method", None)
     if kind == "figure4":
         method = figure4_run(params)[0]
     extra = None
     if kind == "prepare" and "raw" in raw_inputs(params["dataset"]):  # what is in the raw folder
         extra = {"raw files": folder_state(params["dataset"]["root"])}
-    return dataset, method, params_digest(kind, params, method, extra)
+    return method, params_digest(kind, params, method, extra)
 
 
 def keys_digest(kind, dataset=None):
@@ -198,20 +202,44 @@ def keys_digest(kind, dataset=None):
     return lambda wildcards: step_params(kind, wildcards, dataset)[2]
 
 
-def config_stamp(kind, dataset=None):
+# (kind, the grid of its jobs or None for every grid, one stamp per method?): every config_stamp of the rules.
+STAMP_KINDS = set()
+_STAMPED_GRIDS = set()
+
+
+def config_stamp(kind, dataset=None, per_method=False):
     """Input function: the step's params stamp (ncil.pipeline.paths.params_stamp), holding the same digest and
     rewritten only when it changes, so an edit of a key the step reads reruns it by mtime alone, as
     in a copied checkout without .snakemake/ metadata, where the params trigger has nothing to compare.
     A stamp written for the first time is dated 1970 (its absence is no evidence of an edit); a
-    digest that changes and changes back (a dry run in between) reruns the step once."""
+    digest that changes and changes back (a dry run in between) reruns the step once.
+    ``per_method``: the rule has a `method` wildcard, and one stamp per method of the grid."""
+    STAMP_KINDS.add((kind, dataset, per_method))
 
     def stamp(wildcards):
         dataset_name, method, digest = step_params(kind, wildcards, dataset)
+        write_grid_stamps(dataset_name)
         path = paths.params_stamp(dataset_name, kind, method)
-        write_stamp(path, digest)
+        write_stamp(path, digest)  # a method outside the grid's runs (written above for those)
         return path
 
     return stamp
+
+
+def write_grid_stamps(dataset):
+    """Write every params stamp of ``dataset``'s grid, the first time one of its jobs asks for one.
+
+    All at once, before Snakemake looks at any: it lists a folder once while building the DAG
+    (its IOCache inventory) and takes a file created there later for a missing input."""
+    if dataset in _STAMPED_GRIDS:
+        return
+    _STAMPED_GRIDS.add(dataset)
+    methods = sorted({run.method for run in experiment_grid.runs(GRID_OF[dataset][1])})
+    for kind, only, per_method in sorted(STAMP_KINDS, key=str):
+        if only in (None, dataset):
+            for method in methods if per_method else [None]:
+                method, digest = kind_params(kind, dataset, method)
+                write_stamp(paths.params_stamp(dataset, kind, method), digest)
 
 
 def write_stamp(path, digest):

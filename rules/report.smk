@@ -12,7 +12,7 @@ rule summarize:
         evals="results/{dataset}/{setting}/{method}/seed{seed}/eval",
         checkpoints=run_checkpoints,  # their config.runtime.precision: the run's training precision
         code=code("summarize"),
-        config_keys=config_stamp("summarize"),
+        config_keys=config_stamp("summarize", per_method=True),
     output:
         metrics="results/{dataset}/{setting}/{method}/seed{seed}/metrics.json",
     params:

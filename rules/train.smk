@@ -42,7 +42,7 @@ rule train:
         prev_checkpoint=previous_checkpoint,
         prev_centers=previous_centers,
         code=code("train"),
-        config_keys=config_stamp("train"),
+        config_keys=config_stamp("train", per_method=True),
     output:
         checkpoint="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/model.pt",
         centers="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/centers.parquet",
@@ -77,7 +77,7 @@ rule evaluate:
         split="results/{dataset}/{setting}/split.json",
         checkpoints=run_checkpoints,
         code=code("evaluate"),
-        config_keys=config_stamp("evaluate"),
+        config_keys=config_stamp("evaluate", per_method=True),
     output:
         evals=directory("results/{dataset}/{setting}/{method}/seed{seed}/eval"),
     params:

@@ -197,6 +197,27 @@ def test_every_named_target_works_on_a_fresh_clone(clone, target):
     assert "MissingInputException" not in out and "cifar100" not in out.split("Job stats", 1)[-1], out
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("cover", [True, False], ids=["ci-subset", "every-run"])
+def test_the_reproduction_targets_build_their_dag_at_once_on_a_fresh_clone(clone, tmp_path, cover):
+    """All of seed 1's runs in one Snakemake call, before any params stamp exists (.ncil/ is not in git).
+    The stamps are written while the DAG is built; Snakemake lists a folder once then, and took the
+    stamps written after that for missing inputs (stop 29's CI: MissingInputException naming
+    .ncil/params/digits/train.ours_w_direct.txt)."""
+    fresh = tmp_path / "ncil"
+    shutil.copytree(clone, fresh, ignore=shutil.ignore_patterns(".ncil", ".snakemake"))
+    targets = run([sys.executable, "scripts/check_reproduction.py", "targets", "--seed", "1",
+                   *(["--cover"] if cover else [])], fresh).stdout.split()
+    assert len(targets) >= 12
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "2", *targets], cwd=fresh,
+                          capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "MissingInputException" not in out, out[-3000:]
+    stamps = sorted(p.name for p in (fresh / ".ncil" / "params" / "digits").iterdir())
+    assert {"prepare.txt", "split.txt", "train.txt", "train.ours.txt", "evaluate.ours.txt"} <= set(stamps), stamps
+    assert not [name for name in stamps if name.endswith(".tmp")], stamps
+
+
 def test_a_grid_file_with_a_key_given_twice_is_refused_naming_it(pristine, tmp_path):
     project = tmp_path / "p"
     shutil.copytree(pristine, project)
