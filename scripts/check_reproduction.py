@@ -15,10 +15,13 @@ differently and training drifts from the first step on. `results/platform.json` 
 platform that produced the committed dvc.lock (`make lock` writes it). Exit codes of `lock`:
 
 * 0: every output on disk hashes to dvc.lock;
-* 1: some output differs on the recorded platform (or no platform is recorded): not reproduced;
+* 1: some output differs on the recorded platform (or no platform is recorded): not reproduced; for a grid
+  made with portable numerics (the record says `"numerics": "portable"`) also on every CPU type that has
+  confirmed the portable reference outputs (`confirmed_on` of results/portable_reference.json);
 * 2: no output of dvc.lock is on disk: nothing was checked;
-* 3: some output differs, and this machine is not the recorded platform: byte equality cannot be
-  expected; the differing files and the metric deltas of every rerun metrics.json are printed.
+* 3: some output differs, and this machine's bytes cannot be expected to match (another CPU type in
+  native numerics, or a type not yet confirmed in portable numerics); the differing files and the
+  metric deltas of every rerun metrics.json are printed.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ def file_md5(path: Path) -> str:
 
 
 PLATFORM_FILE = Path("results/platform.json")
+PORTABLE_REFERENCE = Path("results/portable_reference.json")
 
 
 def recorded_platform(path: Path | None) -> dict | None:
@@ -99,8 +103,12 @@ def metric_deltas(paths: list[Path]) -> list[str]:
     return lines
 
 
-def check_lock(lock_file: Path, platform_file: Path | None = None, here: dict | None = None) -> int:
+def check_lock(lock_file: Path, platform_file: Path | None = None, here: dict | None = None,
+               confirmed: list[dict] | None = None) -> int:
+    """Compare every output on disk with ``lock_file``; ``confirmed``: the CPU types of the portable
+    reference (``confirmed_types``), where a portable grid must be bit-identical too."""
     lock = io.read_yaml(lock_file)
+    confirmed = confirmed or []
     checked, differing, metrics = 0, [], []
     for stage in lock["stages"].values():
         for out in stage.get("outs", []):
@@ -122,21 +130,53 @@ def check_lock(lock_file: Path, platform_file: Path | None = None, here: dict | 
     report = f"{len(differing)} of {checked} outputs differ from {lock_file}:\n" + "\n".join(differing)
     recorded = recorded_platform(platform_file)
     here = here if here is not None else current_platform()
-    if recorded is None or same_platform(recorded, here):
-        why = (f"on the platform that produced it ({_describe(here)})" if recorded is not None else
+    if recorded is None or byte_comparable(recorded, here, confirmed):
+        why = (comparable_reason(recorded, here) if recorded is not None else
                f"and {platform_file} does not say which platform produced {lock_file}")
         print(f"not reproduced {why}:\n{report}")
         return 1
-    print(f"{report}\n\nNOT COMPARABLE BYTE FOR BYTE: {lock_file} was produced on {_describe(recorded)}; "
-          f"this machine is {_describe(here)}. Kernels chosen by CPU type round differently, so a rerun here "
+    print(f"{report}\n\nNOT COMPARABLE BYTE FOR BYTE: {lock_file} was produced on {_describe(recorded)}"
+          f"{' in ' + recorded['numerics'] + ' numerics' if recorded.get('numerics') else ''}; this machine is "
+          f"{_describe(here)}{', a CPU type that has not confirmed ' + str(PORTABLE_REFERENCE) if recorded.get('numerics') == 'portable' else ''}. "
+          f"Kernels chosen by CPU type round differently, so a rerun here "
           f"cannot be bit-identical. Metrics of the rerun against the committed ones:\n"
           + "\n".join(metric_deltas(metrics)))
     return 3
 
 
+def same_cpu_type(a: dict, b: dict) -> bool:
+    """Whether two platform records name the same CPU type and torch build (CPU_PLATFORM_KEYS, and the GPU)."""
+    return all(a.get(k) == b.get(k) for k in (*PLATFORM_KEYS, "cuda_device"))
+
+
+def byte_comparable(recorded: dict, here: dict, confirmed: list[dict]) -> bool:
+    """Whether outputs made on ``recorded`` must be bit-identical when rerun ``here`` (pure).
+
+    Native numerics: on the same CPU type only. Portable numerics (``recorded["numerics"]``, written by
+    `make lock` from the grid's runtime.numerics): also on every CPU type in ``confirmed`` (the
+    confirmed_on list of results/portable_reference.json), when the producer is one of them too."""
+    if same_cpu_type(recorded, here):
+        return True
+    if recorded.get("numerics") != "portable" or recorded.get("cuda_device") or here.get("cuda_device"):
+        return False
+    return any(same_cpu_type(c, here) for c in confirmed) and any(same_cpu_type(c, recorded) for c in confirmed)
+
+
+def comparable_reason(recorded: dict, here: dict) -> str:
+    """Why bytes must match ``here`` (``byte_comparable`` holds)."""
+    if same_cpu_type(recorded, here):
+        return f"on the platform that produced it ({_describe(here)})"
+    return (f"on {_describe(here)}, a CPU type that has confirmed the portable numerics of {PORTABLE_REFERENCE}, "
+            f"as the producer ({_describe(recorded)}) has")
+
+
+def confirmed_types(reference_file: Path) -> list[dict]:
+    """The CPU types on which the portable reference outputs were bit-identical (none without the file)."""
+    return io.read_json(reference_file, "portable reference")["confirmed_on"] if reference_file.is_file() else []
+
+
 # --- The portable numerics mode's reference jobs (runtime.numerics=portable, ncil/learning/numerics.py) -------
 
-PORTABLE_REFERENCE = Path("results/portable_reference.json")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -208,9 +248,13 @@ def check_portable(found: dict[str, str], reference: dict, here: dict) -> tuple[
     return 4, f"portable numerics differ {where} (reported, not failed: this type has not confirmed the reference):\n{report}"
 
 
-def write_platform(path: Path) -> None:
-    """Record this machine as the producer of the committed outputs (temporary name, then rename)."""
-    io.write_json(path, current_platform())
+def write_platform(path: Path, params_file: Path | None = None) -> None:
+    """Record this machine as the producer of the committed outputs (temporary name, then rename), with
+    the grid's numerics mode when it is portable (``byte_comparable``: then every confirmed type compares)."""
+    numerics = None
+    if params_file is not None and params_file.is_file():
+        numerics = io.read_yaml(params_file).get("runtime", {}).get("numerics")
+    io.write_json(path, current_platform(numerics="portable" if numerics == "portable" else None))
 
 
 def confirmation(here: dict, seconds: float, day: str | None = None) -> dict:
@@ -267,10 +311,12 @@ def main(argv: list[str]) -> int:
     c = sub.add_parser("lock")
     c.add_argument("--lock", type=Path, default=Path("dvc.lock"))
     c.add_argument("--platform", type=Path, default=PLATFORM_FILE)
+    c.add_argument("--reference", type=Path, default=PORTABLE_REFERENCE)
     w = sub.add_parser("platform")
     w.add_argument("--write", action="store_true", help=f"write {PLATFORM_FILE} instead of printing")
     w.add_argument("--check-same", action="store_true",
-                   help=f"exit 3 if {PLATFORM_FILE} records another kind of machine than this one")
+                   help=f"exit 3 if {PLATFORM_FILE} records a machine whose bytes this one cannot reproduce")
+    w.add_argument("--params", type=Path, default=Path("params.yaml"), help="the grid whose numerics --write records")
     pt = sub.add_parser("portable", help="rerun the portable-numerics reference jobs and compare their hashes")
     pt.add_argument("--reference", type=Path, default=PORTABLE_REFERENCE)
     pt.add_argument("--record", action="store_true",
@@ -286,18 +332,19 @@ def main(argv: list[str]) -> int:
         return 0
     if args.command == "platform":
         if args.check_same:
-            recorded = recorded_platform(PLATFORM_FILE)
-            if recorded is not None and not same_platform(recorded, current_platform()):
-                print(f"{PLATFORM_FILE}: produced on {_describe(recorded)}, not on this machine")
+            recorded, here = recorded_platform(PLATFORM_FILE), current_platform()
+            if recorded is not None and not byte_comparable(recorded, here, confirmed_types(PORTABLE_REFERENCE)):
+                print(f"{PLATFORM_FILE}: produced on {_describe(recorded)}, whose bytes this machine "
+                      f"({_describe(here)}) cannot reproduce")
                 return 3
             return 0
         if args.write:
-            write_platform(PLATFORM_FILE)
+            write_platform(PLATFORM_FILE, args.params)
             print(f"{PLATFORM_FILE}: {_describe(current_platform())}")
         else:
             print(io.dumps_json(current_platform()), end="")
         return 0
-    return check_lock(args.lock, args.platform)
+    return check_lock(args.lock, args.platform, confirmed=confirmed_types(args.reference))
 
 
 if __name__ == "__main__":

@@ -93,3 +93,48 @@ def test_platform_record_is_written_whole_and_describes_this_machine(tmp_path):
     assert check_reproduction.same_platform(record, check_reproduction.current_platform())
     assert not check_reproduction.same_platform(record, {**record, "torch_cpu_capability": "NONE"})
     assert not (tmp_path / "platform.json.tmp").exists()
+
+
+AMD_26 = {**AMD, "cpu_family": "26", "cpu_model": "2", "torch_cpu_capability": "AVX512"}
+
+
+def test_a_portable_grid_must_be_bit_identical_on_every_confirmed_cpu_type():
+    confirmed = [AMD_26, INTEL]
+    native, portable = AMD_26, {**AMD_26, "numerics": "portable"}
+    # Native numerics: the producer's CPU type only, whatever is confirmed.
+    assert check_reproduction.byte_comparable(native, {**AMD_26, "cpu_name": "x"}, confirmed)
+    assert not check_reproduction.byte_comparable(native, INTEL, confirmed)
+    # Portable: every confirmed type (the producer is one), not a type that has not confirmed.
+    assert check_reproduction.byte_comparable(portable, INTEL, confirmed)
+    assert check_reproduction.byte_comparable(portable, AMD_26, confirmed)
+    assert not check_reproduction.byte_comparable(portable, AMD, confirmed)  # 25/1: not in this list
+    assert not check_reproduction.byte_comparable(portable, INTEL, [INTEL])  # the producer never confirmed
+    # Another torch build is another platform, confirmed or not; so is a GPU.
+    assert not check_reproduction.byte_comparable(portable, {**INTEL, "torch": "2.15.0"}, confirmed)
+    assert not check_reproduction.byte_comparable({**portable, "cuda_device": "NVIDIA H200"}, INTEL, confirmed)
+
+
+def test_the_lock_check_fails_on_a_confirmed_type_of_a_portable_grid(tmp_path, monkeypatch, capsys):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.bin").write_bytes(b"checkpoint")
+    lock, record = _lock(tmp_path, "f" * 32), tmp_path / "platform.json"
+    record.write_text(json.dumps({**AMD_26, "numerics": "portable"}))
+    assert check_reproduction.check_lock(lock, record, here=INTEL, confirmed=[AMD_26, INTEL]) == 1
+    out = capsys.readouterr().out
+    assert "not reproduced on" in out and "has confirmed the portable numerics" in out
+    assert check_reproduction.check_lock(lock, record, here=AMD, confirmed=[AMD_26, INTEL]) == 3
+    assert "a CPU type that has not confirmed" in capsys.readouterr().out
+    record.write_text(json.dumps(AMD_26))  # the same grid made in native numerics: another type only reports
+    assert check_reproduction.check_lock(lock, record, here=INTEL, confirmed=[AMD_26, INTEL]) == 3
+
+
+def test_the_platform_record_names_the_portable_mode_of_the_grid(tmp_path):
+    import json
+
+    params = tmp_path / "params.yaml"
+    for mode, recorded in (("portable", "portable"), ("native", None)):
+        params.write_text(yaml.safe_dump({"runtime": {"numerics": mode}}))
+        check_reproduction.write_platform(tmp_path / "platform.json", params)
+        assert json.loads((tmp_path / "platform.json").read_text()).get("numerics") == recorded
