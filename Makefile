@@ -95,11 +95,13 @@ check-reproduction-seed: $(BIN)/.installed
 check-reproduction-seed: REPRODUCED = reproduced: seed $(SEED) of $(if $(COVER),every method and every setting (one setting per method),every setting and method) hashes to the committed dvc.lock, results/ unchanged
 
 # Record the outputs of a finished Snakemake run in dvc.lock (what `dvc repro` would write), this
-# machine as their producer (results/platform.json), and copy the regenerated Table 1 into README.md's table1 block (verify checks the copy).
+# machine as their producer (results/platform.json), the platform of each checkpoint from the
+# platform.json beside it (results/<dataset>/platforms.json: it travels with the results), and copy the regenerated Table 1 into README.md's table1 block (verify checks the copy).
 lock: $(BIN)/.installed
 	rm -f dvc.lock  # written anew: a stage that left dvc.yaml must not stay behind in the lock
 	dvc commit --force --quiet dvc.yaml
 	python scripts/check_reproduction.py platform --write
+	python scripts/check_reproduction.py platforms --write
 	python -m ncil verify --refresh-readme
 
 clean-venv:

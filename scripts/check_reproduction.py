@@ -4,6 +4,8 @@
     python scripts/check_reproduction.py targets --seed 1 --cover  # every method once, every setting at least once
     python scripts/check_reproduction.py lock               # every output on disk hashes to dvc.lock
     python scripts/check_reproduction.py platform --write   # record this machine as the lock's producer
+    python scripts/check_reproduction.py platforms --write  # record which platform made each checkpoint
+    python scripts/check_reproduction.py platforms          # check that record against dvc.lock
     python scripts/check_reproduction.py portable           # rerun the portable-numerics reference jobs
     python scripts/check_reproduction.py portable --emulate EPYC-Milan  # ... under qemu-x86_64 -cpu EPYC-Milan
 
@@ -40,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's
 from ncil.pipeline import io  # noqa: E402
 from ncil.pipeline.provenance import CPU_PLATFORM_KEYS as PLATFORM_KEYS  # noqa: E402
 from ncil.pipeline.provenance import current_platform, same_platform  # noqa: E402
+from ncil.stages.train import PLATFORM_NAME as SIDECAR  # noqa: E402  (loads no torch)
 
 
 def covering_pairs(settings: list[str], methods: list[str]) -> list[tuple[str, str]]:
@@ -173,6 +176,117 @@ def comparable_reason(recorded: dict, here: dict) -> str:
 def confirmed_types(reference_file: Path) -> list[dict]:
     """The CPU types on which the portable reference outputs were bit-identical (none without the file)."""
     return io.read_json(reference_file, "portable reference")["confirmed_on"] if reference_file.is_file() else []
+
+
+# --- Which machine made each checkpoint: results/<dataset>/platforms.json ------------------------------------
+# Each training job writes platform.json beside its checkpoint (ncil/stages/train.py), outside DVC (a machine
+# record, not bytes to reproduce), so `dvc pull` does not bring it. `make lock` collects the sidecars of a grid
+# into this committed record, keyed by the checkpoint's path and its dvc.lock MD5: a user who pulls the
+# results reads there which CPU or GPU produced each run, and `make verify` checks the record against dvc.lock.
+
+PLATFORMS_RECORD = "results/{dataset}/platforms.json"
+
+
+def lock_checkpoints(lock: dict) -> dict[str, str]:
+    """Every checkpoint (``model.pt``) output of a dvc.lock, with the MD5 recorded for it (pure)."""
+    return {out["path"]: out.get("md5", "") for stage in lock.get("stages", {}).values()
+            for out in stage.get("outs", []) if Path(out["path"]).name == "model.pt"}
+
+
+def platforms_record(sidecars: dict[str, dict], md5s: dict[str, str]) -> dict:
+    """The record of a grid (pure): each distinct platform once, each checkpoint with its dvc.lock MD5,
+    the index of the platform that trained it and, for a resumed task, those of its earlier parts."""
+    platforms: list[dict] = []
+
+    def index(platform: dict) -> int:
+        if platform not in platforms:
+            platforms.append(platform)
+        return platforms.index(platform)
+
+    checkpoints = {}
+    for path in sorted(sidecars):
+        sidecar = sidecars[path]
+        entry = {"md5": md5s[path], "platform": index(sidecar["platform"])}
+        if sidecar.get("resumed_from_platforms"):
+            entry["resumed_from_platforms"] = [index(p) for p in sidecar["resumed_from_platforms"]]
+        checkpoints[path] = entry
+    return {"format": 1, "platforms": platforms, "checkpoints": checkpoints}
+
+
+def read_sidecars(md5s: dict[str, str], root: Path = Path(".")) -> dict[str, dict]:
+    """The sidecar of each checkpoint of ``md5s``, checked against the checkpoint on disk: the file's
+    SHA-256 must be the one its sidecar names, and its MD5 the one dvc.lock records."""
+    sidecars = {}
+    for path, md5 in md5s.items():
+        checkpoint = root / path
+        sidecar_file = checkpoint.with_name(SIDECAR)
+        if not checkpoint.is_file() or not sidecar_file.is_file():
+            missing = checkpoint if not checkpoint.is_file() else sidecar_file
+            raise SystemExit(f"{missing}: missing; the platform record is written from the checkpoints of a run "
+                             f"and the {SIDECAR} beside each (run the grid first, or keep the committed record)")
+        sidecar = io.read_json(sidecar_file, "platform sidecar")
+        if not isinstance(sidecar.get("platform"), dict) or not isinstance(sidecar.get("checkpoint_sha256"), str):
+            raise SystemExit(f"{sidecar_file}: expected the fields platform (an object) and checkpoint_sha256 "
+                             f"(a string), as training writes them")
+        found = io.sha256_file(checkpoint)
+        if found != sidecar["checkpoint_sha256"]:
+            raise SystemExit(f"{sidecar_file}: checkpoint_sha256 is {sidecar['checkpoint_sha256']}, but {checkpoint} "
+                             f"hashes to {found}: the sidecar does not describe this checkpoint")
+        if file_md5(checkpoint) != md5:
+            raise SystemExit(f"{checkpoint}: its MD5 is not the {md5} of dvc.lock: record the outputs first (make lock)")
+        sidecars[path] = sidecar
+    return sidecars
+
+
+def check_platforms_record(record: dict, md5s: dict[str, str], where: str) -> list[str]:
+    """What is wrong with a grid's record against dvc.lock's checkpoints (pure; empty: nothing)."""
+    if record.get("format") != 1 or not isinstance(record.get("platforms"), list) \
+            or not isinstance(record.get("checkpoints"), dict):
+        return [f"{where}: expected format 1 with the fields platforms (a list) and checkpoints (an object)"]
+    problems, checkpoints, count = [], record["checkpoints"], len(record["platforms"])
+    for path, md5 in sorted(md5s.items()):
+        entry = checkpoints.get(path)
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: checkpoints: {path} is missing (dvc.lock has it): rerun `make lock`")
+            continue
+        if entry.get("md5") != md5:
+            problems.append(f"{where}: checkpoints: {path}: md5 {entry.get('md5')}, dvc.lock records {md5}")
+        for i in [entry.get("platform"), *entry.get("resumed_from_platforms", [])]:
+            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < count:
+                problems.append(f"{where}: checkpoints: {path}: platform index {i!r}, expected 0..{count - 1}")
+    problems += [f"{where}: checkpoints: {path} is not a checkpoint of dvc.lock" for path in sorted(checkpoints)
+                 if path not in md5s]
+    return problems
+
+
+def platforms_command(params_file: Path, lock_file: Path, write: bool, which: str | None) -> int:
+    record_file = Path(PLATFORMS_RECORD.format(dataset=io.read_yaml(params_file)["dataset"]["name"]))
+    md5s = lock_checkpoints(io.read_yaml(lock_file)) if lock_file.is_file() else {}
+    if write:
+        io.write_json(record_file, platforms_record(read_sidecars(md5s), md5s))
+        record = io.read_json(record_file, "platform record")
+        print(f"{record_file}: {len(record['checkpoints'])} checkpoints from {len(record['platforms'])} platform(s)")
+        return 0
+    if not record_file.is_file():
+        if md5s:
+            print(f"{record_file}: missing: {lock_file} has {len(md5s)} checkpoints and no record of their "
+                  f"platforms (`make lock` writes it)")
+            return 1
+        return 0
+    record = io.read_json(record_file, "platform record")
+    if which is not None:
+        entry = record.get("checkpoints", {}).get(which)
+        if entry is None:
+            print(f"{record_file}: no checkpoint {which}")
+            return 1
+        print(f"{which} (md5 {entry['md5']}): {_describe(record['platforms'][entry['platform']])}")
+        return 0
+    problems = check_platforms_record(record, md5s, str(record_file))
+    if problems:
+        print("\n".join(problems))
+        return 1
+    print(f"{record_file}: the platforms of all {len(md5s)} checkpoints of {lock_file}")
+    return 0
 
 
 # --- The portable numerics mode's reference jobs (runtime.numerics=portable, ncil/learning/numerics.py) -------
@@ -324,7 +438,15 @@ def main(argv: list[str]) -> int:
     pt.add_argument("--folder", type=Path, help="where to run the jobs (default: a temporary folder)")
     pt.add_argument("--emulate", metavar="CPU", help="run the jobs under qemu-x86_64 -cpu CPU (e.g. EPYC-Milan); "
                     "compares, never records")
+    pf = sub.add_parser("platforms", help=f"the committed record of which platform made each checkpoint "
+                        f"({PLATFORMS_RECORD}): check it against dvc.lock (default), write it, or look one up")
+    pf.add_argument("--params", type=Path, default=Path("params.yaml"), help="the grid (its dataset names the record)")
+    pf.add_argument("--lock", type=Path, default=Path("dvc.lock"))
+    pf.add_argument("--write", action="store_true", help=f"write the record from the {SIDECAR} beside each checkpoint")
+    pf.add_argument("--which", metavar="CHECKPOINT", help="print the platform that trained this checkpoint")
     args = parser.parse_args(argv)
+    if args.command == "platforms":
+        return platforms_command(args.params, args.lock, args.write, args.which)
     if args.command == "portable":
         return portable_command(args.reference, args.record, args.folder, args.emulate)
     if args.command == "targets":

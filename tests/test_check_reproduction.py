@@ -2,7 +2,10 @@
 
 import hashlib
 import importlib.util
+import json
+from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -138,3 +141,93 @@ def test_the_platform_record_names_the_portable_mode_of_the_grid(tmp_path):
         params.write_text(yaml.safe_dump({"runtime": {"numerics": mode}}))
         check_reproduction.write_platform(tmp_path / "platform.json", params)
         assert json.loads((tmp_path / "platform.json").read_text()).get("numerics") == recorded
+
+
+# --- results/<dataset>/platforms.json: which platform made each checkpoint --------------------------------
+
+ZEN3 = {"cpu_vendor": "AuthenticAMD", "cpu_family": "25", "cpu_model": "1", "torch_cpu_capability": "AVX2"}
+XEON = {"cpu_vendor": "GenuineIntel", "cpu_family": "6", "cpu_model": "167", "torch_cpu_capability": "AVX512"}
+
+
+def _grid_with_checkpoints(tmp_path, monkeypatch, platforms):
+    """A dvc.lock with one checkpoint per entry of ``platforms`` (its sidecar beside it), in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    outs = []
+    for i, platform in enumerate(platforms):
+        checkpoint = tmp_path / f"runs/digits/base4/plain/seed1/task_{i}/model.pt"
+        checkpoint.parent.mkdir(parents=True)
+        checkpoint.write_bytes(bytes([i]) * 100)
+        sidecar = {"platform": platform, "checkpoint": "model.pt",
+                   "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
+        (checkpoint.parent / "platform.json").write_text(json.dumps(sidecar))
+        outs.append({"path": checkpoint.relative_to(tmp_path).as_posix(),
+                     "md5": hashlib.md5(checkpoint.read_bytes()).hexdigest(), "size": 100})
+        outs.append({"path": checkpoint.with_name("centers.parquet").relative_to(tmp_path).as_posix(), "md5": "0" * 32})
+    stages = {f"train_{i}": {"cmd": "x", "outs": outs[2 * i:2 * i + 2]} for i in range(len(platforms))}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"dataset": {"name": "digits"}}))
+    return outs
+
+
+def test_the_platform_record_keeps_each_platform_once_and_each_checkpoint_with_its_lock_md5():
+    sidecars = {"a/model.pt": {"platform": ZEN3}, "b/model.pt": {"platform": XEON},
+                "c/model.pt": {"platform": ZEN3, "resumed_from_platforms": [XEON]}}
+    record = check_reproduction.platforms_record(sidecars, {"a/model.pt": "1" * 32, "b/model.pt": "2" * 32,
+                                                            "c/model.pt": "3" * 32})
+    assert record["platforms"] == [ZEN3, XEON]
+    assert record["checkpoints"] == {"a/model.pt": {"md5": "1" * 32, "platform": 0},
+                                     "b/model.pt": {"md5": "2" * 32, "platform": 1},
+                                     "c/model.pt": {"md5": "3" * 32, "platform": 0, "resumed_from_platforms": [1]}}
+    assert check_reproduction.check_platforms_record(record, {p: e["md5"] for p, e in record["checkpoints"].items()},
+                                                     "r") == []
+
+
+def test_the_platform_record_check_names_each_disagreement_with_dvc_lock():
+    record = {"format": 1, "platforms": [ZEN3],
+              "checkpoints": {"a/model.pt": {"md5": "1" * 32, "platform": 0},
+                              "b/model.pt": {"md5": "2" * 32, "platform": 3},
+                              "gone/model.pt": {"md5": "4" * 32, "platform": 0}}}
+    problems = check_reproduction.check_platforms_record(
+        record, {"a/model.pt": "9" * 32, "b/model.pt": "2" * 32, "c/model.pt": "3" * 32}, "rec.json")
+    assert problems == [
+        f"rec.json: checkpoints: a/model.pt: md5 {'1' * 32}, dvc.lock records {'9' * 32}",
+        "rec.json: checkpoints: b/model.pt: platform index 3, expected 0..0",
+        "rec.json: checkpoints: c/model.pt is missing (dvc.lock has it): rerun `make lock`",
+        "rec.json: checkpoints: gone/model.pt is not a checkpoint of dvc.lock"]
+    assert check_reproduction.check_platforms_record({"platforms": []}, {}, "rec.json")[0].startswith(
+        "rec.json: expected format 1")
+
+
+def test_platforms_are_written_from_the_sidecars_checked_and_looked_up(tmp_path, monkeypatch, capsys):
+    outs = _grid_with_checkpoints(tmp_path, monkeypatch, [ZEN3, XEON, ZEN3])
+    assert check_reproduction.main(["platforms"]) == 1  # a lock with checkpoints and no record
+    assert check_reproduction.main(["platforms", "--write"]) == 0
+    record = yaml.safe_load((tmp_path / "results/digits/platforms.json").read_text())
+    assert record["platforms"] == [ZEN3, XEON] and len(record["checkpoints"]) == 3  # centers are not checkpoints
+    assert check_reproduction.main(["platforms"]) == 0
+    capsys.readouterr()
+    assert check_reproduction.main(["platforms", "--which", outs[2]["path"]]) == 0
+    assert "GenuineIntel family 6 model 167" in capsys.readouterr().out
+    # the lock moves on (a rerun recorded) and the record does not: the check fails naming the checkpoint
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
+    lock["stages"]["train_1"]["outs"][0]["md5"] = "f" * 32
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    assert check_reproduction.main(["platforms"]) == 1
+    assert f"{outs[2]['path']}: md5 {outs[2]['md5']}, dvc.lock records {'f' * 32}" in capsys.readouterr().out
+
+
+def test_platforms_are_not_written_from_a_sidecar_that_does_not_describe_its_checkpoint(tmp_path, monkeypatch):
+    outs = _grid_with_checkpoints(tmp_path, monkeypatch, [ZEN3, XEON])
+    checkpoint, sidecar = Path(outs[2]["path"]), Path(outs[2]["path"]).with_name("platform.json")
+    flipped = bytearray(checkpoint.read_bytes())
+    flipped[7] ^= 1
+    checkpoint.write_bytes(bytes(flipped))  # bit-flipped after training: its sidecar's SHA-256 no longer holds
+    with pytest.raises(SystemExit, match=f"{sidecar}: checkpoint_sha256 is .* the sidecar does not describe"):
+        check_reproduction.main(["platforms", "--write"])
+    sidecar.write_text('{"platform": {"cpu_vendor": ')  # truncated
+    with pytest.raises(RuntimeError, match=f"{sidecar}: corrupt or truncated platform sidecar"):
+        check_reproduction.main(["platforms", "--write"])
+    sidecar.unlink()
+    with pytest.raises(SystemExit, match=f"{sidecar}: missing"):
+        check_reproduction.main(["platforms", "--write"])
+    assert not (tmp_path / "results/digits/platforms.json").exists()
