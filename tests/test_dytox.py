@@ -179,6 +179,36 @@ def test_pks_same_token_pairing_by_hand():
     assert dytox_pks_loss(student, teacher, DyToxLossConfig(cls_pairing="last")).item() == pytest.approx(10.1)
 
 
+def test_a_dytox_pks_training_step_reads_nothing_on_the_host():
+    # Forward of the student and the frozen teacher, every loss term, backward and an AdamW step, counted by
+    # ncil.learning.opcount (item(), data-dependent shapes, boolean masks, tolist/numpy/cpu reads): none.
+    from ncil.learning.opcount import StepCounter
+
+    teacher_net = tiny_net((2,))
+    student_net = copy.deepcopy(teacher_net)
+    student_net.expand(3)
+    apply_phase(student_net, "task")
+    teacher_net.eval().requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in student_net.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-6)
+    x, y = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4, 2])
+    cfg = DyToxLossConfig(distillation="kd+pks")
+
+    def step():
+        with torch.no_grad():
+            teacher = teacher_net(x)
+        loss = total_loss(loss_terms(student_net(x), y, cfg, teacher))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    with torch.no_grad():
+        student_net(x)  # builds GPSA's relative positions; AdamW's state is made under the counter (a host value)
+    with StepCounter().counting() as counter:
+        step()
+    assert dict(counter.syncs) == {}, dict(counter.sites)
+    assert sum(counter.ops.values()) > 100
+
+
 # --- the network: expansion and parameter counts ------------------------------------------------------
 
 def test_block_counts_match_the_paper_vit():

@@ -70,9 +70,13 @@ class DyToxLossConfig:
 
 
 def target_matrix(targets: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tensor:
-    """Class indices (B,) -> one-hot (B, n_classes); soft targets (B, n_classes) pass through."""
+    """Class indices (B,) -> one-hot (B, n_classes); soft targets (B, n_classes) pass through.
+
+    The one-hot is a comparison with arange, not ``F.one_hot``, which checks the index range with a host
+    read on the CPU."""
     if targets.ndim == 1:
-        return F.one_hot(targets, n_classes).to(dtype)
+        classes = torch.arange(n_classes, device=targets.device)
+        return (targets.unsqueeze(1) == classes).to(dtype)  # (B, 1) == (K,) -> (B, K)
     if targets.ndim != 2 or targets.shape[1] != n_classes:
         raise ValueError(f"targets: expected (B,) indices or (B, {n_classes}) soft targets, got {tuple(targets.shape)}")
     return targets.to(dtype)
