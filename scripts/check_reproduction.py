@@ -174,8 +174,12 @@ def comparable_reason(recorded: dict, here: dict) -> str:
 
 
 def confirmed_types(reference_file: Path) -> list[dict]:
-    """The CPU types on which the portable reference outputs were bit-identical (none without the file)."""
-    return io.read_json(reference_file, "portable reference")["confirmed_on"] if reference_file.is_file() else []
+    """The CPU types on which every portable reference output was bit-identical (none without the file):
+    the types where a portable grid's bytes are compared."""
+    if not reference_file.is_file():
+        return []
+    reference = io.read_json(reference_file, "portable reference")
+    return [seen for seen in reference["confirmed_on"] if fully_confirmed(seen, reference)]
 
 
 # --- Which machine made each checkpoint: results/<dataset>/platforms.json ------------------------------------
@@ -294,15 +298,20 @@ def platforms_command(params_file: Path, lock_file: Path, write: bool, which: st
 ROOT = Path(__file__).resolve().parents[1]
 
 
+REFERENCE_METHODS = ("ours", "pass_resnet18", "ours_official")  # one per backbone of the default grid
+
+
 def reference_params(params_file: Path = ROOT / "params.yaml") -> dict:
-    """The tiny reference grid: the default digits set-up, one setting (4+2x3), ``ours``, seed 1,
-    2 epochs per task, one thread, portable numerics. Tasks 0 and 1 exercise the ViT, rotations,
-    the teacher, PKS and PR; a few seconds each."""
+    """The tiny reference grid: the default digits set-up, one setting (4+2x3), seed 1, 2 epochs per
+    task, one thread, portable numerics, and one method per backbone of the default grid: ``ours``
+    (the ViT; tasks 0 and 1 exercise rotations, the teacher, PKS and PR), ``pass_resnet18`` (ResNet-18
+    convolutions, oneDNN's kernels) and ``ours_official`` (the hybrid ConViT with its conv stem and the
+    official preset's augmentation), task 0 of each; a few seconds per job."""
     params = io.read_yaml(params_file)
     params["train"] = {**params["train"], "epochs": 2}
     params["runtime"] = {**params["runtime"], "device": "cpu", "threads": 1, "numerics": "portable"}
     params["scenario"] = {"base4_inc2": params["scenario"]["base4_inc2"]}
-    params["method"] = {"ours": params["method"]["ours"]}
+    params["method"] = {name: params["method"][name] for name in REFERENCE_METHODS}
     params["seeds"] = [1]
     return params
 
@@ -317,8 +326,15 @@ REFERENCE_JOBS = (  # (name, argv after `python -m ncil`), run in order in one f
                 "--seed", "1", "--method", "ours", "--prev-checkpoint", "runs/t0/model.pt",
                 "--prev-centers", "runs/t0/centers.parquet", "--checkpoint", "runs/t1/model.pt",
                 "--centers", "runs/t1/centers.parquet"]),
+    ("resnet18_task_0", ["train", "--params", "params.yaml", "--split", "results/digits/base4_inc2/split.json",
+                         "--task", "0", "--seed", "1", "--method", "rotation_resnet18",
+                         "--checkpoint", "runs/r0/model.pt", "--centers", "runs/r0/centers.parquet"]),
+    ("official_task_0", ["train", "--params", "params.yaml", "--split", "results/digits/base4_inc2/split.json",
+                         "--task", "0", "--seed", "1", "--method", "official",
+                         "--checkpoint", "runs/o0/model.pt", "--centers", "runs/o0/centers.parquet"]),
 )
-REFERENCE_FILES = ("runs/t0/model.pt", "runs/t0/centers.parquet", "runs/t1/model.pt", "runs/t1/centers.parquet")
+REFERENCE_FILES = ("runs/t0/model.pt", "runs/t0/centers.parquet", "runs/t1/model.pt", "runs/t1/centers.parquet",
+                   "runs/r0/model.pt", "runs/r0/centers.parquet", "runs/o0/model.pt", "runs/o0/centers.parquet")
 
 
 def emulator_prefix(cpu: str | None) -> list[str]:
@@ -346,20 +362,43 @@ def run_reference_jobs(folder: Path, emulate: str | None = None) -> dict[str, st
     return {f: file_md5(folder / f) for f in REFERENCE_FILES}
 
 
+def confirmed_entry(reference: dict, here: dict) -> dict | None:
+    """The confirmed_on entry of ``here``'s CPU type, or None."""
+    return next((seen for seen in reference["confirmed_on"] if same_platform(seen, here)), None)
+
+
+def fully_confirmed(entry: dict, reference: dict) -> bool:
+    """Whether a confirmed_on entry has reproduced every reference output (its ``files``): a type that
+    confirmed an earlier, smaller set of reference jobs compares bytes only on those outputs."""
+    return set(reference["hashes"]) <= set(entry["files"])
+
+
 def check_portable(found: dict[str, str], reference: dict, here: dict) -> tuple[int, str]:
-    """Compare ``found`` hashes with the reference. Exit codes: 0 equal; 1 differ on a CPU type that
-    has confirmed the reference; 4 differ on a type not yet listed (reported, not a failure)."""
+    """Compare ``found`` hashes with the reference. Exit codes: 0 equal (outputs without a reference hash
+    yet are listed); 1 an output differs that this CPU type has confirmed before; 4 outputs differ
+    that this type has not confirmed (reported, not a failure)."""
     expected = reference["hashes"]
-    differing = [f"  {f}: reference {expected.get(f)}, here {md5}" for f, md5 in found.items() if expected.get(f) != md5]
-    listed = any(same_platform(seen, here) for seen in reference["confirmed_on"])
-    where = f"on {_describe(here)} ({'a CPU type listed in ' if listed else 'a CPU type not yet listed in '}{PORTABLE_REFERENCE})"
+    differing = [f for f, md5 in found.items() if f in expected and expected[f] != md5]
+    unrecorded = [f for f in found if f not in expected]
+    entry = confirmed_entry(reference, here)
+    seen = set(entry["files"]) if entry else set()
+    status = ("a CPU type that confirmed all of " if entry and fully_confirmed(entry, reference) else
+              f"a CPU type that confirmed {len(seen)} of {len(expected)} outputs of " if entry else
+              "a CPU type not yet listed in ")
+    where = f"on {_describe(here)} ({status}{PORTABLE_REFERENCE})"
     if not differing:
-        extra = "" if listed else "; `python scripts/check_reproduction.py portable --record` lists it"
-        return 0, f"portable numerics: the {len(found)} reference outputs are bit-identical to the reference {where}{extra}"
-    report = "\n".join(differing)
-    if listed:
+        extra = "" if entry and fully_confirmed(entry, reference) and not unrecorded else \
+            "; `python scripts/check_reproduction.py portable --record` records it"
+        if unrecorded:
+            extra = f"; {len(unrecorded)} outputs have no reference hash yet ({', '.join(unrecorded)})" + extra
+        return 0, (f"portable numerics: the {len(found) - len(unrecorded)} reference outputs are bit-identical "
+                   f"to the reference {where}{extra}")
+    report = "\n".join(f"  {f}: reference {expected[f]}, here {found[f]}"
+                       f"{'' if f in seen else ' (not yet confirmed on this type)'}" for f in differing)
+    if seen & set(differing):
         return 1, f"portable numerics NOT reproduced {where}:\n{report}"
-    return 4, f"portable numerics differ {where} (reported, not failed: this type has not confirmed the reference):\n{report}"
+    return 4, (f"portable numerics differ {where} (reported, not failed: this type has not confirmed these "
+               f"outputs):\n{report}")
 
 
 def write_platform(path: Path, params_file: Path | None = None) -> None:
@@ -371,15 +410,40 @@ def write_platform(path: Path, params_file: Path | None = None) -> None:
     io.write_json(path, current_platform(numerics="portable" if numerics == "portable" else None))
 
 
-def confirmation(here: dict, seconds: float, day: str | None = None) -> dict:
-    """A confirmed_on entry: the CPU type (what ``same_platform`` compares, its name and flags), the day
-    and what was run there."""
+def confirmation(here: dict, seconds: float, files: list[str], day: str | None = None) -> dict:
+    """A confirmed_on entry: the CPU type (what ``same_platform`` compares, its name and flags), the day,
+    what was run there and the reference outputs it reproduced."""
     import datetime
 
     return {**{k: here[k] for k in (*PLATFORM_KEYS, "cpu_name", "cpu_flags")},
             "date": day or datetime.date.today().isoformat(),
-            "evidence": f"`python scripts/check_reproduction.py portable --record`: the {len(REFERENCE_FILES)} "
-                        f"reference outputs bit-identical ({seconds:.0f} s)"}
+            "evidence": f"`python scripts/check_reproduction.py portable --record`: the {len(files)} "
+                        f"reference outputs bit-identical ({seconds:.0f} s)",
+            "files": sorted(files)}
+
+
+def record_confirmation(reference: dict, found: dict[str, str], here: dict, seconds: float,
+                        day: str | None = None) -> list[str]:
+    """Add what this machine reproduced to ``reference`` (every output it has a hash of matched): hashes of
+    outputs that had none, and this CPU type's confirmation of all of them. Returns what changed."""
+    import datetime
+
+    day = day or datetime.date.today().isoformat()
+    changes = []
+    new = sorted(f for f in found if f not in reference["hashes"])
+    if new:
+        reference["hashes"].update({f: found[f] for f in new})
+        changes.append(f"hashes of {', '.join(new)} written from {_describe(here)}")
+    entry = confirmed_entry(reference, here)
+    if entry is None:
+        reference["confirmed_on"].append(confirmation(here, seconds, list(found), day))
+        changes.append(f"{_describe(here)} confirmed")
+    elif set(found) - set(entry["files"]):
+        entry["evidence"] += (f"; {day}: all {len(found)} reference outputs bit-identical ({seconds:.0f} s), "
+                              f"{len(set(found) - set(entry['files']))} of them confirmed then")
+        entry["files"] = sorted(set(entry["files"]) | set(found))
+        changes.append(f"{_describe(here)} confirmed {len(found)} outputs")
+    return changes
 
 
 def portable_command(reference_file: Path, record: bool, folder: Path | None, emulate: str | None = None) -> int:
@@ -394,8 +458,8 @@ def portable_command(reference_file: Path, record: bool, folder: Path | None, em
     seconds = time.monotonic() - start
     if emulate:
         reference = io.read_json(reference_file, "portable reference")
-        differing = [f"  {f}: reference {reference['hashes'].get(f)}, emulated {md5}" for f, md5 in found.items()
-                     if reference["hashes"].get(f) != md5]
+        differing = [f"  {f}: reference {reference['hashes'][f]}, emulated {md5}" for f, md5 in found.items()
+                     if f in reference["hashes"] and reference["hashes"][f] != md5]
         print(f"portable numerics under qemu-x86_64 -cpu {emulate} (emulated, not a real machine): "
               + ("bit-identical to the reference" if not differing else "differ:\n" + "\n".join(differing)))
         return 1 if differing else 0
@@ -404,13 +468,14 @@ def portable_command(reference_file: Path, record: bool, folder: Path | None, em
         if not record:
             print(f"{reference_file}: no reference yet; these hashes were found:\n" + io.dumps_json(found))
             return 2
-        reference = {"hashes": found, "confirmed_on": []}
+        reference = {"hashes": {}, "confirmed_on": []}
     rc, message = check_portable(found, reference, here)
     print(message)
-    if record and rc == 0 and not any(same_platform(seen, here) for seen in reference["confirmed_on"]):
-        reference["confirmed_on"].append(confirmation(here, seconds))
-        io.write_json(reference_file, reference)
-        print(f"{reference_file}: recorded {_describe(here)}")
+    if record and rc == 0:
+        changes = record_confirmation(reference, found, here, seconds)
+        if changes:
+            io.write_json(reference_file, reference)
+            print(f"{reference_file}: " + "; ".join(changes))
     return rc
 
 

@@ -231,3 +231,14 @@ def test_platforms_are_not_written_from_a_sidecar_that_does_not_describe_its_che
     with pytest.raises(SystemExit, match=f"{sidecar}: missing"):
         check_reproduction.main(["platforms", "--write"])
     assert not (tmp_path / "results/digits/platforms.json").exists()
+
+
+def test_only_a_type_that_reproduced_every_reference_output_compares_a_portable_grid(tmp_path):
+    reference = {"hashes": {"t0": "1" * 32, "r0": "2" * 32},
+                 "confirmed_on": [{**AMD_26, "files": ["r0", "t0"]}, {**INTEL, "files": ["t0"]}]}
+    (tmp_path / "ref.json").write_text(json.dumps(reference))
+    confirmed = check_reproduction.confirmed_types(tmp_path / "ref.json")
+    assert confirmed == [reference["confirmed_on"][0]]
+    portable = {**AMD_26, "numerics": "portable"}
+    assert not check_reproduction.byte_comparable(portable, INTEL, confirmed)  # it saw the ViT outputs only
+    assert check_reproduction.confirmed_types(tmp_path / "absent.json") == []

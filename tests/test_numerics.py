@@ -102,30 +102,55 @@ HERE = {"machine": "x86_64", "cpu_vendor": "AuthenticAMD", "cpu_family": "25", "
         "torch_cpu_capability": "AVX2"}
 
 
-@pytest.mark.parametrize("listed, equal, rc", [(True, True, 0), (True, False, 1), (False, True, 0), (False, False, 4)])
-def test_portable_check_fails_only_on_a_confirmed_type(listed, equal, rc):
-    reference = {"hashes": {"a": "1" * 32}, "confirmed_on": [HERE if listed else {**HERE, "cpu_model": "17"}]}
-    found = {"a": "1" * 32 if equal else "2" * 32}
+@pytest.mark.parametrize("confirmed, equal, rc", [
+    (["a", "b"], True, 0), (["a", "b"], False, 1),  # a type that confirmed both outputs: a difference fails
+    (["b"], False, 4),  # confirmed b only (an earlier, smaller reference): a differing a is reported
+    (None, True, 0), (None, False, 4)])  # a type not listed: reported, never failed
+def test_portable_check_fails_only_on_an_output_this_type_confirmed(confirmed, equal, rc):
+    other = {**HERE, "cpu_model": "17", "files": ["a", "b"]}
+    reference = {"hashes": {"a": "1" * 32, "b": "3" * 32},
+                 "confirmed_on": [other] + ([{**HERE, "files": confirmed}] if confirmed is not None else [])}
+    found = {"a": "1" * 32 if equal else "2" * 32, "b": "3" * 32}
     code, message = check_reproduction.check_portable(found, reference, HERE)
     assert code == rc
     if not equal:
         assert f"a: reference {'1' * 32}, here {'2' * 32}" in message
 
 
+def test_an_output_without_a_reference_hash_is_listed_and_recorded_with_this_types_confirmation():
+    reference = {"hashes": {"a": "1" * 32}, "confirmed_on": [{**HERE, "files": ["a"], "evidence": "run 1"},
+                                                              {**HERE, "cpu_model": "17", "files": ["a"]}]}
+    found = {"a": "1" * 32, "b": "5" * 32}  # b: a reference job added since
+    code, message = check_reproduction.check_portable(found, reference, HERE)
+    assert code == 0 and "1 outputs have no reference hash yet (b)" in message
+    changes = check_reproduction.record_confirmation(reference, found, {**HERE, "cpu_name": "x", "cpu_flags": []},
+                                                     12.0, day="2026-12-06")
+    assert reference["hashes"] == {"a": "1" * 32, "b": "5" * 32} and len(changes) == 2
+    assert reference["confirmed_on"][0]["files"] == ["a", "b"]  # this type: both
+    assert reference["confirmed_on"][0]["evidence"].startswith("run 1; 2026-12-06: all 2 reference outputs")
+    assert reference["confirmed_on"][1]["files"] == ["a"]  # the other type confirmed a only: it compares a only
+    assert check_reproduction.record_confirmation(reference, found, HERE, 12.0) == []  # nothing new the second time
+
+
 def test_committed_reference_lists_its_hashes_and_where_they_held():
     reference = check_reproduction.io.read_json(ROOT / check_reproduction.PORTABLE_REFERENCE)
     assert sorted(reference["hashes"]) == sorted(check_reproduction.REFERENCE_FILES)
     assert reference["confirmed_on"] and all(len(h) == 32 for h in reference["hashes"].values())
-    # each confirmation says when and by what (issue 23, item 1): two vendors, four types on record
+    # each confirmation says when, by what and which outputs (issue 23, item 1): two vendors, four types on record
     assert all(re.fullmatch(r"2026-\d\d-\d\d", e["date"]) and e["evidence"] for e in reference["confirmed_on"])
+    assert all(set(e["files"]) <= set(reference["hashes"]) for e in reference["confirmed_on"])
     assert {e["cpu_vendor"] for e in reference["confirmed_on"]} == {"AuthenticAMD", "GenuineIntel"}
+    # every backbone of the default grid has reference outputs, and some type reproduced all of them
+    assert {f.split("/")[1] for f in reference["hashes"]} == {"t0", "t1", "r0", "o0"}
+    assert check_reproduction.confirmed_types(ROOT / check_reproduction.PORTABLE_REFERENCE)
 
 
 def test_a_recorded_confirmation_is_the_cpu_type_its_day_and_its_run():
     here = {**HERE, "cpu_name": "AMD EPYC", "cpu_flags": ["avx2"], "hostname": "not recorded"}
-    entry = check_reproduction.confirmation(here, 41.6, day="2026-12-05")
+    entry = check_reproduction.confirmation(here, 41.6, ["b", "a"], day="2026-12-05")
     assert check_reproduction.same_platform(entry, HERE) and "hostname" not in entry
-    assert entry["date"] == "2026-12-05" and "4 reference outputs bit-identical (42 s)" in entry["evidence"]
+    assert entry["date"] == "2026-12-05" and "2 reference outputs bit-identical (42 s)" in entry["evidence"]
+    assert entry["files"] == ["a", "b"]
 
 
 @pytest.mark.slow
