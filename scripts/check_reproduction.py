@@ -107,9 +107,11 @@ def metric_deltas(paths: list[Path]) -> list[str]:
 
 
 def check_lock(lock_file: Path, platform_file: Path | None = None, here: dict | None = None,
-               confirmed: list[dict] | None = None) -> int:
+               confirmed: list[dict] | None = None, producers: list[dict] | None = None) -> int:
     """Compare every output on disk with ``lock_file``; ``confirmed``: the CPU types of the portable
-    reference (``confirmed_types``), where a portable grid must be bit-identical too."""
+    reference (``confirmed_types``), where a portable grid must be bit-identical too; ``producers``: the
+    platforms that trained the grid's checkpoints (``grid_producers``), for a grid made on several machines:
+    bytes are compared only where every one of them is comparable with this machine."""
     lock = io.read_yaml(lock_file)
     confirmed = confirmed or []
     checked, differing, metrics = 0, [], []
@@ -133,6 +135,13 @@ def check_lock(lock_file: Path, platform_file: Path | None = None, here: dict | 
     report = f"{len(differing)} of {checked} outputs differ from {lock_file}:\n" + "\n".join(differing)
     recorded = recorded_platform(platform_file)
     here = here if here is not None else current_platform()
+    foreign = [p for p in producers or [] if not byte_comparable(p, here, confirmed)]
+    if recorded is not None and byte_comparable(recorded, here, confirmed) and foreign:
+        print(f"{report}\n\nNOT COMPARABLE BYTE FOR BYTE: some checkpoints of {lock_file} were trained on "
+              f"{_describe(foreign[0])} (results/<dataset>/platforms.json), whose bytes this machine "
+              f"({_describe(here)}) cannot reproduce. Metrics of the rerun against the committed ones:\n"
+              + "\n".join(metric_deltas(metrics)))
+        return 3
     if recorded is None or byte_comparable(recorded, here, confirmed):
         why = (comparable_reason(recorded, here) if recorded is not None else
                f"and {platform_file} does not say which platform produced {lock_file}")
@@ -261,6 +270,14 @@ def check_platforms_record(record: dict, md5s: dict[str, str], where: str) -> li
     problems += [f"{where}: checkpoints: {path} is not a checkpoint of dvc.lock" for path in sorted(checkpoints)
                  if path not in md5s]
     return problems
+
+
+def grid_producers(params_file: Path) -> list[dict]:
+    """The platforms that trained the grid's checkpoints, from its committed record (none without one)."""
+    if not params_file.is_file():
+        return []
+    record_file = Path(PLATFORMS_RECORD.format(dataset=io.read_yaml(params_file)["dataset"]["name"]))
+    return io.read_json(record_file, "platform record")["platforms"] if record_file.is_file() else []
 
 
 def platforms_command(params_file: Path, lock_file: Path, write: bool, which: str | None) -> int:
@@ -491,6 +508,7 @@ def main(argv: list[str]) -> int:
     c.add_argument("--lock", type=Path, default=Path("dvc.lock"))
     c.add_argument("--platform", type=Path, default=PLATFORM_FILE)
     c.add_argument("--reference", type=Path, default=PORTABLE_REFERENCE)
+    c.add_argument("--params", type=Path, default=Path("params.yaml"), help="the grid (its platforms record)")
     w = sub.add_parser("platform")
     w.add_argument("--write", action="store_true", help=f"write {PLATFORM_FILE} instead of printing")
     w.add_argument("--check-same", action="store_true",
@@ -520,10 +538,12 @@ def main(argv: list[str]) -> int:
     if args.command == "platform":
         if args.check_same:
             recorded, here = recorded_platform(PLATFORM_FILE), current_platform()
-            if recorded is not None and not byte_comparable(recorded, here, confirmed_types(PORTABLE_REFERENCE)):
-                print(f"{PLATFORM_FILE}: produced on {_describe(recorded)}, whose bytes this machine "
-                      f"({_describe(here)}) cannot reproduce")
-                return 3
+            confirmed = confirmed_types(PORTABLE_REFERENCE)
+            for producer in ([recorded] if recorded is not None else []) + grid_producers(args.params):
+                if not byte_comparable(producer, here, confirmed):
+                    print(f"{PLATFORM_FILE}: produced on {_describe(producer)}, whose bytes this machine "
+                          f"({_describe(here)}) cannot reproduce")
+                    return 3
             return 0
         if args.write:
             write_platform(PLATFORM_FILE, args.params)
@@ -531,7 +551,8 @@ def main(argv: list[str]) -> int:
         else:
             print(io.dumps_json(current_platform()), end="")
         return 0
-    return check_lock(args.lock, args.platform, confirmed=confirmed_types(args.reference))
+    return check_lock(args.lock, args.platform, confirmed=confirmed_types(args.reference),
+                      producers=grid_producers(args.params))
 
 
 if __name__ == "__main__":

@@ -242,3 +242,22 @@ def test_only_a_type_that_reproduced_every_reference_output_compares_a_portable_
     portable = {**AMD_26, "numerics": "portable"}
     assert not check_reproduction.byte_comparable(portable, INTEL, confirmed)  # it saw the ViT outputs only
     assert check_reproduction.confirmed_types(tmp_path / "absent.json") == []
+
+
+def test_a_grid_trained_on_two_cpu_types_compares_bytes_only_where_both_are_comparable(tmp_path, monkeypatch, capsys):
+    """A regeneration resumed on another machine: results/platform.json names the machine of `make lock`,
+    and the platforms record names both trainers; a rerun on either type alone cannot be held to the bytes."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.bin").write_bytes(b"checkpoint")
+    lock, record = _lock(tmp_path, "f" * 32), tmp_path / "platform.json"
+    record.write_text(json.dumps(AMD))
+    assert check_reproduction.check_lock(lock, record, here=AMD, producers=[AMD]) == 1  # one trainer: must match
+    capsys.readouterr()
+    assert check_reproduction.check_lock(lock, record, here=AMD, producers=[AMD, INTEL]) == 3
+    out = capsys.readouterr().out
+    assert "some checkpoints of" in out and "trained on Xeon (GenuineIntel family 6 model 143" in out
+    # portable grids on two types that both reproduced every reference output: compared on either
+    portable = [{**AMD, "numerics": "portable"}, {**INTEL, "numerics": "portable"}]
+    record.write_text(json.dumps(portable[0]))
+    assert check_reproduction.check_lock(lock, record, here=INTEL, confirmed=[AMD, INTEL], producers=portable) == 1
+    assert check_reproduction.check_lock(lock, record, here=INTEL, confirmed=[AMD], producers=portable) == 3
