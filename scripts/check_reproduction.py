@@ -288,6 +288,9 @@ def platforms_command(params_file: Path, lock_file: Path, write: bool, which: st
         record = io.read_json(record_file, "platform record")
         print(f"{record_file}: {len(record['checkpoints'])} checkpoints from {len(record['platforms'])} platform(s)")
         return 0
+    if record_file.exists() and not record_file.is_file():
+        print(f"{record_file}: not a file (expected the JSON record of the grid's platforms)")
+        return 1
     if not record_file.is_file():
         if md5s:
             print(f"{record_file}: missing: {lock_file} has {len(md5s)} checkpoints and no record of their "
@@ -295,14 +298,14 @@ def platforms_command(params_file: Path, lock_file: Path, write: bool, which: st
             return 1
         return 0
     record = io.read_json(record_file, "platform record")
-    if which is not None:
+    problems = check_platforms_record(record, md5s, str(record_file))
+    if which is not None and not any(which in problem or "expected format 1" in problem for problem in problems):
         entry = record.get("checkpoints", {}).get(which)
         if entry is None:
             print(f"{record_file}: no checkpoint {which}")
             return 1
         print(f"{which} (md5 {entry['md5']}): {_describe(record['platforms'][entry['platform']])}")
         return 0
-    problems = check_platforms_record(record, md5s, str(record_file))
     if problems:
         print("\n".join(problems))
         return 1
@@ -556,4 +559,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except io.ArtifactError as err:  # a damaged record or artifact: one line naming the file, not a traceback
+        sys.exit(f"error: {err}")
