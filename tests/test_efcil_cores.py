@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ncil.methods import fecam
+from ncil.methods import drift, fecam
 
 S2 = 1 / math.sqrt(2)  # 0.70710678...
 
@@ -120,3 +120,120 @@ def test_fecam_distances_on_the_2d_classes():
     # with identity matrices (the first task's cosine classifier) the first two queries tie
     eye = torch.eye(2, dtype=torch.float64).expand(2, 2, 2)
     assert torch.allclose(fecam.fecam_distances(q[:1], protos, eye), t([[sq, sq]]), atol=1e-7)
+
+
+# --- drift compensation: SDC, ADC, LDC -----------------------------------------------------------------
+
+# sigma^2 = 1 / (2 ln 2) makes the kernel exp(-d^2 / (2 sigma^2)) = 2^(-d^2): weights 1, 1/2, 1/4 at d^2 = 0, 1, 2
+SIGMA_HALVING = math.sqrt(1 / (2 * math.log(2)))
+OLD3 = t([[0, 0], [1, 0], [1, 1]])  # three current samples under the old model
+DELTA3 = t([[1, 0], [0, 2], [4, 4]])  # their displacements F_t(x) - F_{t-1}(x)
+
+
+def test_sdc_drift_on_three_points():
+    # prototype (0, 0): d^2 = 0, 1, 2 -> w = 1, 1/2, 1/4, sum 7/4
+    #   Delta = (1 * (1, 0) + 1/2 * (0, 2) + 1/4 * (4, 4)) / (7/4) = (2, 2) / (7/4) = (8/7, 8/7)
+    # prototype (1, 1): d^2 = 2, 1, 0 -> w = 1/4, 1/2, 1
+    #   Delta = ((1/4, 0) + (0, 1) + (4, 4)) / (7/4) = (17/4, 5) * 4/7 = (17/7, 20/7)
+    protos = t([[0, 0], [1, 1]])
+    got = drift.sdc_drift(OLD3, OLD3 + DELTA3, protos, sigma=SIGMA_HALVING, eps=0.0)
+    assert torch.allclose(got, t([[8 / 7, 8 / 7], [17 / 7, 20 / 7]]))
+    assert torch.allclose(drift.sdc_compensate(OLD3, OLD3 + DELTA3, protos, sigma=SIGMA_HALVING, eps=0.0),
+                          t([[8 / 7, 8 / 7], [1 + 17 / 7, 1 + 20 / 7]]))
+    # the released +1e-5 changes these by less than 1e-4
+    assert torch.allclose(drift.sdc_drift(OLD3, OLD3 + DELTA3, protos, sigma=SIGMA_HALVING), got, atol=1e-4)
+    # a prototype far from every sample: exp(-huge) = 0, every weight is the 1e-5 alone, so the drift is the
+    # plain mean displacement ((1 + 0 + 4) / 3, (0 + 2 + 4) / 3) = (5/3, 2)
+    far = drift.sdc_drift(OLD3, OLD3 + DELTA3, t([[100, 100]]))
+    assert torch.allclose(far, t([[5 / 3, 2]]))
+
+
+def _old(x):  # the old model: the identity on 2-D "images"
+    return x * 1.0
+
+
+def _new(x):  # the new model: F_t(x) = 2x + (1, -1), so F_t(x) - F_{t-1}(x) = x + (1, -1)
+    return 2 * x + t([1.0, -1.0])
+
+
+def test_adc_attack_steps_with_the_batch_gradient_norm():
+    # target prototype p = (3, 4); samples (0, 1) and (6, 8); residuals r = F(x) - p = (-3, -3), (3, 4)
+    # MSE gradient = 2 r / (N D) = r / 2; its norm over the whole batch: sqrt(9 + 9 + 9 + 16) / 2 = sqrt(43) / 2
+    # step: x - alpha g / ||g|| = x - alpha r / sqrt(43); alpha = sqrt(43) / 2 moves each sample by r / 2:
+    #   step 1: (1.5, 2.5), (4.5, 6); residuals (-1.5, -1.5), (1.5, 2), norm sqrt(43) / 2 -> step 2: (3, 4), (3, 4)
+    protos = t([[3, 4], [-5, -5]])
+    x = t([[0, 1], [6, 8]])
+    one, _ = drift.adc_attack(_old, x, protos, 0, alpha=math.sqrt(43) / 2, steps=1)
+    assert torch.allclose(one, t([[1.5, 2.5], [4.5, 6]]))
+    two, ok = drift.adc_attack(_old, x, protos, 0, alpha=math.sqrt(43) / 2, steps=2)
+    assert torch.allclose(two, t([[3, 4], [3, 4]])) and ok.tolist() == [True, True]
+    # a third step meets a zero gradient: the samples stay (the released code would divide 0 by 0)
+    three, _ = drift.adc_attack(_old, x, protos, 0, alpha=math.sqrt(43) / 2, steps=3)
+    assert torch.allclose(three, two)
+    # samples (0, 0), (6, 8), alpha = 5: per-sample norms 5 and 5 bring both onto p in one step;
+    # the batch norm sqrt(9 + 16 + 9 + 16) = 5 sqrt(2) moves each by r / sqrt(2): (0, 0) -> (3, 4) / sqrt(2)
+    x = t([[0, 0], [6, 8]])
+    per_sample, _ = drift.adc_attack(_old, x, protos, 0, alpha=5.0, steps=1, grad_norm="sample")
+    assert torch.allclose(per_sample, t([[3, 4], [3, 4]]))
+    batch, _ = drift.adc_attack(_old, x, protos, 0, alpha=5.0, steps=1)
+    assert torch.allclose(batch, t([[3 * S2, 4 * S2], [6 - 3 * S2, 8 - 4 * S2]]))
+    # clamping to [x_min, x_max] = [0, 2] after the step: (2.12, 2.83) -> (2, 2)
+    clamped, _ = drift.adc_attack(_old, x, protos, 0, alpha=5.0, steps=1, x_min=0.0, x_max=2.0)
+    assert torch.allclose(clamped[0], t([2, 2]))
+
+
+def test_adc_success_mask_and_drift():
+    # prototypes p0 = (3, 4) (target), p1 = (0, 0); alpha = 1, one per-sample step of length 1 towards p0:
+    #   (0, 0) -> (0.6, 0.8): nearer p1 (distance 1) than p0 (distance 4): failure
+    #   (3.5, 4.5) -> (3.5, 4.5) - (1, 1) / sqrt(2) = (2.79, 3.79): nearer p0: success
+    protos = t([[3, 4], [0, 0]])
+    adv, ok = drift.adc_attack(_old, t([[0, 0], [3.5, 4.5]]), protos, 0, alpha=1.0, steps=1, grad_norm="sample")
+    assert torch.allclose(adv, t([[0.6, 0.8], [3.5 - S2, 4.5 - S2]])) and ok.tolist() == [False, True]
+    # the displacement on the adversarial samples (3, 4), (3, 4): F_t - F_{t-1} = x + (1, -1) = (4, 3)
+    assert torch.allclose(drift.mean_displacement(_old, _new, t([[3, 4], [3, 4]])), t([4, 3]))
+
+
+def test_adc_compensate_end_to_end():
+    # current images (0, 1), (6, 8), (-5, -5); k = 2 nearest to p0 = (3, 4): (0, 1) at sqrt(18), (6, 8) at 5
+    # attack as in the first ADC test: both land on (3, 4), both succeed; drift (3, 4) + (1, -1) = (4, 3)
+    # -> p0 moves to (7, 7) = F_t((3, 4)): where the new model puts the old class's location
+    # p1 = (-5, -5): nearest (-5, -5) and (0, 1); its drift is the mean of its own adversarial samples + (1, -1)
+    images = t([[0, 1], [6, 8], [-5, -5]])
+    protos = t([[3, 4], [-5, -5]])
+    kw = dict(alpha=math.sqrt(43) / 2, steps=2, k=2)
+    moved = drift.adc_compensate(_old, _new, images, protos, **kw)
+    assert torch.allclose(moved[0], t([7, 7]))
+    assert drift.nearest_samples(images, protos[1], 2).tolist() == [2, 0]
+    adv1, ok1 = drift.adc_attack(_old, images[[2, 0]], protos, 1, alpha=kw["alpha"], steps=2)
+    assert ok1.all()
+    assert torch.allclose(moved[1], protos[1] + adv1.mean(0) + t([1, -1]))
+    # no success anywhere (a single step too short to leave p1's side): the unperturbed nearest samples are used
+    far = drift.adc_compensate(_old, _new, t([[0, 0], [0.5, 0]]), t([[3, 4], [0, 0]]), alpha=0.1, steps=1, k=2)
+    #   for p0: the two samples stay nearer p1, drift = mean((0, 0), (0.5, 0)) + (1, -1) = (1.25, -1)
+    assert torch.allclose(far[0], t([3 + 1.25, 4 - 1]))
+
+
+def test_ldc_projector_recovers_a_known_map():
+    # true map P = [[2, 1], [0, 1]]; old features Z = [[1, 0], [0, 1], [1, 1]], new = Z P^T = [[2, 0], [1, 1], [3, 1]]
+    # least squares recovers P exactly; prototype (1, 2) -> P (1, 2) = (2 + 2, 0 + 2) = (4, 2)
+    p_true = t([[2, 1], [0, 1]])
+    z_old = t([[1, 0], [0, 1], [1, 1]])
+    z_new = z_old @ p_true.T
+    assert torch.allclose(z_new, t([[2, 0], [1, 1], [3, 1]]))
+    p = drift.fit_projector(z_old, z_new)
+    assert torch.allclose(p, p_true)
+    assert torch.allclose(drift.apply_projector(p, t([[1, 2]])), t([[4, 2]]))
+    # ridge 1: Z^T Z = [[2, 1], [1, 2]], Z^T Z_new = [[5, 1], [4, 2]]
+    #   (Z^T Z + I)^{-1} = [[3, 1], [1, 3]]^{-1} = 1/8 [[3, -1], [-1, 3]]
+    #   P^T = 1/8 [[3, -1], [-1, 3]] [[5, 1], [4, 2]] = 1/8 [[11, 1], [7, 5]]  ->  P = 1/8 [[11, 7], [1, 5]]
+    assert torch.allclose(drift.fit_projector(z_old, z_new, ridge=1.0), t([[11, 7], [1, 5]]) / 8)
+
+
+def test_ldc_adam_fit_approaches_the_least_squares_map():
+    # the released training (Adam on the MSE, bias-free, nn.Linear's initialisation) on exactly linear data:
+    # with enough steps it reaches the closed-form map
+    g = torch.Generator().manual_seed(0)
+    p_true = t([[2, 1], [0, 1]])
+    z_old = torch.randn(64, 2, generator=g, dtype=torch.float64)
+    p = drift.fit_projector_adam(z_old, z_old @ p_true.T, epochs=300, lr=0.05, batch_size=16, generator=g)
+    assert torch.allclose(p, p_true, atol=1e-3)
