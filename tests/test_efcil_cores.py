@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ncil.methods import drift, fecam
+from ncil.methods import drift, efc, fecam
 
 S2 = 1 / math.sqrt(2)  # 0.70710678...
 
@@ -237,3 +237,94 @@ def test_ldc_adam_fit_approaches_the_least_squares_map():
     z_old = torch.randn(64, 2, generator=g, dtype=torch.float64)
     p = drift.fit_projector_adam(z_old, z_old @ p_true.T, epochs=300, lr=0.05, batch_size=16, generator=g)
     assert torch.allclose(p, p_true, atol=1e-3)
+
+
+# --- EFC / EFC++ -----------------------------------------------------------------------------------------
+
+# A tiny linear head: K = 2 classes, D = 2, W = [[1, 2], [0, 1]], no bias. Two samples:
+#   f = (0, 0):    logits (0, 0)            -> p = (1/2, 1/2)
+#   f = (ln 3, 0): logits (ln 3, 0)         -> p = (3/4, 1/4)
+W = t([[1, 2], [0, 1]])
+F2 = t([[0, 0], [math.log(3), 0]])
+
+
+def test_log_softmax_jacobian_of_a_linear_head():
+    # sample 1: sum_j p_j W_j = (1/2)(1, 2) + (1/2)(0, 1) = (1/2, 3/2)
+    #   J_1 = (1, 2) - (1/2, 3/2) = (1/2, 1/2),  J_2 = (0, 1) - (1/2, 3/2) = (-1/2, -1/2)
+    # sample 2: sum_j p_j W_j = (3/4)(1, 2) + (1/4)(0, 1) = (3/4, 7/4)
+    #   J_1 = (1/4, 1/4),  J_2 = (-3/4, -3/4)
+    jac = efc.log_softmax_jacobian(F2, W)
+    assert torch.allclose(jac, t([[[0.5, 0.5], [-0.5, -0.5]], [[0.25, 0.25], [-0.75, -0.75]]]))
+    # the same by automatic differentiation of log_softmax(W f)
+    auto = torch.stack([torch.autograd.functional.jacobian(lambda f: torch.log_softmax(W @ f, 0), f) for f in F2])
+    assert torch.allclose(jac, auto)
+
+
+def test_empirical_feature_matrix_by_hand():
+    # E_x = sum_k p_k J_k^T J_k
+    #   sample 1: 1/2 (1/2, 1/2)^T (1/2, 1/2) + 1/2 (same) = [[1/4, 1/4], [1/4, 1/4]]
+    #   sample 2: 3/4 (1/4)^2 [[1, 1], [1, 1]] + 1/4 (3/4)^2 [[1, 1], [1, 1]] = (3/64 + 9/64) = 3/16 [[1, 1], [1, 1]]
+    # (closed form: W^T (diag p - p p^T) W, diag p - p p^T = p1 p2 [[1, -1], [-1, 1]], W^T (1, -1) = (1, 1))
+    # E = 1/2 (1/4 + 3/16) [[1, 1], [1, 1]] = 7/32 [[1, 1], [1, 1]]
+    efm = efc.empirical_feature_matrix(F2, W)
+    assert torch.allclose(efm, 7 / 32 * torch.ones(2, 2, dtype=torch.float64))
+    jac = efc.log_softmax_jacobian(F2, W)
+    p = torch.softmax(F2 @ W.T, 1)
+    by_sum = torch.einsum("nk,nkd,nke->de", p, jac, jac) / 2
+    assert torch.allclose(efm, by_sum)
+    # a bias shifts the probabilities, not the form: bias (-ln 3, 0) makes sample 2's logits (0, 0), sample 1's
+    # (-ln 3, 0), p = (1/4, 3/4): p1 p2 = 3/16 and 1/4 again, the same E
+    assert torch.allclose(efc.empirical_feature_matrix(F2, W, t([-math.log(3), 0])), efm)
+
+
+def test_efm_penalty_by_hand():
+    # (lambda E + eta I), lambda = 10, eta = 0.1, E = 7/32 [[1, 1], [1, 1]]
+    #   delta = (1, -1): E-term 7/32 (1 - 1)^2 = 0 (no change of the old head's log-odds, (1, 1).(1, -1) = 0);
+    #                    damping 0.1 * 2 = 0.2
+    #   delta = (1, 1):  10 * 7/32 * (1 + 1)^2 = 8.75, + 0.1 * 2 = 8.95
+    #   batch mean (0.2 + 8.95) / 2 = 4.575
+    efm = 7 / 32 * torch.ones(2, 2, dtype=torch.float64)
+    old = t([[0, 0], [1, 1]])
+    new = old + t([[1, -1], [1, 1]])
+    assert efc.efm_penalty(new[:1], old[:1], efm).item() == pytest.approx(0.2)
+    assert efc.efm_penalty(new[1:], old[1:], efm).item() == pytest.approx(8.95)
+    assert efc.efm_penalty(new, old, efm).item() == pytest.approx(4.575)
+    assert efc.efm_penalty(new, old, efm, lam=0.0, eta=1.0).item() == pytest.approx(2.0)  # plain feature distillation
+
+
+def test_efm_drift_by_hand():
+    # E = I; samples and displacements of the SDC test; prototypes (0, 0) and (1, 1)
+    #   d = -||z - mu||^2: prototype 0: 0, -1, -2; prototype 1: -2, -1, 0; over all: min -2, max 0
+    #   scaled (d + 2) / 2: prototype 0: 1, 1/2, 0; prototype 1: 0, 1/2, 1
+    #   sigma^2 = 1 / (4 ln 2): exp(s / (2 sigma^2)) = 4^s: weights 4, 2, 1 (and 1, 2, 4), sum 7
+    #   drift 0 = (4 (1, 0) + 2 (0, 2) + (4, 4)) / 7 = (8/7, 8/7); drift 1 = ((1, 0) + 2 (0, 2) + 4 (4, 4)) / 7 = (17/7, 20/7)
+    sigma = math.sqrt(1 / (4 * math.log(2)))
+    eye = torch.eye(2, dtype=torch.float64)
+    protos = t([[0, 0], [1, 1]])
+    got = efc.efm_drift(OLD3, OLD3 + DELTA3, protos, eye, sigma)
+    assert torch.allclose(got, t([[8 / 7, 8 / 7], [17 / 7, 20 / 7]]))
+    # the scaling is over all prototypes at once: a third, distant prototype changes the first two's drift
+    more = efc.efm_drift(OLD3, OLD3 + DELTA3, t([[0, 0], [1, 1], [5, 5]]), eye, sigma)
+    assert not torch.allclose(more[:2], got)
+    # along a direction the EFM ignores, samples are equally near: E = [[0, 0], [0, 1]], prototype (0, 0) sees
+    # OLD3's y-coordinates 0, 0, 1 only: d = 0, 0, -1, scaled 1, 1, 0, weights 4, 4, 1 (sum 9)
+    #   drift = (4 (1, 0) + 4 (0, 2) + (4, 4)) / 9 = (8/9, 12/9)
+    only_y = efc.efm_drift(OLD3, OLD3 + DELTA3, t([[0, 0]]), t([[0, 0], [0, 1]]), sigma)
+    assert torch.allclose(only_y, t([[8 / 9, 12 / 9]]))
+
+
+def test_gaussian_samples_and_pr_ace():
+    g = torch.Generator().manual_seed(0)
+    means = t([[0, 0], [10, -10]])
+    covs = torch.stack([t([[1, 0.5], [0.5, 1]]), torch.zeros(2, 2, dtype=torch.float64)])
+    feats, labels = efc.sample_gaussians(means, covs, [4000, 3], generator=g)
+    assert labels.tolist() == [0] * 4000 + [1] * 3
+    # a zero covariance (+1e-5 I): samples within a few 1e-2 of the mean
+    assert torch.allclose(feats[4000:], means[1].expand(3, 2), atol=0.05)
+    assert torch.allclose(torch.cov(feats[:4000].T), covs[0], atol=0.08)
+    # PR-ACE: one old class (0), current task classes 1 and 2 (task_start = 1)
+    #   current row logits (5, ln 3, 0), target 1: only (ln 3, 0) count, p = 3/4, CE = ln(4/3); the old logit 5 is ignored
+    #   replayed row logits (0, 0, 0), target 0: CE = ln 3
+    #   total ln(4/3) + ln 3 = ln 4
+    loss = efc.pr_ace_loss(t([[5, math.log(3), 0]]), torch.tensor([1]), 1, t([[0, 0, 0]]), torch.tensor([0]))
+    assert loss.item() == pytest.approx(math.log(4))
