@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ncil.methods import drift, efc, fecam
+from ncil.methods import adagauss, drift, efc, fecam
 
 S2 = 1 / math.sqrt(2)  # 0.70710678...
 
@@ -328,3 +328,77 @@ def test_gaussian_samples_and_pr_ace():
     #   total ln(4/3) + ln 3 = ln 4
     loss = efc.pr_ace_loss(t([[5, math.log(3), 0]]), torch.tensor([1]), 1, t([[0, 0, 0]]), torch.tensor([0]))
     assert loss.item() == pytest.approx(math.log(4))
+
+
+# --- AdaGauss ----------------------------------------------------------------------------------------------
+
+
+def test_anti_collapse_loss_by_hand():
+    # batch (1, 1), (2, 3), (3, 2): covariance [[1, .5], [.5, 1]] (the FeCAM class 0 above)
+    # Cholesky: L11 = sqrt(1) = 1, L21 = .5 / 1 = .5, L22 = sqrt(1 - .5^2) = sqrt(.75) = 0.866025
+    # beta = 1: -(min(1, 1) + min(.866025, 1)) / 2 = -0.933013
+    feats = t([[1, 1], [2, 3], [3, 2]]).requires_grad_(True)
+    loss = adagauss.anti_collapse_loss(feats)
+    assert loss.item() == pytest.approx(-(1 + math.sqrt(0.75)) / 2)
+    (g,) = torch.autograd.grad(loss, feats)
+    assert g.abs().sum() > 0  # L22 < beta still pushes
+    # features doubled: covariance x 4, L = [[2, 0], [1, sqrt(3)]]; both diagonal entries clamp at beta = 1:
+    # loss -1 and no gradient (no push beyond beta)
+    feats2 = (2 * t([[1, 1], [2, 3], [3, 2]])).requires_grad_(True)
+    loss2 = adagauss.anti_collapse_loss(feats2)
+    assert loss2.item() == pytest.approx(-1.0)
+    assert torch.equal(torch.autograd.grad(loss2, feats2)[0], torch.zeros(3, 2, dtype=torch.float64))
+    # beta = 2: -(2 + sqrt(3)) / 2
+    assert adagauss.anti_collapse_loss(feats2, beta=2.0).item() == pytest.approx(-(2 + math.sqrt(3)) / 2)
+
+
+def test_covariance_adaptation_through_a_linear_adapter():
+    # mu = (1, 0), Sigma = [[1, 0], [0, 4]]; adapter x -> A x + b, A = [[1, 1], [0, 2]], b = (0, 1)
+    #   mu' = (1 + 0 + 0, 0 + 0 + 1) = (1, 1)
+    #   A Sigma = [[1, 4], [0, 8]];  A Sigma A^T = [[1 + 4, 0 + 8], [0 + 8, 0 + 16]] = [[5, 8], [8, 16]]
+    a, b = t([[1, 1], [0, 2]]), t([0, 1])
+    means, covs = t([[1, 0]]), t([[[1, 0], [0, 4]]])
+    m2, c2 = adagauss.adapt_gaussians_linear(a, b, means, covs)
+    assert torch.allclose(m2, t([[1, 1]])) and torch.allclose(c2, t([[[5, 8], [8, 16]]]))
+    # the sampled adaptation (as released): with the same samples, the adapted sample statistics are exactly
+    # A (sample mean) + b and A (sample covariance) A^T
+    lin = torch.nn.Linear(2, 2).double()
+    with torch.no_grad():
+        lin.weight.copy_(a)
+        lin.bias.copy_(b)
+    sm, sc = adagauss.adapt_gaussians(lambda x: x, means, covs, n_samples=10000,
+                                      generator=torch.Generator().manual_seed(1))
+    am, ac = adagauss.adapt_gaussians(lin, means, covs, n_samples=10000, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(am, sm @ a.T + b) and torch.allclose(ac, a @ sc @ a.T)
+    # ... and near the exact answer (the sample variance 16 has a standard error 16 sqrt(2 / 10^4) = 0.23)
+    assert torch.allclose(am, m2, atol=0.1) and torch.allclose(ac, c2, atol=0.8)
+    # with a shrink of 1 during adaptation: + mean(diag) I = + (5 + 16) / 2 I = + 10.5 I
+    _, shr = adagauss.adapt_gaussians(lin, means, covs, shrink_alpha=1.0, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(shr, ac + 0.5 * torch.diagonal(ac, dim1=1, dim2=2).sum() * torch.eye(2, dtype=torch.float64))
+
+
+def test_adapter_loss_and_training_loss():
+    # identity adapter and equal features: MSE 0, only alpha L_AC remains (-0.933013 on the batch above)
+    feats = t([[1, 1], [2, 3], [3, 2]])
+    assert adagauss.adapter_loss(lambda x: x, feats, feats).item() == pytest.approx(-(1 + math.sqrt(0.75)) / 2)
+    # training loss: CE 2 + 10 * MSE(distiller(f), f_old) + L_AC; distiller x -> x, f_old = f - 1 everywhere:
+    #   MSE = 1, so 2 + 10 - 0.933013
+    loss = adagauss.training_loss(torch.tensor(2.0, dtype=torch.float64), feats, feats - 1, lambda x: x)
+    assert loss.item() == pytest.approx(12 - (1 + math.sqrt(0.75)) / 2)
+    assert adagauss.training_loss(torch.tensor(2.0), feats, None, None, alpha=0).item() == 2.0
+
+
+def test_bayes_classifier_distances_by_hand():
+    # class A: mean (0, 0), Sigma [[1, .5], [.5, 1]]; class B: mean (3, 0), Sigma .25 I; x = (2, 2)
+    # shrink 3 * mean(diag): A + 3 I = [[4, .5], [.5, 4]], B + .75 I = I
+    # without normalisation: A^{-1} = [[4, -.5], [-.5, 4]] / 15.75
+    #   D_A = (4 * 4 + 4 * 4 - 2 * .5 * 4) / 15.75 = 28 / 15.75 = 16/9;  D_B = 1 + 4 = 5
+    means = t([[0, 0], [3, 0]])
+    covs = t([[[1, 0.5], [0.5, 1]], [[0.25, 0], [0, 0.25]]])
+    x = t([[2, 2]])
+    assert torch.allclose(adagauss.bayes_distances(x, means, covs, normalize=False), t([[16 / 9, 5]]))
+    # normalised (CIFAR-100's --normalize): A -> [[1, 1/8], [1/8, 1]], inverse 64/63 [[1, -1/8], [-1/8, 1]]; B -> I
+    #   x -> (s, s); mean A (0, 0) stays 0; mean B -> (1, 0)
+    #   D_A = 64/63 (s^2 + s^2 - 2/8 s^2) = 64/63 * 7/8 = 8/9;  D_B = (s - 1)^2 + s^2 = 2 - sqrt(2) = 0.585786
+    assert torch.allclose(adagauss.bayes_distances(x, means, covs), t([[8 / 9, 2 - math.sqrt(2)]]))
+    assert adagauss.mlp(4, 2)(torch.zeros(3, 4)).shape == (3, 4)
