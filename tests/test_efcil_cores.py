@@ -86,6 +86,12 @@ def test_fecam_statistics_shrink_twice_then_normalise():
     # once (the paper's single shrinkage), unnormalised: [[2, 1], [1, 2]]
     _, once = fecam.fecam_statistics(RAW, LABELS, [0], shrink_times=1, normalize=False)
     assert torch.allclose(once[0], t([[2, 1], [1, 2]]))
+    # the released ViT recipe: no Tukey, one shrinkage with gamma2 = 0, normalised. Class 0's raw covariance:
+    #   raw [[1, 1], [4, 9], [9, 4]], mean (14/3, 14/3); deviations (-11/3, -11/3), (-2/3, 13/3), (13/3, -2/3)
+    #   var = (121 + 4 + 169) / 9 / 2 = 294 / 18 = 49/3; cov = (121 - 26 - 26) / 9 / 2 = 69 / 18 = 23/6
+    #   shrink (gamma1 = 1, gamma2 = 0): diagonal 98/3, off-diagonal 23/6 -> normalised 23/6 / (98/3) = 23/196
+    _, vit = fecam.fecam_statistics(RAW, LABELS, [0], lam=None, shrink_times=1, gamma2=fecam.VIT_GAMMA2)
+    assert torch.allclose(vit[0], t([[1, 23 / 196], [23 / 196, 1]]))
 
 
 def test_mahalanobis_overrides_euclid():

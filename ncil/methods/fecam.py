@@ -43,6 +43,7 @@ TUKEY_LAMBDA = 0.5  # lambda of Tukey's ladder (paper; released "beta": 0.5)
 GAMMA1 = 1.0  # shrinkage of the diagonal (released "alpha1": 1)
 GAMMA2 = 1.0  # shrinkage of the off-diagonal (released "alpha2": 1)
 SHRINK_TIMES = 2  # the released code shrinks each class matrix twice
+VIT_GAMMA2 = 0.0  # the released ViT scripts: alpha2 = 0, one shrinkage, no Tukey
 NORM_EPS = 1e-8  # the released test-time normalisation x / (||x|| + 1e-8)
 OFFDIAG_MEANS = ("nonzero", "all")
 
@@ -107,18 +108,20 @@ def normalize_covariance(cov: torch.Tensor) -> torch.Tensor:
     return cov / (sd[..., :, None] * sd[..., None, :])
 
 
-def fecam_statistics(features: torch.Tensor, labels: torch.Tensor, classes, *, lam: float = TUKEY_LAMBDA,
+def fecam_statistics(features: torch.Tensor, labels: torch.Tensor, classes, *, lam: float | None = TUKEY_LAMBDA,
                      gamma1: float = GAMMA1, gamma2: float = GAMMA2, shrink_times: int = SHRINK_TIMES,
                      normalize: bool = True, offdiag: str = "nonzero") -> tuple[torch.Tensor, torch.Tensor]:
     """What FeCAM stores for new classes: prototypes (C, D), the mean raw feature, and matrices (C, D, D).
 
     Matrix of class c: the unbiased covariance of tukey(raw features), shrunk ``shrink_times`` times
     (released: 2; the paper describes one shrinkage), then correlation-normalised if ``normalize``.
+    ``lam=None`` skips the Tukey transform: the released ViT scripts (``FeCAM_vit_cifar100.py``: pre-trained
+    ViT-B/16 [CLS] features, L2-normalised, which can be negative) shrink once with gamma2 = 0 and no Tukey.
     """
     if shrink_times < 0:
         raise ValueError(f"shrink_times: expected >= 0, got {shrink_times}")
     means, _ = class_statistics(features, labels, classes)
-    _, covs = class_statistics(tukey(features, lam), labels, classes)
+    _, covs = class_statistics(features if lam is None else tukey(features, lam), labels, classes)
     for _ in range(shrink_times):
         covs = shrink_covariance(covs, gamma1, gamma2, offdiag=offdiag)
     if normalize:
