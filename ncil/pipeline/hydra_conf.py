@@ -158,7 +158,7 @@ def render_grid(name: str, overrides: list[str] | None = None) -> tuple[dict, st
     if name in paths.DIGITS_GRID_NAMES:  # the default data set's: params.yaml only (paths.DIGITS_GRID_NAMES)
         header = HEADER.replace("`python -m ncil params`", f"`python -m ncil grid {name}`").replace(
             "edit conf/ or override.", f"edit conf/ or override.\n# Run it as the default grid: "
-                                       f"python -m ncil params +experiment={name}")
+                                       f"python -m ncil params +experiment={name} && snakemake --cores N metrics")
         return data, header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100), ""
     if data["dataset"]["name"] != name:
         from ncil.pipeline.config import ConfigError

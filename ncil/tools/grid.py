@@ -62,7 +62,7 @@ def run(args: Args) -> None:
         data = write_grid(name, list(args.override))
         if name in paths.DIGITS_GRID_NAMES:
             say(f"wrote {paths.grid_params(name)}: {len(data['scenario'])} settings x {len(data['method'])} methods x "
-                f"{len(data['seeds'])} seeds; run: python -m ncil params +experiment={name} && snakemake --cores N")
+                f"{len(data['seeds'])} seeds; run: python -m ncil params +experiment={name} && snakemake --cores N metrics")
             continue
         say(f"wrote {paths.grid_params(name)} and {paths.grid_dvc_yaml(name)}: {len(data['scenario'])} settings x "
             f"{len(data['method'])} methods x {len(data['seeds'])} seeds; run: snakemake --cores N {name}")
