@@ -63,7 +63,7 @@ if CUDA_REFUSAL:
 
 onstart:
     if CUDA_REFUSAL and workflow.local_exec and any(
-        job.rule.name in ("train_base", "train", "evaluate") for job in workflow.dag.needrun_jobs()):
+        job.rule.name in ("train_base", "train", "train_base_memory", "train_memory", "evaluate") for job in workflow.dag.needrun_jobs()):
         print(f"error: {CUDA_REFUSAL}", file=sys.stderr)
         sys.exit(2)
 
@@ -129,6 +129,13 @@ for _name, (_, _cfg) in GRIDS.items():
 REPORT = PAPER_TABLES_MD + PAPER_TABLES_CSV + list(paths.paper_table_files("table4")) + figure_files(config)
 # The cost summary (Snakemake only: from the benchmark files Snakemake writes; not a DVC stage).
 COSTS = [paths.cost_table_file(DATASET)]
+
+
+# The rehearsal methods and base recipes of every grid (exemplars_per_class > 0: DyTox): the only wildcard
+# values rules train_memory and train_base_memory match; "(?!)" matches nothing (no such method).
+_REHEARSAL = [run for _, cfg in GRID_OF.values() for run in experiment_grid.runs(cfg) if run.rehearsal]
+REHEARSAL_METHODS = "|".join(re.escape(m) for m in sorted({r.method for r in _REHEARSAL})) or "(?!)"
+REHEARSAL_RECIPES = "|".join(re.escape(m) for m in sorted({r.base_recipe for r in _REHEARSAL})) or "(?!)"
 
 
 # Jobs build files of the data sets of the grids above only (params.yaml's and grids/*/params.yaml's);
@@ -348,6 +355,12 @@ def previous_task(wildcards):
 
 def previous_checkpoint(wildcards):
     return previous_task(wildcards)[0]
+
+
+def previous_memory(wildcards):
+    """Task t-1's exemplar memory (rules train_memory only; a method without exemplars has none to name)."""
+    run, task = this_run(wildcards), int(wildcards.task)
+    return run.memory(task - 1)
 
 
 def previous_centers(wildcards):

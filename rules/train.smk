@@ -70,6 +70,88 @@ rule train:
         " --checkpoint {output.checkpoint} --centers {output.centers} --log {log}"
 
 
+# Rehearsal methods (exemplars_per_class > 0: DyTox, docs/dytox.md): the same jobs, with the exemplar memory
+# as one more output of task t and one more input of task t+1 (memory.parquet beside the centers). Only the
+# grids' rehearsal methods and base recipes match these rules (REHEARSAL_METHODS, REHEARSAL_RECIPES in
+# rules/common.smk); every other method's jobs are train_base and train, which name no memory.
+ruleorder: train_base_memory > train_base
+ruleorder: train_memory > train
+
+
+rule train_base_memory:
+    """Task 0 of a rehearsal base recipe: also writes the exemplar memory task 1 trains on."""
+    input:
+        manifest="data/{dataset}/manifest.json",
+        split=base_split,
+        code=code("train"),
+        config_keys=config_stamp("train"),
+    output:
+        checkpoint="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/model.pt",
+        centers="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/centers.parquet",
+        memory="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/memory.parquet",
+    wildcard_constraints:
+        recipe=REHEARSAL_RECIPES,
+    params:
+        code=fingerprint("train"),
+        params_file=params_file,
+        config_keys=keys_digest("train"),
+    log:
+        "logs/train/{dataset}/base{initial}/{recipe}/seed{seed}/task_0.log",
+    benchmark:
+        "benchmarks/train/{dataset}/base{initial}/{recipe}/seed{seed}/task_0.tsv"
+    threads: job_threads("train_base")
+    resources:
+        gpu=job_gpus("train_base"),
+        mem_mb=job_mem_mb("train_base"),
+        runtime=job_runtime("train_base"),
+    conda:
+        "../envs/ncil.yaml"
+    shell:
+        "python -m ncil train --params {params.params_file} --split {input.split} --task 0"
+        " --seed {wildcards.seed} --method {wildcards.recipe}"
+        " --checkpoint {output.checkpoint} --centers {output.centers} --memory {output.memory} --log {log}"
+
+
+rule train_memory:
+    """Task t >= 1 of a rehearsal run: reads task t-1's checkpoint, centers and exemplar memory, writes its own."""
+    input:
+        manifest="data/{dataset}/manifest.json",
+        split="results/{dataset}/{setting}/split.json",
+        prev_checkpoint=previous_checkpoint,
+        prev_centers=previous_centers,
+        prev_memory=previous_memory,
+        code=code("train"),
+        config_keys=config_stamp("train", per_method=True),
+    output:
+        checkpoint="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/model.pt",
+        centers="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/centers.parquet",
+        memory="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/memory.parquet",
+    wildcard_constraints:
+        task="[1-9][0-9]*",
+        method=REHEARSAL_METHODS,
+    params:
+        code=fingerprint("train"),
+        params_file=params_file,
+        config_keys=keys_digest("train"),
+    log:
+        "logs/train/{dataset}/{setting}/{method}/seed{seed}/task_{task}.log",
+    benchmark:
+        "benchmarks/train/{dataset}/{setting}/{method}/seed{seed}/task_{task}.tsv"
+    threads: job_threads("train")
+    resources:
+        gpu=job_gpus("train"),
+        mem_mb=job_mem_mb("train"),
+        runtime=job_runtime("train"),
+    conda:
+        "../envs/ncil.yaml"
+    shell:
+        "python -m ncil train --params {params.params_file} --split {input.split} --task {wildcards.task}"
+        " --seed {wildcards.seed} --method {wildcards.method}"
+        " --prev-checkpoint {input.prev_checkpoint} --prev-centers {input.prev_centers}"
+        " --prev-memory {input.prev_memory}"
+        " --checkpoint {output.checkpoint} --centers {output.centers} --memory {output.memory} --log {log}"
+
+
 rule evaluate:
     """Predictions of every task's checkpoint on the test images of the classes seen so far."""
     input:

@@ -85,6 +85,24 @@ def run_config_snapshot(p: Params, job: TaskJob, device_type: str) -> dict:
     }
 
 
+def check_memory_use(job: TaskJob, memory: dict | None) -> None:
+    """Refuse an exemplar memory where the method keeps none, and a missing one where it trains on one (pure).
+
+    A method with ``exemplars_per_class`` 0 (every NECIL method) learns task t from task t's images alone: a
+    memory handed to it is an error, never silently ignored or used. A rehearsal method needs task t-1's
+    memory from task 1 on, and none in task 0.
+    """
+    kept = job.method.exemplars_per_class
+    if not kept and memory is not None:
+        raise ValueError(f"method {job.method_name}: keeps no exemplars (exemplars_per_class 0, a non-exemplar "
+                         f"method): task {job.task} takes no exemplar memory, got one of {len(memory['index'])} images")
+    if kept and job.task == 0 and memory is not None:
+        raise ValueError(f"method {job.method_name}: task 0 starts without an exemplar memory, got one")
+    if kept and job.task > 0 and memory is None:
+        raise ValueError(f"method {job.method_name}: task {job.task} trains on task {job.task - 1}'s exemplar "
+                         f"memory (exemplars_per_class {kept}): none given")
+
+
 def training_classes(job: TaskJob) -> list[int]:
     """Original ids of the classes whose training images task ``job.task`` may use."""
     if job.task > 0 and job.method.train_on == "seen":
@@ -122,13 +140,23 @@ def train_task(
     previous_centers: dict | None,
     logger: logging.Logger,
     plan: resume.Plan | None = None,
-) -> tuple[dict, dict]:
+    previous_memory: dict | None = None,
+) -> tuple[dict, dict] | tuple[dict, dict, dict]:
     """Train task ``job.task``; return (checkpoint payload, centers rows).
 
     ``plan`` (``ncil.learning.resume``): a state to resume from, how to save one (every ``plan.every`` epochs
     and when ``plan.stop_requested()``, after which ``resume.Preempted`` is raised). Resumed or not,
     the payload and rows are the same bytes.
+
+    A rehearsal method (``exemplars_per_class > 0``: DyTox, ``ncil.learning.dytox_training``) takes task t-1's
+    exemplar memory (``previous_memory``, from task 1 on) and also returns its own: (payload, centers rows,
+    memory rows). Any other method is refused a memory (``check_memory_use``): it never sees an old image.
     """
+    check_memory_use(job, previous_memory)
+    if job.method.backbone == "dytox":
+        from ncil.learning.dytox_training import train_dytox_task
+
+        return train_dytox_task(p, job, train_split, previous, previous_centers, previous_memory, logger, plan)
     plan = plan or resume.Plan()
     device, generator = runtime.setup(p.runtime, job.seed, job.task)
     precision = resolve_precision(p.runtime.precision, device.type, job.method.preset)

@@ -130,6 +130,31 @@ class DyToxNet(nn.Module):
         return {"patches": patches, "embeddings": embeddings, "cls": last, "logits": logits, "div_logits": div_logits}
 
 
+def classes_per_task_of(state: dict[str, torch.Tensor]) -> list[int]:
+    """The classes of each task of a ``DyToxNet`` state dict, read from its classifiers' shapes (pure)."""
+    counts, i = [], 0
+    while f"heads.{i}.linear.weight" in state:
+        counts.append(int(state[f"heads.{i}.linear.weight"].shape[0]))
+        i += 1
+    if not counts:
+        raise ValueError("not a DyTox state dict: no heads.0.linear.weight")
+    return counts
+
+
+def load_dytox(cfg: ModelConfig, in_chans: int, state: dict[str, torch.Tensor]) -> DyToxNet:
+    """Rebuild a ``DyToxNet`` from a checkpoint's state dict: one task per classifier, the divergence head
+    where the state has one. The structure is built with a throw-away generator for the tokens (the state
+    overwrites every value); the classifiers' default initialisation draws from torch's global generator, as
+    building any module does."""
+    classes = classes_per_task_of(state)
+    net = DyToxNet(cfg, in_chans, classes[0], divergence="divergence.linear.weight" in state)
+    scratch = torch.Generator().manual_seed(0)
+    for c in classes[1:]:
+        net.expand(c, generator=scratch)
+    net.load_state_dict(state)
+    return net
+
+
 def _trunc_normal(tensor: torch.Tensor, std: float, generator: torch.Generator) -> None:
     """In place: N(0, std^2) truncated to [-2, 2] (timm's absolute bounds), drawn by rejection from ``generator``."""
     flat = tensor.view(-1)

@@ -59,7 +59,15 @@ def build_network(cfg: ModelConfig, in_chans: int, n_outputs: int = 0, backbone:
 def load_network(
     cfg: ModelConfig, in_chans: int, state: dict[str, torch.Tensor], backbone: str = "vit"
 ) -> IncrementalNet:
-    """Rebuild a network from a checkpoint's state dict (the head size is read from it)."""
+    """Rebuild a network from a checkpoint's state dict (the head size is read from it).
+
+    ``backbone`` dytox: a ``ncil.models.dytox.DyToxNet`` (its tasks read from its classifiers), whose output's
+    "logits" are every seen class's in class order, as an ``IncrementalNet``'s.
+    """
+    if backbone == "dytox":
+        from ncil.models.dytox import load_dytox
+
+        return load_dytox(cfg, in_chans, state)
     net = IncrementalNet(cfg, in_chans, n_outputs=int(state["head.weight"].shape[0]), backbone=backbone)
     net.load_state_dict(state)
     return net

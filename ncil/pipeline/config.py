@@ -124,6 +124,14 @@ class MethodConfig:
     pr_form: str = "paper"  # paper (Eq. 4-6: one joint CE) or official (method-spec 4.7 [code]: L_off + 0.1 L_rest, D7/D9)
     proto_aug_form: str = "paper"  # paper or official (method-spec 4.5: through T, real columns 0..4K_tot only)
     train_images: str = "train"  # train (val images held out) or train_val (the released code trains on all of them)
+    # --- rehearsal with DyTox (Table 4; docs/dytox.md): backbone dytox only; the defaults (off) keep every NECIL method ---
+    exemplars_per_class: int = 0  # exemplar memory: training images kept per learned class (DyTox: 20); 0 = none (NECIL)
+    exemplar_rule: str = "icarl"  # herding: icarl (iCaRL's Algorithm 4) or code (the released Welling iteration)
+    dytox_distillation: str = "kd"  # kd (DyTox), pks (DyTox + PKS: KD replaced by Eq. 2-3, weight `pks`) or kd+pks
+    pks_cls_pairing: str = "same_token"  # DyTox + PKS's [CLS] term: same_token (e_t-1 under both models) or last
+    divergence: float = 0.0  # lambda_div: DyTox's divergence head (0.1); 0 = no head
+    finetune_epochs: int = 0  # balanced fine-tuning on the memory after each task t >= 1 (DyTox: 20); 0 = off
+    finetune_lr: float = 0.0  # its constant learning rate (DyTox: 2.5e-5 at batch 256)
 
 
 # runtime.compile: false (eager), true (torch.compile), graphs (torch.compile mode reduce-overhead: CUDA graphs, CUDA only).
@@ -172,17 +180,20 @@ PRECISIONS = ("auto", "fp32", "bf16")  # runtime.precision
 PRESET_PRECISION = {"paper": "bf16", "official": "fp32"}
 BACKBONES = ("vit",)
 OPTIMIZERS = ("adam", "sgd")
-METHOD_BACKBONES = ("vit", "resnet18", "hybrid")
+METHOD_BACKBONES = ("vit", "resnet18", "hybrid", "dytox")
 TRAIN_ON = ("current", "seen")
 PKS_WEIGHTINGS = ("inverse", "uniform", "direct")
 PR_CENTERS = ("task_start", "epoch")
+EXEMPLAR_RULES = ("icarl", "code")  # as ncil.methods.exemplars.RULES
+DYTOX_DISTILLATIONS = ("kd", "pks", "kd+pks")  # as ncil.methods.dytox.DISTILLATIONS
+CLS_PAIRINGS = ("same_token", "last")  # as ncil.methods.dytox.CLS_PAIRINGS
 FORMS = ("paper", "official")  # method pks_form, pr_form, proto_aug_form
 TRAIN_IMAGES = ("train", "train_val")  # method train_images
 NUMERICS = ("native", "portable")  # runtime.numerics (ncil.learning.numerics)
 CROP_FILLS = ("black", "mean")  # as ncil.data.augment.CROP_FILLS
 # Method fields that shape task 0: methods sharing a base recipe must agree on them.
 BASE_RECIPE_FIELDS = ("preset", "backbone", "rotation", "ce_temperature", "mixup_rounds", "contrastive",
-                      "contrastive_temperature", "train_images")
+                      "contrastive_temperature", "train_images", "exemplars_per_class", "exemplar_rule")
 # Names of scenarios, methods and base recipes become folder names and Snakemake wildcard values.
 NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -442,6 +453,7 @@ def _validate(p: Params, source: str) -> None:
                 raise _fail(source, f"{key}.{weight}", f"expected a weight >= 0, got {getattr(m, weight)}")
         _validate_scenario_weights(p, source, name, m)
         _validate_preset_options(source, key, m)
+        _validate_dytox_options(source, key, m)
     _validate_grid_preset(p, source)
     # Methods of one base recipe share task 0 of every base split: its fields must agree there, the
     # contrastive weight as each split resolves it (method_for_split).
@@ -614,6 +626,48 @@ def _validate_preset_options(source: str, key: str, m: MethodConfig) -> None:
         if getattr(m, weight) > 0 and getattr(m, form) != "official":
             raise _fail(source, f"{key}.{form}", f"the official preset's step implements {weight} in the official "
                                                  f"form only: expected 'official', got {getattr(m, form)!r}")
+
+
+# Options only DyTox's loop reads (backbone dytox; ncil.learning.dytox_training), with their off values: set on
+# another backbone they would be silently ignored, so they are refused; they never appear in its checkpoints.
+DYTOX_ONLY = {"exemplars_per_class": 0, "exemplar_rule": "icarl", "dytox_distillation": "kd",
+              "pks_cls_pairing": "same_token", "divergence": 0.0, "finetune_epochs": 0, "finetune_lr": 0.0}
+# Options of the NECIL methods' step that DyTox's loop does not read, with their off values.
+NOT_DYTOX = {"rotation": False, "ce_temperature": 1.0, "feature_kd": 0.0, "proto_aug": 0.0, "pr": 0.0,
+             "train_on": "current", "preset": "paper"}
+
+
+def _validate_dytox_options(source: str, key: str, m: MethodConfig) -> None:
+    """DyTox's options on backbone dytox only, and none of the NECIL step's terms there (docs/dytox.md)."""
+    _choice(source, f"{key}.exemplar_rule", m.exemplar_rule, EXEMPLAR_RULES)
+    _choice(source, f"{key}.dytox_distillation", m.dytox_distillation, DYTOX_DISTILLATIONS)
+    _choice(source, f"{key}.pks_cls_pairing", m.pks_cls_pairing, CLS_PAIRINGS)
+    for option in ("exemplars_per_class", "finetune_epochs"):
+        _at_least_zero(source, f"{key}.{option}", getattr(m, option))
+    for option in ("divergence", "finetune_lr"):
+        if getattr(m, option) < 0:
+            raise _fail(source, f"{key}.{option}", f"expected a value >= 0, got {getattr(m, option)}")
+    if m.backbone != "dytox":
+        for option, off in DYTOX_ONLY.items():
+            if getattr(m, option) != off:
+                raise _fail(source, f"{key}.{option}", f"only DyTox's loop uses it: expected {off!r} on backbone "
+                                                       f"{m.backbone}, got {getattr(m, option)!r} (or set {key}.backbone: dytox)")
+        return
+    for option, off in NOT_DYTOX.items():
+        if getattr(m, option) != off:
+            raise _fail(source, f"{key}.{option}", f"DyTox's loop (backbone dytox) does not use it: expected {off!r}, "
+                                                   f"got {getattr(m, option)!r}")
+    if m.dytox_distillation == "kd" and m.pks > 0:
+        raise _fail(source, f"{key}.pks", f"dytox_distillation kd trains no PKS term: expected 0, got {m.pks} "
+                                          f"(or set {key}.dytox_distillation: pks)")
+    if m.dytox_distillation != "kd" and m.pks <= 0:
+        raise _fail(source, f"{key}.pks", f"dytox_distillation {m.dytox_distillation} needs lambda_pks > 0, got {m.pks}")
+    if m.finetune_epochs and not m.exemplars_per_class:
+        raise _fail(source, f"{key}.finetune_epochs", "the balanced fine-tuning trains on the exemplar memory: "
+                                                      "expected 0 with exemplars_per_class 0")
+    if m.finetune_epochs and m.finetune_lr <= 0:
+        raise _fail(source, f"{key}.finetune_lr", f"expected a learning rate > 0 with finetune_epochs "
+                                                  f"{m.finetune_epochs}, got {m.finetune_lr}")
 
 
 def resolve_precision(requested: str, device_type: str, preset: str) -> str:

@@ -24,6 +24,7 @@ class Run:
     increment: int
     n_tasks: int
     base_recipe: str
+    rehearsal: bool = False  # the method keeps an exemplar memory (exemplars_per_class > 0: DyTox)
 
     @property
     def run_id(self) -> str:
@@ -42,6 +43,12 @@ class Run:
 
     def centers(self, task: int) -> str:
         return paths.centers(self.dataset, self.task_run_id(task), task)
+
+    def memory(self, task: int) -> str:
+        """Task ``task``'s exemplar memory: an output of task t and an input of task t+1 of a rehearsal run only."""
+        if not self.rehearsal:
+            raise ValueError(f"{self.run_id}: method {self.method} keeps no exemplars: its tasks have no memory")
+        return paths.memory(self.dataset, self.task_run_id(task), task)
 
     def eval_file(self, task: int) -> str:
         return paths.eval_file(self.dataset, self.run_id, task)
@@ -86,7 +93,8 @@ def runs(params: dict) -> list[Run]:
         for method, spec in params["method"].items():
             for seed in params["seeds"]:
                 out.append(
-                    Run(dataset, setting, method, int(seed), initial, increment, n_tasks, spec["base_recipe"])
+                    Run(dataset, setting, method, int(seed), initial, increment, n_tasks, spec["base_recipe"],
+                        rehearsal=int(spec.get("exemplars_per_class", 0)) > 0)
                 )
     return out
 

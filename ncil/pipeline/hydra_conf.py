@@ -155,6 +155,11 @@ def render_grid(name: str, overrides: list[str] | None = None) -> tuple[dict, st
     data = compose(overrides)
     params_file = paths.grid_params(name)
     parse_params(data, source=f"conf/ with overrides {overrides}")
+    if name in paths.DIGITS_GRID_NAMES:  # the default data set's: params.yaml only (paths.DIGITS_GRID_NAMES)
+        header = HEADER.replace("`python -m ncil params`", f"`python -m ncil grid {name}`").replace(
+            "edit conf/ or override.", f"edit conf/ or override.\n# Run it as the default grid: "
+                                       f"python -m ncil params +experiment={name} && snakemake --cores N metrics")
+        return data, header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100), ""
     if data["dataset"]["name"] != name:
         from ncil.pipeline.config import ConfigError
 
@@ -171,5 +176,6 @@ def write_grid(name: str, overrides: list[str] | None = None) -> dict:
 
     data, params_text, dvc_text = render_grid(name, overrides)
     io.write_text(paths.grid_params(name), params_text)
-    io.write_text(paths.grid_dvc_yaml(name), dvc_text)
+    if dvc_text:  # none for the default data set's grids (paths.DIGITS_GRID_NAMES)
+        io.write_text(paths.grid_dvc_yaml(name), dvc_text)
     return data

@@ -27,6 +27,7 @@ import numpy as np
 
 CHECKPOINT_FORMAT = 2  # 2: content_sha256 and centers_sha256
 CENTERS_FORMAT = 1
+MEMORY_FORMAT = 1
 EVAL_FORMAT = 1
 DATA_FORMAT = 1
 
@@ -520,26 +521,32 @@ def content_digest(payload) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(path: str | Path, payload: dict, centers_file: str | Path | None = None) -> None:
+def save_checkpoint(path: str | Path, payload: dict, centers_file: str | Path | None = None,
+                    memory_file: str | Path | None = None) -> None:
     """A plain dict of tensors and primitives, loadable with ``torch.load(weights_only=True)``.
 
     The payload carries ``content_sha256`` (``content_digest`` of everything else), checked by
     ``load_checkpoint``; with ``centers_file`` it also records that file's SHA-256, so a checkpoint
     and a class-centers table from different runs or writes are never taken as one task's outputs.
+    ``memory_file`` (a rehearsal method's exemplar memory) is recorded the same way, as ``memory_sha256``;
+    a checkpoint without one has no such key.
     """
     import torch
 
     payload = {"format_version": CHECKPOINT_FORMAT, **payload}
     if centers_file is not None:
         payload["centers_sha256"] = sha256_file(centers_file)
+    if memory_file is not None:
+        payload["memory_sha256"] = sha256_file(memory_file)
     payload["content_sha256"] = content_digest(payload)
     buffer = BytesIO()  # saved in memory: torch names the archive after a file, and the temp name is random
     torch.save(payload, buffer)
     write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: str | Path, centers_file: str | Path | None = None) -> dict:
-    """Load and check a checkpoint: format, required keys, content hash (and its centers file's hash)."""
+def load_checkpoint(path: str | Path, centers_file: str | Path | None = None,
+                    memory_file: str | Path | None = None) -> dict:
+    """Load and check a checkpoint: format, required keys, content hash (and its centers and memory files' hashes)."""
     import torch
 
     path = _require(path, "checkpoint")
@@ -565,6 +572,15 @@ def load_checkpoint(path: str | Path, centers_file: str | Path | None = None) ->
                                 f"sha256 {payload.get('centers_sha256')}, the file hashes to {found}): the table "
                                 "was changed or corrupted after it was written, or the two come from different "
                                 "training jobs")
+    if memory_file is not None:
+        found = sha256_file(_require(memory_file, "exemplar memory"))
+        if "memory_sha256" not in payload:
+            raise ArtifactError(f"{memory_file}: {path} records no exemplar memory (its method keeps none): "
+                                "the memory does not belong to it")
+        if payload["memory_sha256"] != found:
+            raise ArtifactError(f"{memory_file}: does not belong to {path} (the checkpoint records memory sha256 "
+                                f"{payload['memory_sha256']}, the file hashes to {found}): the exemplar memory was "
+                                "changed or corrupted after it was written, or the two come from different training jobs")
     return payload
 
 
@@ -756,6 +772,63 @@ def read_centers(path: str | Path) -> dict:
     if (out["spread"] < 0).any():
         _refuse(path, what, "spread", "expected no negative spread (a mean variance)")
     return out
+
+
+MEMORY_COLUMNS = ("index", "class_id", "original_class", "task", "rank")
+
+
+def write_memory(path: str | Path, rows: dict, task: int, per_class: int) -> None:
+    """A rehearsal method's exemplar memory after task ``task``: one row per kept training image.
+
+    ``rows`` holds equal-length sequences ``index`` (row of the prepared training array the task trained
+    on), ``class_id`` (its label after the class-order remap), ``original_class``, ``task`` (that introduced the
+    class) and ``rank`` (herding rank within the class, 0 first); rows grouped by class, in herding order.
+    Schema metadata: ``ncil.task``, ``ncil.per_class`` (exemplars kept per class).
+    """
+    import pyarrow as pa
+
+    types = {"index": pa.int64(), "class_id": pa.int32(), "original_class": pa.int32(), "task": pa.int32(),
+             "rank": pa.int32()}
+    schema = pa.schema(list(types.items()), metadata={"ncil.format_version": str(MEMORY_FORMAT),
+                                                      "ncil.task": str(task), "ncil.per_class": str(per_class)})
+    table = pa.table([pa.array(np.asarray(rows[name]), type=types[name]) for name in MEMORY_COLUMNS], schema=schema)
+    _write_table(path, table)
+
+
+def read_memory(path: str | Path) -> dict:
+    """An exemplar memory as numpy arrays, plus ``producing_task`` and ``per_class``.
+
+    Checked beyond decoding (``_read_table``: the footer statistics): no negative value, distinct training
+    rows, one original class per class id and back, each class's rows together with ranks 0, 1, ... and at
+    most ``ncil.per_class`` of them, introducing tasks non-decreasing up to the producing task.
+    """
+    import pyarrow as pa
+
+    what = "exemplar memory"
+    table = _read_table(path, what, {name: pa.types.is_integer for name in MEMORY_COLUMNS}, MEMORY_FORMAT)
+    path = Path(path)
+    out = {name: table.column(name).to_numpy().astype(np.int64) for name in MEMORY_COLUMNS}
+    task, per_class = _metadata_int(path, table, "ncil.task"), _metadata_int(path, table, "ncil.per_class")
+    for name in MEMORY_COLUMNS:
+        if (out[name] < 0).any():
+            _refuse(path, what, name, "expected no negative value")
+    if len(np.unique(out["index"])) != len(table):
+        _refuse(path, what, "index", "expected distinct training rows")
+    pairs = np.unique(np.stack([out["class_id"], out["original_class"]]), axis=1)
+    if len(np.unique(pairs[0])) != pairs.shape[1] or len(np.unique(pairs[1])) != pairs.shape[1]:
+        _refuse(path, what, "class_id", "expected one original_class per class_id and back")
+    starts = np.flatnonzero(np.r_[True, np.diff(out["class_id"]) != 0]) if len(table) else np.zeros(0, np.int64)
+    if len(starts) != pairs.shape[1]:
+        _refuse(path, what, "class_id", "expected each class's rows together")
+    expected_rank = np.arange(len(table)) - np.repeat(starts, np.diff(np.r_[starts, len(table)]))
+    if not np.array_equal(out["rank"], expected_rank):
+        _refuse(path, what, "rank", "expected ranks 0, 1, ... within each class")
+    if len(table) and out["rank"].max() >= per_class:
+        _refuse(path, what, "rank", f"expected at most ncil.per_class = {per_class} rows per class")
+    tasks = out["task"]
+    if len(tasks) and (tasks[-1] > task or (np.diff(tasks) < 0).any()):
+        _refuse(path, what, "task", f"expected non-decreasing tasks up to the producing task {task}")
+    return {**out, "producing_task": task, "per_class": per_class}
 
 
 def write_predictions(path: str | Path, columns: dict, task: int) -> None:

@@ -6,6 +6,7 @@ Layout (all paths relative to the repository root):
     results/<dataset>/<split_id>/split.json           class order and classes of each task (git)
     runs/<dataset>/<run_id>/task_<t>/model.pt         checkpoint after task t (DVC cache)
     runs/<dataset>/<run_id>/task_<t>/centers.parquet  class centers after task t (DVC cache)
+    runs/<dataset>/<run_id>/task_<t>/memory.parquet   exemplar memory after task t: rehearsal methods only (DVC cache)
     results/<dataset>/<setting>/<method>/seed<s>/eval/task_<t>.parquet   per-task predictions (git)
     results/<dataset>/<setting>/<method>/seed<s>/metrics.json            summary (git, DVC metric)
     results/tables/<dataset>_results.{md,csv}                            results table (git)
@@ -28,9 +29,15 @@ GRIDS_ROOT = "grids"
 # The paper's data sets: each has a Hydra experiment conf/experiment/<name>.yaml composed into
 # grids/<name>/params.yaml (`python -m ncil grid <name>`) and a Snakemake target of the same name.
 GRID_NAMES = ("cifar100", "tinyimagenet", "imagenet_subset")
+# Grids of the default data set (digits) with methods kept out of the default grid (Table 4's DyTox): a committed
+# grids/<name>/params.yaml from conf/experiment/<name>.yaml, run by composing it into params.yaml
+# (`python -m ncil params +experiment=<name>`). No dvc.yaml or Snakemake target of their own: their data, splits
+# and tables are the default grid's paths.
+DIGITS_GRID_NAMES = ("digits_dytox",)
 
 CHECKPOINT_NAME = "model.pt"
 CENTERS_NAME = "centers.parquet"
+MEMORY_NAME = "memory.parquet"  # the exemplar memory of a rehearsal method (DyTox, exemplars_per_class > 0)
 MANIFEST_NAME = "manifest.json"
 DATA_SPLITS = ("train", "val", "test")
 
@@ -81,6 +88,11 @@ def checkpoint(dataset: str, run: str, task: int) -> str:
 
 def centers(dataset: str, run: str, task: int) -> str:
     return f"{task_dir(dataset, run, task)}/{CENTERS_NAME}"
+
+
+def memory(dataset: str, run: str, task: int) -> str:
+    """The training images a rehearsal method keeps after task ``task`` (never written by a NECIL method)."""
+    return f"{task_dir(dataset, run, task)}/{MEMORY_NAME}"
 
 
 def result_dir(dataset: str, run: str) -> str:

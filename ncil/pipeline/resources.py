@@ -159,6 +159,14 @@ def train(p: Params, method: MethodConfig, initial: int, increment: int, task: i
     per_image = 3 * rows + (rows if task > 0 else 0) + (views if method.contrastive > 0 else 0)
     epochs = p.train.base_epochs if task == 0 and p.train.base_epochs else p.train.epochs
     flop = epochs * images * per_image * forward_flop(p, method)
+    if method.backbone == "dytox":  # docs/dytox.md: the memory's rows too, one TAB pass per task, the fine-tuning
+        old = initial + (task - 1) * increment if task > 0 else 0
+        memory = method.exemplars_per_class * old
+        per_tab = _block_flop(p.model, (p.model.img_size // p.model.patch_size) ** 2 + 1)
+        per_row = forward_flop(p, method) + task * per_tab  # task + 1 TAB passes
+        flop = epochs * (images + memory) * per_image * per_row
+        if task > 0:
+            flop += method.finetune_epochs * method.exemplars_per_class * (old + increment) * 3 * per_row
     rate = THROUGHPUT[kind] * (p.runtime.threads if kind == "cpu" else max(1, gpus(p)))
     seconds = STARTUP_S[kind] + (COMPILE_S if p.runtime.compile else 0) + flop / rate
     mem = BASE_MB[kind] + 3 * images * image_bytes(p) / 1e6  # the task's rows of the mapped arrays, 2 copies

@@ -141,9 +141,16 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True, r
         if t > 0:
             deps.update(prev_checkpoint=run.checkpoint(t - 1), prev_centers=run.centers(t - 1))
             cmd += ["--prev-checkpoint", run.checkpoint(t - 1), "--prev-centers", run.centers(t - 1)]
+            if run.rehearsal:  # task t-1's exemplar memory: an input of rehearsal methods' tasks only
+                deps["prev_memory"] = run.memory(t - 1)
+                cmd += ["--prev-memory", run.memory(t - 1)]
         outs = {"checkpoint": run.checkpoint(t), "centers": run.centers(t)}
         log = paths.log_file("train", f"{dataset}/{job.run_id}/task_{t}")
-        cmd += ["--checkpoint", outs["checkpoint"], "--centers", outs["centers"], "--log", log]
+        cmd += ["--checkpoint", outs["checkpoint"], "--centers", outs["centers"]]
+        if run.rehearsal:
+            outs["memory"] = run.memory(t)
+            cmd += ["--memory", outs["memory"]]
+        cmd += ["--log", log]
         keys = param_keys("train", params, run.method if t > 0 else None)
         out.append(Step(
             name=stage_name("train", dataset, job.run_id, f"task{t}"), kind="train", cmd=tuple(cmd),

@@ -39,6 +39,8 @@ class Args:
     prev_centers: str | None
     checkpoint: str
     centers: str
+    prev_memory: str | None = None
+    memory: str | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,21 +54,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prev-centers")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--centers", required=True)
+    parser.add_argument("--prev-memory", help="task t-1's exemplar memory (rehearsal methods only, tasks t >= 1)")
+    parser.add_argument("--memory", help="this task's exemplar memory (rehearsal methods only: exemplars_per_class > 0)")
 
 
 def check_paths(args: Args) -> None:
     """The command's own consistency (pure): task range aside, the flags a task needs, no overlap."""
     if args.task < 0:
         raise cli.UsageError(f"--task {args.task}: expected 0 or more")
-    if args.task == 0 and (args.prev_checkpoint or args.prev_centers):
-        raise cli.UsageError("--prev-checkpoint/--prev-centers: task 0 starts from scratch and takes neither")
+    if args.task == 0 and (args.prev_checkpoint or args.prev_centers or args.prev_memory):
+        raise cli.UsageError("--prev-checkpoint/--prev-centers/--prev-memory: task 0 starts from scratch and takes none")
     if args.task > 0 and not (args.prev_checkpoint and args.prev_centers):
         raise cli.UsageError("tasks after the first need --prev-checkpoint and --prev-centers")
     cli.refuse_overlap(
-        {"--checkpoint": args.checkpoint, "--centers": args.centers, "--log": args.log},
+        {"--checkpoint": args.checkpoint, "--centers": args.centers, "--memory": args.memory, "--log": args.log},
         {"--params": args.params, "--split": args.split, "--prev-checkpoint": args.prev_checkpoint,
-         "--prev-centers": args.prev_centers},
+         "--prev-centers": args.prev_centers, "--prev-memory": args.prev_memory},
     )
+
+
+def check_memory_flags(args: Args, method, params_file: str) -> None:
+    """The exemplar memory's flags against the method (pure): a rehearsal method (exemplars_per_class > 0)
+    writes ``--memory`` and, from task 1 on, reads ``--prev-memory``; any other method takes neither, so a
+    non-exemplar method's job can never be handed an old task's images."""
+    if not method.exemplars_per_class:
+        given = [flag for flag, value in (("--memory", args.memory), ("--prev-memory", args.prev_memory)) if value]
+        if given:
+            raise cli.UsageError(f"{'/'.join(given)}: --method {args.method} keeps no exemplars (exemplars_per_class 0 "
+                                 f"in {params_file}): it neither reads nor writes an exemplar memory")
+        return
+    if not args.memory:
+        raise cli.UsageError(f"--memory: --method {args.method} keeps {method.exemplars_per_class} exemplars per class "
+                             f"({params_file}): name the file its exemplar memory is written to")
+    if args.task > 0 and not args.prev_memory:
+        raise cli.UsageError(f"--prev-memory: task {args.task} of --method {args.method} trains on task "
+                             f"{args.task - 1}'s exemplar memory: name it")
 
 
 def resolve_method(p, args: Args, params_file: str):
@@ -170,8 +192,9 @@ def data_identity(dataset: str, splits: list[str]) -> dict[str, str | None]:
     return {f: e.get("sha256") if isinstance(e, dict) else None for f, e in entries.items()}
 
 
-def stop_line(stop, flag, state_file: Path) -> str:
-    """The one line a stopped job prints (pure): what stopped it, where, what was saved."""
+def stop_line(stop, flag, state_file: Path, resumable: bool = True) -> str:
+    """The one line a stopped job prints (pure): what stopped it, where, what was saved. ``resumable`` False:
+    a task whose loop saves no state (DyTox's, ncil.learning.dytox_training)."""
     import signal
 
     from ncil.learning import resume
@@ -182,6 +205,8 @@ def stop_line(stop, flag, state_file: Path) -> str:
         return f"{word}: state saved at {where} of task {stop.task} ({state_file}); rerun to resume"
     if stop.epoch == 0 and stop.step == 0:
         return f"{word}: before the first step of task {stop.task}, nothing to save; rerun to train it"
+    if not resumable:
+        return f"{word}: DyTox's tasks save no resumable state; rerun to train task {stop.task} again from epoch 1"
     return (f"{word}: runtime.resume_every is 0, no state saved; rerun to train task {stop.task} "
             "again from epoch 1")
 
@@ -205,6 +230,7 @@ def run(args: Args) -> None:
     if args.task >= len(split["tasks"]):
         raise cli.UsageError(f"--task {args.task}: {args.split} has only {len(split['tasks'])} tasks")
     method = resolve_method(p, args, args.params)
+    check_memory_flags(args, method, args.params)
     if method.contrastive_by_scenario:  # per-setting lambda_con (method-spec 4.8); paper methods have none
         from ncil.pipeline.config import method_for_split
 
@@ -230,13 +256,17 @@ def _train(args: Args, p, split: dict, method, job, log, flag) -> None:
     from ncil.learning.training import run_config_snapshot, train_task
     from ncil.pipeline import io, provenance
 
-    previous = previous_centers = None
+    previous = previous_centers = previous_memory = None
     if args.task:
-        previous = io.load_checkpoint(args.prev_checkpoint, args.prev_centers)  # also checks the pair
+        # Also checks the pair (and the memory: the checkpoint records its SHA-256).
+        previous = io.load_checkpoint(args.prev_checkpoint, args.prev_centers, args.prev_memory)
         expected_method = method.base_recipe if args.task == 1 else args.method
         check_previous(previous, job, p, expected_method, args.prev_checkpoint, args.split)
         previous_centers = io.read_centers(args.prev_centers)
-    io.ensure_writable(args.checkpoint, args.centers)  # before the data loads and the training starts
+        if args.prev_memory:
+            previous_memory = io.read_memory(args.prev_memory)
+    outputs = [args.checkpoint, args.centers, *([args.memory] if args.memory else [])]
+    io.ensure_writable(*outputs)  # before the data loads and the training starts
 
     # The resumable state: checked whole and against this job (params, split, data, code) before the data loads.
     device = runtime.resolve_device(p.runtime.device)
@@ -266,16 +296,22 @@ def _train(args: Args, p, split: dict, method, job, log, flag) -> None:
     if method.train_images == "train_val":  # the released code trains on both (method-spec 8)
         train_data = with_validation(train_data, load_split(p.dataset.name, "val"))
     try:
-        payload, centers = train_task(p, job, train_data, previous, previous_centers, log, plan)
+        if method.exemplars_per_class:
+            payload, centers, memory = train_task(p, job, train_data, previous, previous_centers, log, plan,
+                                                  previous_memory=previous_memory)
+        else:
+            payload, centers = train_task(p, job, train_data, previous, previous_centers, log, plan)
     except resume.Preempted as stop:
-        tell(log, stop_line(stop, flag, state_file))
+        tell(log, stop_line(stop, flag, state_file, resumable=method.backbone != "dytox"))
         raise SystemExit(flag.exit_status) from None
-    # The checkpoint goes last and records the centers' hash: a job killed between the two writes
-    # leaves no checkpoint, so the pair never looks complete with one old and one new file.
+    # The checkpoint goes last and records the centers' (and the memory's) hash: a job killed between the
+    # writes leaves no checkpoint, so the outputs never look complete with old and new files side by side.
     Path(args.checkpoint).unlink(missing_ok=True)
     io.write_centers(args.centers, centers, task=args.task, feature_dim=centers["center"].shape[1])
-    io.save_checkpoint(args.checkpoint, payload, centers_file=args.centers)
+    if method.exemplars_per_class:
+        io.write_memory(args.memory, memory, task=args.task, per_class=method.exemplars_per_class)
+    io.save_checkpoint(args.checkpoint, payload, centers_file=args.centers, memory_file=args.memory)
     io.write_json(platform_path(args.checkpoint),
                   platform_sidecar(here, args.checkpoint, io.sha256_file(args.checkpoint), earlier))
     resume.remove(state_file)  # the task is complete: its outputs supersede the state
-    log.info("wrote %s and %s", args.checkpoint, args.centers)
+    log.info("wrote %s", " and ".join(outputs))

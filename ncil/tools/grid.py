@@ -21,8 +21,9 @@ class Args:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     cli.add_log(parser)
-    parser.add_argument("name", nargs="?", choices=("cifar100", "tinyimagenet", "imagenet_subset"),
-                        help="data set (default: all three)")
+    parser.add_argument("name", nargs="?", choices=("cifar100", "tinyimagenet", "imagenet_subset", "digits_dytox"),
+                        help="a paper data set's grid, or digits_dytox (Table 4's DyTox methods on the digits; "
+                             "params.yaml only); default: all")
     parser.add_argument("override", nargs="*", help="Hydra overrides after +experiment=<name>, e.g. +smoke=cpu")
     parser.add_argument("--check", action="store_true", help="fail if a grid file differs from conf/ instead of writing")
 
@@ -41,7 +42,7 @@ def stale_files(names: list[str], overrides: list[str]) -> list[str]:
         if not params_file.exists() or params_file.read_text() != params_text:
             stale.append(str(params_file))
         dvc_yaml = Path(paths.grid_dvc_yaml(name))  # written on first use, then committed with its dvc.lock
-        if dvc_yaml.exists() and dvc_yaml.read_text() != dvc_text:
+        if dvc_text and dvc_yaml.exists() and dvc_yaml.read_text() != dvc_text:
             stale.append(str(dvc_yaml))
     return stale
 
@@ -51,7 +52,7 @@ def run(args: Args) -> None:
     from ncil.pipeline.hydra_conf import write_grid
     from ncil.pipeline.progress import say
 
-    names = [args.name] if args.name else list(paths.GRID_NAMES)
+    names = [args.name] if args.name else [*paths.GRID_NAMES, *paths.DIGITS_GRID_NAMES]
     if args.check:
         stale = stale_files(names, list(args.override))
         if stale:
@@ -59,5 +60,9 @@ def run(args: Args) -> None:
         return
     for name in names:
         data = write_grid(name, list(args.override))
+        if name in paths.DIGITS_GRID_NAMES:
+            say(f"wrote {paths.grid_params(name)}: {len(data['scenario'])} settings x {len(data['method'])} methods x "
+                f"{len(data['seeds'])} seeds; run: python -m ncil params +experiment={name} && snakemake --cores N metrics")
+            continue
         say(f"wrote {paths.grid_params(name)} and {paths.grid_dvc_yaml(name)}: {len(data['scenario'])} settings x "
             f"{len(data['method'])} methods x {len(data['seeds'])} seeds; run: snakemake --cores N {name}")

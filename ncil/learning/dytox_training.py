@@ -1,0 +1,223 @@
+"""One task of DyTox or DyTox + PKS (Table 4; docs/dytox.md), readable top to bottom.
+
+``train_dytox_task`` is what ``ncil.learning.training.train_task`` runs for a method on backbone ``dytox``: it
+takes loaded objects (config, split, data, task t-1's checkpoint, centers and exemplar memory) and returns the
+new checkpoint payload, centers rows and memory rows; only the CLI touches disk.
+
+    1. the model: a fresh ``DyToxNet`` for task 0; else task t-1's, expanded by a task token, a classifier and
+       a divergence head; task t-1's model, frozen and in eval mode, is the teacher
+    2. the data: task t's training images and the memory's (each once), uint8 on the device
+    3. training (``phase`` base or task: ``ncil.models.dytox.apply_phase``), a fresh optimiser of the
+       train section's recipe over the trainable parameters; each step is ``ncil.methods.dytox.loss_terms``
+    4. herding (``ncil.methods.exemplars.select_exemplars``) of task t's classes on the concatenated task
+       embeddings of their images, without augmentation: the memory keeps task t-1's rows and adds these
+    5. from task 1 on, the balanced fine-tuning on the memory alone (phase finetune: encoder frozen, L_clf only)
+    6. class centers of task t's classes on the newest task embedding (an artifact as every method's; DyTox
+       does not read them)
+
+Not yet here (docs/dytox.md section 9): AdamW with the warm-up cosine schedule, RandAugment and repeated
+augmentation (the grid's train section and augmentation are used), and resumable states inside a task (a
+stop request ends the task without saving; a rerun trains it from epoch 1).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from ncil.data import arrays, augment
+from ncil.data.scenario import remap_labels
+from ncil.learning import optim, resume, runtime
+from ncil.learning.training import (empty_centers, epoch_order, history_without_timing, run_config_snapshot,
+                                    torch_cpu_generator)
+from ncil.methods.dytox import DyToxLossConfig, loss_terms, total_loss
+from ncil.methods.exemplars import reduce_memory, select_exemplars
+from ncil.methods.prototypes import class_centers, gaussian_radius
+from ncil.models.dytox import DyToxNet, apply_phase, load_dytox
+from ncil.pipeline.config import MethodConfig, Params, resolve_precision
+from ncil.pipeline.progress import EpochProgress
+
+HEAD_LAYOUT = "dytox"  # the checkpoint's head_layout: one classifier per task, logits in class order
+
+
+def loss_config(method: MethodConfig) -> DyToxLossConfig:
+    """The method's DyTox objective: distillation, lambda_div and PKS's options (docs/dytox.md sections 2-3)."""
+    return DyToxLossConfig(distillation=method.dytox_distillation, divergence=method.divergence, pks=method.pks,
+                           pks_weighting=method.pks_weighting, pks_p=method.pks_p, pks_detach=method.pks_detach,
+                           cls_pairing=method.pks_cls_pairing)
+
+
+def memory_rows(memory: dict, train_split: arrays.Split, label_map: dict[int, int], classes: list[int]) -> np.ndarray:
+    """The memory's training rows (int64), after checking them against the split this task trains on: each
+    row exists, holds the image of the class the memory says, and the classes are exactly ``classes``
+    (the old ones). A memory of another split, data set or class order is refused here."""
+    index = np.asarray(memory["index"], dtype=np.int64)
+    if len(index) and index.max() >= len(train_split.labels):
+        raise ValueError(f"exemplar memory: index: row {int(index.max())} is past the training split's "
+                         f"{len(train_split.labels)} images (a memory of another data set or split)")
+    original = train_split.labels[index].astype(np.int64)
+    if not np.array_equal(original, np.asarray(memory["original_class"], dtype=np.int64)):
+        raise ValueError("exemplar memory: original_class: the rows do not hold these classes' images in the "
+                         "training split (a memory of another data set or split)")
+    remapped = np.asarray([label_map[int(o)] for o in original], dtype=np.int64)
+    if not np.array_equal(remapped, np.asarray(memory["class_id"], dtype=np.int64)):
+        raise ValueError("exemplar memory: class_id: not the class order of this run")
+    if sorted(set(original.tolist())) != sorted(classes):
+        raise ValueError(f"exemplar memory: holds classes {sorted(set(original.tolist()))}, expected the classes "
+                         f"seen before this task {sorted(classes)}")
+    return index
+
+
+@torch.no_grad()
+def task_embeddings(net: DyToxNet, x: torch.Tensor, batch_size: int, device: torch.device, mean, std,
+                    precision: str = "fp32") -> torch.Tensor:
+    """Every task embedding (N, t, D) of uint8 images ``x`` in eval mode (no augmentation), float32 on the CPU."""
+    net.eval()
+    out = []
+    for start in range(0, len(x), batch_size):
+        batch = augment.normalize(augment.to_unit(x[start: start + batch_size].to(device)), mean, std)
+        with runtime.autocast(device, precision):
+            out.append(net(batch)["embeddings"].float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, net.n_tasks, net.embed_dim)
+
+
+def train_dytox_task(p: Params, job, train_split: arrays.Split, previous: dict | None, previous_centers: dict | None,
+                     previous_memory: dict | None, logger: logging.Logger,
+                     plan: resume.Plan | None = None) -> tuple[dict, dict, dict]:
+    """Train task ``job.task`` of a DyTox method; return (checkpoint payload, centers rows, memory rows)."""
+    plan = plan or resume.Plan()
+    device, generator = runtime.setup(p.runtime, job.seed, job.task)
+    precision = resolve_precision(p.runtime.precision, device.type, job.method.preset)
+    method = job.method
+    label_map = remap_labels(job.class_order)
+    seen = [c for t in job.tasks[: job.task + 1] for c in t]
+    new_classes, old_classes = list(job.tasks[job.task]), seen[: len(seen) - len(job.tasks[job.task])]
+    n_seen, n_old = len(seen), len(old_classes)
+    channels = p.dataset.channels
+
+    # 1. The model and the teacher (task t-1's model after its fine-tuning, frozen, eval mode).
+    teacher = None
+    if job.task == 0:
+        net = DyToxNet(p.model, channels, len(new_classes), divergence=method.divergence > 0)
+    else:
+        net = load_dytox(p.model, channels, previous["model"])
+        if net.n_classes != n_old:
+            raise ValueError(f"previous checkpoint: {net.n_classes} classes, expected the {n_old} seen before task {job.task}")
+        teacher = load_dytox(p.model, channels, previous["model"])
+        teacher.divergence = None  # the teacher's logits, patches and embeddings only
+        teacher.to(device).eval().requires_grad_(False)
+        net.use_divergence = method.divergence > 0
+        net.expand(len(new_classes), generator=torch_cpu_generator(generator))
+    net.to(device)
+
+    # 2. Task t's images and the memory's, uint8 on the device; labels after the class-order remap.
+    new_rows, new_images, new_labels = arrays.select_classes(train_split, new_classes, label_map)
+    old_memory = None
+    if job.task > 0:
+        mem_rows = memory_rows(previous_memory, train_split, label_map, old_classes)
+        old_memory = {k: np.asarray(previous_memory[k]) for k in ("index", "class_id", "original_class", "task", "rank")}
+        images = np.concatenate([new_images, train_split.images[mem_rows]])
+        labels = np.concatenate([new_labels, np.asarray(previous_memory["class_id"], dtype=np.int64)])
+    else:
+        images, labels = new_images, new_labels
+    x_all = arrays.to_uint8_tensor(images).to(device)  # (N, C, H, W)
+    y_all = torch.from_numpy(labels).to(device)
+    x_new = x_all[: len(new_labels)]
+    spec = augment.spec_from_dataset(p.dataset)
+    cfg = loss_config(method)
+
+    def run_epochs(phase: str, x: torch.Tensor, y: torch.Tensor, recipe: optim.Recipe, with_teacher: bool) -> list[dict]:
+        """``recipe.epochs`` epochs of ``phase`` on (x, y): a fresh optimiser over the phase's trainable parameters."""
+        apply_phase(net, phase)
+        optimizer, scheduler = optim.build_optimizer([q for q in net.parameters() if q.requires_grad], recipe)
+        steps = -(-len(y) // p.train.batch_size)
+        progress = EpochProgress(logger, f"task {job.task} {phase}", recipe.epochs, steps)
+        history = []
+        for epoch in range(recipe.epochs):
+            net.train()
+            progress.start_epoch()
+            order = epoch_order(len(y), p.train.batch_size, torch_cpu_generator(generator), device)
+            for step, idx in enumerate(order):
+                xb = augment.augment_batch(x.index_select(0, idx), spec, generator)  # (B, C, H, W) float32
+                yb = y[idx]
+                with runtime.autocast(device, precision):
+                    out = net(xb)
+                    old = None
+                    if with_teacher:
+                        with torch.no_grad():
+                            old = teacher(xb)
+                    terms = loss_terms(out, yb, cfg, old, finetuning=phase == "finetune")
+                    loss = total_loss(terms)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                progress.step(loss.detach(), len(yb), (out["logits"].argmax(1) == yb).sum())
+                if plan.stop_requested():  # DyTox saves no resumable state: the task restarts on a rerun
+                    raise resume.Preempted(epoch, step + 1, steps, job.task, saved=False)
+            history.append({**progress.end_epoch(epoch, optimizer.param_groups[0]["lr"]), "phase": phase})
+            if scheduler is not None:
+                scheduler.step()
+        progress.close()
+        return history
+
+    # 3. Training on task t's images and the memory's.
+    history = run_epochs("base" if job.task == 0 else "task", x_all, y_all, optim.task_recipe(p.train, job.task),
+                         with_teacher=teacher is not None)
+    del teacher
+
+    # 4. Herding on task t's classes (features: every task embedding, L2-normalised by select_exemplars).
+    embeddings = task_embeddings(net, x_new, p.train.eval_batch_size, device, p.dataset.mean, p.dataset.std, precision)
+    chosen = select_exemplars(embeddings.reshape(len(new_labels), -1).numpy(), new_labels,
+                              method.exemplars_per_class, rule=method.exemplar_rule)
+    new_memory = {
+        "index": new_rows[chosen["index"]].astype(np.int64),
+        "class_id": chosen["label"].astype(np.int64),
+        "original_class": train_split.labels[new_rows[chosen["index"]]].astype(np.int64),
+        "task": np.full(len(chosen["index"]), job.task, dtype=np.int64),
+        "rank": chosen["rank"].astype(np.int64),
+    }
+    memory = new_memory if old_memory is None else {
+        k: np.concatenate([reduce_memory(old_memory, method.exemplars_per_class)[k], new_memory[k]]) for k in new_memory}
+
+    # 5. Balanced fine-tuning on the memory alone (tasks t >= 1): encoder frozen, L_clf only, constant lr.
+    if job.task > 0 and method.finetune_epochs > 0:
+        x_mem = arrays.to_uint8_tensor(train_split.images[memory["index"]]).to(device)
+        y_mem = torch.from_numpy(memory["class_id"]).to(device)
+        recipe = optim.Recipe("adam", method.finetune_epochs, method.finetune_lr, p.train.weight_decay, 0.0, (), 0, 1.0)
+        history += run_epochs("finetune", x_mem, y_mem, recipe, with_teacher=False)
+
+    # 6. Class centers of task t's classes on the newest task embedding, after task t-1's rows.
+    features = task_embeddings(net, x_new, p.train.eval_batch_size, device, p.dataset.mean, p.dataset.std,
+                               precision)[:, -1]  # (N, D)
+    labels_t = torch.from_numpy(new_labels)
+    class_ids, centers = class_centers(features, labels_t)
+    spreads = [float(gaussian_radius(features[labels_t == c])) for c in class_ids.tolist()]
+    counts = np.bincount(new_labels, minlength=n_seen)
+    original = {label: o for o, label in label_map.items()}
+    rows = empty_centers(net.feature_dim) if previous_centers is None else previous_centers
+    rows = {
+        "class_id": np.concatenate([rows["class_id"], class_ids.numpy()]).astype(np.int32),
+        "original_class": np.concatenate([rows["original_class"], [original[int(c)] for c in class_ids]]).astype(np.int32),
+        "task": np.concatenate([rows["task"], np.full(len(class_ids), job.task)]).astype(np.int32),
+        "n_samples": np.concatenate([rows["n_samples"], counts[class_ids.numpy()]]).astype(np.int64),
+        "spread": np.concatenate([rows["spread"], spreads]).astype(np.float32),
+        "center": np.concatenate([rows["center"], centers.numpy()]).astype(np.float32),
+    }
+
+    payload = {
+        "task": job.task,
+        "identity": job.identity,
+        "class_order": list(job.class_order),
+        "seen_classes": seen,
+        "n_outputs": n_seen,
+        "rotations": 1,
+        "head_layout": HEAD_LAYOUT,
+        "classes_per_task": net.classes_per_task,
+        "backbone": method.backbone,
+        "config": run_config_snapshot(p, job, device.type),
+        "history": history_without_timing(history),
+        "model": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+    }
+    return payload, rows, memory
