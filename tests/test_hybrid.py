@@ -243,6 +243,6 @@ def test_method_backbone_hybrid_is_accepted_and_a_typo_is_refused():
     data["method"]["finetune"]["base_recipe"] = "hybrid_plain"  # a recipe of its own (base-recipe fields differ)
     assert parse_params(data).method["finetune"].backbone == "hybrid"
     data["method"]["finetune"]["backbone"] = "hybird"
-    expected = r"method\.finetune\.backbone: expected one of \['vit', 'resnet18', 'hybrid'\]"
+    expected = r"method\.finetune\.backbone: expected one of \['vit', 'resnet18', 'hybrid', 'dytox'\], got 'hybird'"
     with pytest.raises(ConfigError, match=expected):
         parse_params(data)
