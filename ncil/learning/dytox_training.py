@@ -30,11 +30,11 @@ import torch
 from ncil.data import arrays, augment
 from ncil.data.scenario import remap_labels
 from ncil.learning import optim, resume, runtime
-from ncil.learning.training import (empty_centers, epoch_order, history_without_timing, run_config_snapshot,
+from ncil.learning.training import (append_centers, empty_centers, epoch_order, history_without_timing, run_config_snapshot,
                                     torch_cpu_generator)
 from ncil.methods.dytox import DyToxLossConfig, loss_terms, total_loss
 from ncil.methods.exemplars import reduce_memory, select_exemplars
-from ncil.methods.prototypes import class_centers, gaussian_radius
+from ncil.methods.prototypes import class_centers
 from ncil.models.dytox import DyToxNet, apply_phase, load_dytox
 from ncil.pipeline.config import MethodConfig, Params, resolve_precision
 from ncil.pipeline.progress import EpochProgress
@@ -191,20 +191,9 @@ def train_dytox_task(p: Params, job, train_split: arrays.Split, previous: dict |
     # 6. Class centers of task t's classes on the newest task embedding, after task t-1's rows.
     features = task_embeddings(net, x_new, p.train.eval_batch_size, device, p.dataset.mean, p.dataset.std,
                                precision)[:, -1]  # (N, D)
-    labels_t = torch.from_numpy(new_labels)
-    class_ids, centers = class_centers(features, labels_t)
-    spreads = [float(gaussian_radius(features[labels_t == c])) for c in class_ids.tolist()]
-    counts = np.bincount(new_labels, minlength=n_seen)
-    original = {label: o for o, label in label_map.items()}
+    class_ids, centers = class_centers(features, torch.from_numpy(new_labels))
     rows = empty_centers(net.feature_dim) if previous_centers is None else previous_centers
-    rows = {
-        "class_id": np.concatenate([rows["class_id"], class_ids.numpy()]).astype(np.int32),
-        "original_class": np.concatenate([rows["original_class"], [original[int(c)] for c in class_ids]]).astype(np.int32),
-        "task": np.concatenate([rows["task"], np.full(len(class_ids), job.task)]).astype(np.int32),
-        "n_samples": np.concatenate([rows["n_samples"], counts[class_ids.numpy()]]).astype(np.int64),
-        "spread": np.concatenate([rows["spread"], spreads]).astype(np.float32),
-        "center": np.concatenate([rows["center"], centers.numpy()]).astype(np.float32),
-    }
+    rows = append_centers(rows, features, new_labels, class_ids, centers, label_map, n_seen, job.task)
 
     payload = {
         "task": job.task,

@@ -312,20 +312,10 @@ def train_task(
                                         precision)
     new_labels_t = torch.from_numpy(new_labels)
     class_ids, centers = class_centers(features, new_labels_t)
-    spreads = [float(gaussian_radius(features[new_labels_t == c])) for c in class_ids.tolist()]
-    counts = np.bincount(new_labels, minlength=n_seen)
-    original = {label: o for o, label in label_map.items()}
     rows = empty_centers(net.feature_dim) if previous_centers is None else previous_centers
     if is_official and n_old:  # method-spec 5.4: the old prototypes move into the new space through T
         rows = {**rows, "center": mapped_centers(transfer, rows["center"], device)}
-    rows = {
-        "class_id": np.concatenate([rows["class_id"], class_ids.numpy()]).astype(np.int32),
-        "original_class": np.concatenate([rows["original_class"], [original[int(c)] for c in class_ids]]).astype(np.int32),
-        "task": np.concatenate([rows["task"], np.full(len(class_ids), job.task)]).astype(np.int32),
-        "n_samples": np.concatenate([rows["n_samples"], counts[class_ids.numpy()]]).astype(np.int64),
-        "spread": np.concatenate([rows["spread"], spreads]).astype(np.float32),
-        "center": np.concatenate([rows["center"], centers.numpy()]).astype(np.float32),
-    }
+    rows = append_centers(rows, features, new_labels, class_ids, centers, label_map, n_seen, job.task)
     assert n_old == len(rows["class_id"]) - len(class_ids)
 
     payload = {
@@ -392,6 +382,25 @@ def empty_centers(dim: int) -> dict:
         "n_samples": np.zeros(0, np.int64),
         "spread": np.zeros(0, np.float32),
         "center": np.zeros((0, dim), np.float32),
+    }
+
+
+def append_centers(rows: dict, features: torch.Tensor, labels: np.ndarray, class_ids: torch.Tensor,
+                   centers: torch.Tensor, label_map: dict, n_seen: int, task: int) -> dict:
+    """The centers table ``rows`` with task ``task``'s classes appended (pure): each class's center (from
+    ``class_centers``), its original label, its sample count and its spread (``gaussian_radius``) over
+    ``features`` (N, D) with incremental ``labels`` (N,)."""
+    labels_t = torch.from_numpy(labels)
+    spreads = [float(gaussian_radius(features[labels_t == c])) for c in class_ids.tolist()]
+    counts = np.bincount(labels, minlength=n_seen)
+    original = {label: o for o, label in label_map.items()}
+    return {
+        "class_id": np.concatenate([rows["class_id"], class_ids.numpy()]).astype(np.int32),
+        "original_class": np.concatenate([rows["original_class"], [original[int(c)] for c in class_ids]]).astype(np.int32),
+        "task": np.concatenate([rows["task"], np.full(len(class_ids), task)]).astype(np.int32),
+        "n_samples": np.concatenate([rows["n_samples"], counts[class_ids.numpy()]]).astype(np.int64),
+        "spread": np.concatenate([rows["spread"], spreads]).astype(np.float32),
+        "center": np.concatenate([rows["center"], centers.numpy()]).astype(np.float32),
     }
 
 
