@@ -272,16 +272,21 @@ def check_platforms_record(record: dict, md5s: dict[str, str], where: str) -> li
     return problems
 
 
+def platforms_record_file(params_file: Path) -> Path:
+    """Where the grid of ``params_file`` keeps its platforms record."""
+    return Path(PLATFORMS_RECORD.format(dataset=io.read_yaml(params_file)["dataset"]["name"]))
+
+
 def grid_producers(params_file: Path) -> list[dict]:
     """The platforms that trained the grid's checkpoints, from its committed record (none without one)."""
     if not params_file.is_file():
         return []
-    record_file = Path(PLATFORMS_RECORD.format(dataset=io.read_yaml(params_file)["dataset"]["name"]))
+    record_file = platforms_record_file(params_file)
     return io.read_json(record_file, "platform record")["platforms"] if record_file.is_file() else []
 
 
 def platforms_command(params_file: Path, lock_file: Path, write: bool, which: str | None) -> int:
-    record_file = Path(PLATFORMS_RECORD.format(dataset=io.read_yaml(params_file)["dataset"]["name"]))
+    record_file = platforms_record_file(params_file)
     md5s = lock_checkpoints(io.read_yaml(lock_file)) if lock_file.is_file() else {}
     if write:
         io.write_json(record_file, platforms_record(read_sidecars(md5s), md5s))
@@ -299,10 +304,14 @@ def platforms_command(params_file: Path, lock_file: Path, write: bool, which: st
         return 0
     record = io.read_json(record_file, "platform record")
     problems = check_platforms_record(record, md5s, str(record_file))
-    if which is not None and not any(which in problem or "expected format 1" in problem for problem in problems):
-        entry = record.get("checkpoints", {}).get(which)
+    if which is not None:
+        entry = record.get("checkpoints", {}).get(which) if isinstance(record.get("checkpoints"), dict) else None
         if entry is None:
             print(f"{record_file}: no checkpoint {which}")
+            return 1
+        own = [problem for problem in problems if f" {which}" in problem]
+        if own:
+            print("\n".join(own))
             return 1
         print(f"{which} (md5 {entry['md5']}): {_describe(record['platforms'][entry['platform']])}")
         return 0
