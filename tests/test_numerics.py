@@ -170,3 +170,31 @@ def test_emulated_runs_are_prefixed_with_qemu_and_never_recorded(tmp_path):
     with pytest.raises(SystemExit, match="an emulated CPU is not a machine"):
         check_reproduction.portable_command(tmp_path / "ref.json", record=True, folder=tmp_path, emulate="EPYC-Milan")
     assert not (tmp_path / "params.yaml").exists()  # refused before any job ran
+
+
+def test_bench_applies_the_composed_numerics_before_torch_loads():
+    """``python -m ncil bench`` has no ``--params`` for the CLI to read the mode from before torch starts, so
+    bench applies the composed ``runtime.numerics`` itself: with ``-o runtime.numerics=portable`` the timed step
+    runs on AVX2-capped ATen kernels with fused Adam, and says so (it used to time native kernels silently)."""
+    code = textwrap.dedent("""
+        import sys, types
+        from ncil.cli import main
+        step_timing = types.ModuleType("ncil.learning.step_timing")  # the real one imports torch
+        sys.modules["ncil.learning.step_timing"] = step_timing
+        seen = []
+        def fake_bench_step(p, method, batch, steps):
+            import torch
+            from ncil.learning import numerics
+            seen.append((numerics.portable_active(), torch.backends.cpu.get_cpu_capability()))
+            return {"rows": batch, "parameters": 1, "threads": 1, "step_ms": 2.0, "floor_ms": 1.0, "floor_passes": "x",
+                    "ratio": 2.0, "step_median_ms": 2.0, "floor_median_ms": 1.0, "median_ratio": 2.0, "images_per_s": 1.0}
+        step_timing.bench_step = fake_bench_step
+        assert "torch" not in sys.modules
+        assert main(["bench", "--method", "finetune", "--steps", "1", "-o", "runtime.numerics=portable"]) == 0
+        print(*seen[0])
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in numerics.PORTABLE_ENV}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "portable numerics" in done.stdout + done.stderr
+    assert done.stdout.split()[-2:] == ["True", "AVX2"], done.stdout

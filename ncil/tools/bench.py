@@ -44,20 +44,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: Args) -> None:
-    from ncil.learning.step_timing import bench_step
+    from ncil.learning import numerics
     from ncil.pipeline.config import parse_params
     from ncil.pipeline.hydra_conf import compose
     from ncil.pipeline.progress import say
 
     overrides = list(args.override) + (PAPER_SIZE if args.paper_size else [])
     p = parse_params(compose([f"method=[{args.method}]", *overrides]), source=f"conf/ with {overrides}")
+    # bench has no --params for the CLI to read the mode from before torch loads (ncil.cli._prepare_job):
+    # set it here, from the composed config, or `-o runtime.numerics=portable` would time native kernels.
+    numerics.apply(p.runtime.numerics)
+    from ncil.learning.step_timing import bench_step
     if args.resume_state:
         return run_resume_state(p, args)
     result = bench_step(p, p.method[args.method], args.batch_size or p.train.batch_size, args.steps)
     static = " (static shapes)" if result.get("static_shapes") else ""
     say(
         f"{args.method}{static}: {result['rows']} rows/step ({result['parameters']:,} backbone parameters, "
-        f"{result['threads']} thread(s), {args.steps} alternating rounds): fastest step {result['step_ms']:.1f} ms, "
+        f"{result['threads']} thread(s), {p.runtime.numerics} numerics, {args.steps} alternating rounds): fastest step {result['step_ms']:.1f} ms, "
         f"fastest floor {result['floor_ms']:.1f} ms ({result['floor_passes']}), ratio {result['ratio']:.3f}; "
         f"medians {result['step_median_ms']:.1f} / {result['floor_median_ms']:.1f} ms, ratio {result['median_ratio']:.3f}; "
         f"{result['images_per_s']:.0f} images/s"
