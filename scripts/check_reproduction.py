@@ -107,11 +107,14 @@ def metric_deltas(paths: list[Path]) -> list[str]:
 
 
 def check_lock(lock_file: Path, platform_file: Path | None = None, here: dict | None = None,
-               confirmed: list[dict] | None = None, producers: list[dict] | None = None) -> int:
+               confirmed: list[dict] | None = None, producers: list[dict] | None = None,
+               reference: dict | None = None, params: dict | None = None) -> int:
     """Compare every output on disk with ``lock_file``; ``confirmed``: the CPU types of the portable
     reference (``confirmed_types``), where a portable grid must be bit-identical too; ``producers``: the
     platforms that trained the grid's checkpoints (``grid_producers``), for a grid made on several machines:
-    bytes are compared only where every one of them is comparable with this machine."""
+    bytes are compared only where every one of them is comparable with this machine. ``reference`` (the
+    portable reference) and ``params`` (the grid): on a type that reproduced only some backbones' reference
+    outputs, the outputs made with those backbones alone must still be bit-identical (``output_backbones``)."""
     lock = io.read_yaml(lock_file)
     confirmed = confirmed or []
     checked, differing, metrics = 0, [], []
@@ -135,6 +138,11 @@ def check_lock(lock_file: Path, platform_file: Path | None = None, here: dict | 
     report = f"{len(differing)} of {checked} outputs differ from {lock_file}:\n" + "\n".join(differing)
     recorded = recorded_platform(platform_file)
     here = here if here is not None else current_platform()
+    if recorded is not None and recorded.get("numerics") == "portable" and params is not None and not (
+            byte_comparable(recorded, here, confirmed) and all(byte_comparable(p, here, confirmed) for p in producers or [])):
+        held = comparable_backbones([here, recorded, *(producers or [])], reference)
+        if held:
+            return check_backbones(lock, params, held, differing, metrics, lock_file, here)
     foreign = [p for p in producers or [] if not byte_comparable(p, here, confirmed)]
     if recorded is not None and byte_comparable(recorded, here, confirmed) and foreign:
         print(f"{report}\n\nNOT COMPARABLE BYTE FOR BYTE: some checkpoints of {lock_file} were trained on "
@@ -153,6 +161,28 @@ def check_lock(lock_file: Path, platform_file: Path | None = None, here: dict | 
           f"Kernels chosen by CPU type round differently, so a rerun here "
           f"cannot be bit-identical. Metrics of the rerun against the committed ones:\n"
           + "\n".join(metric_deltas(metrics)))
+    return 3
+
+
+def check_backbones(lock: dict, params: dict, held: frozenset[str], differing: list[str], metrics: list[Path],
+                    lock_file: Path, here: dict) -> int:
+    """The lock check on a type that reproduced the reference outputs of the backbones ``held`` only: exit 1
+    if an output made with those backbones alone differs, else 3 (the rest reported with the metric deltas)."""
+    made = output_backbones(lock, params)
+    on_disk = [Path(o["path"]) for st in lock["stages"].values() for o in st.get("outs", [])
+               if not o.get("md5", "").endswith(".dir") and Path(o["path"]).is_file()]
+    compared = [p for p in on_disk if made.get(p.as_posix(), frozenset()) <= held]
+    names = ", ".join(sorted(held))
+    bad = [line for line in differing if made.get(line.split(":", 1)[0], frozenset()) <= held]
+    if bad:
+        print(f"not reproduced on {_describe(here)}, which reproduced the portable reference outputs of backbone(s) "
+              f"{names}: {len(bad)} of the {len(compared)} outputs made with only those differ from {lock_file}:\n"
+              + "\n".join(bad))
+        return 1
+    print(f"{len(compared)} outputs made with backbone(s) {names} only (and the data) were compared byte for byte and "
+          f"hash to {lock_file}; {len(on_disk) - len(compared)} outputs involve other backbones, whose portable reference "
+          f"outputs {_describe(here)} has not reproduced ({len(differing)} of them differ): NOT COMPARABLE BYTE FOR "
+          f"BYTE. Metrics of the rerun against the committed ones:\n" + "\n".join(metric_deltas(metrics)))
     return 3
 
 
@@ -189,6 +219,63 @@ def confirmed_types(reference_file: Path) -> list[dict]:
         return []
     reference = io.read_json(reference_file, "portable reference")
     return [seen for seen in reference["confirmed_on"] if fully_confirmed(seen, reference)]
+
+
+# --- Per backbone: a type that reproduced some backbones' reference outputs compares those methods' bytes ------
+# The reference jobs hold one tiny run per backbone of the default grid (REFERENCE_JOBS). A CPU type that
+# reproduced the ViT's outputs but not yet the ResNet-18's (it confirmed before those jobs existed) can still
+# hold a portable grid's ViT methods to their bytes: every output whose making involved only confirmed backbones.
+
+REFERENCE_BACKBONES = {"runs/t0": "vit", "runs/t1": "vit", "runs/r0": "resnet18", "runs/o0": "hybrid"}  # by folder
+
+
+def confirmed_backbones(entry: dict, reference: dict) -> frozenset[str]:
+    """The backbones all of whose reference outputs (``reference["hashes"]``) a confirmed_on entry lists."""
+    outputs: dict[str, set[str]] = {}
+    for path in reference["hashes"]:
+        outputs.setdefault(REFERENCE_BACKBONES[path.rsplit("/", 1)[0]], set()).add(path)
+    return frozenset(b for b, files in outputs.items() if files <= set(entry["files"]))
+
+
+def comparable_backbones(platforms: list[dict], reference: dict | None) -> frozenset[str]:
+    """The backbones whose portable reference outputs every CPU type in ``platforms`` (the producers and this
+    machine) reproduced: none where one of them is not in confirmed_on, is a GPU, or there is no reference."""
+    if not reference or not platforms or any(p.get("cuda_device") for p in platforms):
+        return frozenset()
+    sets = []
+    for platform in platforms:
+        entry = next((seen for seen in reference["confirmed_on"] if same_cpu_type(seen, platform)), None)
+        if entry is None:
+            return frozenset()
+        sets.append(confirmed_backbones(entry, reference))
+    return frozenset.intersection(*sets)
+
+
+def output_backbones(lock: dict, params: dict) -> dict[str, frozenset[str]]:
+    """Which backbones went into each output of ``lock`` (pure): a run's checkpoints, centers, memories,
+    evaluations and metrics carry its method's backbone (its task 0's base recipe shares it), and every other
+    output the union over the stage's dependencies, so data and splits carry none and tables carry all."""
+    from ncil.pipeline import experiment_grid
+
+    made: dict[str, frozenset[str]] = {}
+    for run in experiment_grid.runs(params):
+        backbone = frozenset({params["method"][run.method].get("backbone", "vit")})
+        files = [run.metrics_file] + [f for t in range(run.n_tasks) for f in
+                                      (run.checkpoint(t), run.centers(t), run.eval_file(t),
+                                       *((run.memory(t),) if run.rehearsal else ()))]
+        for path in files:
+            made[path] = made.get(path, frozenset()) | backbone
+    stages = list(lock["stages"].values())
+    changed = True
+    while changed:  # to the fixed point: the stages form a DAG, so at most its depth rounds
+        changed = False
+        for stage in stages:
+            inputs = frozenset().union(*(made.get(d["path"], frozenset()) for d in stage.get("deps", [])))
+            for out in stage.get("outs", []):
+                new = made.get(out["path"], frozenset()) | inputs
+                if new != made.get(out["path"], frozenset()):
+                    made[out["path"]], changed = new, True
+    return made
 
 
 # --- Which machine made each checkpoint: results/<dataset>/platforms.json ------------------------------------
@@ -564,7 +651,9 @@ def main(argv: list[str]) -> int:
             print(io.dumps_json(current_platform()), end="")
         return 0
     return check_lock(args.lock, args.platform, confirmed=confirmed_types(args.reference),
-                      producers=grid_producers(args.params))
+                      producers=grid_producers(args.params),
+                      reference=io.read_json(args.reference, "portable reference") if args.reference.is_file() else None,
+                      params=io.read_yaml(args.params) if args.params.is_file() else None)
 
 
 if __name__ == "__main__":

@@ -261,3 +261,75 @@ def test_a_grid_trained_on_two_cpu_types_compares_bytes_only_where_both_are_comp
     record.write_text(json.dumps(portable[0]))
     assert check_reproduction.check_lock(lock, record, here=INTEL, confirmed=[AMD, INTEL], producers=portable) == 1
     assert check_reproduction.check_lock(lock, record, here=INTEL, confirmed=[AMD], producers=portable) == 3
+
+
+# --- Per backbone: a type that reproduced the ViT's reference outputs only still compares the ViT methods ----------
+
+PARAMS = {"dataset": {"name": "digits", "n_classes": 10}, "seeds": [1],
+          "scenario": {"base4_inc2": {"initial_increment": 4, "increment": 2}},
+          "method": {"ours": {"base_recipe": "rotation"},
+                     "pass_resnet18": {"base_recipe": "rotation_resnet18", "backbone": "resnet18"}}}
+REFERENCE = {"hashes": {"runs/t0/model.pt": "1" * 32, "runs/t1/model.pt": "2" * 32, "runs/r0/model.pt": "3" * 32},
+             "confirmed_on": [{**AMD_26, "files": ["runs/r0/model.pt", "runs/t0/model.pt", "runs/t1/model.pt"]},
+                              {**INTEL, "files": ["runs/t0/model.pt", "runs/t1/model.pt"]}]}
+
+
+def _two_backbone_lock():
+    """A grid's lock in miniature: data, then one checkpoint and metrics file per backbone, then a table of both."""
+    from ncil.pipeline import experiment_grid
+
+    ours, resnet = (experiment_grid.find_run(PARAMS, "base4_inc2", m, 1) for m in ("ours", "pass_resnet18"))
+    files = {"data": "data/digits/train.npz", "ours": ours.checkpoint(1), "ours_metrics": ours.metrics_file,
+             "resnet": resnet.checkpoint(1), "resnet_metrics": resnet.metrics_file, "table": "results/tables/table1.md"}
+    stages = {"prepare": ([], ["data"]), "train_ours": (["data"], ["ours"]), "train_resnet": (["data"], ["resnet"]),
+              "summarize_ours": (["ours"], ["ours_metrics"]), "summarize_resnet": (["resnet"], ["resnet_metrics"]),
+              "tables": (["ours_metrics", "resnet_metrics"], ["table"])}
+    lock = {"schema": "2.0", "stages": {name: {"deps": [{"path": files[d]} for d in deps],
+                                               "outs": [{"path": files[o], "md5": hashlib.md5(o.encode()).hexdigest()}
+                                                        for o in outs]}
+                                        for name, (deps, outs) in stages.items()}}
+    return lock, files
+
+
+def test_each_output_carries_the_backbones_that_went_into_it():
+    lock, files = _two_backbone_lock()
+    made = check_reproduction.output_backbones(lock, PARAMS)
+    assert made.get(files["data"], frozenset()) == frozenset()  # data and splits: no backbone
+    assert made[files["ours"]] == made[files["ours_metrics"]] == {"vit"}
+    assert made[files["resnet"]] == made[files["resnet_metrics"]] == {"resnet18"}
+    assert made[files["table"]] == {"vit", "resnet18"}  # a table of both methods needs both
+    assert check_reproduction.confirmed_backbones(REFERENCE["confirmed_on"][1], REFERENCE) == {"vit"}
+    assert check_reproduction.confirmed_backbones(REFERENCE["confirmed_on"][0], REFERENCE) == {"vit", "resnet18"}
+    assert check_reproduction.comparable_backbones([INTEL, {**AMD_26, "numerics": "portable"}], REFERENCE) == {"vit"}
+    assert check_reproduction.comparable_backbones([AMD, AMD_26], REFERENCE) == frozenset()  # 25/1 is not listed
+    assert check_reproduction.comparable_backbones([{**INTEL, "cuda_device": "H200"}], REFERENCE) == frozenset()
+
+
+def test_a_type_that_confirmed_the_vit_only_holds_the_vit_methods_of_a_portable_grid_to_their_bytes(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    lock, files = _two_backbone_lock()
+    for key, path in files.items():  # the rerun wrote every file as locked, except the ResNet's and the table
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(key.encode() if key not in ("resnet", "table") else b"other bits")
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    record = tmp_path / "platform.json"
+    record.write_text(json.dumps({**AMD_26, "numerics": "portable"}))
+    confirmed = [REFERENCE["confirmed_on"][0]]  # confirmed_types: only AMD_26 reproduced every output
+
+    def check(here):
+        return check_reproduction.check_lock(tmp_path / "dvc.lock", record, here=here, confirmed=confirmed,
+                                             reference=REFERENCE, params=PARAMS)
+
+    assert check(INTEL) == 3  # the ViT's outputs and the data match; the ResNet's cannot be held here
+    out = capsys.readouterr().out
+    assert "3 outputs made with backbone(s) vit only (and the data) were compared byte for byte" in out
+    assert "3 outputs involve other backbones" in out and "(2 of them differ)" in out
+    Path(files["ours"]).write_bytes(b"a ViT checkpoint with other bits")
+    assert check(INTEL) == 1  # a ViT output that differs fails on a type that confirmed the ViT
+    out = capsys.readouterr().out
+    assert f"{files['ours']}: dvc.lock records md5" in out and "backbone(s) vit" in out
+    assert files["resnet"] not in out.split("differ from")[1]  # only the compared outputs are listed
+    assert check(AMD) == 3  # a type not in confirmed_on compares nothing, as before
+    assert "a CPU type that has not confirmed" in capsys.readouterr().out
+    assert check(AMD_26) == 1  # the producer's own type, which confirmed every backbone: every output counts
