@@ -87,7 +87,7 @@ BAD_EDITS = [
     ({"train.lr_step": -1}, "train.lr_step: expected a step in epochs (0 = constant) >= 0, got -1"),  # new
     ({"runtime.gpus_per_job": -1}, "runtime.gpus_per_job: expected a GPU count >= 0, got -1"),  # new
     # unknown and missing keys, in every section
-    ({"seed": [1]}, "seed: unknown key (expected one of: dataset, method, model, order_seed, preset"),
+    ({"seed": [1]}, "seed: unknown key (expected one of: class_order, dataset, method, model, order_seed, preset"),
     ({"dataset.nme": "digits"}, "dataset.nme: unknown key"),
     ({"model.depht": 2}, "model.depht: unknown key"),
     ({"train.epoch": 3}, "train.epoch: unknown key"),
@@ -400,3 +400,38 @@ def test_every_composed_setting_is_labelled_with_its_real_task_sizes():
     p = parse_params(compose([]))
     assert {name: setting_label(s.initial_increment, s.increment, len(task_sizes(10, s.initial_increment, s.increment)))
             for name, s in p.scenario.items()} == {"base4_inc2": "4+2x3", "base5_inc1": "5+1x5"}
+
+
+# --- class_order: an explicit class order (DyTox's CIFAR-100 protocol), optional ------------------------------
+
+@pytest.mark.parametrize("order, message", [
+    ([0, 1, 2, 3, 4, 5, 6, 7, 8, 8], "repeated [8]; missing [9]"),
+    (list(range(9)), "got 9 ids: missing [9]"),
+    ([*range(9), 10], "missing [9]; out of range [10]"),
+    ("0,1,2", "class_order: expected a list, got '0,1,2'"),
+    ([*range(9), "9"], "class_order[9]: expected an integer, got '9'"),
+])
+def test_a_class_order_that_is_not_a_permutation_of_the_classes_is_refused(order, message):
+    with pytest.raises(ConfigError) as err:
+        parse_params(_edited({"class_order": order}))
+    assert str(err.value).startswith("params.yaml: class_order") and message in str(err.value), str(err.value)
+
+
+def test_an_explicit_class_order_cuts_the_tasks_and_enters_only_its_grids_stage_parameters():
+    from ncil.data.splits import build_split
+    from ncil.pipeline.workflow import param_keys
+
+    order = [3, 1, 4, 0, 5, 9, 2, 6, 8, 7]
+    p = parse_params(_edited({"class_order": order}))
+    assert p.class_order == tuple(order) and parse_params(_defaults()).class_order is None
+    split = build_split("digits", 10, 1993, 4, 2, p.class_order)
+    assert split["class_order"] == order and split["tasks"] == [[3, 1, 4, 0], [5, 9], [2, 6], [8, 7]]
+    assert split["order_seed"] == 1993  # still recorded: the grid's key, unused by this order
+    assert build_split("digits", 10, 1993, 4, 2)["class_order"] == [4, 2, 7, 6, 0, 3, 5, 8, 9, 1]  # as committed: results/digits/base4_inc2/split.json
+    with pytest.raises(ValueError, match="class_order: expected a permutation of 0..9"):
+        build_split("digits", 10, 1993, 4, 2, order[:-1])
+    defaults, explicit = _defaults(), _edited({"class_order": order})
+    assert param_keys("split", defaults) == ("dataset.n_classes", "order_seed")  # every committed stage: as before
+    assert param_keys("split", explicit) == ("dataset.n_classes", "order_seed", "class_order")
+    assert "class_order" in param_keys("train", explicit, "ours") and "class_order" not in param_keys("train", defaults, "ours")
+    assert param_keys("summarize", explicit) == ("preset", "order_seed", "class_order")

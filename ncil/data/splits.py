@@ -10,11 +10,15 @@ SPLIT_KEYS = {"dataset": str, "order_seed": int, "class_order": list, "initial_i
               "tasks": list}
 
 
-def build_split(dataset: str, n_classes: int, order_seed: int, initial: int, increment: int) -> dict:
-    """The split record (pure): the legacy class order of ``order_seed`` cut into tasks."""
+def build_split(dataset: str, n_classes: int, order_seed: int, initial: int, increment: int,
+                explicit_order: tuple[int, ...] | list[int] | None = None) -> dict:
+    """The split record (pure): the legacy class order of ``order_seed`` (or ``explicit_order``, a permutation
+    of the ``n_classes`` ids that a protocol fixes, params ``class_order``) cut into tasks."""
     from ncil.data.scenario import class_order, task_classes
 
-    order = class_order(n_classes, order_seed)
+    if explicit_order is not None and sorted(explicit_order) != list(range(n_classes)):
+        raise ValueError(f"class_order: expected a permutation of 0..{n_classes - 1}, got {list(explicit_order)}")
+    order = class_order(n_classes, order_seed) if explicit_order is None else [int(c) for c in explicit_order]
     tasks = task_classes(order, initial, increment) if increment else [order[:initial]]
     return {"dataset": dataset, "order_seed": order_seed, "class_order": order, "initial_increment": initial,
             "increment": increment, "tasks": tasks}

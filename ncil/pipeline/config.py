@@ -168,7 +168,12 @@ class Params:
     runtime: RuntimeConfig
     scenario: dict[str, ScenarioConfig] = field(default_factory=dict)
     method: dict[str, MethodConfig] = field(default_factory=dict)
+    # An explicit class order (original class ids, a permutation of 0..n_classes-1), for a protocol that fixes
+    # one (DyTox's CIFAR-100 order, conf/experiment/cifar100_dytox.yaml); absent: order_seed's. Optional.
+    class_order: tuple[int, ...] | None = None
 
+
+OPTIONAL_TOP_KEYS = ("class_order",)  # top-level keys a params file may leave out (absent = None)
 
 # The fixed sections of params.yaml and their records (scenario and method hold named entries).
 SECTIONS = {"dataset": DatasetConfig, "model": ModelConfig, "train": TrainConfig, "runtime": RuntimeConfig}
@@ -338,7 +343,7 @@ def parse_params(data: dict, source: str = "params.yaml") -> Params:
     unknown = sorted(set(data) - top)
     if unknown:
         raise _fail(source, unknown[0], f"unknown key (expected one of: {', '.join(sorted(top))})")
-    for name in top:
+    for name in top - set(OPTIONAL_TOP_KEYS):
         if name not in data:
             raise _fail(source, name, "missing required key")
     sections = {name: parse_section(cls, data[name], source, name) for name, cls in SECTIONS.items()}
@@ -359,6 +364,8 @@ def parse_params(data: dict, source: str = "params.yaml") -> Params:
     params = Params(
         preset=_coerce(data["preset"], str, source, "preset"),
         order_seed=_coerce(data["order_seed"], int, source, "order_seed"),
+        class_order=(None if data.get("class_order") is None
+                     else _coerce(data["class_order"], tuple[int, ...], source, "class_order")),
         seeds=seeds,
         **sections,
         scenario=scenario,
@@ -366,6 +373,19 @@ def parse_params(data: dict, source: str = "params.yaml") -> Params:
     )
     _validate(params, source)
     return params
+
+
+def _validate_class_order(order: tuple[int, ...], dataset, source: str) -> None:
+    """``class_order``: every class id 0..n_classes-1 of the data set exactly once."""
+    n = dataset.n_classes
+    problems = [f"{label} {ids[:5]}" for label, ids in (
+        ("repeated", sorted({c for c in order if order.count(c) > 1})),
+        ("missing", sorted(set(range(n)) - set(order))),
+        ("out of range", sorted({c for c in order if not 0 <= c < n})),
+    ) if ids]
+    if problems:
+        raise _fail(source, "class_order", f"expected each class id 0..{n - 1} of dataset {dataset.name} exactly once "
+                                           f"(dataset.n_classes: {n}), got {len(order)} ids: {'; '.join(problems)}")
 
 
 def _validate(p: Params, source: str) -> None:
@@ -380,6 +400,8 @@ def _validate(p: Params, source: str) -> None:
         raise _fail(source, "order_seed", f"expected a seed in 0..{ORDER_SEED_MAX} (NumPy's legacy RandomState), "
                                           f"got {p.order_seed}")
     _validate_dataset(p, source)
+    if p.class_order is not None:
+        _validate_class_order(p.class_order, p.dataset, source)
     _choice(source, "model.name", p.model.name, BACKBONES)
     for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "resnet_width"):
         _positive(source, f"model.{key}", getattr(p.model, key))

@@ -42,14 +42,21 @@ def code_deps(verb: str) -> tuple[str, ...]:
     return tuple(codedeps.step_code_files(verb, STAGE_MODULES, REPO_ROOT, ENTRY_MODULES, ENTRY_FILES))
 
 
+def order_keys(params: dict) -> tuple[str, ...]:
+    """The keys of the class order: ``order_seed``, and ``class_order`` where a grid sets one (a grid without it,
+    such as every grid before it existed, keeps the stage parameters it had)."""
+    return ("order_seed", "class_order") if params.get("class_order") is not None else ("order_seed",)
+
+
 def run_keys(params: dict) -> list[str]:
     """The params keys a training or evaluation job reads: RUN_KEYS without the data location."""
     dataset = params["dataset"]
-    if not any(key in dataset for key in LOCATION_KEYS):
-        return list(RUN_KEYS)  # digits: the whole section, as before
     keys = []
     for key in RUN_KEYS:
-        keys += [f"dataset.{k}" for k in dataset if k not in LOCATION_KEYS] if key == "dataset" else [key]
+        if key == "dataset" and any(k in dataset for k in LOCATION_KEYS):
+            keys += [f"dataset.{k}" for k in dataset if k not in LOCATION_KEYS]
+        else:  # digits: the whole dataset section
+            keys += list(order_keys(params)) if key == "order_seed" else [key]
     return keys
 
 
@@ -299,12 +306,12 @@ def param_keys(kind: str, params: dict, method: str | None = None) -> tuple[str,
     ``method``: the incremental method of a training step after task 0 (task 0 reads no method
     section: its base recipe is in the keys every training step reads), or Figure 4's method.
     """
-    report = ("preset", "order_seed", "seeds")
+    report = ("preset", *order_keys(params), "seeds")
     keys = {
         "prepare": ("dataset",),
-        "split": ("dataset.n_classes", "order_seed"),
+        "split": ("dataset.n_classes", *order_keys(params)),
         "evaluate": tuple(run_keys(params)),
-        "summarize": ("preset", "order_seed"),
+        "summarize": ("preset", *order_keys(params)),
         "tables": report,
         "paper_sections": report,
         "paper_tables": report,

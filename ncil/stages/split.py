@@ -35,7 +35,7 @@ def run(args: Args) -> None:
 
     p, _ = cli.load_params(args.params)
     try:
-        split = build_split(p.dataset.name, p.dataset.n_classes, p.order_seed, args.initial, args.increment)
+        split = build_split(p.dataset.name, p.dataset.n_classes, p.order_seed, args.initial, args.increment, p.class_order)
     except ValueError as err:  # F or C outside the data set's classes
         raise cli.UsageError(f"--initial {args.initial} --increment {args.increment}: {err}") from None
     io.write_json(args.out, split)
