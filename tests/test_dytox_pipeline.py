@@ -321,6 +321,10 @@ def dytox_run(tiny_prepared_template, tmp_path_factory):
     the commands of the grid's steps, each trained twice to the same paths: (project, steps, first outputs)."""
     project = _copy(tiny_prepared_template, tmp_path_factory.mktemp("dytox") / "project")
     ncil(["params", *DYTOX_TINY], project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for step in workflow.steps(params):  # the grid's own splits (results/digits_dytox/...; the data is shared)
+        if step.kind == "split":
+            ncil(list(step.cmd), project)
     steps = _train_steps(project)
     wanted = [("dytox", 0), ("dytox", 1), ("dytox_pks", 1)]
     first = {}
