@@ -8,7 +8,8 @@ new checkpoint payload, centers rows and memory rows; only the CLI touches disk.
        a divergence head; task t-1's model, frozen and in eval mode, is the teacher
     2. the data: task t's training images and the memory's (each once), uint8 on the device
     3. training (``phase`` base or task: ``ncil.models.dytox.apply_phase``), a fresh optimiser of the
-       train section's recipe over the trainable parameters; each step is ``ncil.methods.dytox.loss_terms``
+       method's recipe (``optim.dytox_recipe``) over the trainable parameters; each step is
+       ``ncil.methods.dytox.loss_terms``
     4. herding (``ncil.methods.exemplars.select_exemplars``) of task t's classes on the concatenated task
        embeddings of their images, without augmentation: the memory keeps task t-1's rows and adds these
     5. from task 1 on, the balanced fine-tuning on the memory alone (phase finetune: encoder frozen, L_clf only)
@@ -19,6 +20,9 @@ Resumable (``ncil.learning.resume``, as every method's task): the state holds th
 finetune) besides the position, model, optimiser, scheduler and every random stream, and from the fine-tuning on
 the exemplar memory herding chose (the model that chose it is gone by then). A state saved after the training
 phase's last epoch resumes at herding; a resumed task ends in the bytes of an uninterrupted one.
+
+The optimiser is ``ncil.learning.optim.dytox_recipe``'s: the train section's Adam recipe, or under ``dytox_optimizer:
+adamw`` the released AdamW with its warm-up cosine schedule (no weight decay where ``weight_decayed`` says so).
 
 Not yet here (docs/dytox.md section 9): RandAugment and repeated augmentation (the grid's augmentation is used).
 """
@@ -39,7 +43,7 @@ from ncil.methods.dytox import DyToxLossConfig, loss_terms, total_loss
 from ncil.methods.exemplars import reduce_memory, select_exemplars
 from ncil.pipeline import io
 from ncil.methods.prototypes import class_centers
-from ncil.models.dytox import DyToxNet, apply_phase, load_dytox
+from ncil.models.dytox import DyToxNet, apply_phase, load_dytox, weight_decayed
 from ncil.pipeline.config import MethodConfig, Params, resolve_precision
 from ncil.pipeline.progress import EpochProgress
 
@@ -155,7 +159,10 @@ def train_dytox_task(p: Params, job, train_split: arrays.Split, previous: dict |
         state of this phase to resume from (ncil.learning.training.train_task's loop, with the phase and, in the
         fine-tuning, the ``memory`` it trains on saved beside)."""
         apply_phase(net, phase)
-        optimizer, scheduler = optim.build_optimizer([q for q in net.parameters() if q.requires_grad], recipe)
+        trainable = [(name, q) for name, q in net.named_parameters() if q.requires_grad]
+        groups = (optim.decay_groups(trainable, weight_decayed, recipe.weight_decay) if recipe.optimizer == "adamw"
+                  else [q for _, q in trainable])  # adamw: no decay on biases, norms, tokens, positional embedding
+        optimizer, scheduler = optim.build_optimizer(groups, recipe)
         steps = -(-len(y) // p.train.batch_size)
         progress = EpochProgress(logger, f"task {job.task} {phase}", recipe.epochs, steps)
         history, start = list(earlier), resume.Position(0, 0)
@@ -239,7 +246,7 @@ def train_dytox_task(p: Params, job, train_split: arrays.Split, previous: dict |
 
     if phase != "finetune":
         # 3. Training on task t's images and the memory's.
-        history = run_epochs(training_phase, x_all, y_all, optim.task_recipe(p.train, job.task),
+        history = run_epochs(training_phase, x_all, y_all, optim.dytox_recipe(p.train, method, job.task),
                              with_teacher=teacher is not None, earlier=[], state=plan.state)
         del teacher
 
@@ -266,8 +273,7 @@ def train_dytox_task(p: Params, job, train_split: arrays.Split, previous: dict |
     if finetunes:
         x_mem = arrays.to_uint8_tensor(train_split.images[memory["index"]]).to(device)
         y_mem = torch.from_numpy(memory["class_id"]).to(device)
-        recipe = optim.Recipe("adam", method.finetune_epochs, method.finetune_lr, p.train.weight_decay, 0.0, (), 0, 1.0)
-        history = run_epochs("finetune", x_mem, y_mem, recipe, with_teacher=False, earlier=history,
+        history = run_epochs("finetune", x_mem, y_mem, optim.dytox_finetune_recipe(p.train, method), with_teacher=False, earlier=history,
                              state=plan.state if phase == "finetune" else None, memory=memory)
 
     # 6. Class centers of task t's classes on the newest task embedding, after task t-1's rows.
