@@ -61,10 +61,12 @@ def targets(params_file: Path, seed: int, cover: bool = False) -> list[str]:
     params = io.read_yaml(params_file)
     if seed not in params["seeds"]:
         raise SystemExit(f"{params_file}: seeds: {seed} is not one of the grid's seeds {params['seeds']}")
-    dataset = params["dataset"]["name"]
+    from ncil.pipeline.experiment_grid import find_run
+
     settings, methods = list(params["scenario"]), list(params["method"])
     pairs = covering_pairs(settings, methods) if cover else [(s, m) for s in settings for m in methods]
-    return [f"results/{dataset}/{setting}/{method}/seed{seed}/metrics.json" for setting, method in pairs]
+    # The path owner's (results/<grid folder>/...), so a grid with its own folder is checked where it writes.
+    return [find_run(params, setting, method, seed).metrics_file for setting, method in pairs]
 
 
 def file_md5(path: Path) -> str:
