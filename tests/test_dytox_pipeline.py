@@ -226,6 +226,10 @@ def test_a_grid_folder_must_be_a_name():
     data["grid"] = "../digits"
     with pytest.raises(ConfigError, match=r"^params.yaml: grid: expected a name of letters, digits, _ and -"):
         parse_params(data)
+    data["grid"] = "tables"  # results/tables/ holds the tables of every grid
+    with pytest.raises(ConfigError, match=r"^params.yaml: grid: results/tables/ holds every grid's reports: expected "
+                                          r"another folder name \(not one of tables, figures, costs\), got 'tables'"):
+        parse_params(data)
     assert parse_params(compose(["+experiment=digits_dytox"])).grid == "digits_dytox"
     assert parse_params(compose([])).grid is None
 

@@ -361,6 +361,9 @@ def parse_params(data: dict, source: str = "params.yaml") -> Params:
     grid = data.get("grid")
     if grid is not None:
         _name(source, "grid", grid)
+        if grid in paths.RESERVED_RESULT_FOLDERS:
+            raise _fail(source, "grid", f"results/{grid}/ holds every grid's reports: expected another folder name "
+                                        f"(not one of {', '.join(paths.RESERVED_RESULT_FOLDERS)}), got {grid!r}")
     sections = {name: parse_section(cls, data[name], source, name) for name, cls in SECTIONS.items()}
     for mapping in ("scenario", "method"):
         if not isinstance(data[mapping], dict) or not data[mapping]:

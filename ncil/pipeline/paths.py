@@ -153,6 +153,8 @@ def weight_map_files(dataset: str) -> tuple[str, str]:
 
 
 COSTS_DIR = f"{RESULTS_ROOT}/costs"
+# Folders of results/ that hold every grid's reports: no grid may take one of these names as its folder.
+RESERVED_RESULT_FOLDERS = tuple(d.split("/", 1)[1] for d in (TABLES_DIR, FIGURES_DIR, COSTS_DIR))
 
 
 def cost_table_file(dataset: str) -> str:
