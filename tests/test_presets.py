@@ -103,6 +103,7 @@ FCS = {
     # DyTox's options (backbone dytox only), off: no exemplar memory, no divergence head, no fine-tuning
     "exemplars_per_class": 0, "exemplar_rule": "icarl", "dytox_distillation": "kd", "pks_cls_pairing": "same_token",
     "divergence": 0.0, "finetune_epochs": 0, "finetune_lr": 0.0,
+    "dytox_optimizer": "adam", "warmup_epochs": 0, "warmup_lr": 0.0, "min_lr": 0.0,
 }
 OURS_OFFICIAL = {**FCS, "pks": 1.0, "pr": 1.0}
 
@@ -140,7 +141,7 @@ def test_a_task_0_mismatch_between_official_methods_is_refused(key, value, diffe
         f"params.yaml: method.ours_official.base_recipe: 'official' is shared with method 'fcs', which differs in "
         f"{differ} for task 0 of base4 (methods of one base_recipe must agree on preset, backbone, rotation, "
         f"ce_temperature, mixup_rounds, contrastive, contrastive_temperature, train_images, exemplars_per_class, "
-        f"exemplar_rule): give one of them "
+        f"exemplar_rule, dytox_optimizer, warmup_epochs, warmup_lr, min_lr): give one of them "
         f"another base_recipe name")
 
 

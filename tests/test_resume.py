@@ -170,6 +170,66 @@ def test_a_task_stopped_at_every_step_boundary_ends_in_the_uninterrupted_bytes(t
                                                          *clean0, log))  # the comparison can tell runs apart
 
 
+# DyTox (ncil.learning.dytox_training): task 1 trains 2 epochs on 20 new images + 12 exemplars (2 steps of 16), herds
+# 3 exemplars of each new class, then fine-tunes 2 epochs on the 18-row memory (2 steps): two phases to resume.
+DYTOX_TINY = ["+experiment=digits_dytox", "model=vit_digits_tiny", "train=smoke", "train.epochs=2",
+              "train.batch_size=16", "runtime.device=cpu",
+              *[f"method.{m}.{k}={v}" for m in ("dytox", "dytox_pks") for k, v in (("exemplars_per_class", 3),
+                                                                                 ("finetune_epochs", 2))]]
+
+
+def _same_dytox_outputs(a: tuple[dict, dict, dict], b: tuple[dict, dict, dict]) -> bool:
+    return _same_outputs(a[:2], b[:2]) and all(
+        a[2][k].dtype == b[2][k].dtype and np.array_equal(a[2][k], b[2][k]) for k in a[2])
+
+
+def test_a_dytox_task_stopped_at_every_step_boundary_of_both_phases_ends_in_the_uninterrupted_bytes(tmp_path):
+    """Stops inside the training phase, after its last epoch (the rerun starts at herding) and inside the
+    balanced fine-tuning (the state holds the memory herding chose): checkpoint, centers and memory are the
+    uninterrupted run's, byte for byte."""
+    p = parse_params(compose(DYTOX_TINY))
+    data, log, state_file = _split(), logging.getLogger("test"), tmp_path / "resume.pt"
+    job0 = training.TaskJob(0, 1, list(range(10)), TASKS, "dytox", p.method["dytox"], {})
+    job1 = training.TaskJob(1, 1, list(range(10)), TASKS, "dytox", p.method["dytox"], {})
+    clean0 = training.train_task(p, job0, data, None, None, log)
+    clean1 = training.train_task(p, job1, data, clean0[0], clean0[1], log, previous_memory=clean0[2])
+    assert [h["phase"] for h in clean1[0]["history"]] == ["task", "task", "finetune", "finetune"]
+    ident, positions, state = {"task": 1}, [], None
+    while True:
+        plan = resume.Plan(path=state_file, state=state, save=lambda g: resume.save(state_file, ident, g),
+                           every=1, stop_requested=StopAfter(2))  # 1: before the first step
+        try:
+            resumed1 = training.train_task(p, job1, data, clean0[0], clean0[1], log, plan, previous_memory=clean0[2])
+            break
+        except resume.Preempted as stop:
+            state = resume.load(state_file, ident)
+            assert (state["epoch"], state["step"]) == (stop.epoch, stop.step)
+            positions.append((state["phase"], stop.epoch, stop.step))
+            assert (state["memory"] is None) == (state["phase"] == "task")
+    assert positions == [("task", 0, 1), ("task", 1, 0), ("task", 1, 1), ("task", 2, 0),
+                         ("finetune", 0, 1), ("finetune", 1, 0), ("finetune", 1, 1), ("finetune", 2, 0)]
+    assert _same_dytox_outputs(resumed1, clean1)
+    other = parse_params(compose([*DYTOX_TINY, "method.dytox.finetune_lr=1e-3"])).method["dytox"]
+    assert other.finetune_lr == 10 * job1.method.finetune_lr  # the fine-tuning alone differs
+    assert not _same_dytox_outputs(clean1, training.train_task(
+        p, training.TaskJob(1, 1, list(range(10)), TASKS, "dytox", other, {}), data, clean0[0], clean0[1], log,
+        previous_memory=clean0[2]))
+
+
+def test_a_dytox_state_of_another_phase_is_refused_naming_it(tmp_path):
+    from ncil.learning.dytox_training import resumed_phase
+
+    assert resumed_phase(None, tmp_path / "r.pt", "task", True) is None
+    assert resumed_phase({"phase": "finetune", "memory": {}}, tmp_path / "r.pt", "task", True) == "finetune"
+    with pytest.raises(io.ArtifactError, match=r"r.pt: progress.phase: expected one of base, found 'task'"):
+        resumed_phase({"phase": "task", "memory": None}, tmp_path / "r.pt", "base", False)
+    with pytest.raises(io.ArtifactError, match=r"expected one of task, finetune \(with the exemplar memory for "
+                                               r"finetune\), found 'finetune'"):
+        resumed_phase({"phase": "finetune", "memory": None}, tmp_path / "r.pt", "task", True)
+    with pytest.raises(io.ArtifactError, match=r"found None: not a state of this DyTox task"):
+        resumed_phase({}, tmp_path / "r.pt", "task", True)  # a state of another method's loop
+
+
 def test_a_stop_before_the_first_step_saves_nothing_and_a_periodic_save_honours_resume_every(tmp_path):
     p = parse_params(compose(TINY))
     data, saved = _split(), []

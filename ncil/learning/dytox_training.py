@@ -8,16 +8,23 @@ new checkpoint payload, centers rows and memory rows; only the CLI touches disk.
        a divergence head; task t-1's model, frozen and in eval mode, is the teacher
     2. the data: task t's training images and the memory's (each once), uint8 on the device
     3. training (``phase`` base or task: ``ncil.models.dytox.apply_phase``), a fresh optimiser of the
-       train section's recipe over the trainable parameters; each step is ``ncil.methods.dytox.loss_terms``
+       method's recipe (``optim.dytox_recipe``) over the trainable parameters; each step is
+       ``ncil.methods.dytox.loss_terms``
     4. herding (``ncil.methods.exemplars.select_exemplars``) of task t's classes on the concatenated task
        embeddings of their images, without augmentation: the memory keeps task t-1's rows and adds these
     5. from task 1 on, the balanced fine-tuning on the memory alone (phase finetune: encoder frozen, L_clf only)
     6. class centers of task t's classes on the newest task embedding (an artifact as every method's; DyTox
        does not read them)
 
-Not yet here (docs/dytox.md section 9): AdamW with the warm-up cosine schedule, RandAugment and repeated
-augmentation (the grid's train section and augmentation are used), and resumable states inside a task (a
-stop request ends the task without saving; a rerun trains it from epoch 1).
+Resumable (``ncil.learning.resume``, as every method's task): the state holds the phase (base or task, then
+finetune) besides the position, model, optimiser, scheduler and every random stream, and from the fine-tuning on
+the exemplar memory herding chose (the model that chose it is gone by then). A state saved after the training
+phase's last epoch resumes at herding; a resumed task ends in the bytes of an uninterrupted one.
+
+The optimiser is ``ncil.learning.optim.dytox_recipe``'s: the train section's Adam recipe, or under ``dytox_optimizer:
+adamw`` the released AdamW with its warm-up cosine schedule (no weight decay where ``weight_decayed`` says so).
+
+Not yet here (docs/dytox.md section 9): RandAugment and repeated augmentation (the grid's augmentation is used).
 """
 
 from __future__ import annotations
@@ -30,16 +37,33 @@ import torch
 from ncil.data import arrays, augment
 from ncil.data.scenario import remap_labels
 from ncil.learning import optim, resume, runtime
-from ncil.learning.training import (append_centers, empty_centers, epoch_order, history_without_timing, run_config_snapshot,
-                                    torch_cpu_generator)
+from ncil.learning.training import (EPOCH_COUNTERS, append_centers, empty_centers, epoch_order, history_without_timing,
+                                    run_config_snapshot, torch_cpu_generator)
 from ncil.methods.dytox import DyToxLossConfig, loss_terms, total_loss
 from ncil.methods.exemplars import reduce_memory, select_exemplars
+from ncil.pipeline import io
 from ncil.methods.prototypes import class_centers
-from ncil.models.dytox import DyToxNet, apply_phase, load_dytox
+from ncil.models.dytox import DyToxNet, apply_phase, load_dytox, weight_decayed
 from ncil.pipeline.config import MethodConfig, Params, resolve_precision
 from ncil.pipeline.progress import EpochProgress
 
 HEAD_LAYOUT = "dytox"  # the checkpoint's head_layout: one classifier per task, logits in class order
+MEMORY_KEYS = ("index", "class_id", "original_class", "task", "rank")  # the memory rows' columns (io.MEMORY_COLUMNS)
+
+
+def resumed_phase(state: dict | None, path, training_phase: str, finetunes: bool) -> str | None:
+    """The phase a loaded state resumes (None: no state), checked against this task's phases (pure): its
+    training phase (``base`` for task 0, else ``task``), then ``finetune`` where the task fine-tunes."""
+    if state is None:
+        return None
+    phases = (training_phase, "finetune") if finetunes else (training_phase,)
+    phase = state.get("phase")
+    if phase not in phases or (phase == "finetune" and state.get("memory") is None):
+        memory = " (with the exemplar memory for finetune)" if finetunes else ""
+        raise io.ArtifactError(f"{path}: progress.phase: expected one of {', '.join(phases)}{memory}, found {phase!r}: "
+                               f"not a state of this DyTox task; delete it (rm {path}) to train this task again "
+                               "from epoch 1")
+    return phase
 
 
 def loss_config(method: MethodConfig) -> DyToxLossConfig:
@@ -128,18 +152,64 @@ def train_dytox_task(p: Params, job, train_split: arrays.Split, previous: dict |
     spec = augment.spec_from_dataset(p.dataset)
     cfg = loss_config(method)
 
-    def run_epochs(phase: str, x: torch.Tensor, y: torch.Tensor, recipe: optim.Recipe, with_teacher: bool) -> list[dict]:
-        """``recipe.epochs`` epochs of ``phase`` on (x, y): a fresh optimiser over the phase's trainable parameters."""
+    def run_epochs(phase: str, x: torch.Tensor, y: torch.Tensor, recipe: optim.Recipe, with_teacher: bool,
+                   earlier: list[dict], state: dict | None = None, memory: dict | None = None) -> list[dict]:
+        """``recipe.epochs`` epochs of ``phase`` on (x, y): a fresh optimiser over the phase's trainable parameters;
+        the task's history so far (``earlier``, or the state's) with this phase's epochs after it. ``state``: a
+        state of this phase to resume from (ncil.learning.training.train_task's loop, with the phase and, in the
+        fine-tuning, the ``memory`` it trains on saved beside)."""
         apply_phase(net, phase)
-        optimizer, scheduler = optim.build_optimizer([q for q in net.parameters() if q.requires_grad], recipe)
+        trainable = [(name, q) for name, q in net.named_parameters() if q.requires_grad]
+        groups = (optim.decay_groups(trainable, weight_decayed, recipe.weight_decay) if recipe.optimizer == "adamw"
+                  else [q for _, q in trainable])  # adamw: no decay on biases, norms, tokens, positional embedding
+        optimizer, scheduler = optim.build_optimizer(groups, recipe)
         steps = -(-len(y) // p.train.batch_size)
         progress = EpochProgress(logger, f"task {job.task} {phase}", recipe.epochs, steps)
-        history = []
-        for epoch in range(recipe.epochs):
+        history, start = list(earlier), resume.Position(0, 0)
+        if state is not None:
+            resume.check_position(plan.path, state, recipe.epochs, steps)
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            history = resume.interned_history(state["history"])
+            resume.restore_random(state["random"], generator, device)
+            start = resume.Position(state["epoch"], state["step"])
+            logger.info("task %d: resuming %s from %s after %s", job.task, phase, plan.path,
+                        resume.describe_position(start.epoch, start.step, steps))
+        beside = {"phase": phase, "memory": None if memory is None else {k: torch.from_numpy(memory[k]) for k in MEMORY_KEYS}}
+
+        def save(position: resume.Position, epoch_generator, counters: dict | None) -> None:
+            plan.save({**resume.capture(position, net, optimizer, scheduler, generator, epoch_generator, device, None,
+                                        history, {"steps_per_epoch": steps, **(counters or {})}), **beside})
+
+        def stop(position: resume.Position, epoch_generator, counters: dict | None, saved: bool = False):
+            """Save the state at ``position`` (unless ``saved``) and raise ``resume.Preempted``."""
+            if plan.save is None:
+                raise resume.Preempted(position.epoch, position.step, steps, job.task, saved=False)
+            if not saved:
+                save(position, epoch_generator, counters)
+            raise resume.Preempted(position.epoch, position.step, steps, job.task)
+
+        # Before the first step of this process (the task's first phase, or the resumed one): the state on disk
+        # (if any) is this very position. The fine-tuning after a training phase in this process is not asked here.
+        if (state is not None or phase != "finetune") and plan.stop_requested():
+            raise resume.Preempted(start.epoch, start.step, steps, job.task, saved=state is not None)
+        for epoch in range(start.epoch, recipe.epochs):
+            inside = state is not None and epoch == start.epoch and start.step > 0  # resumed inside this epoch
             net.train()
             progress.start_epoch()
+            if inside:
+                generator.set_state(state["random"]["data_epoch_start"])
+            epoch_generator = generator.get_state()  # before the epoch's data order is drawn
             order = epoch_order(len(y), p.train.batch_size, torch_cpu_generator(generator), device)
-            for step, idx in enumerate(order):
+            first = 0
+            if inside:
+                generator.set_state(state["random"]["data"])
+                progress.seen, progress.loss_sum, progress.correct = (state["counters"][k] for k in EPOCH_COUNTERS)
+                first = start.step
+            for step in range(first, steps):
+                idx = order[step]
                 xb = augment.augment_batch(x.index_select(0, idx), spec, generator)  # (B, C, H, W) float32
                 yb = y[idx]
                 with runtime.autocast(device, precision):
@@ -154,39 +224,57 @@ def train_dytox_task(p: Params, job, train_split: arrays.Split, previous: dict |
                 loss.backward()
                 optimizer.step()
                 progress.step(loss.detach(), len(yb), (out["logits"].argmax(1) == yb).sum())
-                if plan.stop_requested():  # DyTox saves no resumable state: the task restarts on a rerun
-                    raise resume.Preempted(epoch, step + 1, steps, job.task, saved=False)
+                if step + 1 < steps and plan.stop_requested():
+                    stop(resume.Position(epoch, step + 1), epoch_generator,
+                         {k: getattr(progress, k) for k in EPOCH_COUNTERS})
             history.append({**progress.end_epoch(epoch, optimizer.param_groups[0]["lr"]), "phase": phase})
             if scheduler is not None:
                 scheduler.step()
+            done, saved = epoch + 1, False
+            if plan.save is not None and plan.every and done % plan.every == 0 and done < recipe.epochs:
+                save(resume.Position(done, 0), generator.get_state(), None)
+                saved = True
+            if plan.stop_requested():  # after the training phase's last epoch too: the rerun starts at herding
+                stop(resume.Position(done, 0), generator.get_state(), None, saved=saved)
         progress.close()
         return history
 
-    # 3. Training on task t's images and the memory's.
-    history = run_epochs("base" if job.task == 0 else "task", x_all, y_all, optim.task_recipe(p.train, job.task),
-                         with_teacher=teacher is not None)
-    del teacher
+    # A resumed task: its phase (the training phase, or the fine-tuning with the memory herding chose).
+    training_phase = "base" if job.task == 0 else "task"
+    finetunes = job.task > 0 and method.finetune_epochs > 0
+    phase = resumed_phase(plan.state, plan.path, training_phase, finetunes)
 
-    # 4. Herding on task t's classes (features: every task embedding, L2-normalised by select_exemplars).
-    embeddings = task_embeddings(net, x_new, p.train.eval_batch_size, device, p.dataset.mean, p.dataset.std, precision)
-    chosen = select_exemplars(embeddings.reshape(len(new_labels), -1).numpy(), new_labels,
-                              method.exemplars_per_class, rule=method.exemplar_rule)
-    new_memory = {
-        "index": new_rows[chosen["index"]].astype(np.int64),
-        "class_id": chosen["label"].astype(np.int64),
-        "original_class": train_split.labels[new_rows[chosen["index"]]].astype(np.int64),
-        "task": np.full(len(chosen["index"]), job.task, dtype=np.int64),
-        "rank": chosen["rank"].astype(np.int64),
-    }
-    memory = new_memory if old_memory is None else {
-        k: np.concatenate([reduce_memory(old_memory, method.exemplars_per_class)[k], new_memory[k]]) for k in new_memory}
+    if phase != "finetune":
+        # 3. Training on task t's images and the memory's.
+        history = run_epochs(training_phase, x_all, y_all, optim.dytox_recipe(p.train, method, job.task),
+                             with_teacher=teacher is not None, earlier=[], state=plan.state)
+        del teacher
+
+        # 4. Herding on task t's classes (features: every task embedding, L2-normalised by select_exemplars).
+        embeddings = task_embeddings(net, x_new, p.train.eval_batch_size, device, p.dataset.mean, p.dataset.std,
+                                     precision)
+        chosen = select_exemplars(embeddings.reshape(len(new_labels), -1).numpy(), new_labels,
+                                  method.exemplars_per_class, rule=method.exemplar_rule)
+        new_memory = {
+            "index": new_rows[chosen["index"]].astype(np.int64),
+            "class_id": chosen["label"].astype(np.int64),
+            "original_class": train_split.labels[new_rows[chosen["index"]]].astype(np.int64),
+            "task": np.full(len(chosen["index"]), job.task, dtype=np.int64),
+            "rank": chosen["rank"].astype(np.int64),
+        }
+        memory = new_memory if old_memory is None else {
+            k: np.concatenate([reduce_memory(old_memory, method.exemplars_per_class)[k], new_memory[k]])
+            for k in new_memory}
+    else:  # the training phase and herding are done: the state holds their model and memory
+        del teacher
+        history, memory = [], {k: plan.state["memory"][k].numpy() for k in MEMORY_KEYS}
 
     # 5. Balanced fine-tuning on the memory alone (tasks t >= 1): encoder frozen, L_clf only, constant lr.
-    if job.task > 0 and method.finetune_epochs > 0:
+    if finetunes:
         x_mem = arrays.to_uint8_tensor(train_split.images[memory["index"]]).to(device)
         y_mem = torch.from_numpy(memory["class_id"]).to(device)
-        recipe = optim.Recipe("adam", method.finetune_epochs, method.finetune_lr, p.train.weight_decay, 0.0, (), 0, 1.0)
-        history += run_epochs("finetune", x_mem, y_mem, recipe, with_teacher=False)
+        history = run_epochs("finetune", x_mem, y_mem, optim.dytox_finetune_recipe(p.train, method), with_teacher=False, earlier=history,
+                             state=plan.state if phase == "finetune" else None, memory=memory)
 
     # 6. Class centers of task t's classes on the newest task embedding, after task t-1's rows.
     features = task_embeddings(net, x_new, p.train.eval_batch_size, device, p.dataset.mean, p.dataset.std,

@@ -12,7 +12,8 @@ the rest of the task depends on:
   import closure, as dvc.yaml lists it). A state whose identity differs is refused (exit 2), naming the
   first field that differs and what changed (params, previous checkpoint, split, data or code);
 * ``progress``: the position (``epoch``, 0-based, and ``step``, the steps of that epoch already
-  taken), the model, optimiser and scheduler, every random stream (Python ``random``, NumPy's global
+  taken; DyTox adds its ``phase``, task or fine-tuning, and the exemplar memory herding chose before the
+  fine-tuning: ``ncil.learning.dytox_training``), the model, optimiser and scheduler, every random stream (Python ``random``, NumPy's global
   generator, torch's CPU generator, CUDA's when on CUDA, the task's data generator now and at the start
   of the epoch, from which the epoch's data order is drawn again), PR's class centers once computed,
   the epoch history and the running counters of the epoch.
@@ -215,6 +216,18 @@ def capture(position: Position, net, optimizer, scheduler, generator, epoch_gene
         "history": [dict(h) for h in history],
         "counters": dict(counters),
     })
+
+
+def interned_history(history: list[dict]) -> list[dict]:
+    """A loaded state's epoch history with its keys and text values interned as the code's own literals (pure):
+    pickle writes a string once per object, so strings unpickled from the state would add bytes to the
+    checkpoint that an uninterrupted run has not (a key, or DyTox's ``phase`` value, written twice)."""
+    import sys
+
+    def same(value):
+        return sys.intern(value) if isinstance(value, str) else value
+
+    return [{sys.intern(k): same(v) for k, v in h.items()} for h in history]
 
 
 # --- The file ------------------------------------------------------------------------------------

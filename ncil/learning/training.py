@@ -7,7 +7,6 @@ centers) and returns the new checkpoint payload and centers rows; only the CLI t
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,9 +230,7 @@ def train_task(
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
-        # Keys interned as the code's own literals: pickle writes a string once per object, so keys
-        # unpickled from the state would add bytes to the checkpoint that an uninterrupted run has not.
-        history = [{sys.intern(k): v for k, v in h.items()} for h in state["history"]]
+        history = resume.interned_history(state["history"])  # the checkpoint's bytes as uninterrupted
         pr_centers = state["pr_centers"].to(device) if state["pr_centers"] is not None else None
         resume.restore_random(state["random"], generator, device)
         start = resume.Position(state["epoch"], state["step"])

@@ -207,6 +207,20 @@ def apply_phase(net: DyToxNet, phase: str) -> None:
         net.divergence.requires_grad_(plan["divergence"])
 
 
+# Parameters AdamW leaves undecayed besides every 1-D one (docs/dytox.md 5): the positional embedding and the task
+# tokens, learned embeddings as DeiT's and ConViT's no_weight_decay lists keep them (pos_embed, cls_token).
+NO_DECAY_NAMES = ("pos_embed",)
+NO_DECAY_PREFIXES = ("task_tokens.",)
+
+
+def weight_decayed(name: str, parameter: torch.Tensor) -> bool:
+    """Whether AdamW decays the DyToxNet parameter ``name`` (pure): not a bias, not a LayerNorm's weight or bias,
+    not GPSA's gating (every parameter of at most one dimension), not the positional embedding, not a task token;
+    yes for every weight matrix (patch embedding, attention, MLP, classifiers, divergence head)."""
+    return not (parameter.ndim <= 1 or name.endswith(".bias") or name in NO_DECAY_NAMES
+                or name.startswith(NO_DECAY_PREFIXES))
+
+
 def block_parameter_count(dim: int, num_heads: int, mlp_ratio: float = 4.0, gpsa: bool = True) -> int:
     """Parameters of one block (pure): 2 LayerNorms (4D), q, k, v without bias (3D^2), output projection
     (D^2 + D), MLP (2 D H_mlp + H_mlp + D with H_mlp = mlp_ratio D); a GPSA block adds ConViT's positional

@@ -132,6 +132,14 @@ class MethodConfig:
     divergence: float = 0.0  # lambda_div: DyTox's divergence head (0.1); 0 = no head
     finetune_epochs: int = 0  # balanced fine-tuning on the memory after each task t >= 1 (DyTox: 20); 0 = off
     finetune_lr: float = 0.0  # its constant learning rate (DyTox: 2.5e-5 at batch 256)
+    # DyTox's optimiser (docs/dytox.md 5): adam = the train section's recipe (Adam, coupled L2, StepLR), as before;
+    # adamw = the released one: AdamW (decoupled train.weight_decay, none on biases, norms, tokens and the positional
+    # embedding), per task a linear warm-up then a cosine to min_lr (ncil.learning.optim.warmup_cosine_lr), and the
+    # fine-tuning AdamW at its constant finetune_lr. The three schedule keys below: adamw only (released 5, 1e-6, 1e-5).
+    dytox_optimizer: str = "adam"
+    warmup_epochs: int = 0  # epochs of linear warm-up from warmup_lr to train.lr at the start of every task
+    warmup_lr: float = 0.0  # the learning rate of epoch 0 when warmup_epochs > 0
+    min_lr: float = 0.0  # where the cosine ends (reached after train.epochs epochs)
 
 
 # runtime.compile: false (eager), true (torch.compile), graphs (torch.compile mode reduce-overhead: CUDA graphs, CUDA only).
@@ -171,9 +179,14 @@ class Params:
     # An explicit class order (original class ids, a permutation of 0..n_classes-1), for a protocol that fixes
     # one (DyTox's CIFAR-100 order, conf/experiment/cifar100_dytox.yaml); absent: order_seed's. Optional.
     class_order: tuple[int, ...] | None = None
+    # The folder the grid owns under runs/ and results/ (runs/<grid>/..., results/<grid>/...; data/<dataset>/ stays
+    # shared): optional, None = the data set's name (the default grid's paths). ncil.pipeline.experiment_grid.grid_folder.
+    grid: str | None = None
 
 
-OPTIONAL_TOP_KEYS = ("class_order",)  # top-level keys a params file may leave out (absent = None)
+# Top-level keys params.yaml may leave out (their Params default applies): the default grid has neither.
+OPTIONAL_TOP = ("class_order", "grid")
+
 
 # The fixed sections of params.yaml and their records (scenario and method hold named entries).
 SECTIONS = {"dataset": DatasetConfig, "model": ModelConfig, "train": TrainConfig, "runtime": RuntimeConfig}
@@ -191,6 +204,7 @@ PKS_WEIGHTINGS = ("inverse", "uniform", "direct")
 PR_CENTERS = ("task_start", "epoch")
 EXEMPLAR_RULES = ("icarl", "code")  # as ncil.methods.exemplars.RULES
 DYTOX_DISTILLATIONS = ("kd", "pks", "kd+pks")  # as ncil.methods.dytox.DISTILLATIONS
+DYTOX_OPTIMIZERS = ("adam", "adamw")  # method dytox_optimizer (ncil.learning.optim.dytox_recipe)
 CLS_PAIRINGS = ("same_token", "last")  # as ncil.methods.dytox.CLS_PAIRINGS
 FORMS = ("paper", "official")  # method pks_form, pr_form, proto_aug_form
 TRAIN_IMAGES = ("train", "train_val")  # method train_images
@@ -198,7 +212,8 @@ NUMERICS = ("native", "portable")  # runtime.numerics (ncil.learning.numerics)
 CROP_FILLS = ("black", "mean")  # as ncil.data.augment.CROP_FILLS
 # Method fields that shape task 0: methods sharing a base recipe must agree on them.
 BASE_RECIPE_FIELDS = ("preset", "backbone", "rotation", "ce_temperature", "mixup_rounds", "contrastive",
-                      "contrastive_temperature", "train_images", "exemplars_per_class", "exemplar_rule")
+                      "contrastive_temperature", "train_images", "exemplars_per_class", "exemplar_rule",
+                      "dytox_optimizer", "warmup_epochs", "warmup_lr", "min_lr")
 # Names of scenarios, methods and base recipes become folder names and Snakemake wildcard values.
 NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -343,9 +358,15 @@ def parse_params(data: dict, source: str = "params.yaml") -> Params:
     unknown = sorted(set(data) - top)
     if unknown:
         raise _fail(source, unknown[0], f"unknown key (expected one of: {', '.join(sorted(top))})")
-    for name in top - set(OPTIONAL_TOP_KEYS):
-        if name not in data:
+    for name in top:
+        if name not in data and name not in OPTIONAL_TOP:
             raise _fail(source, name, "missing required key")
+    grid = data.get("grid")
+    if grid is not None:
+        _name(source, "grid", grid)
+        if grid in paths.RESERVED_RESULT_FOLDERS:
+            raise _fail(source, "grid", f"results/{grid}/ holds every grid's reports: expected another folder name "
+                                        f"(not one of {', '.join(paths.RESERVED_RESULT_FOLDERS)}), got {grid!r}")
     sections = {name: parse_section(cls, data[name], source, name) for name, cls in SECTIONS.items()}
     for mapping in ("scenario", "method"):
         if not isinstance(data[mapping], dict) or not data[mapping]:
@@ -370,6 +391,7 @@ def parse_params(data: dict, source: str = "params.yaml") -> Params:
         **sections,
         scenario=scenario,
         method=method,
+        grid=grid,
     )
     _validate(params, source)
     return params
@@ -476,6 +498,7 @@ def _validate(p: Params, source: str) -> None:
         _validate_scenario_weights(p, source, name, m)
         _validate_preset_options(source, key, m)
         _validate_dytox_options(source, key, m)
+        _validate_dytox_schedule(p, source, key, m)
     _validate_grid_preset(p, source)
     # Methods of one base recipe share task 0 of every base split: its fields must agree there, the
     # contrastive weight as each split resolves it (method_for_split).
@@ -653,7 +676,10 @@ def _validate_preset_options(source: str, key: str, m: MethodConfig) -> None:
 # Options only DyTox's loop reads (backbone dytox; ncil.learning.dytox_training), with their off values: set on
 # another backbone they would be silently ignored, so they are refused; they never appear in its checkpoints.
 DYTOX_ONLY = {"exemplars_per_class": 0, "exemplar_rule": "icarl", "dytox_distillation": "kd",
-              "pks_cls_pairing": "same_token", "divergence": 0.0, "finetune_epochs": 0, "finetune_lr": 0.0}
+              "pks_cls_pairing": "same_token", "divergence": 0.0, "finetune_epochs": 0, "finetune_lr": 0.0,
+              "dytox_optimizer": "adam", "warmup_epochs": 0, "warmup_lr": 0.0, "min_lr": 0.0}
+# The schedule keys only dytox_optimizer adamw reads, with their off values.
+ADAMW_ONLY = {"warmup_epochs": 0, "warmup_lr": 0.0, "min_lr": 0.0}
 # Options of the NECIL methods' step that DyTox's loop does not read, with their off values.
 NOT_DYTOX = {"rotation": False, "ce_temperature": 1.0, "feature_kd": 0.0, "proto_aug": 0.0, "pr": 0.0,
              "train_on": "current", "preset": "paper"}
@@ -664,9 +690,10 @@ def _validate_dytox_options(source: str, key: str, m: MethodConfig) -> None:
     _choice(source, f"{key}.exemplar_rule", m.exemplar_rule, EXEMPLAR_RULES)
     _choice(source, f"{key}.dytox_distillation", m.dytox_distillation, DYTOX_DISTILLATIONS)
     _choice(source, f"{key}.pks_cls_pairing", m.pks_cls_pairing, CLS_PAIRINGS)
-    for option in ("exemplars_per_class", "finetune_epochs"):
+    _choice(source, f"{key}.dytox_optimizer", m.dytox_optimizer, DYTOX_OPTIMIZERS)
+    for option in ("exemplars_per_class", "finetune_epochs", "warmup_epochs"):
         _at_least_zero(source, f"{key}.{option}", getattr(m, option))
-    for option in ("divergence", "finetune_lr"):
+    for option in ("divergence", "finetune_lr", "warmup_lr", "min_lr"):
         if getattr(m, option) < 0:
             raise _fail(source, f"{key}.{option}", f"expected a value >= 0, got {getattr(m, option)}")
     if m.backbone != "dytox":
@@ -690,6 +717,36 @@ def _validate_dytox_options(source: str, key: str, m: MethodConfig) -> None:
     if m.finetune_epochs and m.finetune_lr <= 0:
         raise _fail(source, f"{key}.finetune_lr", f"expected a learning rate > 0 with finetune_epochs "
                                                   f"{m.finetune_epochs}, got {m.finetune_lr}")
+    if m.dytox_optimizer != "adamw":
+        for option, off in ADAMW_ONLY.items():
+            if getattr(m, option) != off:
+                raise _fail(source, f"{key}.{option}", f"only dytox_optimizer adamw's schedule reads it: expected "
+                                                       f"{off!r}, got {getattr(m, option)!r} (or set "
+                                                       f"{key}.dytox_optimizer: adamw)")
+    elif m.warmup_epochs == 0 and m.warmup_lr != 0:
+        raise _fail(source, f"{key}.warmup_lr", f"warmup_epochs 0 has no warm-up: expected 0.0, got {m.warmup_lr}")
+
+
+def _validate_dytox_schedule(p: Params, source: str, key: str, m: MethodConfig) -> None:
+    """AdamW's warm-up ends inside every task (task 0's own epochs too: train.base_epochs, 0 = train.epochs) and
+    warmup_lr, min_lr stay at most every task's learning rate (train.lr, train.base_lr where set); task 0 trains
+    with Adam(W), not the SGD base recipe."""
+    if m.backbone != "dytox" or m.dytox_optimizer != "adamw":
+        return
+    if p.train.base_optimizer != "adam":
+        raise _fail(source, f"{key}.dytox_optimizer", f"adamw replaces task 0's Adam recipe: expected "
+                                                      f"train.base_optimizer adam, got {p.train.base_optimizer!r}")
+    for field_name in ("epochs", "base_epochs"):
+        epochs = getattr(p.train, field_name)
+        if epochs and m.warmup_epochs >= epochs:
+            raise _fail(source, f"{key}.warmup_epochs", f"expected fewer than train.{field_name} ({epochs}): the "
+                                                        f"warm-up ends inside the task, got {m.warmup_epochs}")
+    for option in ("warmup_lr", "min_lr"):
+        for field_name in ("lr", "base_lr"):
+            lr = getattr(p.train, field_name)
+            if lr and getattr(m, option) > lr:
+                raise _fail(source, f"{key}.{option}", f"expected at most train.{field_name} ({lr}), "
+                                                       f"got {getattr(m, option)}")
 
 
 def resolve_precision(requested: str, device_type: str, preset: str) -> str:

@@ -192,9 +192,8 @@ def data_identity(dataset: str, splits: list[str]) -> dict[str, str | None]:
     return {f: e.get("sha256") if isinstance(e, dict) else None for f, e in entries.items()}
 
 
-def stop_line(stop, flag, state_file: Path, resumable: bool = True) -> str:
-    """The one line a stopped job prints (pure): what stopped it, where, what was saved. ``resumable`` False:
-    a task whose loop saves no state (DyTox's, ncil.learning.dytox_training)."""
+def stop_line(stop, flag, state_file: Path) -> str:
+    """The one line a stopped job prints (pure): what stopped it, where, what was saved."""
     import signal
 
     from ncil.learning import resume
@@ -205,8 +204,6 @@ def stop_line(stop, flag, state_file: Path, resumable: bool = True) -> str:
         return f"{word}: state saved at {where} of task {stop.task} ({state_file}); rerun to resume"
     if stop.epoch == 0 and stop.step == 0:
         return f"{word}: before the first step of task {stop.task}, nothing to save; rerun to train it"
-    if not resumable:
-        return f"{word}: DyTox's tasks save no resumable state; rerun to train task {stop.task} again from epoch 1"
     return (f"{word}: runtime.resume_every is 0, no state saved; rerun to train task {stop.task} "
             "again from epoch 1")
 
@@ -302,7 +299,7 @@ def _train(args: Args, p, split: dict, method, job, log, flag) -> None:
         else:
             payload, centers = train_task(p, job, train_data, previous, previous_centers, log, plan)
     except resume.Preempted as stop:
-        tell(log, stop_line(stop, flag, state_file, resumable=method.backbone != "dytox"))
+        tell(log, stop_line(stop, flag, state_file))
         raise SystemExit(flag.exit_status) from None
     # The checkpoint goes last and records the centers' (and the memory's) hash: a job killed between the
     # writes leaves no checkpoint, so the outputs never look complete with old and new files side by side.
