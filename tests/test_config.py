@@ -435,3 +435,24 @@ def test_an_explicit_class_order_cuts_the_tasks_and_enters_only_its_grids_stage_
     assert param_keys("split", explicit) == ("dataset.n_classes", "order_seed", "class_order")
     assert "class_order" in param_keys("train", explicit, "ours") and "class_order" not in param_keys("train", defaults, "ours")
     assert param_keys("summarize", explicit) == ("preset", "order_seed", "class_order")
+
+
+def test_the_cifar100_dytox_grid_is_table_4s_protocol():
+    """Table 4's CIFAR-100 grid (conf/experiment/cifar100_dytox.yaml): B0 in 10 and 20 tasks, DyTox's class order
+    (options/data/cifar100_order1.yaml of the released code), the released AdamW schedule, its own folder."""
+    from ncil.data.scenario import task_sizes
+    from ncil.pipeline.experiment_grid import grid_folder
+
+    data = compose(["+experiment=cifar100_dytox"])
+    p = parse_params(data)
+    assert grid_folder(data) == "cifar100_dytox" and p.dataset.name == "cifar100"
+    assert p.class_order[:10] == (87, 0, 52, 58, 44, 91, 68, 97, 51, 15) and p.class_order[-3:] == (26, 35, 39)
+    assert {name: len(task_sizes(100, s.initial_increment, s.increment)) for name, s in p.scenario.items()} == {
+        "base10_inc10": 10, "base5_inc5": 20}
+    assert (p.train.epochs, p.train.batch_size, p.train.lr, p.train.weight_decay) == (500, 256, 2.5e-4, 1e-6)
+    for name in ("dytox", "dytox_pks"):
+        m = p.method[name]
+        assert (m.dytox_optimizer, m.warmup_epochs, m.warmup_lr, m.min_lr) == ("adamw", 5, 1e-6, 1e-5)
+        assert (m.exemplars_per_class, m.finetune_epochs, m.finetune_lr) == (20, 20, 2.5e-5)
+    assert p.method["dytox"].dytox_distillation == "kd" and p.method["dytox_pks"].dytox_distillation == "pks"
+    assert io.read_yaml(ROOT / "grids/cifar100_dytox/params.yaml") == data  # the committed grid is the composition

@@ -156,7 +156,7 @@ def render_grid(name: str, overrides: list[str] | None = None) -> tuple[dict, st
     params_file = paths.grid_params(name)
     parse_params(data, source=f"conf/ with overrides {overrides}")
     check_own_folder(name, data, overrides[1:])
-    if name in paths.DIGITS_GRID_NAMES:  # the default data set's, in a folder of its own: params.yaml only
+    if name in paths.DIGITS_GRID_NAMES:  # a grid in a folder of its own, run as params.yaml: params.yaml only
         header = HEADER.replace("`python -m ncil params`", f"`python -m ncil grid {name}`").replace(
             "edit conf/ or override.", f"edit conf/ or override.\n# Run it as the default grid: "
                                        f"python -m ncil params +experiment={name} && snakemake --cores N")

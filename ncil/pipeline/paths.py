@@ -33,12 +33,12 @@ GRIDS_ROOT = "grids"
 # The paper's data sets: each has a Hydra experiment conf/experiment/<name>.yaml composed into
 # grids/<name>/params.yaml (`python -m ncil grid <name>`) and a Snakemake target of the same name.
 GRID_NAMES = ("cifar100", "tinyimagenet", "imagenet_subset")
-# Grids of the default data set (digits) with methods kept out of the default grid (Table 4's DyTox): a committed
+# Grids with methods kept out of a data set's grid (Table 4's DyTox on the digits and on CIFAR-100): a committed
 # grids/<name>/params.yaml from conf/experiment/<name>.yaml, run by composing it into params.yaml
 # (`python -m ncil params +experiment=<name>`). Each has its own folder (top-level `grid: <name>`: runs/<name>/,
 # results/<name>/, its own results table, figures and costs) and shares the data set's data/<dataset>/; no dvc.yaml
 # or Snakemake target of its own.
-DIGITS_GRID_NAMES = ("digits_dytox",)
+DIGITS_GRID_NAMES = ("digits_dytox", "cifar100_dytox")
 
 CHECKPOINT_NAME = "model.pt"
 CENTERS_NAME = "centers.parquet"

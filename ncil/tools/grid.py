@@ -21,10 +21,11 @@ class Args:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     cli.add_log(parser)
-    parser.add_argument("name", nargs="?", choices=("cifar100", "tinyimagenet", "imagenet_subset", "digits_dytox"),
-                        help="a paper data set's grid, or digits_dytox (Table 4's DyTox methods on the digits, in "
-                             "its own folder; params.yaml only); default: all. A grid whose folder (top-level "
-                             "`grid`, default the data set's name) is another grid's is refused")
+    parser.add_argument("name", nargs="?", choices=("cifar100", "tinyimagenet", "imagenet_subset", "digits_dytox",
+                                                    "cifar100_dytox"),
+                        help="a paper data set's grid, or digits_dytox / cifar100_dytox (Table 4's DyTox methods on the "
+                             "digits / CIFAR-100, each in its own folder; params.yaml only); default: all. A grid whose "
+                             "folder (top-level `grid`, default the data set's name) is another grid's is refused")
     parser.add_argument("override", nargs="*", help="Hydra overrides after +experiment=<name>, e.g. +smoke=cpu")
     parser.add_argument("--check", action="store_true", help="fail if a grid file differs from conf/ instead of writing")
 
