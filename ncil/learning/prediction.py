@@ -36,8 +36,12 @@ def predict(net, images: np.ndarray, mean, std, batch_size: int, device: torch.d
     return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
 
 
-def evaluate_checkpoint(p: Params, checkpoint: dict, test_split: arrays.Split, tasks: list[list[int]]) -> dict:
+def evaluate_checkpoint(p: Params, checkpoint: dict, test_split: arrays.Split, tasks: list[list[int]],
+                        statistics: list[dict] | None = None) -> dict:
     """Predictions of one checkpoint on the test images of every class it has seen.
+
+    ``statistics``: FeCAM's (classifier fecam), those of tasks 0..t, read with ``ncil.pipeline.io.read_statistics``;
+    the prediction is then the Mahalanobis classifier's (``ncil.learning.fecam_training.predict_fecam``), not the head's.
 
     Returns int columns: sample (row in the test split), label (incremental), original_label,
     label_task (the task that introduced the label) and prediction.
@@ -54,11 +58,18 @@ def evaluate_checkpoint(p: Params, checkpoint: dict, test_split: arrays.Split, t
     backbone = checkpoint.get("backbone", "vit")
     net = load_network(model_cfg, p.dataset.channels, checkpoint["model"], backbone).to(device)
     precision = resolve_precision(p.runtime.precision, device.type, checkpoint["config"].get("preset", "paper"))
+    if statistics is not None:
+        from ncil.learning.fecam_training import fecam_settings, predict_fecam
+
+        prediction = predict_fecam(net, images, p.dataset.mean, p.dataset.std, p.train.eval_batch_size, device,
+                                   statistics, fecam_settings(checkpoint), n_classes=len(seen))
+    else:
+        prediction = predict(net, images, p.dataset.mean, p.dataset.std, p.train.eval_batch_size, device,
+                             int(checkpoint.get("rotations", 1)), precision, n_classes=len(seen))
     return {
         "sample": rows,
         "label": labels,
         "original_label": test_split.labels[rows],
         "label_task": np.asarray([task_of[int(o)] for o in test_split.labels[rows]]),
-        "prediction": predict(net, images, p.dataset.mean, p.dataset.std, p.train.eval_batch_size, device,
-                              int(checkpoint.get("rotations", 1)), precision, n_classes=len(seen)),
+        "prediction": prediction,
     }

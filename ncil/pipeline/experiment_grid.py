@@ -25,6 +25,7 @@ class Run:
     n_tasks: int
     base_recipe: str
     rehearsal: bool = False  # the method keeps an exemplar memory (exemplars_per_class > 0: DyTox)
+    fecam: bool = False  # the method classifies with per-class statistics (classifier fecam; docs/efcil.md)
 
     @property
     def run_id(self) -> str:
@@ -49,6 +50,13 @@ class Run:
         if not self.rehearsal:
             raise ValueError(f"{self.run_id}: method {self.method} keeps no exemplars: its tasks have no memory")
         return paths.memory(self.dataset, self.task_run_id(task), task)
+
+    def statistics(self, task: int) -> str:
+        """Task ``task``'s class statistics: an output of every task of a FeCAM run, read by its evaluation."""
+        if not self.fecam:
+            raise ValueError(f"{self.run_id}: method {self.method} does not classify with class statistics "
+                             "(classifier fecam): its tasks have none")
+        return paths.statistics(self.dataset, self.task_run_id(task), task)
 
     def eval_file(self, task: int) -> str:
         return paths.eval_file(self.dataset, self.run_id, task)
@@ -94,7 +102,8 @@ def runs(params: dict) -> list[Run]:
             for seed in params["seeds"]:
                 out.append(
                     Run(dataset, setting, method, int(seed), initial, increment, n_tasks, spec["base_recipe"],
-                        rehearsal=int(spec.get("exemplars_per_class", 0)) > 0)
+                        rehearsal=int(spec.get("exemplars_per_class", 0)) > 0,
+                        fecam=spec.get("classifier", "head") == "fecam")
                 )
     return out
 

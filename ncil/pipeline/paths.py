@@ -7,6 +7,7 @@ Layout (all paths relative to the repository root):
     runs/<dataset>/<run_id>/task_<t>/model.pt         checkpoint after task t (DVC cache)
     runs/<dataset>/<run_id>/task_<t>/centers.parquet  class centers after task t (DVC cache)
     runs/<dataset>/<run_id>/task_<t>/memory.parquet   exemplar memory after task t: rehearsal methods only (DVC cache)
+    runs/<dataset>/<run_id>/task_<t>/statistics.parquet   FeCAM: task t's classes' mean and covariance (DVC cache)
     results/<dataset>/<setting>/<method>/seed<s>/eval/task_<t>.parquet   per-task predictions (git)
     results/<dataset>/<setting>/<method>/seed<s>/metrics.json            summary (git, DVC metric)
     results/tables/<dataset>_results.{md,csv}                            results table (git)
@@ -33,11 +34,12 @@ GRID_NAMES = ("cifar100", "tinyimagenet", "imagenet_subset")
 # grids/<name>/params.yaml from conf/experiment/<name>.yaml, run by composing it into params.yaml
 # (`python -m ncil params +experiment=<name>`). No dvc.yaml or Snakemake target of their own: their data, splits
 # and tables are the default grid's paths.
-DIGITS_GRID_NAMES = ("digits_dytox",)
+DIGITS_GRID_NAMES = ("digits_dytox", "digits_efcil")
 
 CHECKPOINT_NAME = "model.pt"
 CENTERS_NAME = "centers.parquet"
 MEMORY_NAME = "memory.parquet"  # the exemplar memory of a rehearsal method (DyTox, exemplars_per_class > 0)
+STATISTICS_NAME = "statistics.parquet"  # FeCAM's per-class statistics (classifier fecam; docs/efcil.md)
 MANIFEST_NAME = "manifest.json"
 DATA_SPLITS = ("train", "val", "test")
 
@@ -93,6 +95,11 @@ def centers(dataset: str, run: str, task: int) -> str:
 def memory(dataset: str, run: str, task: int) -> str:
     """The training images a rehearsal method keeps after task ``task`` (never written by a NECIL method)."""
     return f"{task_dir(dataset, run, task)}/{MEMORY_NAME}"
+
+
+def statistics(dataset: str, run: str, task: int) -> str:
+    """FeCAM's statistics of the classes task ``task`` introduced (classifier fecam only)."""
+    return f"{task_dir(dataset, run, task)}/{STATISTICS_NAME}"
 
 
 def result_dir(dataset: str, run: str) -> str:

@@ -20,10 +20,12 @@ class Args:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ncil.pipeline import paths
+
     cli.add_log(parser)
-    parser.add_argument("name", nargs="?", choices=("cifar100", "tinyimagenet", "imagenet_subset", "digits_dytox"),
-                        help="a paper data set's grid, or digits_dytox (Table 4's DyTox methods on the digits; "
-                             "params.yaml only); default: all")
+    parser.add_argument("name", nargs="?", choices=(*paths.GRID_NAMES, *paths.DIGITS_GRID_NAMES),
+                        help="a paper data set's grid, or a digits grid (params.yaml only): digits_dytox (Table 4's "
+                             "DyTox methods), digits_efcil (issue 25's exemplar-free methods); default: all")
     parser.add_argument("override", nargs="*", help="Hydra overrides after +experiment=<name>, e.g. +smoke=cpu")
     parser.add_argument("--check", action="store_true", help="fail if a grid file differs from conf/ instead of writing")
 
