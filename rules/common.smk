@@ -43,6 +43,8 @@ for _path in workflow.configfiles:  # params.yaml and any --configfile
     read_params(_path)
 validate(config, PARAMS_FILE)
 DATASET = config["dataset"]["name"]
+# The folder params.yaml's grid owns under runs/ and results/ (its top-level `grid`, by default DATASET).
+FOLDER = experiment_grid.grid_folder(config)
 
 # Each rule's code dependency is its verb's fingerprint (fingerprints.yaml, ncil/pipeline/fingerprints.py), a param
 # of the rule. fingerprints.yaml out of date with the code (an edit without `python -m ncil dvc-yaml`)
@@ -70,9 +72,9 @@ onstart:
 
 
 def load_grids():
-    """The paper data sets' grids (grids/<name>/params.yaml), validated, each with its own data set.
+    """The paper data sets' grids (grids/<name>/params.yaml), validated, each with its own folder.
 
-    A grid whose data set is the one of params.yaml is left out: params.yaml's grid owns those paths.
+    A grid whose folder is the one of params.yaml is left out: params.yaml's grid owns those paths.
     """
     grids = {}
     for name in paths.GRID_NAMES:
@@ -80,27 +82,38 @@ def load_grids():
         if os.path.exists(path):
             data = read_params(path)
             validate(data, path)
-            if data["dataset"]["name"] != DATASET:
+            if experiment_grid.grid_folder(data) != FOLDER:
                 grids[name] = (path, data)
     return grids
 
 
 GRIDS = load_grids()
-# Data set name -> (params file, params): the `dataset` wildcard picks the grid a job belongs to.
-GRID_OF = {DATASET: (PARAMS_FILE, config)}
-GRID_OF.update({cfg["dataset"]["name"]: (path, cfg) for path, cfg in GRIDS.values()})
-# A paper data set's sections are named by its canonical name (results/tables/cifar100/...).
-GRID_OF.update({section_dataset(cfg): (path, cfg) for path, cfg in list(GRID_OF.values())})
+# Grid folder -> (params file, params): the `grid` wildcard (runs/{grid}/..., results/{grid}/...) picks the grid a
+# job belongs to.
+GRID_OF = {FOLDER: (PARAMS_FILE, config)}
+GRID_OF.update({experiment_grid.grid_folder(cfg): (path, cfg) for path, cfg in GRIDS.values()})
+# A paper data set's sections are named by its canonical name (results/tables/cifar100/...); an extra grid with
+# its own folder (experiment_grid.own_folder) has none.
+GRID_OF.update({section_dataset(cfg): (path, cfg) for path, cfg in list(GRID_OF.values())
+                if not experiment_grid.own_folder(cfg)})
+# Data set name -> the GRID_OF key of the grid that prepares it (the `dataset` wildcard of data/{dataset}/: the
+# prepared data is shared by every grid on the data set): the grid whose folder is the data set's name, else the first.
+DATA_GRID = {}
+for _folder, (_, _cfg) in GRID_OF.items():
+    _name = _cfg["dataset"]["name"]
+    if _name not in DATA_GRID or _folder == _name:
+        DATA_GRID[_name] = _folder
 
 # --- Targets ------------------------------------------------------------------------------------
 RUNS = experiment_grid.runs(config)
-TABLES = list(paths.table_files(DATASET))
+TABLES = list(paths.table_files(FOLDER))
 METRICS = [run.metrics_file for run in RUNS]
 CHECKPOINTS = [job.run.checkpoint(job.task) for job in experiment_grid.train_jobs(config)]  # params.yaml's grid only
 # Each grid writes its own data set's sections of the paper's tables (results/tables/<dataset>/):
 # running a paper data set's grid adds its sections; Tables 1, 2, 3, 5 are then reassembled by
 # params.yaml's grid (`snakemake tables` or `report`), from every data set's sections present.
-GRID_TABLES = {name: [*paths.table_files(cfg["dataset"]["name"]), *paths.paper_sections(section_dataset(cfg))]
+GRID_TABLES = {name: [*paths.table_files(experiment_grid.grid_folder(cfg)),
+                      *([] if experiment_grid.own_folder(cfg) else paths.paper_sections(section_dataset(cfg)))]
                for name, (_, cfg) in GRIDS.items()}
 # The paper's tables (files shared by every data set: params.yaml's grid assembles them) and figures.
 PAPER_SECTIONS = table_sections(config)  # every data set's section files present, and params.yaml's own
@@ -110,26 +123,29 @@ PAPER_TABLES_CSV = [paths.paper_table_files(t)[1] for t in paths.PAPER_TABLES]
 
 def grid_figures(params):
     """(settings, Figure 3 PNGs, their CSVs, Figure 4's (method, run, checkpoints) or None) of a grid:
-    files named by its data set, so every grid has its own figure rules (rules/report.smk)."""
-    dataset = params["dataset"]["name"]
+    files named by its folder, so every grid has its own figure rules (rules/report.smk)."""
+    folder = experiment_grid.grid_folder(params)
     settings = list(dict.fromkeys(run.setting for run in experiment_grid.runs(params)))
-    curves = [paths.curve_figure_files(dataset, s) for s in settings]
+    curves = [paths.curve_figure_files(folder, s) for s in settings]
     return settings, [png for png, _ in curves], [csv for _, csv in curves], figure4_run(params)
 
 
 def figure_files(params):
     """Every figure file of a grid (Figure 3 of each setting, Figure 4 when it has one)."""
     _, pngs, csvs, figure4 = grid_figures(params)
-    return pngs + csvs + (list(paths.weight_map_files(params["dataset"]["name"])) if figure4 else [])
+    return pngs + csvs + (list(paths.weight_map_files(experiment_grid.grid_folder(params))) if figure4 else [])
 
 
-# Data set -> (params file, params) of every grid, params.yaml's first: each has its figure rules.
-FIGURE_GRIDS = {cfg["dataset"]["name"]: (path, cfg) for path, cfg in [(PARAMS_FILE, config), *GRIDS.values()]}
+# Grid folder -> (params file, params) of every grid, params.yaml's first: each has its figure rules.
+FIGURE_GRIDS = {experiment_grid.grid_folder(cfg): (path, cfg) for path, cfg in [(PARAMS_FILE, config), *GRIDS.values()]}
 for _name, (_, _cfg) in GRIDS.items():
     GRID_TABLES[_name] += figure_files(_cfg)
-REPORT = PAPER_TABLES_MD + PAPER_TABLES_CSV + list(paths.paper_table_files("table4")) + figure_files(config)
+# An extra grid with its own folder (experiment_grid.own_folder: DyTox on the digits) does not assemble the paper's
+# tables, which are the data set's grid's: its default target then writes only its own folder's files.
+REPORT = ([] if experiment_grid.own_folder(config) else
+          PAPER_TABLES_MD + PAPER_TABLES_CSV + list(paths.paper_table_files("table4"))) + figure_files(config)
 # The cost summary (Snakemake only: from the benchmark files Snakemake writes; not a DVC stage).
-COSTS = [paths.cost_table_file(DATASET)]
+COSTS = [paths.cost_table_file(FOLDER)]
 
 
 # The rehearsal methods and base recipes of every grid (exemplars_per_class > 0: DyTox): the only wildcard
@@ -144,13 +160,16 @@ FECAM_METHODS = "|".join(re.escape(m) for m in sorted({r.method for r in _FECAM}
 FECAM_RECIPES = "|".join(re.escape(m) for m in sorted({r.base_recipe for r in _FECAM})) or "(?!)"
 
 
-# Jobs build files of the data sets of the grids above only (params.yaml's and grids/*/params.yaml's);
-# another data set's committed files (results/tables/digits/ after `dataset=folder`) are inputs
-# without a producer, never a job whose input function cannot find its grid (issue 20, item 2).
-GRID_DATASETS = "|".join(re.escape(name) for name in sorted(GRID_OF, key=len, reverse=True))
+# Jobs build files of the grids above only (params.yaml's and grids/*/params.yaml's): `grid` is a grid's folder
+# (runs/{grid}/, results/{grid}/), `dataset` a data set one of them prepares (data/{dataset}/). Another grid's
+# committed files (results/tables/digits/ after `dataset=folder`) are inputs without a producer, never a job whose
+# input function cannot find its grid (issue 20, item 2).
+GRID_FOLDERS = "|".join(re.escape(name) for name in sorted(GRID_OF, key=len, reverse=True))
+GRID_DATASETS = "|".join(re.escape(name) for name in sorted(DATA_GRID, key=len, reverse=True))
 
 
 wildcard_constraints:
+    grid=f"(?:{GRID_FOLDERS})",
     dataset=f"(?:{GRID_DATASETS})",
     split_id="[A-Za-z0-9_-]+",
     setting="[A-Za-z0-9_-]+",
@@ -162,12 +181,31 @@ wildcard_constraints:
 
 
 # --- Input and params functions -----------------------------------------------------------------
+def grid_key(wildcards):
+    """The GRID_OF key (grid folder) of a job: its `grid` wildcard; for a prepare job (`dataset` wildcard) the
+    grid that prepares the data set (DATA_GRID); else params.yaml's (report)."""
+    if hasattr(wildcards, "grid"):
+        grid = wildcards.grid
+    elif hasattr(wildcards, "dataset"):
+        if wildcards.dataset not in DATA_GRID:
+            raise ValueError(f"data set {wildcards.dataset!r}: not in {PARAMS_FILE} or grids/*/params.yaml "
+                             f"(have {sorted(DATA_GRID)})")
+        grid = DATA_GRID[wildcards.dataset]
+    else:
+        grid = FOLDER
+    if grid not in GRID_OF:
+        raise ValueError(f"grid folder {grid!r}: not in {PARAMS_FILE} or grids/*/params.yaml (have {sorted(GRID_OF)})")
+    return grid
+
+
 def grid_params(wildcards):
-    """(params file, params) of the grid a job belongs to (its `dataset` wildcard; report: params.yaml)."""
-    dataset = getattr(wildcards, "dataset", DATASET)
-    if dataset not in GRID_OF:
-        raise ValueError(f"data set {dataset!r}: not in {PARAMS_FILE} or grids/*/params.yaml (have {sorted(GRID_OF)})")
-    return GRID_OF[dataset]
+    """(params file, params) of the grid a job belongs to (``grid_key``)."""
+    return GRID_OF[grid_key(wildcards)]
+
+
+def data_manifest(wildcards):
+    """data/<dataset>/manifest.json of the job's grid's data set (shared by every grid on it)."""
+    return paths.data_manifest(grid_params(wildcards)[1]["dataset"]["name"])
 
 
 def params_file(wildcards):
@@ -191,16 +229,16 @@ def fingerprint(verb):
     return FINGERPRINTS[verb]
 
 
-def step_params(kind, wildcards, dataset=None):
-    """(data set, method, digest) of the params a ``kind`` step reads (ncil.pipeline.workflow.params_digest).
-    ``dataset``: the grid of a job without a `dataset` wildcard (default: its wildcard, else params.yaml's)."""
-    dataset = dataset or getattr(wildcards, "dataset", DATASET)
-    return (dataset, *kind_params(kind, dataset, getattr(wildcards, "method", None)))
+def step_params(kind, wildcards, grid=None):
+    """(grid folder, method, digest) of the params a ``kind`` step reads (ncil.pipeline.workflow.params_digest).
+    ``grid``: the grid of a job without a `grid` wildcard (default: ``grid_key``)."""
+    grid = grid or grid_key(wildcards)
+    return (grid, *kind_params(kind, grid, getattr(wildcards, "method", None)))
 
 
-def kind_params(kind, dataset, method=None):
-    """(method, digest) of the params a ``kind`` step of ``dataset``'s grid reads (of ``method``'s runs)."""
-    params = GRID_OF[dataset][1]
+def kind_params(kind, grid, method=None):
+    """(method, digest) of the params a ``kind`` step of the grid in folder ``grid`` reads (of ``method``'s runs)."""
+    params = GRID_OF[grid][1]
     if kind == "figure4":
         method = figure4_run(params)[0]
     extra = None
@@ -209,10 +247,10 @@ def kind_params(kind, dataset, method=None):
     return method, params_digest(kind, params, method, extra)
 
 
-def keys_digest(kind, dataset=None):
+def keys_digest(kind, grid=None):
     """Params function: the digest of the params keys a step reads, so Snakemake's params trigger
     reruns a job when, and only when, one of them changes (in a checkout with .snakemake/ metadata)."""
-    return lambda wildcards: step_params(kind, wildcards, dataset)[2]
+    return lambda wildcards: step_params(kind, wildcards, grid)[2]
 
 
 # (kind, the grid of its jobs or None for every grid, one stamp per method?): every config_stamp of the rules.
@@ -220,39 +258,39 @@ STAMP_KINDS = set()
 _STAMPED_GRIDS = set()
 
 
-def config_stamp(kind, dataset=None, per_method=False):
+def config_stamp(kind, grid=None, per_method=False):
     """Input function: the step's params stamp (ncil.pipeline.paths.params_stamp), holding the same digest and
     rewritten only when it changes, so an edit of a key the step reads reruns it by mtime alone, as
     in a copied checkout without .snakemake/ metadata, where the params trigger has nothing to compare.
     A stamp written for the first time is dated 1970 (its absence is no evidence of an edit); a
     digest that changes and changes back (a dry run in between) reruns the step once.
     ``per_method``: the rule has a `method` wildcard, and one stamp per method of the grid."""
-    STAMP_KINDS.add((kind, dataset, per_method))
+    STAMP_KINDS.add((kind, grid, per_method))
 
     def stamp(wildcards):
-        dataset_name, method, digest = step_params(kind, wildcards, dataset)
-        write_grid_stamps(dataset_name)
-        path = paths.params_stamp(dataset_name, kind, method)
+        grid_name, method, digest = step_params(kind, wildcards, grid)
+        write_grid_stamps(grid_name)
+        path = paths.params_stamp(grid_name, kind, method)
         write_stamp(path, digest)  # a method outside the grid's runs (written above for those)
         return path
 
     return stamp
 
 
-def write_grid_stamps(dataset):
-    """Write every params stamp of ``dataset``'s grid, the first time one of its jobs asks for one.
+def write_grid_stamps(grid):
+    """Write every params stamp of the grid in folder ``grid``, the first time one of its jobs asks for one.
 
     All at once, before Snakemake looks at any: it lists a folder once while building the DAG
     (its IOCache inventory) and takes a file created there later for a missing input."""
-    if dataset in _STAMPED_GRIDS:
+    if grid in _STAMPED_GRIDS:
         return
-    _STAMPED_GRIDS.add(dataset)
-    methods = sorted({run.method for run in experiment_grid.runs(GRID_OF[dataset][1])})
+    _STAMPED_GRIDS.add(grid)
+    methods = sorted({run.method for run in experiment_grid.runs(GRID_OF[grid][1])})
     for kind, only, per_method in sorted(STAMP_KINDS, key=str):
-        if only in (None, dataset):
+        if only in (None, grid):
             for method in methods if per_method else [None]:
-                method, digest = kind_params(kind, dataset, method)
-                write_stamp(paths.params_stamp(dataset, kind, method), digest)
+                method, digest = kind_params(kind, grid, method)
+                write_stamp(paths.params_stamp(grid, kind, method), digest)
 
 
 def write_stamp(path, digest):
@@ -338,7 +376,7 @@ def this_run(wildcards):
 
 
 def base_split(wildcards):
-    """The base split of a task-0 job, results/<dataset>/base<F>/split.json, once the base run
+    """The base split of a task-0 job, results/<grid>/base<F>/split.json, once the base run
     (F, base recipe, seed) is known to be in the grid: a path outside it fails naming the grid's base runs."""
     params = grid_params(wildcards)[1]
     wanted = (int(wildcards.initial), wildcards.recipe, int(wildcards.seed))
@@ -347,13 +385,13 @@ def base_split(wildcards):
         have = sorted({r.base_run_id for r in runs})
         raise ValueError(f"base{wanted[0]}/{wanted[1]}/seed{wanted[2]}: not a base run of {params_file(wildcards)} "
                          f"(base runs: {', '.join(have)})")
-    return paths.split_file(wildcards.dataset, paths.base_split_id(wanted[0]))
+    return paths.split_file(wildcards.grid, paths.base_split_id(wanted[0]))
 
 
 def previous_task(wildcards):
     """Task t-1 of this run (PyPSA-Eur's `solved_previous_horizon`): (checkpoint, centers).
 
-    Task 1 reads the shared base task, runs/<dataset>/base<F>/<base_recipe>/seed<s>/task_0.
+    Task 1 reads the shared base task, runs/<grid>/base<F>/<base_recipe>/seed<s>/task_0.
     """
     run, task = this_run(wildcards), int(wildcards.task)
     return run.checkpoint(task - 1), run.centers(task - 1)

@@ -35,7 +35,7 @@ rule split:
         code=code("split"),
         config_keys=config_stamp("split"),
     output:
-        split="results/{dataset}/{split_id}/split.json",
+        split="results/{grid}/{split_id}/split.json",
     params:
         code=fingerprint("split"),
         params_file=params_file,
@@ -43,9 +43,9 @@ rule split:
         increment=split_increment,
         config_keys=keys_digest("split"),
     log:
-        "logs/split/{dataset}/{split_id}.log",
+        "logs/split/{grid}/{split_id}.log",
     benchmark:
-        "benchmarks/split/{dataset}/{split_id}.tsv"
+        "benchmarks/split/{grid}/{split_id}.tsv"
     threads: 1
     resources:
         gpu=0,

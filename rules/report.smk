@@ -8,22 +8,22 @@ rule summarize:
     """Accuracy matrix, Avg, Last and forgetting of one run, from its per-task predictions (and the
     precision its checkpoints were trained in)."""
     input:
-        split="results/{dataset}/{setting}/split.json",
-        evals="results/{dataset}/{setting}/{method}/seed{seed}/eval",
+        split="results/{grid}/{setting}/split.json",
+        evals="results/{grid}/{setting}/{method}/seed{seed}/eval",
         checkpoints=run_checkpoints,  # their config.runtime.precision: the run's training precision
         code=code("summarize"),
         config_keys=config_stamp("summarize", per_method=True),
     output:
-        metrics="results/{dataset}/{setting}/{method}/seed{seed}/metrics.json",
+        metrics="results/{grid}/{setting}/{method}/seed{seed}/metrics.json",
     params:
         code=fingerprint("summarize"),
         params_file=params_file,
         evals=run_evals,
         config_keys=keys_digest("summarize"),
     log:
-        "logs/summarize/{dataset}/{setting}/{method}/seed{seed}.log",
+        "logs/summarize/{grid}/{setting}/{method}/seed{seed}.log",
     benchmark:
-        "benchmarks/summarize/{dataset}/{setting}/{method}/seed{seed}.tsv"
+        "benchmarks/summarize/{grid}/{setting}/{method}/seed{seed}.tsv"
     threads: 1
     resources:
         gpu=0,
@@ -44,17 +44,17 @@ rule results_table:
         code=code("tables"),
         config_keys=config_stamp("tables"),
     output:
-        markdown=report("results/tables/{dataset}_results.md", caption="../report/results_table.rst",
-                        category="Results tables", subcategory="{dataset}", labels={"data set": "{dataset}"}),
-        csv="results/tables/{dataset}_results.csv",
+        markdown=report("results/tables/{grid}_results.md", caption="../report/results_table.rst",
+                        category="Results tables", subcategory="{grid}", labels={"data set": "{grid}"}),
+        csv="results/tables/{grid}_results.csv",
     params:
         code=fingerprint("tables"),
         params_file=params_file,
         config_keys=keys_digest("tables"),
     log:
-        "logs/tables/{dataset}.log",
+        "logs/tables/{grid}.log",
     benchmark:
-        "benchmarks/tables/{dataset}.tsv"
+        "benchmarks/tables/{grid}.tsv"
     threads: 1
     resources:
         gpu=0,
@@ -75,22 +75,22 @@ rule paper_sections:
         code=code("paper-sections"),
         config_keys=config_stamp("paper_sections"),
     output:
-        table1_md="results/tables/{dataset}/table1.md",
-        table1_csv="results/tables/{dataset}/table1.csv",
-        table2_md="results/tables/{dataset}/table2.md",
-        table2_csv="results/tables/{dataset}/table2.csv",
-        table3_md="results/tables/{dataset}/table3.md",
-        table3_csv="results/tables/{dataset}/table3.csv",
-        table5_md="results/tables/{dataset}/table5.md",
-        table5_csv="results/tables/{dataset}/table5.csv",
+        table1_md="results/tables/{grid}/table1.md",
+        table1_csv="results/tables/{grid}/table1.csv",
+        table2_md="results/tables/{grid}/table2.md",
+        table2_csv="results/tables/{grid}/table2.csv",
+        table3_md="results/tables/{grid}/table3.md",
+        table3_csv="results/tables/{grid}/table3.csv",
+        table5_md="results/tables/{grid}/table5.md",
+        table5_csv="results/tables/{grid}/table5.csv",
     params:
         code=fingerprint("paper-sections"),
         params_file=params_file,
         config_keys=keys_digest("paper_sections"),
     log:
-        "logs/tables/{dataset}_sections.log",
+        "logs/tables/{grid}_sections.log",
     benchmark:
-        "benchmarks/tables/{dataset}_sections.tsv"
+        "benchmarks/tables/{grid}_sections.tsv"
     threads: 1
     resources:
         gpu=0,
@@ -141,12 +141,12 @@ rule paper_tables:
         "python -m ncil paper-tables --params {params.params_file} --sections {input.sections} --log {log}"
 
 
-# Figures 3 and 4 of every grid: their files are named by the grid's data set, whose settings fix how
-# many there are, so each grid has its own rules (params.yaml's: `figures`, `figure4`; a paper data
-# set's: `figures_<dataset>`, `figure4_<dataset>`), defined with the same body here.
-for FIG_DATASET, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
+# Figures 3 and 4 of every grid: their files are named by the grid's folder (its data set's name by default),
+# whose settings fix how many there are, so each grid has its own rules (params.yaml's: `figures`, `figure4`; a
+# paper data set's: `figures_<folder>`, `figure4_<folder>`), defined with the same body here.
+for FIG_GRID, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
     FIG_SETTINGS, FIG3_PNG, FIG3_CSV, FIG4 = grid_figures(FIG_CONFIG)
-    FIG_SUFFIX = "" if FIG_DATASET == DATASET else f"_{FIG_DATASET}"
+    FIG_SUFFIX = "" if FIG_GRID == FOLDER else f"_{FIG_GRID}"
 
     rule:
         """Figure 3 of every setting: accuracy after each task, one curve per method (PNG and its data)."""
@@ -155,19 +155,19 @@ for FIG_DATASET, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
         input:
             metrics=[run.metrics_file for run in experiment_grid.runs(FIG_CONFIG)],
             code=code("figures"),
-            config_keys=config_stamp("figures", FIG_DATASET),
+            config_keys=config_stamp("figures", FIG_GRID),
         output:
-            png=[report(png, caption="../report/figure3.rst", category="Figure 3", subcategory=FIG_DATASET,
-                        labels={"data set": FIG_DATASET, "setting": setting}) for png, setting in zip(FIG3_PNG, FIG_SETTINGS)],
+            png=[report(png, caption="../report/figure3.rst", category="Figure 3", subcategory=FIG_GRID,
+                        labels={"data set": FIG_GRID, "setting": setting}) for png, setting in zip(FIG3_PNG, FIG_SETTINGS)],
             csv=FIG3_CSV,
         params:
             code=fingerprint("figures"),
             params_file=FIG_PARAMS_FILE,
-            config_keys=keys_digest("figures", FIG_DATASET),
+            config_keys=keys_digest("figures", FIG_GRID),
         log:
-            f"logs/figures/{FIG_DATASET}.log",
+            f"logs/figures/{FIG_GRID}.log",
         benchmark:
-            f"benchmarks/figures/{FIG_DATASET}.tsv"
+            f"benchmarks/figures/{FIG_GRID}.tsv"
         threads: 1
         resources:
             gpu=0,
@@ -186,24 +186,24 @@ for FIG_DATASET, (FIG_PARAMS_FILE, FIG_CONFIG) in FIGURE_GRIDS.items():
             name:
                 f"figure4{FIG_SUFFIX}"
             input:
-                manifest=paths.data_manifest(FIG_DATASET),
+                manifest=paths.data_manifest(FIG_CONFIG["dataset"]["name"]),
                 split=FIG4[1].split_file,
                 checkpoints=FIG4[2],
                 code=code("figure4"),
-                config_keys=config_stamp("figure4", FIG_DATASET),
+                config_keys=config_stamp("figure4", FIG_GRID),
             output:
-                png=report(paths.weight_map_files(FIG_DATASET)[0], caption="../report/figure4.rst",
-                           category="Figure 4", subcategory=FIG_DATASET, labels={"data set": FIG_DATASET}),
-                csv=paths.weight_map_files(FIG_DATASET)[1],
+                png=report(paths.weight_map_files(FIG_GRID)[0], caption="../report/figure4.rst",
+                           category="Figure 4", subcategory=FIG_GRID, labels={"data set": FIG_GRID}),
+                csv=paths.weight_map_files(FIG_GRID)[1],
             params:
                 code=fingerprint("figure4"),
                 params_file=FIG_PARAMS_FILE,
                 p=FIG_CONFIG["method"][FIG4[0]].get("pks_p", 2),
-                config_keys=keys_digest("figure4", FIG_DATASET),
+                config_keys=keys_digest("figure4", FIG_GRID),
             log:
-                f"logs/figures/{FIG_DATASET}_pks.log",
+                f"logs/figures/{FIG_GRID}_pks.log",
             benchmark:
-                f"benchmarks/figures/{FIG_DATASET}_pks.tsv"
+                f"benchmarks/figures/{FIG_GRID}_pks.tsv"
             threads: 1
             resources:
                 gpu=0,
@@ -225,16 +225,16 @@ rule costs:
         metrics=grid_metrics,
         code=code("costs"),
     output:
-        markdown=report("results/costs/{dataset}_costs.md", caption="../report/costs.rst", category="Costs",
-                        subcategory="{dataset}", labels={"data set": "{dataset}"}),
-        csv="results/costs/{dataset}_costs.csv",
+        markdown=report("results/costs/{grid}_costs.md", caption="../report/costs.rst", category="Costs",
+                        subcategory="{grid}", labels={"data set": "{grid}"}),
+        csv="results/costs/{grid}_costs.csv",
     params:
         code=fingerprint("costs"),
         params_file=params_file,
     log:
-        "logs/costs/{dataset}.log",
+        "logs/costs/{grid}.log",
     benchmark:
-        "benchmarks/costs/{dataset}.tsv"
+        "benchmarks/costs/{grid}.tsv"
     threads: 1
     resources:
         gpu=0,

@@ -1,26 +1,26 @@
 # One training job per task: task t reads task t-1's checkpoint and class centers (previous_task in
-# rules/common.smk). Task 0 lives under runs/<dataset>/base<F>/<base_recipe>/seed<s>/ and is shared by
+# rules/common.smk). Task 0 lives under runs/<grid>/base<F>/<base_recipe>/seed<s>/ and is shared by
 # every setting with the same F and every method with the same base recipe.
 
 
 rule train_base:
     """Task 0 of every run with base size F, base recipe `recipe` and this seed."""
     input:
-        manifest="data/{dataset}/manifest.json",
-        split=base_split,  # results/{dataset}/base{initial}/split.json, for a base run of the grid
+        manifest=data_manifest,  # data/<dataset>/manifest.json: the data set's, shared by its grids
+        split=base_split,  # results/{grid}/base{initial}/split.json, for a base run of the grid
         code=code("train"),
         config_keys=config_stamp("train"),
     output:
-        checkpoint="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/model.pt",
-        centers="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/centers.parquet",
+        checkpoint="runs/{grid}/base{initial}/{recipe}/seed{seed}/task_0/model.pt",
+        centers="runs/{grid}/base{initial}/{recipe}/seed{seed}/task_0/centers.parquet",
     params:
         code=fingerprint("train"),
         params_file=params_file,
         config_keys=keys_digest("train"),
     log:
-        "logs/train/{dataset}/base{initial}/{recipe}/seed{seed}/task_0.log",
+        "logs/train/{grid}/base{initial}/{recipe}/seed{seed}/task_0.log",
     benchmark:
-        "benchmarks/train/{dataset}/base{initial}/{recipe}/seed{seed}/task_0.tsv"
+        "benchmarks/train/{grid}/base{initial}/{recipe}/seed{seed}/task_0.tsv"
     threads: job_threads("train_base")
     resources:
         gpu=job_gpus("train_base"),
@@ -37,15 +37,15 @@ rule train_base:
 rule train:
     """Task t >= 1 of a run: starts from task t-1's checkpoint and class centers."""
     input:
-        manifest="data/{dataset}/manifest.json",
-        split="results/{dataset}/{setting}/split.json",
+        manifest=data_manifest,  # data/<dataset>/manifest.json: the data set's, shared by its grids
+        split="results/{grid}/{setting}/split.json",
         prev_checkpoint=previous_checkpoint,
         prev_centers=previous_centers,
         code=code("train"),
         config_keys=config_stamp("train", per_method=True),
     output:
-        checkpoint="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/model.pt",
-        centers="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/centers.parquet",
+        checkpoint="runs/{grid}/{setting}/{method}/seed{seed}/task_{task}/model.pt",
+        centers="runs/{grid}/{setting}/{method}/seed{seed}/task_{task}/centers.parquet",
     wildcard_constraints:
         task="[1-9][0-9]*",
     params:
@@ -53,9 +53,9 @@ rule train:
         params_file=params_file,
         config_keys=keys_digest("train"),
     log:
-        "logs/train/{dataset}/{setting}/{method}/seed{seed}/task_{task}.log",
+        "logs/train/{grid}/{setting}/{method}/seed{seed}/task_{task}.log",
     benchmark:
-        "benchmarks/train/{dataset}/{setting}/{method}/seed{seed}/task_{task}.tsv"
+        "benchmarks/train/{grid}/{setting}/{method}/seed{seed}/task_{task}.tsv"
     threads: job_threads("train")
     resources:
         gpu=job_gpus("train"),
@@ -81,14 +81,14 @@ ruleorder: train_memory > train
 rule train_base_memory:
     """Task 0 of a rehearsal base recipe: also writes the exemplar memory task 1 trains on."""
     input:
-        manifest="data/{dataset}/manifest.json",
+        manifest=data_manifest,  # data/<dataset>/manifest.json: the data set's, shared by its grids
         split=base_split,
         code=code("train"),
         config_keys=config_stamp("train"),
     output:
-        checkpoint="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/model.pt",
-        centers="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/centers.parquet",
-        memory="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/memory.parquet",
+        checkpoint="runs/{grid}/base{initial}/{recipe}/seed{seed}/task_0/model.pt",
+        centers="runs/{grid}/base{initial}/{recipe}/seed{seed}/task_0/centers.parquet",
+        memory="runs/{grid}/base{initial}/{recipe}/seed{seed}/task_0/memory.parquet",
     wildcard_constraints:
         recipe=REHEARSAL_RECIPES,
     params:
@@ -96,9 +96,9 @@ rule train_base_memory:
         params_file=params_file,
         config_keys=keys_digest("train"),
     log:
-        "logs/train/{dataset}/base{initial}/{recipe}/seed{seed}/task_0.log",
+        "logs/train/{grid}/base{initial}/{recipe}/seed{seed}/task_0.log",
     benchmark:
-        "benchmarks/train/{dataset}/base{initial}/{recipe}/seed{seed}/task_0.tsv"
+        "benchmarks/train/{grid}/base{initial}/{recipe}/seed{seed}/task_0.tsv"
     threads: job_threads("train_base")
     resources:
         gpu=job_gpus("train_base"),
@@ -115,17 +115,17 @@ rule train_base_memory:
 rule train_memory:
     """Task t >= 1 of a rehearsal run: reads task t-1's checkpoint, centers and exemplar memory, writes its own."""
     input:
-        manifest="data/{dataset}/manifest.json",
-        split="results/{dataset}/{setting}/split.json",
+        manifest=data_manifest,  # data/<dataset>/manifest.json: the data set's, shared by its grids
+        split="results/{grid}/{setting}/split.json",
         prev_checkpoint=previous_checkpoint,
         prev_centers=previous_centers,
         prev_memory=previous_memory,
         code=code("train"),
         config_keys=config_stamp("train", per_method=True),
     output:
-        checkpoint="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/model.pt",
-        centers="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/centers.parquet",
-        memory="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/memory.parquet",
+        checkpoint="runs/{grid}/{setting}/{method}/seed{seed}/task_{task}/model.pt",
+        centers="runs/{grid}/{setting}/{method}/seed{seed}/task_{task}/centers.parquet",
+        memory="runs/{grid}/{setting}/{method}/seed{seed}/task_{task}/memory.parquet",
     wildcard_constraints:
         task="[1-9][0-9]*",
         method=REHEARSAL_METHODS,
@@ -134,9 +134,9 @@ rule train_memory:
         params_file=params_file,
         config_keys=keys_digest("train"),
     log:
-        "logs/train/{dataset}/{setting}/{method}/seed{seed}/task_{task}.log",
+        "logs/train/{grid}/{setting}/{method}/seed{seed}/task_{task}.log",
     benchmark:
-        "benchmarks/train/{dataset}/{setting}/{method}/seed{seed}/task_{task}.tsv"
+        "benchmarks/train/{grid}/{setting}/{method}/seed{seed}/task_{task}.tsv"
     threads: job_threads("train")
     resources:
         gpu=job_gpus("train"),
@@ -152,7 +152,6 @@ rule train_memory:
         " --checkpoint {output.checkpoint} --centers {output.centers} --memory {output.memory} --log {log}"
 
 
-
 # FeCAM (classifier fecam, docs/efcil.md): every task also writes its classes' statistics (statistics.parquet
 # beside the centers), which the run's evaluation reads. Only the grids' FeCAM methods and base recipes match
 # these rules (FECAM_METHODS, FECAM_RECIPES in rules/common.smk); tasks t >= 1 train nothing (frozen backbone).
@@ -164,14 +163,14 @@ ruleorder: evaluate_statistics > evaluate
 rule train_base_statistics:
     """Task 0 of a FeCAM base recipe: trains the backbone, then writes its classes' statistics."""
     input:
-        manifest="data/{dataset}/manifest.json",
+        manifest=data_manifest,  # data/<dataset>/manifest.json: the data set's, shared by its grids
         split=base_split,
         code=code("train"),
         config_keys=config_stamp("train"),
     output:
-        checkpoint="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/model.pt",
-        centers="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/centers.parquet",
-        statistics="runs/{dataset}/base{initial}/{recipe}/seed{seed}/task_0/statistics.parquet",
+        checkpoint="runs/{grid}/base{initial}/{recipe}/seed{seed}/task_0/model.pt",
+        centers="runs/{grid}/base{initial}/{recipe}/seed{seed}/task_0/centers.parquet",
+        statistics="runs/{grid}/base{initial}/{recipe}/seed{seed}/task_0/statistics.parquet",
     wildcard_constraints:
         recipe=FECAM_RECIPES,
     params:
@@ -179,9 +178,9 @@ rule train_base_statistics:
         params_file=params_file,
         config_keys=keys_digest("train"),
     log:
-        "logs/train/{dataset}/base{initial}/{recipe}/seed{seed}/task_0.log",
+        "logs/train/{grid}/base{initial}/{recipe}/seed{seed}/task_0.log",
     benchmark:
-        "benchmarks/train/{dataset}/base{initial}/{recipe}/seed{seed}/task_0.tsv"
+        "benchmarks/train/{grid}/base{initial}/{recipe}/seed{seed}/task_0.tsv"
     threads: job_threads("train_base")
     resources:
         gpu=job_gpus("train_base"),
@@ -198,16 +197,16 @@ rule train_base_statistics:
 rule train_statistics:
     """Task t >= 1 of a FeCAM run: task t-1's frozen backbone, the new classes' statistics; nothing trained."""
     input:
-        manifest="data/{dataset}/manifest.json",
-        split="results/{dataset}/{setting}/split.json",
+        manifest=data_manifest,  # data/<dataset>/manifest.json: the data set's, shared by its grids
+        split="results/{grid}/{setting}/split.json",
         prev_checkpoint=previous_checkpoint,
         prev_centers=previous_centers,
         code=code("train"),
         config_keys=config_stamp("train", per_method=True),
     output:
-        checkpoint="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/model.pt",
-        centers="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/centers.parquet",
-        statistics="runs/{dataset}/{setting}/{method}/seed{seed}/task_{task}/statistics.parquet",
+        checkpoint="runs/{grid}/{setting}/{method}/seed{seed}/task_{task}/model.pt",
+        centers="runs/{grid}/{setting}/{method}/seed{seed}/task_{task}/centers.parquet",
+        statistics="runs/{grid}/{setting}/{method}/seed{seed}/task_{task}/statistics.parquet",
     wildcard_constraints:
         task="[1-9][0-9]*",
         method=FECAM_METHODS,
@@ -216,9 +215,9 @@ rule train_statistics:
         params_file=params_file,
         config_keys=keys_digest("train"),
     log:
-        "logs/train/{dataset}/{setting}/{method}/seed{seed}/task_{task}.log",
+        "logs/train/{grid}/{setting}/{method}/seed{seed}/task_{task}.log",
     benchmark:
-        "benchmarks/train/{dataset}/{setting}/{method}/seed{seed}/task_{task}.tsv"
+        "benchmarks/train/{grid}/{setting}/{method}/seed{seed}/task_{task}.tsv"
     threads: job_threads("train")
     resources:
         gpu=job_gpus("train"),
@@ -236,22 +235,22 @@ rule train_statistics:
 rule evaluate:
     """Predictions of every task's checkpoint on the test images of the classes seen so far."""
     input:
-        manifest="data/{dataset}/manifest.json",
-        split="results/{dataset}/{setting}/split.json",
+        manifest=data_manifest,  # data/<dataset>/manifest.json: the data set's, shared by its grids
+        split="results/{grid}/{setting}/split.json",
         checkpoints=run_checkpoints,
         code=code("evaluate"),
         config_keys=config_stamp("evaluate", per_method=True),
     output:
-        evals=directory("results/{dataset}/{setting}/{method}/seed{seed}/eval"),
+        evals=directory("results/{grid}/{setting}/{method}/seed{seed}/eval"),
     params:
         code=fingerprint("evaluate"),
         params_file=params_file,
         evals=run_evals,  # eval/task_<t>.parquet, one per checkpoint
         config_keys=keys_digest("evaluate"),
     log:
-        "logs/evaluate/{dataset}/{setting}/{method}/seed{seed}.log",
+        "logs/evaluate/{grid}/{setting}/{method}/seed{seed}.log",
     benchmark:
-        "benchmarks/evaluate/{dataset}/{setting}/{method}/seed{seed}.tsv"
+        "benchmarks/evaluate/{grid}/{setting}/{method}/seed{seed}.tsv"
     threads: job_threads("evaluate")
     resources:
         gpu=job_gpus("evaluate"),
@@ -267,8 +266,8 @@ rule evaluate:
 rule evaluate_statistics:
     """A FeCAM run's predictions: every task's checkpoint with the class statistics of tasks 0..t."""
     input:
-        manifest="data/{dataset}/manifest.json",
-        split="results/{dataset}/{setting}/split.json",
+        manifest=data_manifest,  # data/<dataset>/manifest.json: the data set's, shared by its grids
+        split="results/{grid}/{setting}/split.json",
         checkpoints=run_checkpoints,
         statistics=run_statistics,
         code=code("evaluate"),
@@ -276,16 +275,16 @@ rule evaluate_statistics:
     wildcard_constraints:
         method=FECAM_METHODS,
     output:
-        evals=directory("results/{dataset}/{setting}/{method}/seed{seed}/eval"),
+        evals=directory("results/{grid}/{setting}/{method}/seed{seed}/eval"),
     params:
         code=fingerprint("evaluate"),
         params_file=params_file,
         evals=run_evals,  # eval/task_<t>.parquet, one per checkpoint
         config_keys=keys_digest("evaluate"),
     log:
-        "logs/evaluate/{dataset}/{setting}/{method}/seed{seed}.log",
+        "logs/evaluate/{grid}/{setting}/{method}/seed{seed}.log",
     benchmark:
-        "benchmarks/evaluate/{dataset}/{setting}/{method}/seed{seed}.tsv"
+        "benchmarks/evaluate/{grid}/{setting}/{method}/seed{seed}.tsv"
     threads: job_threads("evaluate")
     resources:
         gpu=job_gpus("evaluate"),

@@ -191,13 +191,13 @@ def confirmed_types(reference_file: Path) -> list[dict]:
     return [seen for seen in reference["confirmed_on"] if fully_confirmed(seen, reference)]
 
 
-# --- Which machine made each checkpoint: results/<dataset>/platforms.json ------------------------------------
+# --- Which machine made each checkpoint: results/<grid>/platforms.json ---------------------------------------
 # Each training job writes platform.json beside its checkpoint (ncil/stages/train.py), outside DVC (a machine
 # record, not bytes to reproduce), so `dvc pull` does not bring it. `make lock` collects the sidecars of a grid
 # into this committed record, keyed by the checkpoint's path and its dvc.lock MD5: a user who pulls the
 # results reads there which CPU or GPU produced each run, and `make verify` checks the record against dvc.lock.
 
-PLATFORMS_RECORD = "results/{dataset}/platforms.json"
+PLATFORMS_RECORD = "results/{grid}/platforms.json"  # <grid>: the grid's folder (experiment_grid.grid_folder)
 
 
 def lock_checkpoints(lock: dict) -> dict[str, str]:
@@ -273,8 +273,10 @@ def check_platforms_record(record: dict, md5s: dict[str, str], where: str) -> li
 
 
 def platforms_record_file(params_file: Path) -> Path:
-    """Where the grid of ``params_file`` keeps its platforms record."""
-    return Path(PLATFORMS_RECORD.format(dataset=io.read_yaml(params_file)["dataset"]["name"]))
+    """Where the grid of ``params_file`` keeps its platforms record: in its folder (the data set's name by default)."""
+    from ncil.pipeline.experiment_grid import grid_folder
+
+    return Path(PLATFORMS_RECORD.format(grid=grid_folder(io.read_yaml(params_file))))
 
 
 def grid_producers(params_file: Path) -> list[dict]:

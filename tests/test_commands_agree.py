@@ -150,10 +150,11 @@ def test_a_base_run_outside_the_grid_is_refused(tiny_grid):
 def test_dry_run_paths_match_the_path_owner():
     """The rules' literal patterns and ncil/pipeline/paths.py agree (the commands test covers the default grid)."""
     text = "".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
-    for template in (paths.checkpoint("{dataset}", "{setting}/{method}/seed{seed}", "{task}"),
-                     paths.centers("{dataset}", "base{initial}/{recipe}/seed{seed}", 0),
-                     paths.split_file("{dataset}", "{split_id}"),
-                     paths.metrics_file("{dataset}", "{setting}/{method}/seed{seed}"),
-                     paths.table_files("{dataset}")[0], paths.data_manifest("{dataset}")):
+    # {grid}: the grid's folder under runs/ and results/ (experiment_grid.grid_folder); {dataset}: data/<dataset>/.
+    for template in (paths.checkpoint("{grid}", "{setting}/{method}/seed{seed}", "{task}"),
+                     paths.centers("{grid}", "base{initial}/{recipe}/seed{seed}", 0),
+                     paths.split_file("{grid}", "{split_id}"),
+                     paths.metrics_file("{grid}", "{setting}/{method}/seed{seed}"),
+                     paths.table_files("{grid}")[0], paths.data_manifest("{dataset}")):
         assert f'"{template}"' in text, template
     assert Path(paths.PARAMS_CHECK_STAMP).parts[0] == paths.RESULTS_ROOT

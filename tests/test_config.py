@@ -87,7 +87,7 @@ BAD_EDITS = [
     ({"train.lr_step": -1}, "train.lr_step: expected a step in epochs (0 = constant) >= 0, got -1"),  # new
     ({"runtime.gpus_per_job": -1}, "runtime.gpus_per_job: expected a GPU count >= 0, got -1"),  # new
     # unknown and missing keys, in every section
-    ({"seed": [1]}, "seed: unknown key (expected one of: dataset, method, model, order_seed, preset"),
+    ({"seed": [1]}, "seed: unknown key (expected one of: dataset, grid, method, model, order_seed, preset"),
     ({"dataset.nme": "digits"}, "dataset.nme: unknown key"),
     ({"model.depht": 2}, "model.depht: unknown key"),
     ({"train.epoch": 3}, "train.epoch: unknown key"),

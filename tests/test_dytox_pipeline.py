@@ -150,6 +150,86 @@ def test_dytox_options_are_refused_where_nothing_would_read_them(method, key, va
         parse_params(data)
 
 
+# --- a grid's own folder (top-level `grid`) -------------------------------------------------------------------
+
+def _outs(params: dict) -> set[str]:
+    return {path for step in workflow.steps(params) for path in step.outs.values()}
+
+
+def test_the_default_grids_paths_are_the_data_sets_folder():
+    """No `grid` key: the folder is the data set's name, so every path (and dvc.lock's entries) is as before."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert "grid" not in params and experiment_grid.grid_folder(params) == "digits"
+    assert not experiment_grid.own_folder(params)
+    run = experiment_grid.find_run(params, "base4_inc2", "ours", 1)
+    assert run.folder == "digits"
+    assert run.checkpoint(1) == "runs/digits/base4_inc2/ours/seed1/task_1/model.pt"
+    assert run.metrics_file == "results/digits/base4_inc2/ours/seed1/metrics.json"
+    assert run.split_file == "results/digits/base4_inc2/split.json"
+    assert experiment_grid.TrainJob(run, 1).name == "digits/base4_inc2/ours/seed1/task_1"
+    outs = _outs(params)
+    assert {"results/tables/digits_results.md", "results/tables/digits/table1.md", "results/tables/table1.md",
+            "results/figures/fig3_digits_base4_inc2.png"} <= outs
+    assert "  train_digits_base4_inc2_ours_seed1_task1:\n" in (ROOT / "dvc.yaml").read_text()
+
+
+def test_the_dytox_grid_writes_only_under_its_own_folder():
+    """grid: digits_dytox: runs/, results/, its table, figures and logs in its folder; data/digits/ shared; no
+    paper section or table (the default grid's); no output in common with the default grid but the data."""
+    params = compose(["+experiment=digits_dytox"])
+    assert experiment_grid.grid_folder(params) == "digits_dytox" and experiment_grid.own_folder(params)
+    run = experiment_grid.find_run(params, "base4_inc2", "dytox_pks", 2)
+    assert run.dataset == "digits" and run.folder == "digits_dytox"
+    assert run.checkpoint(0) == "runs/digits_dytox/base4/dytox/seed2/task_0/model.pt"
+    assert run.memory(2) == "runs/digits_dytox/base4_inc2/dytox_pks/seed2/task_2/memory.parquet"
+    assert run.eval_file(1) == "results/digits_dytox/base4_inc2/dytox_pks/seed2/eval/task_1.parquet"
+    assert run.base_split_file == "results/digits_dytox/base4/split.json"
+    steps = workflow.steps(params)
+    assert not {"paper_sections", "paper_tables"} & {s.kind for s in steps}
+    data = set(paths.data_files("digits"))
+    for step in steps:
+        for path in step.outs.values():
+            assert path in data or path.startswith(("runs/digits_dytox/", "results/digits_dytox/",
+                                                    "results/tables/digits_dytox_results.",
+                                                    "results/figures/fig3_digits_dytox_")), (step.name, path)
+        assert step.log.startswith(("logs/prepare/digits.log", "logs/split/digits_dytox/", "logs/train/digits_dytox/",
+                                    "logs/evaluate/digits_dytox/", "logs/summarize/digits_dytox/",
+                                    "logs/tables/digits_dytox.log", "logs/figures/digits_dytox.log")), step.log
+        if "manifest" in step.deps:
+            assert step.deps["manifest"] == "data/digits/manifest.json"
+    assert _outs(params) & _outs(compose([])) == data
+
+
+def test_grid_folders_that_collide_are_named():
+    assert experiment_grid.folder_collisions({"a": "x", "b": "y", "c": "x", "d": "y", "e": "z"}) == [
+        ("x", "a", "c"), ("y", "b", "d")]
+    assert experiment_grid.folder_collisions({"a": "x", "b": "xy"}) == []
+
+
+@pytest.mark.parametrize(("override", "other"), [
+    ("grid=null", "the default grid (conf/config.yaml, params.yaml)"),
+    ("grid=digits", "the default grid (conf/config.yaml, params.yaml)"),
+    ("grid=cifar100", "grid cifar100 (conf/experiment/cifar100.yaml)"),
+])
+def test_the_grid_verb_refuses_a_grid_in_another_grids_folder(override, other):
+    from ncil.pipeline.hydra_conf import render_grid
+
+    folder = override.split("=")[1].replace("null", "digits")
+    with pytest.raises(ConfigError, match=re.escape(
+            f"conf/experiment/digits_dytox.yaml with overrides ['{override}']: grid: folder '{folder}' "
+            f"(runs/{folder}/, results/{folder}/) is also the folder of {other}; expected a folder of its own")):
+        render_grid("digits_dytox", [override])
+
+
+def test_a_grid_folder_must_be_a_name():
+    data = compose(["+experiment=digits_dytox"])
+    data["grid"] = "../digits"
+    with pytest.raises(ConfigError, match=r"^params.yaml: grid: expected a name of letters, digits, _ and -"):
+        parse_params(data)
+    assert parse_params(compose(["+experiment=digits_dytox"])).grid == "digits_dytox"
+    assert parse_params(compose([])).grid is None
+
+
 # --- the non-exemplar methods cannot read a memory -----------------------------------------------------------
 
 def test_no_step_of_a_non_exemplar_method_declares_a_memory():
@@ -179,7 +259,7 @@ def test_a_rehearsal_grid_chains_the_memory_from_task_to_task():
             else:
                 assert "prev_memory" not in step.deps and "--prev-memory" not in step.cmd
     # The two methods share task 0 (base recipe dytox), hence its memory.
-    assert paths.memory("digits", "base4/dytox/seed1", 0) in {s.outs["memory"] for s in steps.values()}
+    assert paths.memory("digits_dytox", "base4/dytox/seed1", 0) in {s.outs["memory"] for s in steps.values()}
 
 
 def _job(p, method: str, task: int) -> training.TaskJob:
@@ -241,6 +321,10 @@ def dytox_run(tiny_prepared_template, tmp_path_factory):
     the commands of the grid's steps, each trained twice to the same paths: (project, steps, first outputs)."""
     project = _copy(tiny_prepared_template, tmp_path_factory.mktemp("dytox") / "project")
     ncil(["params", *DYTOX_TINY], project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for step in workflow.steps(params):  # the grid's own splits (results/digits_dytox/...; the data is shared)
+        if step.kind == "split":
+            ncil(list(step.cmd), project)
     steps = _train_steps(project)
     wanted = [("dytox", 0), ("dytox", 1), ("dytox_pks", 1)]
     first = {}
@@ -371,6 +455,6 @@ def test_snakemake_and_dvc_run_the_same_dytox_commands(tmp_path):
 
 def test_the_rules_spell_the_memory_path_of_the_path_owner():
     text = "".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
-    for template in (paths.memory("{dataset}", "{setting}/{method}/seed{seed}", "{task}"),
-                     paths.memory("{dataset}", "base{initial}/{recipe}/seed{seed}", 0)):
+    for template in (paths.memory("{grid}", "{setting}/{method}/seed{seed}", "{task}"),
+                     paths.memory("{grid}", "base{initial}/{recipe}/seed{seed}", 0)):
         assert f'"{template}"' in text, template

@@ -22,10 +22,13 @@ from ncil.methods import fecam
 from ncil.pipeline import experiment_grid, io, paths, workflow
 from ncil.pipeline.config import ConfigError, parse_params
 from ncil.pipeline.hydra_conf import compose
-from tests.conftest import ROOT, SETTING_SPLIT, _copy, copy_project, ncil, run
+from tests.conftest import ROOT, _copy, copy_project, ncil, run
 
-# FeCAM alone on the tiny grid's setting (4 + 2 x 3), seed 1, one epoch of task 0 (train: smoke).
+# FeCAM alone on the tiny grid's setting (4 + 2 x 3), seed 1, one epoch of task 0 (train: smoke), in the grid's own
+# folder (grid: digits_efcil: runs/digits_efcil/, results/digits_efcil/).
 FECAM_TINY = ["+experiment=digits_efcil", "scenario=[base4_inc2]", "seeds=[1]", "method=[fecam]"]
+FOLDER = "digits_efcil"
+SETTING_SPLIT = f"results/{FOLDER}/base4_inc2/split.json"
 
 
 def quiet() -> logging.Logger:
@@ -177,6 +180,7 @@ def test_fecam_composes_and_stays_out_of_the_default_grid():
     assert all(m.classifier == "head" for m in parse_params(compose([])).method.values())
     committed = yaml.safe_load((ROOT / paths.grid_params("digits_efcil")).read_text())
     assert committed == compose(["+experiment=digits_efcil"])  # `python -m ncil grid --check` says the same
+    assert committed["grid"] == FOLDER  # its own runs/ and results/ folders, not the default grid's digits/
     assert (set(committed["scenario"]), committed["seeds"]) == ({"base4_inc2", "base5_inc1"}, [1, 2, 3])
 
 
@@ -208,7 +212,8 @@ def test_a_fecam_grid_writes_statistics_every_task_and_evaluates_with_them():
     runs = experiment_grid.runs(params)
     assert {r.method for r in runs if r.fecam} == {"fecam"}
     for r in runs:
-        step = evaluate[workflow.stage_name("evaluate", "digits", r.run_id)]
+        assert r.folder == FOLDER and r.checkpoint(1).startswith(f"runs/{FOLDER}/")
+        step = evaluate[workflow.stage_name("evaluate", FOLDER, r.run_id)]
         if not r.fecam:
             assert "--statistics" not in step.cmd and not any(paths.STATISTICS_NAME in o for o in train[r.checkpoint(1)].outs.values())
             continue
@@ -217,7 +222,7 @@ def test_a_fecam_grid_writes_statistics_every_task_and_evaluates_with_them():
         for t in range(r.n_tasks):
             assert train[r.checkpoint(t)].outs["statistics"] == r.statistics(t) == train[r.checkpoint(t)].values("--statistics")[0]
             assert "prev_statistics" not in train[r.checkpoint(t)].deps  # a task reads no earlier statistics
-    assert paths.statistics("digits", "base4/fecam_resnet18/seed1", 0) in {s.outs.get("statistics") for s in train.values()}
+    assert paths.statistics(FOLDER, "base4/fecam_resnet18/seed1", 0) in {s.outs.get("statistics") for s in train.values()}
 
 
 def test_no_step_of_the_default_grid_names_statistics():
@@ -230,8 +235,8 @@ def test_no_step_of_the_default_grid_names_statistics():
 
 def test_the_rules_spell_the_statistics_path_of_the_path_owner():
     text = "".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
-    for template in (paths.statistics("{dataset}", "{setting}/{method}/seed{seed}", "{task}"),
-                     paths.statistics("{dataset}", "base{initial}/{recipe}/seed{seed}", 0)):
+    for template in (paths.statistics("{grid}", "{setting}/{method}/seed{seed}", "{task}"),
+                     paths.statistics("{grid}", "base{initial}/{recipe}/seed{seed}", 0)):
         assert f'"{template}"' in text, template
 
 
@@ -277,7 +282,12 @@ def fecam_run(tiny_prepared_template, tmp_path_factory):
     test recomputes its statistics from its checkpoint instead)."""
     project = _copy(tiny_prepared_template, tmp_path_factory.mktemp("fecam") / "project")
     ncil(["params", *FECAM_TINY], project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for step in workflow.steps(params):  # the grid's own splits (results/digits_efcil/...; the data is shared)
+        if step.kind == "split":
+            ncil(list(step.cmd), project)
     steps = _train_steps(project)
+    assert steps[1].values("--split") == [SETTING_SPLIT]
     first = {}
     for t in (0, 1):
         ncil(list(steps[t].cmd), project)

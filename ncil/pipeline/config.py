@@ -172,6 +172,13 @@ class Params:
     runtime: RuntimeConfig
     scenario: dict[str, ScenarioConfig] = field(default_factory=dict)
     method: dict[str, MethodConfig] = field(default_factory=dict)
+    # The folder the grid owns under runs/ and results/ (runs/<grid>/..., results/<grid>/...; data/<dataset>/ stays
+    # shared): optional, None = the data set's name (the default grid's paths). ncil.pipeline.experiment_grid.grid_folder.
+    grid: str | None = None
+
+
+# Top-level keys params.yaml may leave out (their Params default applies): the default grid has no `grid` key.
+OPTIONAL_TOP = ("grid",)
 
 
 # The fixed sections of params.yaml and their records (scenario and method hold named entries).
@@ -345,8 +352,11 @@ def parse_params(data: dict, source: str = "params.yaml") -> Params:
     if unknown:
         raise _fail(source, unknown[0], f"unknown key (expected one of: {', '.join(sorted(top))})")
     for name in top:
-        if name not in data:
+        if name not in data and name not in OPTIONAL_TOP:
             raise _fail(source, name, "missing required key")
+    grid = data.get("grid")
+    if grid is not None:
+        _name(source, "grid", grid)
     sections = {name: parse_section(cls, data[name], source, name) for name, cls in SECTIONS.items()}
     for mapping in ("scenario", "method"):
         if not isinstance(data[mapping], dict) or not data[mapping]:
@@ -369,6 +379,7 @@ def parse_params(data: dict, source: str = "params.yaml") -> Params:
         **sections,
         scenario=scenario,
         method=method,
+        grid=grid,
     )
     _validate(params, source)
     return params

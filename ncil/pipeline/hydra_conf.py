@@ -155,10 +155,11 @@ def render_grid(name: str, overrides: list[str] | None = None) -> tuple[dict, st
     data = compose(overrides)
     params_file = paths.grid_params(name)
     parse_params(data, source=f"conf/ with overrides {overrides}")
-    if name in paths.DIGITS_GRID_NAMES:  # the default data set's: params.yaml only (paths.DIGITS_GRID_NAMES)
+    check_own_folder(name, data, overrides[1:])
+    if name in paths.DIGITS_GRID_NAMES:  # the default data set's, in a folder of its own: params.yaml only
         header = HEADER.replace("`python -m ncil params`", f"`python -m ncil grid {name}`").replace(
             "edit conf/ or override.", f"edit conf/ or override.\n# Run it as the default grid: "
-                                       f"python -m ncil params +experiment={name} && snakemake --cores N metrics")
+                                       f"python -m ncil params +experiment={name} && snakemake --cores N")
         return data, header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100), ""
     if data["dataset"]["name"] != name:
         from ncil.pipeline.config import ConfigError
@@ -169,6 +170,41 @@ def render_grid(name: str, overrides: list[str] | None = None) -> tuple[dict, st
     dvc_text = render_dvc_yaml(data, params_file, wdir="../..").replace(
         "`python -m ncil dvc-yaml` from params.yaml", f"`python -m ncil grid {name}` from {params_file}")
     return data, text, dvc_text
+
+
+DEFAULT_GRID = "the default grid (conf/config.yaml, params.yaml)"
+
+
+def _composed_folder(name: str | None) -> str:
+    """The folder of grid ``name`` as conf/ composes it without overrides (None: the default grid)."""
+    from ncil.pipeline.experiment_grid import grid_folder
+
+    if name not in _FOLDERS:
+        _FOLDERS[name] = grid_folder(compose([] if name is None else [f"+experiment={name}"]))
+    return _FOLDERS[name]
+
+
+_FOLDERS: dict[str | None, str] = {}  # one composition per grid and process (`python -m ncil grid` renders four)
+
+
+def check_own_folder(name: str, data: dict, overrides: list[str] | None = None) -> None:
+    """Refuse grid ``name`` (composed as ``data``) when its folder under runs/ and results/ is another grid's: the
+    default grid's or another named grid's (paths.GRID_NAMES, paths.DIGITS_GRID_NAMES), each composed from conf/.
+    Two grids in one folder would write the same runs/ and results/ paths (experiment_grid.folder_collisions)."""
+    from ncil.pipeline import paths
+    from ncil.pipeline.config import ConfigError
+    from ncil.pipeline.experiment_grid import folder_collisions, grid_folder
+
+    others = [n for n in (*paths.GRID_NAMES, *paths.DIGITS_GRID_NAMES) if n != name]
+    folders = {DEFAULT_GRID: _composed_folder(None), **{f"grid {n} (conf/experiment/{n}.yaml)": _composed_folder(n)
+                                                      for n in others}}
+    mine = f"grid {name} (conf/experiment/{name}.yaml)"
+    folders[mine] = grid_folder(data)
+    for folder, owner, grid in folder_collisions(folders):
+        if grid == mine:
+            given = f" with overrides {list(overrides)}" if overrides else ""
+            raise ConfigError(f"conf/experiment/{name}.yaml{given}: grid: folder {folder!r} (runs/{folder}/, results/{folder}/) "
+                              f"is also the folder of {owner}; expected a folder of its own, e.g. grid: {name}")
 
 
 def write_grid(name: str, overrides: list[str] | None = None) -> dict:

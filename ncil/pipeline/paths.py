@@ -3,15 +3,19 @@
 Layout (all paths relative to the repository root):
 
     data/<dataset>/                                   prepared arrays + manifest.json (DVC)
-    results/<dataset>/<split_id>/split.json           class order and classes of each task (git)
-    runs/<dataset>/<run_id>/task_<t>/model.pt         checkpoint after task t (DVC cache)
-    runs/<dataset>/<run_id>/task_<t>/centers.parquet  class centers after task t (DVC cache)
-    runs/<dataset>/<run_id>/task_<t>/memory.parquet   exemplar memory after task t: rehearsal methods only (DVC cache)
-    runs/<dataset>/<run_id>/task_<t>/statistics.parquet   FeCAM: task t's classes' mean and covariance (DVC cache)
-    results/<dataset>/<setting>/<method>/seed<s>/eval/task_<t>.parquet   per-task predictions (git)
-    results/<dataset>/<setting>/<method>/seed<s>/metrics.json            summary (git, DVC metric)
-    results/tables/<dataset>_results.{md,csv}                            results table (git)
+    results/<grid>/<split_id>/split.json              class order and classes of each task (git)
+    runs/<grid>/<run_id>/task_<t>/model.pt            checkpoint after task t (DVC cache)
+    runs/<grid>/<run_id>/task_<t>/centers.parquet     class centers after task t (DVC cache)
+    runs/<grid>/<run_id>/task_<t>/memory.parquet      exemplar memory after task t: rehearsal methods only (DVC cache)
+    runs/<grid>/<run_id>/task_<t>/statistics.parquet  FeCAM: task t's classes' mean and covariance (DVC cache)
+    results/<grid>/<setting>/<method>/seed<s>/eval/task_<t>.parquet   per-task predictions (git)
+    results/<grid>/<setting>/<method>/seed<s>/metrics.json            summary (git, DVC metric)
+    results/tables/<grid>_results.{md,csv}                            results table (git)
     grids/<name>/params.yaml, grids/<name>/dvc.yaml   a paper data set's grid (Snakemake target <name>)
+
+<grid> is the folder a grid owns (``ncil.pipeline.experiment_grid.grid_folder``: params' top-level ``grid``, by
+default the data set's name), so two grids on one data set never share a run or result path while they share the
+data set's prepared data. The functions below take that folder where their path is under runs/ or results/.
 
 Task 0 does not depend on the increment or on the incremental method, so its run id is
 ``base<F>/<base_recipe>/seed<s>`` and every setting with the same F and every method with the same
@@ -32,8 +36,9 @@ GRIDS_ROOT = "grids"
 GRID_NAMES = ("cifar100", "tinyimagenet", "imagenet_subset")
 # Grids of the default data set (digits) with methods kept out of the default grid (Table 4's DyTox): a committed
 # grids/<name>/params.yaml from conf/experiment/<name>.yaml, run by composing it into params.yaml
-# (`python -m ncil params +experiment=<name>`). No dvc.yaml or Snakemake target of their own: their data, splits
-# and tables are the default grid's paths.
+# (`python -m ncil params +experiment=<name>`). Each has its own folder (top-level `grid: <name>`: runs/<name>/,
+# results/<name>/, its own results table, figures and costs) and shares the data set's data/<dataset>/; no dvc.yaml
+# or Snakemake target of its own.
 DIGITS_GRID_NAMES = ("digits_dytox", "digits_efcil")
 
 CHECKPOINT_NAME = "model.pt"

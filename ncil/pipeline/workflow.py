@@ -106,7 +106,7 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True, r
     files are shared by all data sets, so only the root grid (params.yaml) has that step, and no file
     has two producers (issue 10, item 8).
     """
-    dataset = params["dataset"]["name"]
+    dataset, folder = params["dataset"]["name"], experiment_grid.grid_folder(params)
     p = ["--params", params_file]
     out: list[Step] = []
     data = paths.data_files(dataset)
@@ -116,20 +116,20 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True, r
         outs={f"f{i}": f for i, f in enumerate(data)}, params=param_keys("prepare", params),
         log=paths.log_file("prepare", dataset), benchmark=paths.benchmark_file("prepare", dataset),
     ))
-    manifest = paths.data_manifest(dataset)
+    manifest = paths.data_manifest(dataset)  # the data set's, shared by its grids
 
     runs = experiment_grid.runs(params)
     split_ids = {paths.base_split_id(r.initial): (r.initial, 0) for r in runs}
     split_ids.update({r.setting: (r.initial, r.increment) for r in runs})
     for split_id, (initial, increment) in sorted(split_ids.items()):
-        target = paths.split_file(dataset, split_id)
+        target = paths.split_file(folder, split_id)
         out.append(Step(
-            name=stage_name("split", dataset, split_id), kind="split",
+            name=stage_name("split", folder, split_id), kind="split",
             cmd=("split", *p, "--initial", str(initial), "--increment", str(increment), "--out", target,
-                 "--log", paths.log_file("split", f"{dataset}/{split_id}")),
+                 "--log", paths.log_file("split", f"{folder}/{split_id}")),
             deps={}, outs={"split": target}, params=param_keys("split", params),
-            log=paths.log_file("split", f"{dataset}/{split_id}"),
-            benchmark=paths.benchmark_file("split", f"{dataset}/{split_id}"), cached=False,
+            log=paths.log_file("split", f"{folder}/{split_id}"),
+            benchmark=paths.benchmark_file("split", f"{folder}/{split_id}"), cached=False,
         ))
 
     for job in experiment_grid.train_jobs(params):
@@ -145,7 +145,7 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True, r
                 deps["prev_memory"] = run.memory(t - 1)
                 cmd += ["--prev-memory", run.memory(t - 1)]
         outs = {"checkpoint": run.checkpoint(t), "centers": run.centers(t)}
-        log = paths.log_file("train", f"{dataset}/{job.run_id}/task_{t}")
+        log = paths.log_file("train", job.name)
         cmd += ["--checkpoint", outs["checkpoint"], "--centers", outs["centers"]]
         if run.rehearsal:
             outs["memory"] = run.memory(t)
@@ -156,21 +156,21 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True, r
         cmd += ["--log", log]
         keys = param_keys("train", params, run.method if t > 0 else None)
         out.append(Step(
-            name=stage_name("train", dataset, job.run_id, f"task{t}"), kind="train", cmd=tuple(cmd),
+            name=stage_name("train", folder, job.run_id, f"task{t}"), kind="train", cmd=tuple(cmd),
             deps=deps, outs=outs, params=keys, log=log,
-            benchmark=paths.benchmark_file("train", f"{dataset}/{job.run_id}/task_{t}"),
+            benchmark=paths.benchmark_file("train", job.name),
         ))
 
     metrics_files = []
     for run in runs:
-        tag = f"{dataset}/{run.run_id}"
+        tag = f"{folder}/{run.run_id}"
         checkpoints = [run.checkpoint(t) for t in range(run.n_tasks)]
         evals = [run.eval_file(t) for t in range(run.n_tasks)]
         eval_dir = evals[0].rsplit("/", 1)[0]
         log = paths.log_file("evaluate", tag)
         statistics = [run.statistics(t) for t in range(run.n_tasks)] if run.fecam else []
         out.append(Step(
-            name=stage_name("evaluate", dataset, run.run_id), kind="evaluate",
+            name=stage_name("evaluate", folder, run.run_id), kind="evaluate",
             cmd=("evaluate", *p, "--split", run.split_file, "--checkpoints", *checkpoints,
                  *(("--statistics", *statistics) if statistics else ()), "--out", *evals, "--log", log),
             deps={"manifest": manifest, "split": run.split_file, **{f"checkpoint{t}": c for t, c in enumerate(checkpoints)},
@@ -179,7 +179,7 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True, r
             benchmark=paths.benchmark_file("evaluate", tag), cached=False, out_dirs=(eval_dir,),
         ))
         out.append(Step(
-            name=stage_name("summarize", dataset, run.run_id), kind="summarize",
+            name=stage_name("summarize", folder, run.run_id), kind="summarize",
             cmd=("summarize", *p, "--split", run.split_file, "--evals", *evals, "--setting", run.setting,
                  "--method", run.method, "--seed", str(run.seed), "--out", run.metrics_file,
                  "--checkpoints", *checkpoints, "--log", paths.log_file("summarize", tag)),
@@ -191,17 +191,17 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True, r
         ))
         metrics_files.append(run.metrics_file)
 
-    markdown, csv = paths.table_files(dataset)
+    markdown, csv = paths.table_files(folder)
     out.append(Step(
-        name=stage_name("tables", dataset), kind="tables",
+        name=stage_name("tables", folder), kind="tables",
         cmd=("tables", *p, "--metrics", *metrics_files, "--markdown", markdown, "--csv", csv,
-             "--log", paths.log_file("tables", dataset)),
+             "--log", paths.log_file("tables", folder)),
         deps={f"metrics{i}": m for i, m in enumerate(metrics_files)}, outs={"markdown": markdown, "csv": csv},
-        params=param_keys("tables", params), log=paths.log_file("tables", dataset),
-        benchmark=paths.benchmark_file("tables", dataset), cached=False,
+        params=param_keys("tables", params), log=paths.log_file("tables", folder),
+        benchmark=paths.benchmark_file("tables", folder), cached=False,
     ))
     out.extend(report_steps(params, p, metrics_files))
-    if report:
+    if report and not experiment_grid.own_folder(params):  # an extra grid's runs are in no paper table
         out.append(paper_tables_step(params, p, root))
     return out
 
@@ -239,48 +239,52 @@ def paper_tables_step(params: dict, p: list[str], root: str = ".") -> Step:
 
 
 def report_steps(params: dict, p: list[str], metrics_files: list[str]) -> list[Step]:
-    """This grid's data set's sections of the paper's tables, Figure 3 of every setting and, when the grid
-    has a PKS method on the ViT, Figure 4 from its seed's checkpoints of the longest setting (the paper
-    shows the tasks 1, 3, 5, ...): files named by the data set, so every grid has these steps."""
-    dataset, section = params["dataset"]["name"], section_dataset(params)
+    """This grid's data set's sections of the paper's tables (not for an extra grid with its own folder), Figure 3
+    of every setting and, when the grid has a PKS method on the ViT, Figure 4 from its seed's checkpoints of the
+    longest setting (the paper shows the tasks 1, 3, 5, ...): figures named by the grid's folder (the data set's
+    name by default), so every grid has these steps."""
+    dataset, folder = params["dataset"]["name"], experiment_grid.grid_folder(params)
     deps = {f"metrics{i}": m for i, m in enumerate(metrics_files)}
-    section_outs = {}
-    for table in paths.PAPER_TABLES:
-        section_outs[f"{table}_md"], section_outs[f"{table}_csv"] = paths.paper_section_files(section, table)
-    log = paths.log_file("tables", f"{section}_sections")
-    out = [Step(
-        name=stage_name("paper_sections", dataset), kind="paper_sections",
-        cmd=("paper-sections", *p, "--metrics", *metrics_files, "--log", log),
-        deps=deps, outs=section_outs, params=param_keys("paper_sections", params),
-        log=log, benchmark=paths.benchmark_file("tables", f"{section}_sections"), cached=False,
-    )]
+    out = []
+    if not experiment_grid.own_folder(params):  # an extra grid (own folder) has no section of the paper's tables
+        section = section_dataset(params)
+        section_outs = {}
+        for table in paths.PAPER_TABLES:
+            section_outs[f"{table}_md"], section_outs[f"{table}_csv"] = paths.paper_section_files(section, table)
+        log = paths.log_file("tables", f"{section}_sections")
+        out.append(Step(
+            name=stage_name("paper_sections", dataset), kind="paper_sections",
+            cmd=("paper-sections", *p, "--metrics", *metrics_files, "--log", log),
+            deps=deps, outs=section_outs, params=param_keys("paper_sections", params),
+            log=log, benchmark=paths.benchmark_file("tables", f"{section}_sections"), cached=False,
+        ))
     figure_outs, plots, runs = {}, [], experiment_grid.runs(params)
     for setting in dict.fromkeys(r.setting for r in runs):
-        png, csv = paths.curve_figure_files(dataset, setting)
+        png, csv = paths.curve_figure_files(folder, setting)
         figure_outs[f"{setting}_png"], figure_outs[f"{setting}_csv"] = png, csv
         run = next(r for r in runs if r.setting == setting)
         label = setting_label(run.initial, run.increment, run.n_tasks)
-        plots.append((csv, tuple(params["method"]), f"{dataset} {label}: accuracy after each task (Acc_k, %)"))
+        plots.append((csv, tuple(params["method"]), f"{folder} {label}: accuracy after each task (Acc_k, %)"))
     out.append(Step(
-        name=stage_name("figures", dataset), kind="figures",
-        cmd=("figures", *p, "--metrics", *metrics_files, "--log", paths.log_file("figures", dataset)),
-        deps=deps, outs=figure_outs, params=param_keys("figures", params), log=paths.log_file("figures", dataset),
-        benchmark=paths.benchmark_file("figures", dataset), cached=False, plots=tuple(plots),
+        name=stage_name("figures", folder), kind="figures",
+        cmd=("figures", *p, "--metrics", *metrics_files, "--log", paths.log_file("figures", folder)),
+        deps=deps, outs=figure_outs, params=param_keys("figures", params), log=paths.log_file("figures", folder),
+        benchmark=paths.benchmark_file("figures", folder), cached=False, plots=tuple(plots),
     ))
     shown = figure4_run(params)
     if shown:
         method, run, checkpoints = shown
-        png, csv = paths.weight_map_files(dataset)
-        log = paths.log_file("figures", f"{dataset}_pks")
+        png, csv = paths.weight_map_files(folder)
+        log = paths.log_file("figures", f"{folder}_pks")
         out.append(Step(
-            name=stage_name("figure4", dataset), kind="figure4",
+            name=stage_name("figure4", folder), kind="figure4",
             cmd=("figure4", *p, "--split", run.split_file, "--checkpoints", *checkpoints,
                  "--p", str(params["method"][method].get("pks_p", 2)), "--out-png", png, "--out-csv", csv,
                  "--log", log),
             deps={"manifest": paths.data_manifest(dataset), "split": run.split_file,
                   **{f"checkpoint{i}": c for i, c in enumerate(checkpoints)}},
             outs={"png": png, "csv": csv}, params=param_keys("figure4", params, method), log=log,
-            benchmark=paths.benchmark_file("figures", f"{dataset}_pks"), cached=False,
+            benchmark=paths.benchmark_file("figures", f"{folder}_pks"), cached=False,
         ))
     return out
 

@@ -33,8 +33,7 @@ def read_benchmark(text: str, source: str) -> dict:
 
 def run_benchmarks(params: dict) -> list[tuple[experiment_grid.Run, int, str]]:
     """(run, task, benchmark file) of every training task of the grid (task 0's file is the shared one)."""
-    dataset = params["dataset"]["name"]
-    return [(run, t, paths.benchmark_file("train", f"{dataset}/{run.task_run_id(t)}/task_{t}"))
+    return [(run, t, paths.benchmark_file("train", experiment_grid.TrainJob(run, t).name))
             for run in experiment_grid.runs(params) for t in range(run.n_tasks)]
 
 

@@ -255,14 +255,17 @@ def verify(root: str | Path, params: dict, log=print, params_file: str = "params
     log(f"verify: {checked['metrics']} metrics.json files match their evaluation tables")
 
     expected: dict[str, str] = {}
-    for dataset in report.grid_settings(params):
+    dataset = params["dataset"]["name"]
+    for folder in report.grid_settings(params):  # the grid's folder (its data set's name by default)
         rows = results_table.aggregate([m for m in loaded if m["run"]["dataset"] == dataset])
-        md, csv_path = paths.table_files(dataset)
+        md, csv_path = paths.table_files(folder)
         expected[md] = results_table.to_markdown(rows, dataset, report.default_context(params))
         expected[csv_path] = results_table.to_csv(rows)
-    # The tables hold every data set's sections present: the other data sets' as committed (their own
-    # grids write and check them), this grid's recomputed from its metrics.
-    expected.update(report.table_texts(params, loaded, report.read_sections(str(root))))
+    extra_grid = experiment_grid.own_folder(params)  # its runs are in no paper table: those are not its files
+    if not extra_grid:
+        # The tables hold every data set's sections present: the other data sets' as committed (their own
+        # grids write and check them), this grid's recomputed from its metrics.
+        expected.update(report.table_texts(params, loaded, report.read_sections(str(root))))
     figure_csvs = report.curve_csv_texts(params, loaded)
     for path, text in {**expected, **figure_csvs}.items():
         found = _read_text(root / path, "results file")
@@ -270,16 +273,17 @@ def verify(root: str | Path, params: dict, log=print, params_file: str = "params
         checked["figures" if path in figure_csvs else "tables"] += 1
     for png, (title, table) in report.curve_tables(params, loaded).items():
         check_png(root, png, plots.png_bytes(plots.draw_curves(table, title)))
-    t1_csv = (root / paths.paper_table_files("table1")[1]).read_text(encoding="utf-8")
-    for dataset, setting, label in report.grid_curves(params):
-        curve = paths.curve_figure_files(dataset, setting)[1]
-        check_curves_against_table1(curve, (root / curve).read_text(encoding="utf-8"), t1_csv, dataset, label)
+    if not extra_grid:
+        t1_csv = (root / paths.paper_table_files("table1")[1]).read_text(encoding="utf-8")
+        for folder, setting, label in report.grid_curves(params):
+            curve = paths.curve_figure_files(folder, setting)[1]
+            check_curves_against_table1(curve, (root / curve).read_text(encoding="utf-8"), t1_csv, folder, label)
     log(f"verify: {checked['tables']} table files, {checked['figures']} figure data files and their PNGs match the metrics")
 
     checked["figure4"] = check_figure4(root, params, log)
 
     readme = root / "README.md"
-    if readme.is_file():
+    if readme.is_file() and not extra_grid:  # the README copies the paper tables' sections
         checked["readme"] = check_readme(readme, expected)
         log(f"verify: {checked['readme']} table copies in README.md match results/tables")
     return checked

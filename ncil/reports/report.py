@@ -18,21 +18,22 @@ from ncil.reports.metrics import CONVENTION
 
 
 def grid_settings(params: dict) -> dict[str, list[str]]:
-    """Data set -> setting labels (``F+CxT``) of the grid, in params.yaml order."""
+    """Grid folder (``experiment_grid.grid_folder``: the data set's name by default) -> setting labels
+    (``F+CxT``) of the grid, in params.yaml order."""
     out: dict[str, list[str]] = {}
     for run in experiment_grid.runs(params):
         label = setting_label(run.initial, run.increment, run.n_tasks)
-        out.setdefault(run.dataset, [])
-        if label not in out[run.dataset]:
-            out[run.dataset].append(label)
+        out.setdefault(run.folder, [])
+        if label not in out[run.folder]:
+            out[run.folder].append(label)
     return out
 
 
 def grid_curves(params: dict) -> list[tuple[str, str, str]]:
-    """(data set, setting id, label) of every Figure 3 panel of the grid."""
+    """(grid folder, setting id, label) of every Figure 3 panel of the grid."""
     seen = {}
     for run in experiment_grid.runs(params):
-        seen.setdefault((run.dataset, run.setting), setting_label(run.initial, run.increment, run.n_tasks))
+        seen.setdefault((run.folder, run.setting), setting_label(run.initial, run.increment, run.n_tasks))
     return [(d, s, label) for (d, s), label in seen.items()]
 
 
@@ -43,8 +44,11 @@ def default_context(params: dict) -> dict:
 
 def section_datasets(params: dict) -> dict[str, list[str]]:
     """The grid's data sets as the paper tables name them (``paper_values.canonical_dataset``) -> their
-    setting labels: each has its own section files (``paths.paper_section_files``)."""
+    setting labels: each has its own section files (``paths.paper_section_files``). None for an extra grid
+    with its own folder (``experiment_grid.own_folder``): its runs are in no paper table."""
     out: dict[str, list[str]] = {}
+    if experiment_grid.own_folder(params):
+        return out
     for dataset, settings in grid_settings(params).items():
         out.setdefault(paper_values.canonical_dataset(dataset), []).extend(settings)
     return out
@@ -140,11 +144,12 @@ def curve_tables(params: dict, metrics: list[dict]) -> dict[str, tuple[str, list
     rows = results_table.aggregate(metrics)
     methods = list(params["method"])
     out = {}
-    n_tasks = {(r.dataset, r.setting): r.n_tasks for r in experiment_grid.runs(params)}
-    for dataset, setting, label in grid_curves(params):
-        png, _ = paths.curve_figure_files(dataset, setting)
-        table = plots.curve_table(rows, dataset, setting, methods, n_tasks[(dataset, setting)])
-        out[png] = (f"{dataset} {label}: accuracy after each task", table)
+    dataset = params["dataset"]["name"]  # the metrics' run.dataset; the files are named by the grid's folder
+    n_tasks = {(r.folder, r.setting): r.n_tasks for r in experiment_grid.runs(params)}
+    for folder, setting, label in grid_curves(params):
+        png, _ = paths.curve_figure_files(folder, setting)
+        table = plots.curve_table(rows, dataset, setting, methods, n_tasks[(folder, setting)])
+        out[png] = (f"{folder} {label}: accuracy after each task", table)
     return out
 
 

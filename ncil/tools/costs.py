@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: Args) -> None:
     from pathlib import Path
 
-    from ncil.pipeline import io, paths
+    from ncil.pipeline import experiment_grid, io, paths
     from ncil.pipeline.progress import say
     from ncil.pipeline.provenance import setting_label
     from ncil.reports import cost_table
@@ -46,7 +46,7 @@ def run(args: Args) -> None:
                         "seed": run_.seed, "task": task, **cost_table.read_benchmark(path.read_text(), str(path))})
     rows = cost_table.cost_rows(records)
     dataset = raw["dataset"]["name"]
-    out = Path(args.out) if args.out else Path(args.root) / paths.cost_table_file(dataset)
+    out = Path(args.out) if args.out else Path(args.root) / paths.cost_table_file(experiment_grid.grid_folder(raw))
     if out.suffix != ".md":
         raise cli.UsageError(f"--out {out}: expected a Markdown file name ending in .md (the CSV goes beside)")
     markdown = cost_table.to_markdown(rows, dataset)

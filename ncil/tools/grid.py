@@ -24,8 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     cli.add_log(parser)
     parser.add_argument("name", nargs="?", choices=(*paths.GRID_NAMES, *paths.DIGITS_GRID_NAMES),
-                        help="a paper data set's grid, or a digits grid (params.yaml only): digits_dytox (Table 4's "
-                             "DyTox methods), digits_efcil (issue 25's exemplar-free methods); default: all")
+                        help="a paper data set's grid, or a digits grid in its own folder (params.yaml only): "
+                             "digits_dytox (Table 4's DyTox methods), digits_efcil (issue 25's exemplar-free "
+                             "methods); default: all. A grid whose folder (top-level `grid`, default the data set's "
+                             "name) is another grid's is refused")
     parser.add_argument("override", nargs="*", help="Hydra overrides after +experiment=<name>, e.g. +smoke=cpu")
     parser.add_argument("--check", action="store_true", help="fail if a grid file differs from conf/ instead of writing")
 
@@ -51,6 +53,7 @@ def stale_files(names: list[str], overrides: list[str]) -> list[str]:
 
 def run(args: Args) -> None:
     from ncil.pipeline import paths
+    from ncil.pipeline.experiment_grid import grid_folder
     from ncil.pipeline.hydra_conf import write_grid
     from ncil.pipeline.progress import say
 
@@ -64,7 +67,8 @@ def run(args: Args) -> None:
         data = write_grid(name, list(args.override))
         if name in paths.DIGITS_GRID_NAMES:
             say(f"wrote {paths.grid_params(name)}: {len(data['scenario'])} settings x {len(data['method'])} methods x "
-                f"{len(data['seeds'])} seeds; run: python -m ncil params +experiment={name} && snakemake --cores N metrics")
+                f"{len(data['seeds'])} seeds in runs/{grid_folder(data)}/, results/{grid_folder(data)}/; run: "
+                f"python -m ncil params +experiment={name} && snakemake --cores N")
             continue
         say(f"wrote {paths.grid_params(name)} and {paths.grid_dvc_yaml(name)}: {len(data['scenario'])} settings x "
             f"{len(data['method'])} methods x {len(data['seeds'])} seeds; run: snakemake --cores N {name}")
