@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from ncil.data import arrays
-from ncil.learning import fecam_training, training
+from ncil.learning import fecam_training, prediction, training
 from ncil.methods import fecam
 from ncil.pipeline import experiment_grid, io, paths, workflow
 from ncil.pipeline.config import ConfigError, parse_params
@@ -85,7 +85,7 @@ def test_the_statistics_file_round_trips_and_gives_the_hand_worked_prediction(tm
     assert back["producing_task"] == 0 and back["feature_dim"] == 2
     for name in io.STATISTICS_COLUMNS:
         np.testing.assert_array_equal(back[name], np.asarray(_rows()[name], dtype=back[name].dtype), err_msg=name)
-    matrices = fecam_training.classifier_matrices(torch.from_numpy(back["covariance"]).double(), shrink_times=2)
+    matrices = prediction.classifier_matrices(torch.from_numpy(back["covariance"]).double(), shrink_times=2)
     np.testing.assert_allclose(matrices.numpy(), [[[1, 0], [0, 1]], [[1, 0.5], [0.5, 1]]], atol=1e-6)
     x = torch.tensor([[49.0, 9.0]], dtype=torch.float64)
     prototypes = torch.from_numpy(back["mean"]).double()
@@ -106,7 +106,7 @@ def test_stored_statistics_give_the_core_classifier_on_raw_features():
     rows = fecam_training.class_statistics_rows(features, labels, {10 + c: c for c in range(4)}, task=2, lam=0.5)
     means, covs = fecam.fecam_statistics(features, torch.from_numpy(labels), range(4), lam=0.5, shrink_times=2)
     np.testing.assert_allclose(rows["mean"], means.numpy(), rtol=1e-6)
-    stored = fecam_training.classifier_matrices(torch.from_numpy(rows["covariance"]).double(), 2)
+    stored = prediction.classifier_matrices(torch.from_numpy(rows["covariance"]).double(), 2)
     np.testing.assert_allclose(stored.numpy(), covs.numpy(), atol=1e-5)
     assert not np.allclose(covs.numpy(), np.eye(6))  # correlations the test can see
 

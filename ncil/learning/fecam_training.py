@@ -4,9 +4,9 @@ Task 0 trains the backbone with the method's base recipe (``ncil.learning.traini
 then writes the statistics of its own classes (``task_statistics``): the mean raw feature and the unbiased
 covariance of the Tukey-transformed features of the task's training images, under the test transform (no
 augmentation), through the frozen backbone. Tasks t >= 1 train nothing (``frozen_task``): the checkpoint's
-weights are task t-1's, bit for bit, and only the new classes' images are read. Evaluation shrinks and
-normalises the stored covariances (``classifier_matrices``) and predicts with the Mahalanobis classifier of
-``ncil.methods.fecam``.
+weights are task t-1's, bit for bit, and only the new classes' images are read. Evaluation
+(``ncil.learning.prediction.predict_fecam``, which imports nothing of training) shrinks and normalises the stored
+covariances and predicts with the Mahalanobis classifier of ``ncil.methods.fecam``.
 
 The statistics are per task (each file holds the classes its task introduced): with a frozen backbone an old
 class's statistics never change, so a later file repeating them would only copy bytes (1 MiB per class at
@@ -26,7 +26,7 @@ from ncil.learning import runtime
 from ncil.methods import fecam
 from ncil.methods.prototypes import class_centers
 from ncil.models.network import IncrementalNet, load_network
-from ncil.pipeline.config import MethodConfig, Params
+from ncil.pipeline.config import Params
 
 
 def class_statistics_rows(features: torch.Tensor, labels: np.ndarray, label_map: dict, task: int,
@@ -52,28 +52,6 @@ def class_statistics_rows(features: torch.Tensor, labels: np.ndarray, label_map:
         "mean": means.float().numpy(),
         "covariance": covs.float().numpy(),
     }
-
-
-def classifier_matrices(covariance: torch.Tensor, shrink_times: int) -> torch.Tensor:
-    """Stored covariances (C, D, D) -> the classifier's matrices (pure): ``shrink_times`` shrinkages, then the
-    correlation normalisation (``fecam.fecam_statistics`` from stored rather than raw features)."""
-    for _ in range(shrink_times):
-        covariance = fecam.shrink_covariance(covariance)
-    return fecam.normalize_covariance(covariance)
-
-
-def fecam_settings(checkpoint: dict) -> MethodConfig:
-    """The FeCAM options a checkpoint was trained with (its ``config.method_config``; unset = the default)."""
-    recorded = checkpoint["config"]["method_config"]
-    return MethodConfig(base_recipe=str(recorded.get("base_recipe", "")), classifier=recorded.get("classifier", "head"),
-                        backbone=recorded.get("backbone", "vit"),
-                        fecam_tukey=float(recorded.get("fecam_tukey", MethodConfig.fecam_tukey)),
-                        fecam_shrink_times=int(recorded.get("fecam_shrink_times", MethodConfig.fecam_shrink_times)))
-
-
-def uses_statistics(checkpoint: dict) -> bool:
-    """Whether a checkpoint classifies with FeCAM's statistics (its method's classifier is fecam)."""
-    return checkpoint["config"]["method_config"].get("classifier", "head") == "fecam"
 
 
 def new_class_features(p: Params, job, train_split: arrays.Split, net: IncrementalNet, device: torch.device
@@ -131,27 +109,3 @@ def frozen_task(p: Params, job, train_split: arrays.Split, previous: dict, previ
     }
     statistics = class_statistics_rows(features, labels, label_map, job.task, job.method.fecam_tukey)
     return payload, rows, statistics
-
-
-@torch.no_grad()
-def predict_fecam(net: IncrementalNet, images: np.ndarray, mean, std, batch_size: int, device: torch.device,
-                  statistics: list[dict], settings: MethodConfig, n_classes: int) -> np.ndarray:
-    """FeCAM's predictions (N,) (incremental labels) for uint8 images (N, H, W, C): the class of the smallest
-    Mahalanobis distance (``fecam.fecam_predict``) over the rows of ``statistics`` (every seen class once)."""
-    mean_rows = np.concatenate([s["mean"] for s in statistics])
-    cov_rows = np.concatenate([s["covariance"] for s in statistics])
-    class_ids = np.concatenate([s["class_id"] for s in statistics])
-    if sorted(class_ids.tolist()) != list(range(n_classes)):
-        raise ValueError(f"class statistics: expected class ids 0..{n_classes - 1} once each, got {sorted(class_ids.tolist())}")
-    order = np.argsort(class_ids)
-    prototypes = torch.from_numpy(mean_rows[order]).double()  # (C, D)
-    matrices = classifier_matrices(torch.from_numpy(cov_rows[order]).double(), settings.fecam_shrink_times)
-    inverse = torch.linalg.pinv(matrices)  # (C, D, D), once for every batch
-    net.eval()
-    preds = []
-    for start in range(0, len(images), batch_size):
-        x = arrays.to_tensor(images[start : start + batch_size], mean, std).to(device)  # (b, C, H, W)
-        features, _ = net.backbone(x)  # (b, D)
-        preds.append(fecam.fecam_predict(features.double().cpu(), prototypes, matrices, lam=settings.fecam_tukey,
-                                         inverse=inverse))
-    return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)

@@ -3,8 +3,8 @@
 Each checkpoint must be task t of the split (its task index, class order and seen classes), and no
 output may be an input. A FeCAM run (classifier fecam) also names its tasks' class statistics
 (``--statistics``, one per checkpoint, each checked against the hash its checkpoint records); checkpoint t
-predicts with the statistics of tasks 0..t (``ncil.learning.fecam_training.predict_fecam``). The predictions are ``ncil.learning.prediction.evaluate_checkpoint``'s; the table's
-layout is ``ncil.pipeline.io.write_predictions``'s.
+predicts with the statistics of tasks 0..t. The predictions are ``ncil.learning.prediction.evaluate_checkpoint``'s
+(``predict_fecam`` there for FeCAM); the table's layout is ``ncil.pipeline.io.write_predictions``'s.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def check_task_statistics(statistics: dict, task: int, split: dict, stats_file: 
 
 def check_statistics_use(checkpoint: dict, statistics_given: bool, ckpt_file: str) -> None:
     """A FeCAM checkpoint needs ``--statistics``; any other refuses them (pure; names the checkpoint)."""
-    from ncil.learning.fecam_training import uses_statistics
+    from ncil.learning.prediction import uses_statistics
     from ncil.pipeline.io import ArtifactError
 
     if uses_statistics(checkpoint) and not statistics_given:
