@@ -264,6 +264,23 @@ def test_the_train_verb_refuses_a_missing_or_stray_statistics_flag():
         train.check_statistics_flag(plain, train.resolve_method(p, plain, "params.yaml"), "params.yaml")
 
 
+def test_evaluation_refuses_a_fecam_run_whose_tasks_disagree_on_its_options():
+    """Task 0 is not retrained when only a method option changes: checkpoints of one run with two Tukey lambdas
+    (task 0 with the default 0.5, task 1 with 0.25) are refused, naming task 1's file and the field."""
+    from ncil.stages.evaluate import check_fecam_agreement
+
+    def checkpoint(**options):
+        return {"config": {"method_config": {"classifier": "fecam", "backbone": "resnet18", **options}}}
+
+    files = ["t0/model.pt", "t1/model.pt"]
+    check_fecam_agreement([checkpoint(), checkpoint(fecam_tukey=0.5)], files)  # recorded or default: the same
+    with pytest.raises(io.ArtifactError, match=r"^t1/model.pt: config.method_config.fecam_tukey: expected 0.5 as "
+                                               r"t0/model.pt \(one FeCAM run\), found 0.25"):
+        check_fecam_agreement([checkpoint(), checkpoint(fecam_tukey=0.25)], files)
+    with pytest.raises(io.ArtifactError, match="fecam_shrink_times: expected 2 "):
+        check_fecam_agreement([checkpoint(), checkpoint(fecam_shrink_times=1)], files)
+
+
 # --- a tiny run: CLI ---------------------------------------------------------------------------------------------
 
 def _train_steps(project: Path) -> dict:

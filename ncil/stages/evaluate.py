@@ -100,6 +100,28 @@ def check_statistics_use(checkpoint: dict, statistics_given: bool, ckpt_file: st
                             f"{checkpoint['config']['method_config'].get('classifier', 'head')}")
 
 
+FECAM_FIELDS = ("fecam_tukey", "fecam_shrink_times")  # what the statistics and the classifier depend on
+
+
+def check_fecam_agreement(checkpoints: list[dict], files: list[str]) -> None:
+    """Refuse a FeCAM run whose checkpoints disagree on the FeCAM options (pure; names the file and the field).
+
+    Task 0 is shared and is not retrained when only a method option changes, so after an edit of ``fecam_tukey``
+    or ``fecam_shrink_times`` task 0 could hold statistics of the old value and tasks t >= 1 of the new one.
+    """
+    from ncil.learning.prediction import fecam_settings
+    from ncil.pipeline.io import ArtifactError
+
+    first = fecam_settings(checkpoints[0])
+    for checkpoint, path in zip(checkpoints[1:], files[1:]):
+        found = fecam_settings(checkpoint)
+        for field in FECAM_FIELDS:
+            if getattr(found, field) != getattr(first, field):
+                raise ArtifactError(f"{path}: config.method_config.{field}: expected {getattr(first, field)!r} as "
+                                    f"{files[0]} (one FeCAM run), found {getattr(found, field)!r}: retrain the "
+                                    "run's task 0 (its base recipe) or every later task with one value")
+
+
 def accuracy(columns: dict) -> float:
     return 100.0 * (columns["prediction"] == columns["label"]).mean()
 
@@ -117,7 +139,7 @@ def run(args: Args) -> None:
     io.ensure_writable(*args.out)
     log = logger()
     stats_files = list(args.statistics) or [None] * len(args.checkpoints)
-    statistics = []
+    statistics, checkpoints = [], []
     for task, (ckpt_path, stats_path) in enumerate(zip(args.checkpoints, stats_files)):
         # every checkpoint (and its statistics) checked before any output is written
         ckpt = io.load_checkpoint(ckpt_path, statistics_file=stats_path)
@@ -125,6 +147,9 @@ def run(args: Args) -> None:
         check_statistics_use(ckpt, stats_path is not None, ckpt_path)
         if stats_path is not None:
             statistics.append(check_task_statistics(io.read_statistics(stats_path), task, split, stats_path))
+            checkpoints.append({"config": ckpt["config"]})
+    if statistics:
+        check_fecam_agreement(checkpoints, list(args.checkpoints))
     io.remove_outputs(*args.out)  # an interrupted run leaves fewer tables than tasks, which summarize refuses
     test = load_split(p.dataset.name, args.data_split)
     for task, (ckpt_path, out) in enumerate(zip(args.checkpoints, args.out)):
