@@ -65,7 +65,8 @@ if CUDA_REFUSAL:
 
 onstart:
     if CUDA_REFUSAL and workflow.local_exec and any(
-        job.rule.name in ("train_base", "train", "train_base_memory", "train_memory", "evaluate") for job in workflow.dag.needrun_jobs()):
+        job.rule.name in ("train_base", "train", "train_base_memory", "train_memory", "train_base_statistics",
+                          "train_statistics", "evaluate", "evaluate_statistics") for job in workflow.dag.needrun_jobs()):
         print(f"error: {CUDA_REFUSAL}", file=sys.stderr)
         sys.exit(2)
 
@@ -152,6 +153,11 @@ COSTS = [paths.cost_table_file(FOLDER)]
 _REHEARSAL = [run for _, cfg in GRID_OF.values() for run in experiment_grid.runs(cfg) if run.rehearsal]
 REHEARSAL_METHODS = "|".join(re.escape(m) for m in sorted({r.method for r in _REHEARSAL})) or "(?!)"
 REHEARSAL_RECIPES = "|".join(re.escape(m) for m in sorted({r.base_recipe for r in _REHEARSAL})) or "(?!)"
+# The FeCAM methods and base recipes (classifier fecam, docs/efcil.md): the only wildcard values rules
+# train_base_statistics, train_statistics and evaluate_statistics match.
+_FECAM = [run for _, cfg in GRID_OF.values() for run in experiment_grid.runs(cfg) if run.fecam]
+FECAM_METHODS = "|".join(re.escape(m) for m in sorted({r.method for r in _FECAM})) or "(?!)"
+FECAM_RECIPES = "|".join(re.escape(m) for m in sorted({r.base_recipe for r in _FECAM})) or "(?!)"
 
 
 # Jobs build files of the grids above only (params.yaml's and grids/*/params.yaml's): `grid` is a grid's folder
@@ -409,6 +415,12 @@ def run_checkpoints(wildcards):
     """Checkpoints after tasks 0..T-1 of this run, in task order (task 0: the shared base task)."""
     run = this_run(wildcards)
     return [run.checkpoint(t) for t in range(run.n_tasks)]
+
+
+def run_statistics(wildcards):
+    """A FeCAM run's class statistics of tasks 0..T-1, in task order (rule evaluate_statistics)."""
+    run = this_run(wildcards)
+    return [run.statistics(t) for t in range(run.n_tasks)]
 
 
 def run_evals(wildcards):

@@ -65,7 +65,8 @@ def test_profile_partitions_when_filled_in(tmp_path):
     assert cfg["slurm-keep-successful-logs"] is True and cfg["slurm-logdir"] == "logs/slurm"
     assert 'slurm_partition="cpu"' in cfg["default-resources"]
     assert {rule: v["slurm_partition"] for rule, v in cfg["set-resources"].items()} == {
-        "train_base": "gpu", "train": "gpu", "evaluate": "gpu", "train_base_memory": "gpu", "train_memory": "gpu"}
+        "train_base": "gpu", "train": "gpu", "evaluate": "gpu", "train_base_memory": "gpu", "train_memory": "gpu",
+        "train_base_statistics": "gpu", "train_statistics": "gpu", "evaluate_statistics": "gpu"}
     assert {"prepare=setup", "split=setup", "summarize=report"} <= set(cfg["groups"])
 
 

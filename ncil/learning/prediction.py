@@ -8,8 +8,9 @@ import torch
 from ncil.data import arrays
 from ncil.data.scenario import remap_labels
 from ncil.learning import runtime
-from ncil.models.network import load_network
-from ncil.pipeline.config import ModelConfig, Params, parse_section, resolve_precision
+from ncil.methods import fecam
+from ncil.models.network import IncrementalNet, load_network
+from ncil.pipeline.config import MethodConfig, ModelConfig, Params, parse_section, resolve_precision
 
 
 @torch.no_grad()
@@ -36,8 +37,12 @@ def predict(net, images: np.ndarray, mean, std, batch_size: int, device: torch.d
     return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
 
 
-def evaluate_checkpoint(p: Params, checkpoint: dict, test_split: arrays.Split, tasks: list[list[int]]) -> dict:
+def evaluate_checkpoint(p: Params, checkpoint: dict, test_split: arrays.Split, tasks: list[list[int]],
+                        statistics: list[dict] | None = None) -> dict:
     """Predictions of one checkpoint on the test images of every class it has seen.
+
+    ``statistics``: FeCAM's (classifier fecam), those of tasks 0..t, read with ``ncil.pipeline.io.read_statistics``;
+    the prediction is then the Mahalanobis classifier's (``predict_fecam``), not the head's.
 
     Returns int columns: sample (row in the test split), label (incremental), original_label,
     label_task (the task that introduced the label) and prediction.
@@ -54,11 +59,64 @@ def evaluate_checkpoint(p: Params, checkpoint: dict, test_split: arrays.Split, t
     backbone = checkpoint.get("backbone", "vit")
     net = load_network(model_cfg, p.dataset.channels, checkpoint["model"], backbone).to(device)
     precision = resolve_precision(p.runtime.precision, device.type, checkpoint["config"].get("preset", "paper"))
+    if statistics is not None:
+        prediction = predict_fecam(net, images, p.dataset.mean, p.dataset.std, p.train.eval_batch_size, device,
+                                   statistics, fecam_settings(checkpoint), n_classes=len(seen))
+    else:
+        prediction = predict(net, images, p.dataset.mean, p.dataset.std, p.train.eval_batch_size, device,
+                             int(checkpoint.get("rotations", 1)), precision, n_classes=len(seen))
     return {
         "sample": rows,
         "label": labels,
         "original_label": test_split.labels[rows],
         "label_task": np.asarray([task_of[int(o)] for o in test_split.labels[rows]]),
-        "prediction": predict(net, images, p.dataset.mean, p.dataset.std, p.train.eval_batch_size, device,
-                              int(checkpoint.get("rotations", 1)), precision, n_classes=len(seen)),
+        "prediction": prediction,
     }
+
+
+# --- FeCAM (classifier fecam; docs/efcil.md): the statistics a task wrote (ncil.learning.fecam_training) ---
+
+def classifier_matrices(covariance: torch.Tensor, shrink_times: int) -> torch.Tensor:
+    """Stored covariances (C, D, D) -> the classifier's matrices (pure): ``shrink_times`` shrinkages, then the
+    correlation normalisation (``fecam.fecam_statistics`` from stored rather than raw features)."""
+    for _ in range(shrink_times):
+        covariance = fecam.shrink_covariance(covariance)
+    return fecam.normalize_covariance(covariance)
+
+
+def fecam_settings(checkpoint: dict) -> MethodConfig:
+    """The FeCAM options a checkpoint was trained with (its ``config.method_config``; unset = the default)."""
+    recorded = checkpoint["config"]["method_config"]
+    return MethodConfig(base_recipe=str(recorded.get("base_recipe", "")), classifier=recorded.get("classifier", "head"),
+                        backbone=recorded.get("backbone", "vit"),
+                        fecam_tukey=float(recorded.get("fecam_tukey", MethodConfig.fecam_tukey)),
+                        fecam_shrink_times=int(recorded.get("fecam_shrink_times", MethodConfig.fecam_shrink_times)))
+
+
+def uses_statistics(checkpoint: dict) -> bool:
+    """Whether a checkpoint classifies with FeCAM's statistics (its method's classifier is fecam)."""
+    return checkpoint["config"]["method_config"].get("classifier", "head") == "fecam"
+
+
+@torch.no_grad()
+def predict_fecam(net: IncrementalNet, images: np.ndarray, mean, std, batch_size: int, device: torch.device,
+                  statistics: list[dict], settings: MethodConfig, n_classes: int) -> np.ndarray:
+    """FeCAM's predictions (N,) (incremental labels) for uint8 images (N, H, W, C): the class of the smallest
+    Mahalanobis distance (``fecam.fecam_predict``) over the rows of ``statistics`` (every seen class once)."""
+    mean_rows = np.concatenate([s["mean"] for s in statistics])
+    cov_rows = np.concatenate([s["covariance"] for s in statistics])
+    class_ids = np.concatenate([s["class_id"] for s in statistics])
+    if sorted(class_ids.tolist()) != list(range(n_classes)):
+        raise ValueError(f"class statistics: expected class ids 0..{n_classes - 1} once each, got {sorted(class_ids.tolist())}")
+    order = np.argsort(class_ids)
+    prototypes = torch.from_numpy(mean_rows[order]).double()  # (C, D)
+    matrices = classifier_matrices(torch.from_numpy(cov_rows[order]).double(), settings.fecam_shrink_times)
+    inverse = torch.linalg.pinv(matrices)  # (C, D, D), once for every batch
+    net.eval()
+    preds = []
+    for start in range(0, len(images), batch_size):
+        x = arrays.to_tensor(images[start : start + batch_size], mean, std).to(device)  # (b, C, H, W)
+        features, _ = net.backbone(x)  # (b, D)
+        preds.append(fecam.fecam_predict(features.double().cpu(), prototypes, matrices, lam=settings.fecam_tukey,
+                                         inverse=inverse))
+    return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)

@@ -152,6 +152,9 @@ def train_task(
     memory rows). Any other method is refused a memory (``check_memory_use``): it never sees an old image.
     """
     check_memory_use(job, previous_memory)
+    if job.method.classifier == "fecam" and job.task > 0:
+        raise ValueError(f"method {job.method_name}: FeCAM trains nothing after task 0 (frozen backbone): task "
+                         f"{job.task} is ncil.learning.fecam_training.frozen_task")
     if job.method.backbone == "dytox":
         from ncil.learning.dytox_training import train_dytox_task
 

@@ -129,19 +129,23 @@ def fecam_statistics(features: torch.Tensor, labels: torch.Tensor, classes, *, l
     return means, covs
 
 
-def mahalanobis(x: torch.Tensor, means: torch.Tensor, covs: torch.Tensor) -> torch.Tensor:
-    """Squared Mahalanobis distances (N, C) of x (N, D) to C Gaussians: (x - mu_c)^T pinv(Sigma_c) (x - mu_c)."""
+def mahalanobis(x: torch.Tensor, means: torch.Tensor, covs: torch.Tensor, *,
+                inverse: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared Mahalanobis distances (N, C) of x (N, D) to C Gaussians: (x - mu_c)^T pinv(Sigma_c) (x - mu_c).
+
+    ``inverse``: ``torch.linalg.pinv(covs)`` computed once by the caller (evaluation in batches), else here.
+    """
     if x.ndim != 2 or means.ndim != 2 or covs.shape != (means.shape[0], means.shape[1], means.shape[1]) \
             or x.shape[1] != means.shape[1]:
         raise ValueError(f"expected x (N, D), means (C, D), covs (C, D, D); got {tuple(x.shape)}, "
                          f"{tuple(means.shape)}, {tuple(covs.shape)}")
-    inv = torch.linalg.pinv(covs)  # (C, D, D); pinv as the released code
+    inv = torch.linalg.pinv(covs) if inverse is None else inverse  # (C, D, D); pinv as the released code
     diff = x[:, None, :] - means[None, :, :]  # (N, C, D)
     return torch.einsum("ncd,cde,nce->nc", diff, inv, diff)
 
 
 def fecam_distances(x: torch.Tensor, prototypes: torch.Tensor, covs: torch.Tensor, *,
-                    lam: float | None = TUKEY_LAMBDA) -> torch.Tensor:
+                    lam: float | None = TUKEY_LAMBDA, inverse: torch.Tensor | None = None) -> torch.Tensor:
     """FeCAM's test-time distances (N, C) of raw features x (N, D), as the released ``_eval_maha``.
 
     x -> x / (||x|| + 1e-8) -> tukey -> L2-normalised; prototype -> tukey -> L2-normalised; then
@@ -152,10 +156,10 @@ def fecam_distances(x: torch.Tensor, prototypes: torch.Tensor, covs: torch.Tenso
     p = prototypes
     if lam is not None:
         x, p = tukey(x, lam), tukey(p, lam)
-    return mahalanobis(F.normalize(x, dim=1), F.normalize(p, dim=1), covs)
+    return mahalanobis(F.normalize(x, dim=1), F.normalize(p, dim=1), covs, inverse=inverse)
 
 
 def fecam_predict(x: torch.Tensor, prototypes: torch.Tensor, covs: torch.Tensor, *,
-                  lam: float | None = TUKEY_LAMBDA) -> torch.Tensor:
+                  lam: float | None = TUKEY_LAMBDA, inverse: torch.Tensor | None = None) -> torch.Tensor:
     """Index (N,) of the class of the smallest FeCAM distance (the first on ties)."""
-    return fecam_distances(x, prototypes, covs, lam=lam).argmin(1)
+    return fecam_distances(x, prototypes, covs, lam=lam, inverse=inverse).argmin(1)

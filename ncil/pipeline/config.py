@@ -140,6 +140,10 @@ class MethodConfig:
     warmup_epochs: int = 0  # epochs of linear warm-up from warmup_lr to train.lr at the start of every task
     warmup_lr: float = 0.0  # the learning rate of epoch 0 when warmup_epochs > 0
     min_lr: float = 0.0  # where the cosine ends (reached after train.epochs epochs)
+    # --- FeCAM (issue 25; docs/efcil.md): backbone resnet18, trained on task 0 only, frozen after ---
+    classifier: str = "head"  # head (argmax of the head's logits) or fecam (Mahalanobis to per-class statistics)
+    fecam_tukey: float = 0.5  # lambda of Tukey's ladder on the frozen features (FeCAM: 0.5; 0 = log)
+    fecam_shrink_times: int = 2  # covariance shrinkages before the correlation normalisation (released: 2)
 
 
 # runtime.compile: false (eager), true (torch.compile), graphs (torch.compile mode reduce-overhead: CUDA graphs, CUDA only).
@@ -206,6 +210,7 @@ EXEMPLAR_RULES = ("icarl", "code")  # as ncil.methods.exemplars.RULES
 DYTOX_DISTILLATIONS = ("kd", "pks", "kd+pks")  # as ncil.methods.dytox.DISTILLATIONS
 DYTOX_OPTIMIZERS = ("adam", "adamw")  # method dytox_optimizer (ncil.learning.optim.dytox_recipe)
 CLS_PAIRINGS = ("same_token", "last")  # as ncil.methods.dytox.CLS_PAIRINGS
+CLASSIFIERS = ("head", "fecam")  # method classifier
 FORMS = ("paper", "official")  # method pks_form, pr_form, proto_aug_form
 TRAIN_IMAGES = ("train", "train_val")  # method train_images
 NUMERICS = ("native", "portable")  # runtime.numerics (ncil.learning.numerics)
@@ -213,7 +218,8 @@ CROP_FILLS = ("black", "mean")  # as ncil.data.augment.CROP_FILLS
 # Method fields that shape task 0: methods sharing a base recipe must agree on them.
 BASE_RECIPE_FIELDS = ("preset", "backbone", "rotation", "ce_temperature", "mixup_rounds", "contrastive",
                       "contrastive_temperature", "train_images", "exemplars_per_class", "exemplar_rule",
-                      "dytox_optimizer", "warmup_epochs", "warmup_lr", "min_lr")
+                      "dytox_optimizer", "warmup_epochs", "warmup_lr", "min_lr",
+                      "classifier", "fecam_tukey", "fecam_shrink_times")
 # Names of scenarios, methods and base recipes become folder names and Snakemake wildcard values.
 NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -499,6 +505,7 @@ def _validate(p: Params, source: str) -> None:
         _validate_preset_options(source, key, m)
         _validate_dytox_options(source, key, m)
         _validate_dytox_schedule(p, source, key, m)
+        _validate_fecam_options(source, key, m)
     _validate_grid_preset(p, source)
     # Methods of one base recipe share task 0 of every base split: its fields must agree there, the
     # contrastive weight as each split resolves it (method_for_split).
@@ -747,6 +754,34 @@ def _validate_dytox_schedule(p: Params, source: str, key: str, m: MethodConfig) 
             if lr and getattr(m, option) > lr:
                 raise _fail(source, f"{key}.{option}", f"expected at most train.{field_name} ({lr}), "
                                                        f"got {getattr(m, option)}")
+
+
+# Options only FeCAM reads (classifier fecam; ncil.learning.fecam_training), with their defaults; and the terms
+# of tasks t >= 1 that FeCAM cannot have (its backbone is frozen after task 0: nothing is trained there).
+FECAM_ONLY = {"fecam_tukey": 0.5, "fecam_shrink_times": 2}
+FECAM_FROZEN = {"feature_kd": 0.0, "proto_aug": 0.0, "pks": 0.0, "pr": 0.0, "train_on": "current", "preset": "paper"}
+
+
+def _validate_fecam_options(source: str, key: str, m: MethodConfig) -> None:
+    """FeCAM (docs/efcil.md): classifier fecam on backbone resnet18 (its ReLU features are non-negative, as the
+    Tukey transform needs), no incremental loss term, its options set only under classifier fecam."""
+    _choice(source, f"{key}.classifier", m.classifier, CLASSIFIERS)
+    if m.classifier != "fecam":
+        for option, default in FECAM_ONLY.items():
+            if getattr(m, option) != default:
+                raise _fail(source, f"{key}.{option}", f"only the FeCAM classifier uses it: expected {default!r} "
+                                                       f"with classifier {m.classifier}, got {getattr(m, option)!r}")
+        return
+    if m.backbone != "resnet18":
+        raise _fail(source, f"{key}.backbone", f"classifier fecam needs non-negative (ReLU) features: expected "
+                                               f"'resnet18', got {m.backbone!r}")
+    if m.fecam_tukey < 0:
+        raise _fail(source, f"{key}.fecam_tukey", f"expected a Tukey lambda >= 0 (0 = log), got {m.fecam_tukey}")
+    _at_least_zero(source, f"{key}.fecam_shrink_times", m.fecam_shrink_times, "a number of shrinkages")
+    for option, off in FECAM_FROZEN.items():
+        if getattr(m, option) != off:
+            raise _fail(source, f"{key}.{option}", f"FeCAM trains nothing after task 0 (frozen backbone): expected "
+                                                   f"{off!r}, got {getattr(m, option)!r}")
 
 
 def resolve_precision(requested: str, device_type: str, preset: str) -> str:

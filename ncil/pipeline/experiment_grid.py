@@ -57,6 +57,7 @@ class Run:
     n_tasks: int
     base_recipe: str
     rehearsal: bool = False  # the method keeps an exemplar memory (exemplars_per_class > 0: DyTox)
+    fecam: bool = False  # the method classifies with per-class statistics (classifier fecam; docs/efcil.md)
     grid: str = ""
 
     @property
@@ -87,6 +88,13 @@ class Run:
         if not self.rehearsal:
             raise ValueError(f"{self.run_id}: method {self.method} keeps no exemplars: its tasks have no memory")
         return paths.memory(self.folder, self.task_run_id(task), task)
+
+    def statistics(self, task: int) -> str:
+        """Task ``task``'s class statistics: an output of every task of a FeCAM run, read by its evaluation."""
+        if not self.fecam:
+            raise ValueError(f"{self.run_id}: method {self.method} does not classify with class statistics "
+                             "(classifier fecam): its tasks have none")
+        return paths.statistics(self.folder, self.task_run_id(task), task)
 
     def eval_file(self, task: int) -> str:
         return paths.eval_file(self.folder, self.run_id, task)
@@ -133,6 +141,7 @@ def runs(params: dict) -> list[Run]:
                 out.append(
                     Run(dataset, setting, method, int(seed), initial, increment, n_tasks, spec["base_recipe"],
                         rehearsal=int(spec.get("exemplars_per_class", 0)) > 0,
+                        fecam=spec.get("classifier", "head") == "fecam",
                         grid="" if folder == dataset else folder)
                 )
     return out

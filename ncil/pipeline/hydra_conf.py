@@ -156,7 +156,7 @@ def render_grid(name: str, overrides: list[str] | None = None) -> tuple[dict, st
     params_file = paths.grid_params(name)
     parse_params(data, source=f"conf/ with overrides {overrides}")
     check_own_folder(name, data, overrides[1:])
-    if name in paths.DIGITS_GRID_NAMES:  # a grid in a folder of its own, run as params.yaml: params.yaml only
+    if name in paths.EXTRA_GRID_NAMES:  # a grid in a folder of its own, run as params.yaml: params.yaml only
         header = HEADER.replace("`python -m ncil params`", f"`python -m ncil grid {name}`").replace(
             "edit conf/ or override.", f"edit conf/ or override.\n# Run it as the default grid: "
                                        f"python -m ncil params +experiment={name} && snakemake --cores N")
@@ -189,13 +189,13 @@ _FOLDERS: dict[str | None, str] = {}  # one composition per grid and process (`p
 
 def check_own_folder(name: str, data: dict, overrides: list[str] | None = None) -> None:
     """Refuse grid ``name`` (composed as ``data``) when its folder under runs/ and results/ is another grid's: the
-    default grid's or another named grid's (paths.GRID_NAMES, paths.DIGITS_GRID_NAMES), each composed from conf/.
+    default grid's or another named grid's (paths.GRID_NAMES, paths.EXTRA_GRID_NAMES), each composed from conf/.
     Two grids in one folder would write the same runs/ and results/ paths (experiment_grid.folder_collisions)."""
     from ncil.pipeline import paths
     from ncil.pipeline.config import ConfigError
     from ncil.pipeline.experiment_grid import folder_collisions, grid_folder
 
-    others = [n for n in (*paths.GRID_NAMES, *paths.DIGITS_GRID_NAMES) if n != name]
+    others = [n for n in (*paths.GRID_NAMES, *paths.EXTRA_GRID_NAMES) if n != name]
     folders = {DEFAULT_GRID: _composed_folder(None), **{f"grid {n} (conf/experiment/{n}.yaml)": _composed_folder(n)
                                                       for n in others}}
     mine = f"grid {name} (conf/experiment/{name}.yaml)"
@@ -212,6 +212,6 @@ def write_grid(name: str, overrides: list[str] | None = None) -> dict:
 
     data, params_text, dvc_text = render_grid(name, overrides)
     io.write_text(paths.grid_params(name), params_text)
-    if dvc_text:  # none for the default data set's grids (paths.DIGITS_GRID_NAMES)
+    if dvc_text:  # none for the default data set's grids (paths.EXTRA_GRID_NAMES)
         io.write_text(paths.grid_dvc_yaml(name), dvc_text)
     return data

@@ -28,6 +28,7 @@ import numpy as np
 CHECKPOINT_FORMAT = 2  # 2: content_sha256 and centers_sha256
 CENTERS_FORMAT = 1
 MEMORY_FORMAT = 1
+STATISTICS_FORMAT = 1
 EVAL_FORMAT = 1
 DATA_FORMAT = 1
 
@@ -522,14 +523,15 @@ def content_digest(payload) -> str:
 
 
 def save_checkpoint(path: str | Path, payload: dict, centers_file: str | Path | None = None,
-                    memory_file: str | Path | None = None) -> None:
+                    memory_file: str | Path | None = None, statistics_file: str | Path | None = None) -> None:
     """A plain dict of tensors and primitives, loadable with ``torch.load(weights_only=True)``.
 
     The payload carries ``content_sha256`` (``content_digest`` of everything else), checked by
     ``load_checkpoint``; with ``centers_file`` it also records that file's SHA-256, so a checkpoint
     and a class-centers table from different runs or writes are never taken as one task's outputs.
     ``memory_file`` (a rehearsal method's exemplar memory) is recorded the same way, as ``memory_sha256``;
-    a checkpoint without one has no such key.
+    a checkpoint without one has no such key. So is ``statistics_file`` (FeCAM's per-class statistics), as
+    ``statistics_sha256``.
     """
     import torch
 
@@ -538,6 +540,8 @@ def save_checkpoint(path: str | Path, payload: dict, centers_file: str | Path | 
         payload["centers_sha256"] = sha256_file(centers_file)
     if memory_file is not None:
         payload["memory_sha256"] = sha256_file(memory_file)
+    if statistics_file is not None:
+        payload["statistics_sha256"] = sha256_file(statistics_file)
     payload["content_sha256"] = content_digest(payload)
     buffer = BytesIO()  # saved in memory: torch names the archive after a file, and the temp name is random
     torch.save(payload, buffer)
@@ -545,8 +549,9 @@ def save_checkpoint(path: str | Path, payload: dict, centers_file: str | Path | 
 
 
 def load_checkpoint(path: str | Path, centers_file: str | Path | None = None,
-                    memory_file: str | Path | None = None) -> dict:
-    """Load and check a checkpoint: format, required keys, content hash (and its centers and memory files' hashes)."""
+                    memory_file: str | Path | None = None, statistics_file: str | Path | None = None) -> dict:
+    """Load and check a checkpoint: format, required keys, content hash (and its centers, memory and statistics
+    files' hashes)."""
     import torch
 
     path = _require(path, "checkpoint")
@@ -581,6 +586,16 @@ def load_checkpoint(path: str | Path, centers_file: str | Path | None = None,
             raise ArtifactError(f"{memory_file}: does not belong to {path} (the checkpoint records memory sha256 "
                                 f"{payload['memory_sha256']}, the file hashes to {found}): the exemplar memory was "
                                 "changed or corrupted after it was written, or the two come from different training jobs")
+    if statistics_file is not None:
+        found = sha256_file(_require(statistics_file, "class statistics"))
+        if "statistics_sha256" not in payload:
+            raise ArtifactError(f"{statistics_file}: {path} records no class statistics (its method's classifier is "
+                                "not fecam): the statistics do not belong to it")
+        if payload["statistics_sha256"] != found:
+            raise ArtifactError(f"{statistics_file}: does not belong to {path} (the checkpoint records statistics "
+                                f"sha256 {payload['statistics_sha256']}, the file hashes to {found}): the statistics "
+                                "were changed or corrupted after they were written, or the two come from different "
+                                "training jobs")
     return payload
 
 
@@ -829,6 +844,78 @@ def read_memory(path: str | Path) -> dict:
     if len(tasks) and (tasks[-1] > task or (np.diff(tasks) < 0).any()):
         _refuse(path, what, "task", f"expected non-decreasing tasks up to the producing task {task}")
     return {**out, "producing_task": task, "per_class": per_class}
+
+
+STATISTICS_COLUMNS = ("class_id", "original_class", "task", "n_samples", "mean", "covariance")
+
+
+def write_statistics(path: str | Path, rows: dict, task: int, feature_dim: int) -> None:
+    """FeCAM's per-class statistics of the classes task ``task`` introduced (docs/efcil.md): one row per class.
+
+    ``rows`` holds equal-length sequences ``class_id`` (label after the class-order remap), ``original_class``,
+    ``task`` (all ``task``: a file holds its own task's classes only; the frozen backbone never moves old ones),
+    ``n_samples``, ``mean`` ((n, D): the mean raw feature) and ``covariance`` ((n, D, D): the unbiased covariance of
+    the Tukey-transformed features, before shrinkage). Both float32, the covariance flattened row-major into a
+    fixed-size list of D*D values. Schema metadata: ``ncil.task``, ``ncil.feature_dim``.
+    """
+    import pyarrow as pa
+
+    mean = np.asarray(rows["mean"], dtype=np.float32)
+    cov = np.asarray(rows["covariance"], dtype=np.float32)
+    n = len(rows["class_id"])
+    if mean.shape != (n, feature_dim) or cov.shape != (n, feature_dim, feature_dim):
+        raise ValueError(f"mean, covariance: expected shapes ({n}, {feature_dim}) and ({n}, {feature_dim}, "
+                         f"{feature_dim}), got {mean.shape} and {cov.shape}")
+    types = {"class_id": pa.int32(), "original_class": pa.int32(), "task": pa.int32(), "n_samples": pa.int64(),
+             "mean": pa.list_(pa.float32(), feature_dim), "covariance": pa.list_(pa.float32(), feature_dim ** 2)}
+    schema = pa.schema(list(types.items()), metadata={"ncil.format_version": str(STATISTICS_FORMAT),
+                                                      "ncil.task": str(task), "ncil.feature_dim": str(feature_dim)})
+    columns = [pa.array(np.asarray(rows[name]), type=types[name]) for name in STATISTICS_COLUMNS[:4]]
+    columns += [pa.FixedSizeListArray.from_arrays(pa.array(mean.reshape(-1), type=pa.float32()), feature_dim),
+                pa.FixedSizeListArray.from_arrays(pa.array(cov.reshape(-1), type=pa.float32()), feature_dim ** 2)]
+    _write_table(path, pa.table(columns, schema=schema))
+
+
+def read_statistics(path: str | Path) -> dict:
+    """FeCAM's class statistics as numpy arrays (``mean`` (n, D), ``covariance`` (n, D, D)), plus
+    ``producing_task`` and ``feature_dim``.
+
+    Checked beyond decoding (``_read_table``: the footer statistics): list sizes against ``ncil.feature_dim``,
+    distinct non-negative class ids and original classes, every row of the producing task, at least two samples
+    per class (an unbiased covariance), finite values and symmetric covariances with a non-negative diagonal.
+    """
+    import pyarrow as pa
+
+    what = "class statistics"
+    integer, fixed = pa.types.is_integer, pa.types.is_fixed_size_list
+    table = _read_table(path, what, {"class_id": integer, "original_class": integer, "task": integer,
+                                     "n_samples": integer, "mean": fixed, "covariance": fixed}, STATISTICS_FORMAT)
+    path = Path(path)
+    dim, task = _metadata_int(path, table, "ncil.feature_dim"), _metadata_int(path, table, "ncil.task")
+    for name, size in (("mean", dim), ("covariance", dim * dim)):
+        if table.schema.field(name).type.list_size != size:
+            _refuse(path, what, name, f"{table.schema.field(name).type.list_size} values per row, expected {size} "
+                                      f"(ncil.feature_dim {dim})")
+    n = len(table)
+    values = {name: table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+              for name in ("mean", "covariance")}
+    out = {name: table.column(name).to_numpy().astype(np.int64) for name in STATISTICS_COLUMNS[:4]}
+    out.update(mean=values["mean"].reshape(n, dim), covariance=values["covariance"].reshape(n, dim, dim),
+               producing_task=task, feature_dim=dim)
+    for column in ("class_id", "original_class"):
+        if len(np.unique(out[column])) != n or (out[column] < 0).any():
+            _refuse(path, what, column, "expected distinct non-negative values")
+    if (out["task"] != task).any():
+        _refuse(path, what, "task", f"expected every row of the producing task {task}")
+    if (out["n_samples"] < 2).any():
+        _refuse(path, what, "n_samples", "expected at least two samples per class (an unbiased covariance)")
+    for name in ("mean", "covariance"):
+        if not np.isfinite(out[name]).all():
+            _refuse(path, what, name, "expected finite values")
+    cov = out["covariance"]
+    if not np.array_equal(cov, cov.transpose(0, 2, 1)) or (np.diagonal(cov, axis1=1, axis2=2) < 0).any():
+        _refuse(path, what, "covariance", "expected symmetric matrices with a non-negative diagonal")
+    return out
 
 
 def write_predictions(path: str | Path, columns: dict, task: int) -> None:

@@ -7,6 +7,7 @@ Layout (all paths relative to the repository root):
     runs/<grid>/<run_id>/task_<t>/model.pt            checkpoint after task t (DVC cache)
     runs/<grid>/<run_id>/task_<t>/centers.parquet     class centers after task t (DVC cache)
     runs/<grid>/<run_id>/task_<t>/memory.parquet      exemplar memory after task t: rehearsal methods only (DVC cache)
+    runs/<grid>/<run_id>/task_<t>/statistics.parquet  FeCAM: task t's classes' mean and covariance (DVC cache)
     results/<grid>/<setting>/<method>/seed<s>/eval/task_<t>.parquet   per-task predictions (git)
     results/<grid>/<setting>/<method>/seed<s>/metrics.json            summary (git, DVC metric)
     results/tables/<grid>_results.{md,csv}                            results table (git)
@@ -33,16 +34,17 @@ GRIDS_ROOT = "grids"
 # The paper's data sets: each has a Hydra experiment conf/experiment/<name>.yaml composed into
 # grids/<name>/params.yaml (`python -m ncil grid <name>`) and a Snakemake target of the same name.
 GRID_NAMES = ("cifar100", "tinyimagenet", "imagenet_subset")
-# Grids with methods kept out of a data set's grid (Table 4's DyTox on the digits and on CIFAR-100): a committed
+# Grids with methods kept out of a data set's grid (Table 4's DyTox on the digits and on CIFAR-100, issue 25's FeCAM): a
 # grids/<name>/params.yaml from conf/experiment/<name>.yaml, run by composing it into params.yaml
 # (`python -m ncil params +experiment=<name>`). Each has its own folder (top-level `grid: <name>`: runs/<name>/,
 # results/<name>/, its own results table, figures and costs) and shares the data set's data/<dataset>/; no dvc.yaml
 # or Snakemake target of its own.
-DIGITS_GRID_NAMES = ("digits_dytox", "cifar100_dytox")
+EXTRA_GRID_NAMES = ("digits_dytox", "digits_efcil", "cifar100_dytox")
 
 CHECKPOINT_NAME = "model.pt"
 CENTERS_NAME = "centers.parquet"
 MEMORY_NAME = "memory.parquet"  # the exemplar memory of a rehearsal method (DyTox, exemplars_per_class > 0)
+STATISTICS_NAME = "statistics.parquet"  # FeCAM's per-class statistics (classifier fecam; docs/efcil.md)
 MANIFEST_NAME = "manifest.json"
 DATA_SPLITS = ("train", "val", "test")
 
@@ -98,6 +100,11 @@ def centers(dataset: str, run: str, task: int) -> str:
 def memory(dataset: str, run: str, task: int) -> str:
     """The training images a rehearsal method keeps after task ``task`` (never written by a NECIL method)."""
     return f"{task_dir(dataset, run, task)}/{MEMORY_NAME}"
+
+
+def statistics(dataset: str, run: str, task: int) -> str:
+    """FeCAM's statistics of the classes task ``task`` introduced (classifier fecam only)."""
+    return f"{task_dir(dataset, run, task)}/{STATISTICS_NAME}"
 
 
 def result_dir(dataset: str, run: str) -> str:

@@ -157,6 +157,9 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True, r
         if run.rehearsal:
             outs["memory"] = run.memory(t)
             cmd += ["--memory", outs["memory"]]
+        if run.fecam:  # FeCAM: the statistics of the task's classes, beside the checkpoint and centers
+            outs["statistics"] = run.statistics(t)
+            cmd += ["--statistics", outs["statistics"]]
         cmd += ["--log", log]
         keys = param_keys("train", params, run.method if t > 0 else None)
         out.append(Step(
@@ -172,11 +175,13 @@ def steps(params: dict, params_file: str = "params.yaml", report: bool = True, r
         evals = [run.eval_file(t) for t in range(run.n_tasks)]
         eval_dir = evals[0].rsplit("/", 1)[0]
         log = paths.log_file("evaluate", tag)
+        statistics = [run.statistics(t) for t in range(run.n_tasks)] if run.fecam else []
         out.append(Step(
             name=stage_name("evaluate", folder, run.run_id), kind="evaluate",
-            cmd=("evaluate", *p, "--split", run.split_file, "--checkpoints", *checkpoints, "--out", *evals,
-                 "--log", log),
-            deps={"manifest": manifest, "split": run.split_file, **{f"checkpoint{t}": c for t, c in enumerate(checkpoints)}},
+            cmd=("evaluate", *p, "--split", run.split_file, "--checkpoints", *checkpoints,
+                 *(("--statistics", *statistics) if statistics else ()), "--out", *evals, "--log", log),
+            deps={"manifest": manifest, "split": run.split_file, **{f"checkpoint{t}": c for t, c in enumerate(checkpoints)},
+                  **{f"statistics{t}": s for t, s in enumerate(statistics)}},
             outs={"evals": eval_dir}, params=param_keys("evaluate", params), log=log,
             benchmark=paths.benchmark_file("evaluate", tag), cached=False, out_dirs=(eval_dir,),
         ))

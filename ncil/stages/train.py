@@ -41,6 +41,7 @@ class Args:
     centers: str
     prev_memory: str | None = None
     memory: str | None = None
+    statistics: str | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--centers", required=True)
     parser.add_argument("--prev-memory", help="task t-1's exemplar memory (rehearsal methods only, tasks t >= 1)")
     parser.add_argument("--memory", help="this task's exemplar memory (rehearsal methods only: exemplars_per_class > 0)")
+    parser.add_argument("--statistics", help="this task's classes' mean and covariance (classifier fecam only)")
 
 
 def check_paths(args: Args) -> None:
@@ -67,7 +69,8 @@ def check_paths(args: Args) -> None:
     if args.task > 0 and not (args.prev_checkpoint and args.prev_centers):
         raise cli.UsageError("tasks after the first need --prev-checkpoint and --prev-centers")
     cli.refuse_overlap(
-        {"--checkpoint": args.checkpoint, "--centers": args.centers, "--memory": args.memory, "--log": args.log},
+        {"--checkpoint": args.checkpoint, "--centers": args.centers, "--memory": args.memory,
+         "--statistics": args.statistics, "--log": args.log},
         {"--params": args.params, "--split": args.split, "--prev-checkpoint": args.prev_checkpoint,
          "--prev-centers": args.prev_centers, "--prev-memory": args.prev_memory},
     )
@@ -89,6 +92,17 @@ def check_memory_flags(args: Args, method, params_file: str) -> None:
     if args.task > 0 and not args.prev_memory:
         raise cli.UsageError(f"--prev-memory: task {args.task} of --method {args.method} trains on task "
                              f"{args.task - 1}'s exemplar memory: name it")
+
+
+def check_statistics_flag(args: Args, method, params_file: str) -> None:
+    """``--statistics`` against the method (pure): every task of a FeCAM method (classifier fecam) writes its
+    classes' statistics; any other method writes none."""
+    if method.classifier == "fecam" and not args.statistics:
+        raise cli.UsageError(f"--statistics: --method {args.method} classifies with class statistics (classifier "
+                             f"fecam in {params_file}): name the file task {args.task}'s statistics are written to")
+    if method.classifier != "fecam" and args.statistics:
+        raise cli.UsageError(f"--statistics: --method {args.method} has classifier {method.classifier} "
+                             f"({params_file}): it writes no class statistics")
 
 
 def resolve_method(p, args: Args, params_file: str):
@@ -228,6 +242,7 @@ def run(args: Args) -> None:
         raise cli.UsageError(f"--task {args.task}: {args.split} has only {len(split['tasks'])} tasks")
     method = resolve_method(p, args, args.params)
     check_memory_flags(args, method, args.params)
+    check_statistics_flag(args, method, args.params)
     if method.contrastive_by_scenario:  # per-setting lambda_con (method-spec 4.8); paper methods have none
         from ncil.pipeline.config import method_for_split
 
@@ -262,7 +277,8 @@ def _train(args: Args, p, split: dict, method, job, log, flag) -> None:
         previous_centers = io.read_centers(args.prev_centers)
         if args.prev_memory:
             previous_memory = io.read_memory(args.prev_memory)
-    outputs = [args.checkpoint, args.centers, *([args.memory] if args.memory else [])]
+    outputs = [args.checkpoint, args.centers, *([args.memory] if args.memory else []),
+               *([args.statistics] if args.statistics else [])]
     io.ensure_writable(*outputs)  # before the data loads and the training starts
 
     # The resumable state: checked whole and against this job (params, split, data, code) before the data loads.
@@ -292,22 +308,34 @@ def _train(args: Args, p, split: dict, method, job, log, flag) -> None:
     train_data = load_split(p.dataset.name, "train")
     if method.train_images == "train_val":  # the released code trains on both (method-spec 8)
         train_data = with_validation(train_data, load_split(p.dataset.name, "val"))
+    statistics = None
     try:
-        if method.exemplars_per_class:
+        if method.classifier == "fecam" and args.task > 0:  # FeCAM: frozen backbone, nothing trained
+            from ncil.learning.fecam_training import frozen_task
+
+            payload, centers, statistics = frozen_task(p, job, train_data, previous, previous_centers, log)
+        elif method.exemplars_per_class:
             payload, centers, memory = train_task(p, job, train_data, previous, previous_centers, log, plan,
                                                   previous_memory=previous_memory)
         else:
             payload, centers = train_task(p, job, train_data, previous, previous_centers, log, plan)
+            if method.classifier == "fecam":  # task 0 of FeCAM: its classes' statistics under the trained backbone
+                from ncil.learning.fecam_training import task_statistics
+
+                statistics = task_statistics(p, job, train_data, payload)
     except resume.Preempted as stop:
         tell(log, stop_line(stop, flag, state_file))
         raise SystemExit(flag.exit_status) from None
-    # The checkpoint goes last and records the centers' (and the memory's) hash: a job killed between the
+    # The checkpoint goes last and records the centers' (and the memory's, the statistics') hash: a job killed between the
     # writes leaves no checkpoint, so the outputs never look complete with old and new files side by side.
     Path(args.checkpoint).unlink(missing_ok=True)
     io.write_centers(args.centers, centers, task=args.task, feature_dim=centers["center"].shape[1])
     if method.exemplars_per_class:
         io.write_memory(args.memory, memory, task=args.task, per_class=method.exemplars_per_class)
-    io.save_checkpoint(args.checkpoint, payload, centers_file=args.centers, memory_file=args.memory)
+    if statistics is not None:
+        io.write_statistics(args.statistics, statistics, task=args.task, feature_dim=statistics["mean"].shape[1])
+    io.save_checkpoint(args.checkpoint, payload, centers_file=args.centers, memory_file=args.memory,
+                       statistics_file=args.statistics)
     io.write_json(platform_path(args.checkpoint),
                   platform_sidecar(here, args.checkpoint, io.sha256_file(args.checkpoint), earlier))
     resume.remove(state_file)  # the task is complete: its outputs supersede the state

@@ -20,12 +20,14 @@ class Args:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ncil.pipeline import paths
+
     cli.add_log(parser)
-    parser.add_argument("name", nargs="?", choices=("cifar100", "tinyimagenet", "imagenet_subset", "digits_dytox",
-                                                    "cifar100_dytox"),
-                        help="a paper data set's grid, or digits_dytox / cifar100_dytox (Table 4's DyTox methods on the "
-                             "digits / CIFAR-100, each in its own folder; params.yaml only); default: all. A grid whose "
-                             "folder (top-level `grid`, default the data set's name) is another grid's is refused")
+    parser.add_argument("name", nargs="?", choices=(*paths.GRID_NAMES, *paths.EXTRA_GRID_NAMES),
+                        help="a paper data set's grid, or a grid in its own folder (params.yaml only): digits_dytox "
+                             "and cifar100_dytox (Table 4's DyTox methods), digits_efcil (issue 25's exemplar-free "
+                             "methods); default: all. A grid whose folder (top-level `grid`, default the data set's "
+                             "name) is another grid's is refused")
     parser.add_argument("override", nargs="*", help="Hydra overrides after +experiment=<name>, e.g. +smoke=cpu")
     parser.add_argument("--check", action="store_true", help="fail if a grid file differs from conf/ instead of writing")
 
@@ -55,7 +57,7 @@ def run(args: Args) -> None:
     from ncil.pipeline.hydra_conf import write_grid
     from ncil.pipeline.progress import say
 
-    names = [args.name] if args.name else [*paths.GRID_NAMES, *paths.DIGITS_GRID_NAMES]
+    names = [args.name] if args.name else [*paths.GRID_NAMES, *paths.EXTRA_GRID_NAMES]
     if args.check:
         stale = stale_files(names, list(args.override))
         if stale:
@@ -63,7 +65,7 @@ def run(args: Args) -> None:
         return
     for name in names:
         data = write_grid(name, list(args.override))
-        if name in paths.DIGITS_GRID_NAMES:
+        if name in paths.EXTRA_GRID_NAMES:
             say(f"wrote {paths.grid_params(name)}: {len(data['scenario'])} settings x {len(data['method'])} methods x "
                 f"{len(data['seeds'])} seeds in runs/{grid_folder(data)}/, results/{grid_folder(data)}/; run: "
                 f"python -m ncil params +experiment={name} && snakemake --cores N")
