@@ -143,7 +143,7 @@ for _name, (_, _cfg) in GRIDS.items():
 # An extra grid with its own folder (experiment_grid.own_folder: DyTox on the digits) does not assemble the paper's
 # tables, which are the data set's grid's: its default target then writes only its own folder's files.
 REPORT = ([] if experiment_grid.own_folder(config) else
-          PAPER_TABLES_MD + PAPER_TABLES_CSV + list(paths.paper_table_files("table4"))) + figure_files(config)
+          PAPER_TABLES_MD + PAPER_TABLES_CSV + [f for t in paths.UNSECTIONED_TABLES for f in paths.paper_table_files(t)]) + figure_files(config)
 # The cost summary (Snakemake only: from the benchmark files Snakemake writes; not a DVC stage).
 COSTS = [paths.cost_table_file(FOLDER)]
 

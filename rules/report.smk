@@ -105,7 +105,8 @@ rule paper_sections:
 rule paper_tables:
     """The paper's Tables 1, 2, 3 and 5 from every data set's sections present (PAPER_SECTIONS: this
     grid's and the committed ones of other data sets; the paper's values beside), and Table 4 (DyTox,
-    which no grid runs: the paper's values, ours "not run"). Committed files every grid shares: a
+    which no grid runs: the paper's values, ours "not run") and the exemplar-free benchmark table (issue 25:
+    the quoted values, ours "not run"). Committed files every grid shares: a
     failing job leaves them as they were (``committed``), never deleted."""
     input:
         sections=PAPER_SECTIONS,
@@ -122,6 +123,8 @@ rule paper_tables:
         table5_csv=committed(paths.paper_table_files("table5")[1]),
         table4_md=committed(paths.paper_table_files("table4")[0]),  # DyTox: the paper's values, ours "not run"
         table4_csv=committed(paths.paper_table_files("table4")[1]),
+        efcil_md=paper_table("efcil_benchmark"),  # exemplar-free methods (issue 25): paper values, ours "not run"
+        efcil_csv=committed(paths.paper_table_files("efcil_benchmark")[1]),
     params:
         code=fingerprint("paper-tables"),
         params_file=PARAMS_FILE,

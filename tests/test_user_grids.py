@@ -15,7 +15,7 @@ from ncil.pipeline import paths
 from tests.conftest import ROOT, copy_project, ncil, run
 from tests.data_fixtures import write_folder
 
-SHARED_TABLES = [f for t in (*paths.PAPER_TABLES, "table4") for f in paths.paper_table_files(t)]
+SHARED_TABLES = [f for t in (*paths.PAPER_TABLES, *paths.UNSECTIONED_TABLES) for f in paths.paper_table_files(t)]
 
 
 def snakemake(project: Path, *args: str, check: bool = False):

@@ -45,7 +45,7 @@ def copy(reported, tmp_path):
 def test_untouched_results_verify_and_cli_exits_zero(copy):
     root, params = copy
     checked = recompute.verify(root, params, log=lambda *_: None)
-    assert checked["metrics"] >= 1 and checked["tables"] == 18 and checked["figures"] >= 1 and checked["readme"] == 1
+    assert checked["metrics"] >= 1 and checked["tables"] == 22 and checked["figures"] >= 1 and checked["readme"] == 1
     proc = ncil(["verify"], root)
     assert "every reported number matches" in proc.stdout
 
@@ -80,6 +80,23 @@ def test_tampered_markdown_cell_is_named(copy):
         recompute.verify(root, params, log=lambda *_: None)
     e = err.value
     assert e.file.endswith("table1.md") and "Fine-tuning" in e.row and e.column.endswith("Avg") and e.found.startswith("99.99")
+
+
+@pytest.mark.parametrize("name, old, new, column", [
+    ("efcil_benchmark.md", "| FeCAM (`fecam`) | 70.90 [1] |", "| FeCAM (`fecam`) | 71.90 [1] |", "Avg paper"),
+    ("efcil_benchmark.csv", "sample-weighted,70.9000,", "sample-weighted,70.8000,", "paper"),
+    ("efcil_benchmark.md", "| LDC (`ldc`) | - | not run |", "| LDC (`ldc`) | - | 50.00 ± 0.00 (1) |",
+     "Avg ours, sample-weighted"),
+])
+def test_an_edited_efcil_benchmark_cell_is_named(copy, name, old, new, column):
+    root, params = copy
+    path = root / "results/tables" / name
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(recompute.Mismatch) as err:
+        recompute.verify(root, params, log=lambda *_: None)
+    assert err.value.file.endswith(name) and err.value.column == column
 
 
 def test_tampered_metrics_json_is_named(copy):

@@ -167,14 +167,8 @@ def train_dytox_task(p: Params, job, train_split: arrays.Split, previous: dict |
         progress = EpochProgress(logger, f"task {job.task} {phase}", recipe.epochs, steps)
         history, start = list(earlier), resume.Position(0, 0)
         if state is not None:
-            resume.check_position(plan.path, state, recipe.epochs, steps)
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None:
-                scheduler.load_state_dict(state["scheduler"])
-            history = resume.interned_history(state["history"])
-            resume.restore_random(state["random"], generator, device)
-            start = resume.Position(state["epoch"], state["step"])
+            history, start = resume.restore(plan, state, net, optimizer, scheduler, generator, device, recipe.epochs,
+                                            steps)
             logger.info("task %d: resuming %s from %s after %s", job.task, phase, plan.path,
                         resume.describe_position(start.epoch, start.step, steps))
         beside = {"phase": phase, "memory": None if memory is None else {k: torch.from_numpy(memory[k]) for k in MEMORY_KEYS}}
@@ -183,13 +177,7 @@ def train_dytox_task(p: Params, job, train_split: arrays.Split, previous: dict |
             plan.save({**resume.capture(position, net, optimizer, scheduler, generator, epoch_generator, device, None,
                                         history, {"steps_per_epoch": steps, **(counters or {})}), **beside})
 
-        def stop(position: resume.Position, epoch_generator, counters: dict | None, saved: bool = False):
-            """Save the state at ``position`` (unless ``saved``) and raise ``resume.Preempted``."""
-            if plan.save is None:
-                raise resume.Preempted(position.epoch, position.step, steps, job.task, saved=False)
-            if not saved:
-                save(position, epoch_generator, counters)
-            raise resume.Preempted(position.epoch, position.step, steps, job.task)
+        stop = resume.stopper(plan, save, steps, job.task)
 
         # Before the first step of this process (the task's first phase, or the resumed one): the state on disk
         # (if any) is this very position. The fine-tuning after a training phase in this process is not asked here.

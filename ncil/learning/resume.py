@@ -218,6 +218,35 @@ def capture(position: Position, net, optimizer, scheduler, generator, epoch_gene
     })
 
 
+def restore(plan: Plan, state: dict, net, optimizer, scheduler, generator, device, epochs: int,
+            steps: int) -> tuple[list[dict], Position]:
+    """Put a loaded state back into a training loop: check that its position fits the task (``check_position``),
+    load the weights, optimiser, schedule and random streams, and return the epoch history (interned, so the
+    checkpoint's bytes are the uninterrupted run's) and the position to continue from."""
+    check_position(plan.path, state, epochs, steps)
+    net.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    restore_random(state["random"], generator, device)
+    return interned_history(state["history"]), Position(state["epoch"], state["step"])
+
+
+def stopper(plan: Plan, save: Callable, steps: int, task: int) -> Callable:
+    """A training loop's ``stop(position, epoch_generator, counters, saved=False)``: save the state at ``position``
+    with ``save`` (unless ``saved``: it is on disk already) and raise ``Preempted``; where ``plan`` saves nothing,
+    raise it at once, saying that no state was kept."""
+
+    def stop(position: Position, epoch_generator, counters: dict | None, saved: bool = False):
+        if plan.save is None:
+            raise Preempted(position.epoch, position.step, steps, task, saved=False)
+        if not saved:
+            save(position, epoch_generator, counters)
+        raise Preempted(position.epoch, position.step, steps, task)
+
+    return stop
+
+
 def interned_history(history: list[dict]) -> list[dict]:
     """A loaded state's epoch history with its keys and text values interned as the code's own literals (pure):
     pickle writes a string once per object, so strings unpickled from the state would add bytes to the

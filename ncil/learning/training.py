@@ -228,29 +228,17 @@ def train_task(
     pr_centers = None
     state, start = plan.state, resume.Position(0, 0)
     if state is not None:
-        resume.check_position(plan.path, state, recipe.epochs, steps)
-        trained.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        history = resume.interned_history(state["history"])  # the checkpoint's bytes as uninterrupted
+        history, start = resume.restore(plan, state, trained, optimizer, scheduler, generator, device,
+                                        recipe.epochs, steps)
         pr_centers = state["pr_centers"].to(device) if state["pr_centers"] is not None else None
-        resume.restore_random(state["random"], generator, device)
-        start = resume.Position(state["epoch"], state["step"])
         logger.info("task %d: resuming from %s after %s", job.task, plan.path,
                     resume.describe_position(start.epoch, start.step, steps))
-
-    def stop(position: resume.Position, epoch_generator, counters: dict | None, saved: bool = False):
-        """Save the state at ``position`` (unless ``saved``) and raise ``resume.Preempted``."""
-        if plan.save is None:
-            raise resume.Preempted(position.epoch, position.step, steps, job.task, saved=False)
-        if not saved:
-            save(position, epoch_generator, counters)
-        raise resume.Preempted(position.epoch, position.step, steps, job.task)
 
     def save(position: resume.Position, epoch_generator, counters: dict | None) -> None:
         plan.save(resume.capture(position, trained, optimizer, scheduler, generator, epoch_generator, device,
                                  pr_centers, history, {"steps_per_epoch": steps, **(counters or {})}))
+
+    stop = resume.stopper(plan, save, steps, job.task)
 
     if plan.stop_requested():  # before the first step: the state on disk (if any) is this very position
         raise resume.Preempted(start.epoch, start.step, steps, job.task, saved=state is not None)

@@ -536,16 +536,35 @@ def save_checkpoint(path: str | Path, payload: dict, centers_file: str | Path | 
     import torch
 
     payload = {"format_version": CHECKPOINT_FORMAT, **payload}
-    if centers_file is not None:
-        payload["centers_sha256"] = sha256_file(centers_file)
-    if memory_file is not None:
-        payload["memory_sha256"] = sha256_file(memory_file)
-    if statistics_file is not None:
-        payload["statistics_sha256"] = sha256_file(statistics_file)
+    for kind, file in (("centers", centers_file), ("memory", memory_file), ("statistics", statistics_file)):
+        if file is not None:  # in this order: the payload's keys, and so the checkpoint's bytes, as before
+            payload[f"{kind}_sha256"] = sha256_file(file)
     payload["content_sha256"] = content_digest(payload)
     buffer = BytesIO()  # saved in memory: torch names the archive after a file, and the temp name is random
     torch.save(payload, buffer)
     write_bytes(path, buffer.getvalue())
+
+
+# The files a checkpoint vouches for (save_checkpoint records each one's SHA-256 under "<kind>_sha256"): what each
+# is called in messages, and why a checkpoint may have none.
+COMPANIONS = {
+    "centers": ("class-centers table", "it was saved without one"),
+    "memory": ("exemplar memory", "its method keeps none"),
+    "statistics": ("class statistics", "its method's classifier is not fecam"),
+}
+
+
+def _check_companion(path: Path, payload: dict, kind: str, file: str | Path) -> None:
+    """Refuse ``file`` unless it hashes to the ``<kind>_sha256`` that checkpoint ``path`` (``payload``) records."""
+    name, none_because = COMPANIONS[kind]
+    found = sha256_file(_require(file, name))
+    key = f"{kind}_sha256"
+    if key not in payload:
+        raise ArtifactError(f"{file}: {path} records no {name} ({none_because}): the {name} does not belong to it")
+    if payload[key] != found:
+        raise ArtifactError(f"{file}: does not belong to {path} (the checkpoint records {kind} sha256 {payload[key]}, "
+                            f"the file hashes to {found}): the {name} was changed or corrupted after it was written, "
+                            "or the two come from different training jobs")
 
 
 def load_checkpoint(path: str | Path, centers_file: str | Path | None = None,
@@ -570,32 +589,9 @@ def load_checkpoint(path: str | Path, centers_file: str | Path | None = None,
     if content_digest(payload) != stored:
         raise ArtifactError(f"{path}: content_sha256: the checkpoint's tensors or values do not match the hash "
                             "written with them (the file was modified or corrupted after it was saved)")
-    if centers_file is not None:
-        found = sha256_file(_require(centers_file, "class-centers table"))
-        if payload.get("centers_sha256") != found:
-            raise ArtifactError(f"{centers_file}: does not belong to {path} (the checkpoint records centers "
-                                f"sha256 {payload.get('centers_sha256')}, the file hashes to {found}): the table "
-                                "was changed or corrupted after it was written, or the two come from different "
-                                "training jobs")
-    if memory_file is not None:
-        found = sha256_file(_require(memory_file, "exemplar memory"))
-        if "memory_sha256" not in payload:
-            raise ArtifactError(f"{memory_file}: {path} records no exemplar memory (its method keeps none): "
-                                "the memory does not belong to it")
-        if payload["memory_sha256"] != found:
-            raise ArtifactError(f"{memory_file}: does not belong to {path} (the checkpoint records memory sha256 "
-                                f"{payload['memory_sha256']}, the file hashes to {found}): the exemplar memory was "
-                                "changed or corrupted after it was written, or the two come from different training jobs")
-    if statistics_file is not None:
-        found = sha256_file(_require(statistics_file, "class statistics"))
-        if "statistics_sha256" not in payload:
-            raise ArtifactError(f"{statistics_file}: {path} records no class statistics (its method's classifier is "
-                                "not fecam): the statistics do not belong to it")
-        if payload["statistics_sha256"] != found:
-            raise ArtifactError(f"{statistics_file}: does not belong to {path} (the checkpoint records statistics "
-                                f"sha256 {payload['statistics_sha256']}, the file hashes to {found}): the statistics "
-                                "were changed or corrupted after they were written, or the two come from different "
-                                "training jobs")
+    for kind, file in (("centers", centers_file), ("memory", memory_file), ("statistics", statistics_file)):
+        if file is not None:
+            _check_companion(path, payload, kind, file)
     return payload
 
 

@@ -230,10 +230,10 @@ def table_sections(params: dict, root: str = ".") -> list[str]:
 
 def paper_tables_step(params: dict, p: list[str], root: str = ".") -> Step:
     """Tables 1, 2, 3 and 5 (Markdown and CSV) from every data set's section files (``table_sections``),
-    and Table 4 (the paper's DyTox values, ours "not run")."""
+    and the unsectioned tables (``paths.UNSECTIONED_TABLES``: Table 4, the EFCIL benchmark; ours "not run")."""
     sections = table_sections(params, root)
     outs = {}
-    for table in (*paths.PAPER_TABLES, "table4"):
+    for table in (*paths.PAPER_TABLES, *paths.UNSECTIONED_TABLES):
         outs[f"{table}_md"], outs[f"{table}_csv"] = paths.paper_table_files(table)
     log = paths.log_file("tables", "paper")
     return Step(

@@ -266,6 +266,7 @@ def verify(root: str | Path, params: dict, log=print, params_file: str = "params
         # The tables hold every data set's sections present: the other data sets' as committed (their own
         # grids write and check them), this grid's recomputed from its metrics.
         expected.update(report.table_texts(params, loaded, report.read_sections(str(root))))
+        expected.update(report.unsectioned_texts())  # Table 4, the EFCIL table: as the paper-tables step writes them
     figure_csvs = report.curve_csv_texts(params, loaded)
     for path, text in {**expected, **figure_csvs}.items():
         found = _read_text(root / path, "results file")

@@ -139,6 +139,22 @@ def table_texts(params: dict, metrics: list[dict], other_sections: dict[str, str
     return {**own, **assemble_texts({**theirs, **own}, default_context(params))}
 
 
+def unsectioned_texts() -> dict[str, str]:
+    """Path -> text of the tables the paper-tables step writes without sections (``paths.UNSECTIONED_TABLES``):
+    Table 4 (DyTox) and the EFCIL benchmark table, from no metrics (no grid runs their methods on CIFAR-100
+    yet, so ours reads "not run"). The step writes these texts and ``verify`` compares the committed files
+    with them."""
+    makers = {results_table.TABLE4: lambda: results_table.table4_texts([]),
+              results_table.EFCIL: lambda: results_table.efcil_texts([])}
+    if set(makers) != set(paths.UNSECTIONED_TABLES):
+        raise ValueError(f"unsectioned tables {sorted(paths.UNSECTIONED_TABLES)} but makers for {sorted(makers)}")
+    out = {}
+    for table in paths.UNSECTIONED_TABLES:
+        md_path, csv_path = paths.paper_table_files(table)
+        out[md_path], out[csv_path] = makers[table]()
+    return out
+
+
 def curve_tables(params: dict, metrics: list[dict]) -> dict[str, tuple[str, list[dict]]]:
     """PNG path -> (title, Figure 3 data) of every setting of the grid."""
     rows = results_table.aggregate(metrics)

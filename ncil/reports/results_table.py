@@ -35,10 +35,12 @@ TABLE_TITLES = {
     "table3": "Table 3: ablation, Last top-1 accuracy",
     "table5": "Table 5: choice of W_i in PKS, Last top-1 accuracy",
     "table4": "Table 4: DyTox and DyTox + PKS (exemplar-based), Avg, Last and forgetting",
+    "efcil_benchmark": "Exemplar-free (EFCIL) benchmark: Avg and Last top-1 accuracy on CIFAR-100, both conventions",
 }
 TABLE_METRICS = {"table1": ("avg_accuracy", "last_accuracy"), "table2": ("avg_forgetting",),
                  "table3": ("last_accuracy",), "table5": ("last_accuracy",),
                  "table4": ("avg_accuracy", "last_accuracy", "avg_forgetting")}
+EFCIL = "efcil_benchmark"  # issue 25's comparison table (``efcil_texts``): not a paper table, no sections
 TABLE4 = "table4"  # not in TABLE_NAMES: no data set has sections of it (no grid runs DyTox); ``table4_texts``
 CSV_FIELDS = ["table", "dataset", "setting", "row", "method", "metric", "paper", "mean", "std", "n", "seeds",
               "diff", "status"]
@@ -408,6 +410,118 @@ def table4_texts(rows: list[dict]) -> tuple[str, str]:
              "dytox_pks.yaml); ours reads \"not run\" until a CIFAR-100 DyTox grid has run.", EXPLANATION, ""]
     lines += section_lines("cifar100", cells)
     return "\n".join(lines), cells_to_csv(cells)
+
+
+# --- The exemplar-free (EFCIL) benchmark table (issue 25; docs/efcil.md) -------------------------
+
+# Our two accuracy conventions (docs/metrics.md): the sample-weighted value is the metrics.json field of the
+# paper's convention, the task-averaged one its ``variants`` field.
+EFCIL_METRICS = ("avg_accuracy", "last_accuracy")
+EFCIL_CONVENTIONS = {paper_values.SAMPLE_WEIGHTED: lambda m, metric: m[metric],
+                     paper_values.TASK_AVERAGED: lambda m, metric: m["variants"][f"task_averaged_{metric}"]}
+EFCIL_CSV_FIELDS = ["table", "dataset", "setting", "label", "row", "method", "metric", "convention", "paper",
+                    "paper_convention", "paper_source", "mean", "std", "n", "seeds", "status"]
+
+
+def _efcil_value(m: dict, metric: str, convention: str, source: str) -> float:
+    try:
+        return float(EFCIL_CONVENTIONS[convention](m, metric))
+    except KeyError:
+        raise ValueError(f"{source}: metrics of {m['run']} have no {convention} {metric} (the task-averaged "
+                         "values are metrics.json's variants.task_averaged_avg_accuracy / _last_accuracy; "
+                         "rerun `python -m ncil summarize`)") from None
+
+
+def efcil_cells(metrics: list[dict]) -> list[dict]:
+    """Every cell of the EFCIL benchmark table: per method row (``paper_values.EFCIL_ROWS``), CIFAR-100 setting
+    (``EFCIL_SETTINGS``), metric (Avg, Last) and our convention (sample-weighted, task-averaged), the
+    paper's value with its convention and source (``paper_values.efcil_reported``; ``None`` where none is quoted)
+    and ours: mean ± std (ddof=1) over the seeds of ``metrics`` (metrics.json contents) of that method and
+    setting on CIFAR-100, status "not run" where there are none. Other data sets, settings and methods
+    in ``metrics`` are ignored."""
+    quoted = {(v["method"], v["setting"]): v for v in paper_values.efcil_reported()}
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for m in metrics:
+        run = m["run"]
+        if paper_values.canonical_dataset(run.get("dataset", "")) == "cifar100":
+            runs.setdefault((run["method"], run["setting"]), []).append(m)
+    cells = []
+    for label, method in paper_values.EFCIL_ROWS:
+        for setting, (setting_label, _) in paper_values.EFCIL_SETTINGS.items():
+            members = sorted(runs.get((method, setting), []), key=lambda m: m["run"]["seed"])
+            seeds = [m["run"]["seed"] for m in members]
+            if len(set(seeds)) != len(seeds):
+                raise ValueError(f"cifar100/{setting}/{method}: seed listed twice in {seeds}")
+            v = quoted.get((method, setting), {})
+            for metric in EFCIL_METRICS:
+                for convention in EFCIL_CONVENTIONS:
+                    rec = {"table": EFCIL, "dataset": "cifar100", "setting": setting, "label": setting_label,
+                           "row": label, "method": method, "metric": metric, "convention": convention,
+                           "paper": v.get(metric), "paper_convention": v.get("convention", ""),
+                           "paper_source": v.get("source", ""), "mean": None, "std": None, "n": len(members),
+                           "seeds": " ".join(map(str, seeds)), "status": "ok" if members else "not run"}
+                    if members:
+                        rec["mean"], rec["std"] = mean_std(
+                            [_efcil_value(m, metric, convention, f"cifar100/{setting}/{method}") for m in members])
+                    cells.append(rec)
+    return cells
+
+
+def efcil_cells_to_csv(cells: list[dict]) -> str:
+    """Tidy CSV of the EFCIL table: one row per cell; numbers with 4 decimals, empty where there is none."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=EFCIL_CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for c in cells:
+        writer.writerow({**c, "paper": _fmt4(c["paper"]), "mean": _fmt4(c["mean"]), "std": _fmt4(c["std"])})
+    return buf.getvalue()
+
+
+def _efcil_ours(c: dict) -> str:
+    if c["status"] != "ok":
+        return NOT_RUN
+    return "n/a" if math.isnan(c["mean"]) else f"{c['mean']:.2f} ± {c['std']:.2f} ({c['n']})"
+
+
+def efcil_texts(metrics: list[dict]) -> tuple[str, str]:
+    """(Markdown, CSV) of the EFCIL benchmark table (``efcil_cells``): one Markdown table per setting, the
+    paper's value (with a note number naming its source and convention; "-" where none is quoted) beside
+    ours in both conventions ("not run" without a run)."""
+    cells = efcil_cells(metrics)
+    sources = list(dict.fromkeys((c["paper_source"], c["paper_convention"]) for c in cells if c["paper"] is not None))
+    note = {s: i + 1 for i, s in enumerate(sources)}
+    convs = list(EFCIL_CONVENTIONS)
+    lines = [f"# {TABLE_TITLES[EFCIL]}", "",
+             "Exemplar-free class-incremental methods of issue 25 (docs/efcil.md). Ours: mean ± std (n seeds) of "
+             "Avg and Last in both accuracy conventions (docs/metrics.md): sample-weighted (all test images of "
+             "the seen classes, this project's convention; metrics.json `avg_accuracy` / `last_accuracy`) and "
+             "task-averaged (the unweighted mean of the per-task accuracies; metrics.json "
+             "`variants.task_averaged_avg_accuracy` / `_last_accuracy`). Paper: the value quoted, [n] naming "
+             "its source and convention; \"-\": no value quoted here yet; \"not run\": no result of that method "
+             "and setting yet (only FeCAM is a pipeline method; the others' keys are the names their "
+             "conf/method files will have). Accuracies in %.", ""]
+    for setting, (setting_label, start) in paper_values.EFCIL_SETTINGS.items():
+        part = [c for c in cells if c["setting"] == setting]
+        header = ["method"]
+        for metric in EFCIL_METRICS:
+            header += [f"{HEADERS[metric]} paper"] + [f"{HEADERS[metric]} ours, {conv}" for conv in convs]
+        lines += [f"## CIFAR-100 {setting_label} (`{setting}`, {start})", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for label, method in paper_values.EFCIL_ROWS:
+            by = {(c["metric"], c["convention"]): c for c in part if c["method"] == method}
+            out = [f"{label} (`{method}`)"]
+            for metric in EFCIL_METRICS:
+                first = by[(metric, convs[0])]
+                paper = (NOT_REPORTED if first["paper"] is None else
+                         f"{first['paper']:.2f} [{note[(first['paper_source'], first['paper_convention'])]}]")
+                out += [paper] + [_efcil_ours(by[(metric, conv)]) for conv in convs]
+            lines.append("| " + " | ".join(out) + " |")
+        lines.append("")
+    if note:
+        lines += ["Sources:", ""]
+        lines += [f"{n}. {source} (accuracy convention: {conv})." for (source, conv), n in note.items()]
+        lines.append("")
+    return "\n".join(lines), efcil_cells_to_csv(cells)
 
 
 def context_from(metrics: list[dict], defaults: dict) -> dict:

@@ -1,7 +1,8 @@
 """``paper-tables``: the paper's Tables 1, 2, 3, 5 (Markdown and CSV) in results/tables/, assembled from
 every data set's section files (``paper-sections``; results/tables/<dataset>/table1.md, ...), and Table 4
-(DyTox, results/tables/table4.{md,csv}): the paper's values with ours "not run" (``ncil.reports.results_table.table4_texts``;
-no grid runs DyTox, so it has no sections).
+(DyTox, results/tables/table4.{md,csv}) and the exemplar-free benchmark table (issue 25,
+results/tables/efcil_benchmark.{md,csv}): the quoted values with ours "not run" (``ncil.reports.report.unsectioned_texts``;
+no grid runs these methods on CIFAR-100, so they have no sections).
 
 Section lines and CSV rows are copied unchanged, so adding a data set changes no other data set's
 lines (issue 10, item 8); the assembly is ``ncil.reports.report.assemble_texts``'s (pure).
@@ -16,7 +17,7 @@ from ncil import cli
 
 VERB = "paper-tables"
 HELP = ("the paper's Tables 1, 2, 3, 5 (Markdown and CSV) in results/tables/, from every data set's sections, "
-        "and Table 4 (DyTox: the paper's values, ours not run)")
+        "Table 4 (DyTox) and the EFCIL benchmark table (the quoted values, ours not run)")
 
 
 @dataclass(frozen=True)
@@ -51,15 +52,14 @@ def read_sections(files: tuple[str, ...]) -> dict[str, str]:
 def run(args: Args) -> None:
     from ncil.pipeline import io, paths
     from ncil.pipeline.progress import say
-    from ncil.reports import report, results_table
+    from ncil.reports import report
 
     _, raw = cli.load_params(args.params)
     try:
         texts = report.assemble_texts(read_sections(args.sections), report.default_context(raw))
     except ValueError as err:  # a section file that is not one, or a data set's sections incomplete
         raise cli.UsageError(f"--sections: {err}") from None
-    md_path, csv_path = paths.paper_table_files(results_table.TABLE4)
-    texts[md_path], texts[csv_path] = results_table.table4_texts([])  # no grid has DyTox results
+    texts.update(report.unsectioned_texts())  # Table 4, the EFCIL table: no grid has their methods' results
     cli.refuse_overlap({f"table {p}": p for p in texts} | {"--log": args.log},
                        {"--params": args.params, **{f"--sections[{i}]": s for i, s in enumerate(args.sections)}})
     io.write_files(texts)  # as a set: a kill leaves files missing, never old and new side by side
