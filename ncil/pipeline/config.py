@@ -663,14 +663,21 @@ OFFICIAL_ONLY = {"mixup_rounds": 0, "contrastive": 0.0, "contrastive_by_scenario
                  "pks_form": "paper", "pr_form": "paper", "proto_aug_form": "paper"}
 
 
+def _require_values(source: str, key: str, m: MethodConfig, values: dict, message: str) -> None:
+    """Refuse the first option of ``values`` that method ``m`` (params key ``key``) sets otherwise than given there:
+    the options one mode of a method has no use for. ``message`` is formatted with ``off`` (the value expected) and
+    ``got`` (the value found)."""
+    for option, off in values.items():
+        got = getattr(m, option)
+        if got != off:
+            raise _fail(source, f"{key}.{option}", message.format(off=off, got=got))
+
+
 def _validate_preset_options(source: str, key: str, m: MethodConfig) -> None:
     """A method's options must be ones its preset's step trains with (before anything runs)."""
     if m.preset == "paper":
-        for option, off in OFFICIAL_ONLY.items():
-            if getattr(m, option) != off:
-                raise _fail(source, f"{key}.{option}", f"only the official preset's step uses it: expected {off!r} "
-                                                       f"under preset paper, got {getattr(m, option)!r} "
-                                                       f"(or set {key}.preset: official)")
+        _require_values(source, key, m, OFFICIAL_ONLY, f"only the official preset's step uses it: expected {{off!r}} "
+                                                       f"under preset paper, got {{got!r}} (or set {key}.preset: official)")
         return
     if not m.rotation:
         raise _fail(source, f"{key}.rotation", "the official preset's step needs rotation: true (method-spec 2.3)")
@@ -704,15 +711,11 @@ def _validate_dytox_options(source: str, key: str, m: MethodConfig) -> None:
         if getattr(m, option) < 0:
             raise _fail(source, f"{key}.{option}", f"expected a value >= 0, got {getattr(m, option)}")
     if m.backbone != "dytox":
-        for option, off in DYTOX_ONLY.items():
-            if getattr(m, option) != off:
-                raise _fail(source, f"{key}.{option}", f"only DyTox's loop uses it: expected {off!r} on backbone "
-                                                       f"{m.backbone}, got {getattr(m, option)!r} (or set {key}.backbone: dytox)")
+        _require_values(source, key, m, DYTOX_ONLY, f"only DyTox's loop uses it: expected {{off!r}} on backbone "
+                                                    f"{m.backbone}, got {{got!r}} (or set {key}.backbone: dytox)")
         return
-    for option, off in NOT_DYTOX.items():
-        if getattr(m, option) != off:
-            raise _fail(source, f"{key}.{option}", f"DyTox's loop (backbone dytox) does not use it: expected {off!r}, "
-                                                   f"got {getattr(m, option)!r}")
+    _require_values(source, key, m, NOT_DYTOX, "DyTox's loop (backbone dytox) does not use it: expected {off!r}, "
+                                               "got {got!r}")
     if m.dytox_distillation == "kd" and m.pks > 0:
         raise _fail(source, f"{key}.pks", f"dytox_distillation kd trains no PKS term: expected 0, got {m.pks} "
                                           f"(or set {key}.dytox_distillation: pks)")
@@ -725,11 +728,8 @@ def _validate_dytox_options(source: str, key: str, m: MethodConfig) -> None:
         raise _fail(source, f"{key}.finetune_lr", f"expected a learning rate > 0 with finetune_epochs "
                                                   f"{m.finetune_epochs}, got {m.finetune_lr}")
     if m.dytox_optimizer != "adamw":
-        for option, off in ADAMW_ONLY.items():
-            if getattr(m, option) != off:
-                raise _fail(source, f"{key}.{option}", f"only dytox_optimizer adamw's schedule reads it: expected "
-                                                       f"{off!r}, got {getattr(m, option)!r} (or set "
-                                                       f"{key}.dytox_optimizer: adamw)")
+        _require_values(source, key, m, ADAMW_ONLY, f"only dytox_optimizer adamw's schedule reads it: expected "
+                                                    f"{{off!r}}, got {{got!r}} (or set {key}.dytox_optimizer: adamw)")
     elif m.warmup_epochs == 0 and m.warmup_lr != 0:
         raise _fail(source, f"{key}.warmup_lr", f"warmup_epochs 0 has no warm-up: expected 0.0, got {m.warmup_lr}")
 
@@ -767,10 +767,8 @@ def _validate_fecam_options(source: str, key: str, m: MethodConfig) -> None:
     Tukey transform needs), no incremental loss term, its options set only under classifier fecam."""
     _choice(source, f"{key}.classifier", m.classifier, CLASSIFIERS)
     if m.classifier != "fecam":
-        for option, default in FECAM_ONLY.items():
-            if getattr(m, option) != default:
-                raise _fail(source, f"{key}.{option}", f"only the FeCAM classifier uses it: expected {default!r} "
-                                                       f"with classifier {m.classifier}, got {getattr(m, option)!r}")
+        _require_values(source, key, m, FECAM_ONLY, f"only the FeCAM classifier uses it: expected {{off!r}} "
+                                                    f"with classifier {m.classifier}, got {{got!r}}")
         return
     if m.backbone != "resnet18":
         raise _fail(source, f"{key}.backbone", f"classifier fecam needs non-negative (ReLU) features: expected "
@@ -778,10 +776,8 @@ def _validate_fecam_options(source: str, key: str, m: MethodConfig) -> None:
     if m.fecam_tukey < 0:
         raise _fail(source, f"{key}.fecam_tukey", f"expected a Tukey lambda >= 0 (0 = log), got {m.fecam_tukey}")
     _at_least_zero(source, f"{key}.fecam_shrink_times", m.fecam_shrink_times, "a number of shrinkages")
-    for option, off in FECAM_FROZEN.items():
-        if getattr(m, option) != off:
-            raise _fail(source, f"{key}.{option}", f"FeCAM trains nothing after task 0 (frozen backbone): expected "
-                                                   f"{off!r}, got {getattr(m, option)!r}")
+    _require_values(source, key, m, FECAM_FROZEN, "FeCAM trains nothing after task 0 (frozen backbone): expected "
+                                                  "{off!r}, got {got!r}")
 
 
 def resolve_precision(requested: str, device_type: str, preset: str) -> str:

@@ -232,12 +232,16 @@ def table_cells(table: str, rows: list[dict], grid_settings: dict[str, list[str]
 
 def cells_to_csv(cells: list[dict]) -> str:
     """Tidy CSV: one row per table cell; numbers with 4 decimals, empty where there is none."""
+    return tidy_csv(cells, CSV_FIELDS, ("paper", "mean", "std", "diff"))
+
+
+def tidy_csv(cells: list[dict], fields, numbers: tuple[str, ...]) -> str:
+    """One CSV row per cell, the columns ``fields``; the columns ``numbers`` with 4 decimals, empty where None."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for c in cells:
-        writer.writerow({**c, "paper": _fmt4(c["paper"]), "mean": _fmt4(c["mean"]), "std": _fmt4(c["std"]),
-                         "diff": _fmt4(c["diff"])})
+        writer.writerow({**c, **{k: _fmt4(c[k]) for k in numbers}})
     return buf.getvalue()
 
 
@@ -469,12 +473,7 @@ def efcil_cells(metrics: list[dict]) -> list[dict]:
 
 def efcil_cells_to_csv(cells: list[dict]) -> str:
     """Tidy CSV of the EFCIL table: one row per cell; numbers with 4 decimals, empty where there is none."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=EFCIL_CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for c in cells:
-        writer.writerow({**c, "paper": _fmt4(c["paper"]), "mean": _fmt4(c["mean"]), "std": _fmt4(c["std"])})
-    return buf.getvalue()
+    return tidy_csv(cells, EFCIL_CSV_FIELDS, ("paper", "mean", "std"))
 
 
 def _efcil_ours(c: dict) -> str:
