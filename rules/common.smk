@@ -117,6 +117,9 @@ GRID_TABLES = {name: [*paths.table_files(experiment_grid.grid_folder(cfg)),
                for name, (_, cfg) in GRIDS.items()}
 # The paper's tables (files shared by every data set: params.yaml's grid assembles them) and figures.
 PAPER_SECTIONS = table_sections(config)  # every data set's section files present, and params.yaml's own
+# Table 4's grids that have run: their committed params files and results tables, and the flag naming them.
+TABLE4_SOURCES = [f for _, params_file, csv_file in paths.table4_sources() for f in (params_file, csv_file)]
+TABLE4_GRIDS_ARG = "".join(f" --table4-grids {g}" if i == 0 else f" {g}" for i, (g, _, _) in enumerate(paths.table4_sources()))
 PAPER_TABLES_MD = [paths.paper_table_files(t)[0] for t in paths.PAPER_TABLES]
 PAPER_TABLES_CSV = [paths.paper_table_files(t)[1] for t in paths.PAPER_TABLES]
 

@@ -104,12 +104,14 @@ rule paper_sections:
 
 rule paper_tables:
     """The paper's Tables 1, 2, 3 and 5 from every data set's sections present (PAPER_SECTIONS: this
-    grid's and the committed ones of other data sets; the paper's values beside), and Table 4 (DyTox,
-    which no grid runs: the paper's values, ours "not run") and the exemplar-free benchmark table (issue 25:
+    grid's and the committed ones of other data sets; the paper's values beside), and Table 4 (DyTox: the
+    paper's values, ours from the committed results tables of the Table 4 grids that have run, TABLE4_SOURCES)
+    and the exemplar-free benchmark table (issue 25:
     the quoted values, ours "not run"). Committed files every grid shares: a
     failing job leaves them as they were (``committed``), never deleted."""
     input:
         sections=PAPER_SECTIONS,
+        table4=TABLE4_SOURCES,  # committed params file and results table of each Table 4 grid that has run
         code=code("paper-tables"),
         config_keys=config_stamp("paper_tables"),
     output:
@@ -121,13 +123,14 @@ rule paper_tables:
         table3_csv=committed(paths.paper_table_files("table3")[1]),
         table5_md=paper_table("table5"),
         table5_csv=committed(paths.paper_table_files("table5")[1]),
-        table4_md=committed(paths.paper_table_files("table4")[0]),  # DyTox: the paper's values, ours "not run"
+        table4_md=paper_table("table4"),  # DyTox: the paper's values, ours from the Table 4 grids' results
         table4_csv=committed(paths.paper_table_files("table4")[1]),
         efcil_md=paper_table("efcil_benchmark"),  # exemplar-free methods (issue 25): paper values, ours "not run"
         efcil_csv=committed(paths.paper_table_files("efcil_benchmark")[1]),
     params:
         code=fingerprint("paper-tables"),
         params_file=PARAMS_FILE,
+        table4_grids=TABLE4_GRIDS_ARG,
         config_keys=keys_digest("paper_tables"),
     log:
         "logs/tables/paper.log",
@@ -141,7 +144,8 @@ rule paper_tables:
     conda:
         "../envs/ncil.yaml"
     shell:
-        "python -m ncil paper-tables --params {params.params_file} --sections {input.sections} --log {log}"
+        "python -m ncil paper-tables --params {params.params_file} --sections {input.sections}{params.table4_grids}"
+        " --log {log}"
 
 
 # Figures 3 and 4 of every grid: their files are named by the grid's folder (its data set's name by default),

@@ -1,7 +1,7 @@
 """Helpers of `make check-reproduction-seed`: rerun one seed of the default grid and check it.
 
     python scripts/check_reproduction.py targets --seed 1   # the seed's metrics.json of every setting x method
-    python scripts/check_reproduction.py targets --seed 1 --cover  # every method once, every setting at least once
+    python scripts/check_reproduction.py targets --seed 1 --cover  # every method and every setting, at least cost
     python scripts/check_reproduction.py lock               # every output on disk hashes to dvc.lock
     python scripts/check_reproduction.py platform --write   # record this machine as the lock's producer
     python scripts/check_reproduction.py platforms --write  # record which platform made each checkpoint
@@ -45,14 +45,17 @@ from ncil.pipeline.provenance import current_platform, same_platform  # noqa: E4
 from ncil.stages.train import PLATFORM_NAME as SIDECAR  # noqa: E402  (loads no torch)
 
 
-def covering_pairs(settings: list[str], methods: list[str]) -> list[tuple[str, str]]:
-    """(setting, method) pairs that run every method once and every setting at least once: method i
-    (in params.yaml's order) in setting i mod len(settings). About 1/len(settings) of the grid: each
-    method's code and each setting's split, base task and task schedule are rerun, not every pair."""
+def covering_pairs(settings: list[str], methods: list[str], n_tasks: dict[str, int] | None = None) -> list[tuple[str, str]]:
+    """(setting, method) pairs that run every method and every setting at least once, at the least cost: every
+    method in the setting of fewest tasks (``n_tasks``; the first such in params.yaml's order), and the first
+    method (params.yaml's order: finetune in the default grid, the cheapest) once in each other setting. Each
+    method's code runs on the shortest task chain (a method's cost grows with its tasks: pass_resnet18 in 5+1x5 is
+    a chain of six ResNet tasks); each setting's split, base task and task schedule are rerun once."""
     if not settings or not methods:
         return []
-    pairs = [(settings[i % len(settings)], method) for i, method in enumerate(methods)]
-    pairs += [(s, methods[0]) for s in settings[len(methods):]]  # more settings than methods
+    tasks = n_tasks or {}
+    shortest = min(settings, key=lambda s: (tasks.get(s, 0), settings.index(s)))
+    pairs = [(shortest, method) for method in methods] + [(s, methods[0]) for s in settings if s != shortest]
     return sorted(pairs, key=lambda pair: (settings.index(pair[0]), methods.index(pair[1])))
 
 
@@ -64,7 +67,8 @@ def targets(params_file: Path, seed: int, cover: bool = False) -> list[str]:
     from ncil.pipeline.experiment_grid import find_run
 
     settings, methods = list(params["scenario"]), list(params["method"])
-    pairs = covering_pairs(settings, methods) if cover else [(s, m) for s in settings for m in methods]
+    n_tasks = {s: find_run(params, s, methods[0], seed).n_tasks for s in settings}
+    pairs = covering_pairs(settings, methods, n_tasks) if cover else [(s, m) for s in settings for m in methods]
     # The path owner's (results/<grid folder>/...), so a grid with its own folder is checked where it writes.
     return [find_run(params, setting, method, seed).metrics_file for setting, method in pairs]
 

@@ -23,21 +23,22 @@ def test_targets_are_one_seed_of_every_setting_and_method():
     assert all("/seed1/" in t for t in targets)
 
 
-def test_covering_pairs_run_every_method_once_and_every_setting():
-    pairs = check_reproduction.covering_pairs(["a", "b"], ["m1", "m2", "m3"])
-    assert pairs == [("a", "m1"), ("a", "m3"), ("b", "m2")]
-    # more settings than methods: the first method also runs in the settings left over
-    assert check_reproduction.covering_pairs(["a", "b", "c"], ["m1", "m2"]) == [("a", "m1"), ("b", "m2"), ("c", "m1")]
-    assert check_reproduction.covering_pairs(["a"], ["m1", "m2"]) == [("a", "m1"), ("a", "m2")]
+def test_covering_pairs_run_every_method_in_the_shortest_setting_and_every_setting_once():
+    # b has the fewest tasks: every method there, the first method once in each other setting
+    pairs = check_reproduction.covering_pairs(["a", "b", "c"], ["m1", "m2", "m3"], {"a": 4, "b": 3, "c": 6})
+    assert pairs == [("a", "m1"), ("b", "m1"), ("b", "m2"), ("b", "m3"), ("c", "m1")]
+    # a tie goes to the first setting in params.yaml's order; one setting: every method there
+    assert check_reproduction.covering_pairs(["a", "b"], ["m1", "m2"], {"a": 4, "b": 4}) == [("a", "m1"), ("a", "m2"), ("b", "m1")]
+    assert check_reproduction.covering_pairs(["a"], ["m1", "m2"], {"a": 2}) == [("a", "m1"), ("a", "m2")]
 
 
-def test_ci_subset_covers_every_method_and_setting_of_the_default_grid_in_half_the_runs():
+def test_ci_subset_covers_every_method_and_setting_of_the_default_grid_at_least_cost():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     targets = check_reproduction.targets(ROOT / "params.yaml", 1, cover=True)
     runs = [t.split("/")[2:4] for t in targets]  # results/digits/<setting>/<method>/seed1/metrics.json
-    assert sorted(m for _, m in runs) == sorted(params["method"])  # each method exactly once
-    assert {s for s, _ in runs} == set(params["scenario"])
-    assert len(targets) == 12 and set(targets) <= set(check_reproduction.targets(ROOT / "params.yaml", 1))
+    assert sorted(m for s, m in runs if s == "base4_inc2") == sorted(params["method"])  # 4 tasks, against 6 in 5+1x5
+    assert runs.count(["base5_inc1", "finetune"]) == 1 and len(runs) == 13
+    assert set(targets) <= set(check_reproduction.targets(ROOT / "params.yaml", 1))
 
 
 def _lock(tmp_path, md5):

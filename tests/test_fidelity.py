@@ -259,7 +259,8 @@ def test_table4_shows_a_dytox_run_with_its_difference():
     m = _metrics("dytox", 1, "fp32", dataset="cifar100")
     m["run"].update(setting="b10", label="10+10x9")
     m["avg_accuracy"], m["last_accuracy"], m["avg_forgetting"] = 76.47, 60.10, 16.43
-    cells = {(c["row"], c["setting"], c["metric"]): c for c in results_table.table4_cells(results_table.aggregate([m]))}
+    grids = [("cifar100_dytox", "cifar100", results_table.aggregate([m]))]
+    cells = {(c["row"], c["setting"], c["metric"]): c for c in results_table.table4_cells(grids)}
     ours = cells[("DyTox", "10+10x9", "avg_accuracy")]
     assert ours["status"] == "ok" and ours["diff"] == pytest.approx(1.0)  # 76.47 - 75.47
     assert cells[("DyTox", "10+10x9", "last_accuracy")]["diff"] == pytest.approx(-2.0)  # 60.10 - 62.10
@@ -271,7 +272,8 @@ def test_table4s_ours_row_is_the_dytox_pks_method():
     m = _metrics("dytox_pks", 1, "fp32", dataset="cifar100")
     m["run"].update(setting="b5", label="5+5x19")
     m["avg_accuracy"], m["last_accuracy"], m["avg_forgetting"] = 77.0, 63.0, 16.0
-    cells = {(c["row"], c["setting"], c["metric"]): c for c in results_table.table4_cells(results_table.aggregate([m]))}
+    grids = [("cifar100_dytox", "cifar100", results_table.aggregate([m]))]
+    cells = {(c["row"], c["setting"], c["metric"]): c for c in results_table.table4_cells(grids)}
     ours = cells[("DyTox + ours (PKS)", "5+5x19", "avg_accuracy")]
     assert ours["method"] == "dytox_pks" and ours["status"] == "ok" and ours["diff"] == pytest.approx(77.0 - 77.63)
 
@@ -291,6 +293,69 @@ def test_paper_tables_stage_writes_table4(tmp_path, monkeypatch):
     written = ((tmp_path / md_path).read_text(encoding="utf-8"), (tmp_path / csv_path).read_text(encoding="utf-8"))
     assert written == results_table.table4_texts([])
     assert written[1].count(",not run\n") == 12
+
+
+def _digits_dytox_csv() -> str:
+    """A digits Table 4 grid's results table: dytox with seeds 1 and 2 (Avg 80 and 84, Last 70 and 66,
+    F 5 and 9), dytox_pks with seed 1 only, both in 4+2x3; nothing in 5+1x5 for dytox_pks."""
+    ms = []
+    for seed, (avg, last, forget) in ((1, (80.0, 70.0, 5.0)), (2, (84.0, 66.0, 9.0))):
+        m = _metrics("dytox", seed, None)
+        m["avg_accuracy"], m["last_accuracy"], m["avg_forgetting"] = avg, last, forget
+        ms.append(m)
+    pks = _metrics("dytox_pks", 1, None)
+    pks["avg_accuracy"], pks["last_accuracy"], pks["avg_forgetting"] = 83.0, 75.5, 2.25
+    other = _metrics("dytox", 1, None)
+    other["run"].update(setting="t", label="5+1x5")
+    return results_table.to_csv(results_table.aggregate([*ms, pks, other]))
+
+
+def test_table4_has_a_section_of_ours_per_digits_grid_from_its_results_table():
+    """The digits grid's results CSV (4 decimals) read back as rows: dytox 4+2x3 is the mean of seeds 1-2 (82, 68, 7)
+    with std sqrt(8) = 2.83 for each metric; dytox_pks one seed (std 0); a setting without it reads "not run"."""
+    rows = results_table.results_rows(_digits_dytox_csv(), "digits", "x.csv")
+    md, csv_text = results_table.table4_texts([("digits_dytox", "digits", rows)])
+    section = md.split("## digits_dytox\n", 1)[1].split("## ", 1)[0]
+    assert "| method | 4+2x3 Avg | 4+2x3 Last | 4+2x3 Forgetting | 5+1x5 Avg | 5+1x5 Last | 5+1x5 Forgetting |" in section
+    assert "| DyTox (`dytox`) | 82.00 ± 2.83 (2) | 68.00 ± 2.83 (2) | 7.00 ± 2.83 (2) | 80.00 ± 0.00 (1) |" in section
+    assert "| DyTox + ours (PKS) (`dytox_pks`) | 83.00 ± 0.00 (1) | 75.50 ± 0.00 (1) | 2.25 ± 0.00 (1) | not run |" in section
+    assert "from grid `digits_dytox` (digits; conf/experiment/digits_dytox.yaml" in md
+    lines = csv_text.splitlines()
+    assert len(lines) == 1 + 2 * 2 * 3 + 12  # the digits section (2 rows x 2 settings x 3 metrics), CIFAR-100's 12
+    assert "table4,digits_dytox,4+2x3,DyTox,dytox,avg_accuracy,,82.0000,2.8284,2,1 2,,ok" in lines
+    assert md.index("## digits_dytox") < md.index("## CIFAR-100")  # data sets the paper did not use first
+    assert sum(line.endswith(",not run") for line in lines) == 12 + 3  # CIFAR-100 all, dytox_pks in 5+1x5
+
+
+def test_table4_results_rows_refuse_a_file_that_is_not_a_results_table():
+    good = _digits_dytox_csv()
+    with pytest.raises(ValueError, match="x.csv: header .* is not a results table's"):
+        results_table.results_rows(good.replace("avg_accuracy_mean", "avg_mean", 1), "digits", "x.csv")
+    with pytest.raises(ValueError, match="x.csv: line 2: n is 3 but 2 seeds are listed"):
+        results_table.results_rows(good.replace(",2,1 2,", ",3,1 2,", 1), "digits", "x.csv")
+    with pytest.raises(ValueError, match="x.csv: line 2: .*expected integers n and seeds"):
+        results_table.results_rows(good.replace("82.0000", "eighty", 1), "digits", "x.csv")
+
+
+def test_paper_tables_fills_table4_from_the_named_grid_and_refuses_a_missing_one(tmp_path, monkeypatch):
+    import shutil
+
+    sections = paths.paper_sections("digits")
+    for path in [*sections, "params.yaml", paths.grid_params("digits_dytox")]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / path, tmp_path / path)
+    monkeypatch.chdir(tmp_path)
+    args = ["paper-tables", "--params", "params.yaml", "--sections", *sections, "--table4-grids", "digits_dytox"]
+    assert main(args) == 2  # no results table of the grid yet: refused, nothing written
+    assert not (tmp_path / paths.paper_table_files("table4")[0]).exists()
+    csv_file = tmp_path / paths.table_files("digits_dytox")[1]
+    csv_file.write_text(_digits_dytox_csv(), encoding="utf-8")
+    assert main(args) == 0
+    rows = results_table.results_rows(_digits_dytox_csv(), "digits", "x")
+    written = tuple((tmp_path / p).read_text(encoding="utf-8") for p in paths.paper_table_files("table4"))
+    assert written == results_table.table4_texts([("digits_dytox", "digits", rows)])
+    assert paths.table4_sources(str(tmp_path)) == [("digits_dytox", "grids/digits_dytox/params.yaml",
+                                                     "results/tables/digits_dytox_results.csv")]
 
 
 def test_fcs_published_numbers_come_with_their_source():

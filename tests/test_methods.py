@@ -166,6 +166,39 @@ def test_bench_step_times_the_full_step_and_its_floor_on_the_same_rows():
     assert result["threads"] == 1 and result["parameters"] > 0
 
 
+def test_bench_of_a_dytox_method_times_task_t_with_t_tokens(monkeypatch):
+    """``bench --method dytox_pks --tasks T``: the step of task T, the network after T - 1 expansions (its parameter
+    count is DyTox's, hand-worked in tests/test_dytox.py) and a teacher of T - 1 tokens; the step computes every
+    term of loss_terms (clf, pks, div) on the student's and the teacher's outputs."""
+    from ncil.learning import step_timing
+    from ncil.methods import dytox as dytox_losses
+    from ncil.models.dytox import parameter_count
+    from ncil.tools.bench import even_split
+
+    assert even_split(100, 10) == [10] * 10 and even_split(100, 20) == [5] * 20 and even_split(10, 4) == [3, 3, 2, 2]
+    p = parse_params(compose(["model=vit_digits_tiny", "method=[dytox_pks]"]))
+    seen = []
+    real_terms = dytox_losses.loss_terms
+
+    def recording_terms(student, targets, cfg, teacher=None, finetuning=False):
+        terms = real_terms(student, targets, cfg, teacher, finetuning)
+        seen.append((student["embeddings"].shape[1], teacher["embeddings"].shape[1], sorted(terms),
+                     int(targets.min()), int(targets.max())))
+        return terms
+
+    monkeypatch.setattr(dytox_losses, "loss_terms", recording_terms)
+    result = step_timing.bench_dytox_step(p, p.method["dytox_pks"], batch_size=4, classes_per_task=[3, 3, 2, 2],
+                                          steps=2, warmup=0)
+    assert result["tasks"] == 4 and result["rows"] == 4
+    assert result["parameters"] == parameter_count(p.model, p.dataset.channels, [3, 3, 2, 2])
+    assert result["ratio"] == pytest.approx(result["step_ms"] / result["floor_ms"])
+    # 2 timed steps, 4 tokens in the student, 3 in the teacher; labels of the last task (classes 8 and 9)
+    assert [s[:3] for s in seen] == [(4, 3, ["clf", "div", "pks"])] * 2
+    assert all(8 <= low <= high <= 9 for *_, low, high in seen)
+    with pytest.raises(ValueError, match="at least 2 tasks"):
+        step_timing.bench_dytox_step(p, p.method["dytox_pks"], batch_size=4, classes_per_task=[10], steps=1)
+
+
 def test_bench_of_an_official_method_times_its_step_against_the_floor_over_x_prime(monkeypatch):
     """The official step trains on X' = 4B rotated views + the mixup images (method-spec 2.4): the floor
     runs over one such X', the very rows of the step's first draw (the same seed), and the old model too."""

@@ -59,6 +59,8 @@ def bench_step(p: Params, method: MethodConfig, batch_size: int, steps: int = 20
     keep_freed_memory()  # as train does (ncil.learning.runtime.setup)
     if official.is_official(method):
         return _bench_official_step(p, method, batch_size, steps, warmup, n_old, n_new, seed)
+    if method.backbone == "dytox":
+        return bench_dytox_step(p, method, batch_size, [n_old, n_new], steps, warmup, seed)
     task = _synthetic_task(p, method, rotations(method) * (n_old + n_new), batch_size, n_old, n_new, seed)
     net, x, y = task.net, task.x, task.y
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
@@ -162,6 +164,60 @@ def _bench_official_step(p: Params, method: MethodConfig, batch_size: int, steps
     return {**result, "static_shapes": static}
 
 
+def bench_dytox_step(p: Params, method: MethodConfig, batch_size: int, classes_per_task: list[int], steps: int = 20,
+                     warmup: int = 3, seed: int = 0) -> dict:
+    """``bench_step`` for a DyTox method (docs/dytox.md) in task t = ``len(classes_per_task)``: the network after t - 1
+    expansions (t task tokens, t classifiers, the divergence head), the teacher with t - 1 tokens, the task phase's
+    trainable parameters and optimiser (``dytox_optimizer``), and the step as ``train_dytox_task`` takes it: both
+    forwards, every term of ``loss_terms`` (clf, kd and/or pks, div), backward, the optimiser step. The floor is the
+    same two forwards (the student's t TAB passes, the teacher's t - 1: DyTox cannot classify without them) with a
+    cross-entropy on the logits and its backward, so the ratio shows the distillation, divergence and optimiser."""
+    from ncil.learning.dytox_training import loss_config
+    from ncil.learning.optim import build_optimizer, decay_groups, dytox_recipe
+    from ncil.methods.dytox import loss_terms, total_loss
+    from ncil.models.dytox import DyToxNet, apply_phase, weight_decayed
+
+    if len(classes_per_task) < 2:
+        raise ValueError(f"tasks: a DyTox step with a teacher needs at least 2 tasks, got {len(classes_per_task)}")
+    generator = torch.Generator().manual_seed(seed)
+    net = DyToxNet(p.model, p.dataset.channels, classes_per_task[0], divergence=method.divergence > 0)
+    for n_classes in classes_per_task[1:-1]:
+        net.expand(n_classes, generator=generator)
+    teacher = copy.deepcopy(net).eval().requires_grad_(False)
+    teacher.divergence = None  # as train_dytox_task: the teacher's logits, patches and embeddings only
+    net.expand(classes_per_task[-1], generator=generator)
+    task = len(classes_per_task) - 1
+    apply_phase(net, "task")
+    recipe = dytox_recipe(p.train, method, task)
+    trainable = [(name, q) for name, q in net.named_parameters() if q.requires_grad]
+    groups = (decay_groups(trainable, weight_decayed, recipe.weight_decay) if recipe.optimizer == "adamw"
+              else [q for _, q in trainable])
+    optimizer = build_optimizer(groups, recipe)[0]
+    n_old = sum(classes_per_task[:-1])
+    x = torch.randn(batch_size, p.dataset.channels, p.dataset.image_size, p.dataset.image_size, generator=generator)
+    y = torch.randint(n_old, n_old + classes_per_task[-1], (batch_size,), generator=generator)
+    cfg = loss_config(method)
+    net.train()
+
+    def loss_of():
+        out = net(x)
+        with torch.no_grad():
+            old = teacher(x)
+        return total_loss(loss_terms(out, y, cfg, old))
+
+    def floor():
+        logits = net(x)["logits"]
+        net.zero_grad(set_to_none=True)
+        F.cross_entropy(logits, y).backward()
+        with torch.no_grad():
+            teacher(x)
+
+    result = _timed(_train_step(loss_of, optimizer), floor, steps, warmup, batch_size, batch_size, p.runtime.threads,
+                    net, f"student fwd+bwd ({task + 1} task tokens) + old-model fwd ({task})")
+    result["parameters"] = sum(q.numel() for q in net.parameters())  # DyTox has no .backbone: the whole network
+    return {**result, "tasks": task + 1}
+
+
 def _timed(full_step, floor, steps: int, warmup: int, rows: int, batch_size: int, threads: int, net,
            floor_passes: str) -> dict:
     """Time ``full_step`` and ``floor`` in alternating rounds; the fastest and the median round of each."""
@@ -179,7 +235,7 @@ def _timed(full_step, floor, steps: int, warmup: int, rows: int, batch_size: int
         "images_per_s": batch_size / step_s,
         "threads": threads,
         "floor_passes": floor_passes,
-        "parameters": sum(q.numel() for q in net.backbone.parameters()),
+        "parameters": sum(q.numel() for q in net.backbone.parameters()) if hasattr(net, "backbone") else 0,
     }
 
 

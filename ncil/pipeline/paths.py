@@ -142,9 +142,25 @@ def grid_dvc_yaml(name: str) -> str:
 # --- The paper's tables and figures (results/tables, results/figures; git) -----------------------
 FIGURES_DIR = f"{RESULTS_ROOT}/figures"
 PAPER_TABLES = ("table1", "table2", "table3", "table5")
-# Tables the paper-tables step writes without sections, from no grid's metrics (no grid runs their methods on
-# CIFAR-100 yet: ours reads "not run"): Table 4 (DyTox) and the exemplar-free benchmark table (issue 25).
+# Tables the paper-tables step writes without per-data-set sections: Table 4 (DyTox; its cells of ours come
+# from the results tables of the TABLE4_GRIDS that have run) and the exemplar-free benchmark table (issue 25).
 UNSECTIONED_TABLES = ("table4", "efcil_benchmark")
+# Grids (conf/experiment/<name>.yaml, each in a folder of its own) whose results fill Table 4: the paper-tables
+# step reads each one's committed params file and results table CSV where that CSV exists (``table4_sources``).
+TABLE4_GRIDS = ("digits_dytox", "cifar100_dytox")
+
+
+def table4_sources(root: str = ".") -> list[tuple[str, str, str]]:
+    """(grid, params file, results table CSV) of every Table 4 grid whose results CSV is under ``root``: the
+    files Table 4 is made from besides the paper's values (a grid that has not run adds none)."""
+    import os
+
+    out = []
+    for name in TABLE4_GRIDS:
+        csv = table_files(name)[1]
+        if os.path.isfile(os.path.join(root, csv)):
+            out.append((name, grid_params(name), csv))
+    return out
 
 
 def paper_table_files(table: str) -> tuple[str, str]:

@@ -230,16 +230,22 @@ def table_sections(params: dict, root: str = ".") -> list[str]:
 
 def paper_tables_step(params: dict, p: list[str], root: str = ".") -> Step:
     """Tables 1, 2, 3 and 5 (Markdown and CSV) from every data set's section files (``table_sections``),
-    and the unsectioned tables (``paths.UNSECTIONED_TABLES``: Table 4, the EFCIL benchmark; ours "not run")."""
+    and the unsectioned tables (``paths.UNSECTIONED_TABLES``): Table 4 with ours from the results tables of the
+    Table 4 grids that have run (``paths.table4_sources``), the EFCIL benchmark (ours "not run")."""
     sections = table_sections(params, root)
+    table4 = paths.table4_sources(root)  # committed files of the Table 4 grids that have run
     outs = {}
     for table in (*paths.PAPER_TABLES, *paths.UNSECTIONED_TABLES):
         outs[f"{table}_md"], outs[f"{table}_csv"] = paths.paper_table_files(table)
     log = paths.log_file("tables", "paper")
+    grids = ("--table4-grids", *(g for g, _, _ in table4)) if table4 else ()
+    deps = {f"section{i}": f for i, f in enumerate(sections)}
+    for grid, params_file, csv_file in table4:
+        deps[f"table4_{grid}_params"], deps[f"table4_{grid}_results"] = params_file, csv_file
     return Step(
         name="paper_tables", kind="paper_tables",
-        cmd=("paper-tables", *p, "--sections", *sections, "--log", log),
-        deps={f"section{i}": f for i, f in enumerate(sections)}, outs=outs,
+        cmd=("paper-tables", *p, "--sections", *sections, *grids, "--log", log),
+        deps=deps, outs=outs,
         params=param_keys("paper_tables", params), log=log, benchmark=paths.benchmark_file("tables", "paper"),
         cached=False,
     )

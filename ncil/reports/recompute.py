@@ -266,7 +266,9 @@ def verify(root: str | Path, params: dict, log=print, params_file: str = "params
         # The tables hold every data set's sections present: the other data sets' as committed (their own
         # grids write and check them), this grid's recomputed from its metrics.
         expected.update(report.table_texts(params, loaded, report.read_sections(str(root))))
-        expected.update(report.unsectioned_texts())  # Table 4, the EFCIL table: as the paper-tables step writes them
+        # Table 4 (from the committed results tables of the Table 4 grids that have run), the EFCIL table: as the
+        # paper-tables step writes them
+        expected.update(report.unsectioned_texts(report.table4_grids(str(root))))
     figure_csvs = report.curve_csv_texts(params, loaded)
     for path, text in {**expected, **figure_csvs}.items():
         found = _read_text(root / path, "results file")
@@ -282,6 +284,12 @@ def verify(root: str | Path, params: dict, log=print, params_file: str = "params
     log(f"verify: {checked['tables']} table files, {checked['figures']} figure data files and their PNGs match the metrics")
 
     checked["figure4"] = check_figure4(root, params, log)
+
+    if not extra_grid:  # Table 4's cells come from these grids' results tables: recompute those from their runs
+        for grid, grid_params_file, _ in paths.table4_sources(str(root)):
+            log(f"verify: Table 4 grid {grid} ({grid_params_file}):")
+            verify(root, io.read_yaml(root / grid_params_file), log, grid_params_file)
+            checked.setdefault("table4 grids", []).append(grid)
 
     readme = root / "README.md"
     if readme.is_file() and not extra_grid:  # the README copies the paper tables' sections

@@ -139,12 +139,42 @@ def table_texts(params: dict, metrics: list[dict], other_sections: dict[str, str
     return {**own, **assemble_texts({**theirs, **own}, default_context(params))}
 
 
-def unsectioned_texts() -> dict[str, str]:
-    """Path -> text of the tables the paper-tables step writes without sections (``paths.UNSECTIONED_TABLES``):
-    Table 4 (DyTox) and the EFCIL benchmark table, from no metrics (no grid runs their methods on CIFAR-100
-    yet, so ours reads "not run"). The step writes these texts and ``verify`` compares the committed files
-    with them."""
-    makers = {results_table.TABLE4: lambda: results_table.table4_texts([]),
+def table4_grids(root: str = ".", names=None) -> list[tuple[str, str, list[dict]]]:
+    """(grid, data set, rows) of the Table 4 grids ``names`` (None: every one that has run,
+    ``paths.table4_sources``): its data set from its committed params file, its rows from its committed results
+    table CSV (``results_table.results_rows``). A named grid without its files is an error naming them."""
+    from pathlib import Path
+
+    from ncil.pipeline import io
+
+    if names is None:
+        sources = paths.table4_sources(root)
+    else:
+        sources = [(g, paths.grid_params(g), paths.table_files(g)[1]) for g in names]
+        for grid, *files in sources:
+            for f in files:
+                if not (Path(root) / f).is_file():
+                    raise ValueError(f"{f}: not found (Table 4 grid {grid}: its params file is written by "
+                                     f"`python -m ncil grid {grid}`, its results table by the grid's run)")
+    out = []
+    for grid, params_file, csv_file in sources:
+        params = io.read_yaml(Path(root) / params_file)
+        try:
+            dataset = params["dataset"]["name"]
+        except (KeyError, TypeError):
+            raise ValueError(f"{params_file}: dataset.name missing (expected the grid's params file, written by "
+                             f"`python -m ncil grid {grid}`)") from None
+        text = (Path(root) / csv_file).read_text(encoding="utf-8")
+        out.append((grid, dataset, results_table.results_rows(text, dataset, csv_file)))
+    return out
+
+
+def unsectioned_texts(table4_grids: list[tuple[str, str, list[dict]]] = ()) -> dict[str, str]:
+    """Path -> text of the tables the paper-tables step writes without per-data-set sections
+    (``paths.UNSECTIONED_TABLES``): Table 4 (DyTox; ours from ``table4_grids``, ``table4_grids``'s output) and
+    the EFCIL benchmark table (no grid runs its methods on CIFAR-100 yet, so ours reads "not run"). The step
+    writes these texts and ``verify`` compares the committed files with them."""
+    makers = {results_table.TABLE4: lambda: results_table.table4_texts(list(table4_grids)),
               results_table.EFCIL: lambda: results_table.efcil_texts([])}
     if set(makers) != set(paths.UNSECTIONED_TABLES):
         raise ValueError(f"unsectioned tables {sorted(paths.UNSECTIONED_TABLES)} but makers for {sorted(makers)}")

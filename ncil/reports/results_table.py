@@ -41,7 +41,7 @@ TABLE_METRICS = {"table1": ("avg_accuracy", "last_accuracy"), "table2": ("avg_fo
                  "table3": ("last_accuracy",), "table5": ("last_accuracy",),
                  "table4": ("avg_accuracy", "last_accuracy", "avg_forgetting")}
 EFCIL = "efcil_benchmark"  # issue 25's comparison table (``efcil_texts``): not a paper table, no sections
-TABLE4 = "table4"  # not in TABLE_NAMES: no data set has sections of it (no grid runs DyTox); ``table4_texts``
+TABLE4 = "table4"  # not in TABLE_NAMES: made from the Table 4 grids' results tables (``table4_texts``)
 CSV_FIELDS = ["table", "dataset", "setting", "row", "method", "metric", "paper", "mean", "std", "n", "seeds",
               "diff", "status"]
 
@@ -382,37 +382,87 @@ def paper_tables(rows: list[dict], grid_settings: dict[str, list[str]], context:
 # --- Table 4: DyTox and DyTox + PKS (docs/dytox.md) ---------------------------------------------
 
 
-def table4_cells(rows: list[dict]) -> list[dict]:
-    """Every cell of Table 4 (CIFAR-100 B0 with DyTox, ``paper_values`` table4): the paper's value beside
-    ours, "not run" where ``rows`` (``aggregate`` output) has no ``dytox`` / ``dytox_pks`` result of that
-    setting (today: no CIFAR-100 DyTox grid has run)."""
-    by_key = {(paper_values.canonical_dataset(r["dataset"]), r["label"], r["method"]): r for r in rows}
+def results_rows(csv_text: str, dataset: str, source: str) -> list[dict]:
+    """The rows of a grid's results table CSV (``to_csv``) in ``aggregate``'s shape, of data set ``dataset``:
+    what Table 4 is made from (each grid's results table is recomputed from its metrics by its own verify)."""
+    fields = ["setting", "label", "method", "n", "seeds"] + [f"{c}_{s}" for c in COLUMNS for s in ("mean", "std")]
+    reader = csv.DictReader(io.StringIO(csv_text))
+    if reader.fieldnames != fields:
+        raise ValueError(f"{source}: header {reader.fieldnames} is not a results table's ({','.join(fields)}); "
+                         "written by that grid's `python -m ncil tables` step")
+    rows = []
+    for i, rec in enumerate(reader, start=2):
+        try:
+            row = {"dataset": dataset, "setting": rec["setting"], "label": rec["label"], "method": rec["method"],
+                   "n": int(rec["n"]), "seeds": [int(s) for s in rec["seeds"].split()],
+                   **{f"{c}_{s}": float(rec[f"{c}_{s}"]) for c in COLUMNS for s in ("mean", "std")}}
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{source}: line {i}: {err} (expected integers n and seeds, numbers in the "
+                             "mean and std columns)") from None
+        if row["n"] != len(row["seeds"]):
+            raise ValueError(f"{source}: line {i}: n is {row['n']} but {len(row['seeds'])} seeds are listed")
+        rows.append(row)
+    return rows
+
+
+def _table4_cell(dataset, setting, label, method, metric, paper, r) -> dict:
+    rec = {"table": TABLE4, "dataset": dataset, "setting": setting, "row": label, "method": method,
+           "metric": metric, "paper": paper, "mean": None, "std": None, "n": 0, "seeds": "", "diff": None,
+           "status": "not run"}
+    if r is not None:
+        rec.update(mean=r[f"{metric}_mean"], std=r[f"{metric}_std"], n=r["n"],
+                   seeds=" ".join(map(str, r["seeds"])), status="ok")
+        if paper is not None and not math.isnan(rec["mean"]):
+            rec["diff"] = rec["mean"] - paper
+    return rec
+
+
+def table4_cells(grids: list[tuple[str, str, list[dict]]]) -> list[dict]:
+    """Every cell of Table 4. ``grids``: (grid, data set, rows: ``results_rows``) of each Table 4 grid that has
+    run (``paths.table4_sources``). A grid on a data set the paper did not use has a section of its own (first,
+    by grid name): Table 4's rows over its settings, ours only. The CIFAR-100 section (``paper_values`` table4)
+    is always there: the paper's values, ours beside where a grid on CIFAR-100 has that setting, else "not run"."""
     cells = []
+    rows_of = {}
+    for grid, dataset, rows in grids:
+        rows_of.setdefault(paper_values.canonical_dataset(dataset), []).extend(rows)
+    table_rows = paper_values.TABLE_ROWS[TABLE4]
+    for grid, dataset, rows in sorted(grids):
+        if paper_values.canonical_dataset(dataset) in paper_values.DATASETS:
+            continue
+        by_key = {(r["label"], r["method"]): r for r in rows}
+        for label, method in table_rows:
+            for setting in dict.fromkeys(r["label"] for r in rows):
+                for metric in TABLE_METRICS[TABLE4]:
+                    cells.append(_table4_cell(grid, setting, label, method, metric, None, by_key.get((setting, method))))
     for v in paper_values.reported():
         if v["table"] != TABLE4:
             continue
-        r = by_key.get((v["dataset"], v["setting"], v["method"]))
+        by_key = {(r["label"], r["method"]): r for r in rows_of.get(v["dataset"], [])}
         for metric in TABLE_METRICS[TABLE4]:
-            rec = {"table": TABLE4, "dataset": v["dataset"], "setting": v["setting"], "row": v["row"],
-                   "method": v["method"], "metric": metric, "paper": v[metric], "mean": None, "std": None, "n": 0,
-                   "seeds": "", "diff": None, "status": "not run"}
-            if r is not None:
-                rec.update(mean=r[f"{metric}_mean"], std=r[f"{metric}_std"], n=r["n"],
-                           seeds=" ".join(map(str, r["seeds"])), status="ok")
-                if not math.isnan(rec["mean"]):
-                    rec["diff"] = rec["mean"] - v[metric]
-            cells.append(rec)
+            cells.append(_table4_cell(v["dataset"], v["setting"], v["row"], v["method"], metric, v[metric],
+                                      by_key.get((v["setting"], v["method"]))))
     return cells
 
 
-def table4_texts(rows: list[dict]) -> tuple[str, str]:
-    """(Markdown, CSV) of Table 4: the paper's DyTox rows with ours beside ("not run" without a run)."""
-    cells = table4_cells(rows)
+def table4_texts(grids: list[tuple[str, str, list[dict]]]) -> tuple[str, str]:
+    """(Markdown, CSV) of Table 4 (``table4_cells``): the paper's DyTox rows with ours beside, and a section of
+    ours per Table 4 grid on another data set."""
+    cells = table4_cells(grids)
+    ran = {paper_values.canonical_dataset(d) for _, d, _ in grids}
+    cifar = ("ours reads \"not run\" until a CIFAR-100 DyTox grid (cifar100_dytox) has run" if "cifar100" not in ran
+             else "ours from grid cifar100_dytox")
+    others = [f"`{g}` ({d}; conf/experiment/{g}.yaml, results/tables/{g}_results.csv)"
+              for g, d, _ in sorted(grids) if paper_values.canonical_dataset(d) not in paper_values.DATASETS]
+    grid_note = (" Sections of data sets the paper did not use show ours only, from grid "
+                 + ", ".join(others) + ": the same two methods and schedule rules on that data set's settings."
+                 if others else "")
     lines = [f"# {TABLE_TITLES[TABLE4]}", "", f"{paper_values.TABLE4_SETTING}. Source: {paper_values.TABLE4_SOURCE}. "
              "N=10 is 10+10x9, N=20 is 5+5x19. \"Ours\" is DyTox + PKS: the paper's text replaces DyTox's "
              "distillation with PKS (docs/dytox.md, section 3). Both methods are implemented (conf/method/dytox.yaml, "
-             "dytox_pks.yaml); ours reads \"not run\" until a CIFAR-100 DyTox grid has run.", EXPLANATION, ""]
-    lines += section_lines("cifar100", cells)
+             f"dytox_pks.yaml); {cifar}.{grid_note}", EXPLANATION, ""]
+    for dataset in dict.fromkeys(c["dataset"] for c in cells):
+        lines += section_lines(dataset, [c for c in cells if c["dataset"] == dataset])
     return "\n".join(lines), cells_to_csv(cells)
 
 

@@ -26,6 +26,7 @@ class Args:
     saves: int
     images: int
     classes: int
+    tasks: int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--saves", type=int, default=5, help="timed saves of the state (default 5)")
     parser.add_argument("--images", type=int, default=50000,
                         help="training images per epoch for the %% (default 50000, CIFAR-100's training set)")
-    parser.add_argument("--classes", type=int, default=100, help="head size of the state (default 100 classes)")
+    parser.add_argument("--classes", type=int, default=100,
+                        help="head size of the state; with --tasks, the classes shared by the tasks (default 100)")
+    parser.add_argument("--tasks", type=int, default=0,
+                        help="DyTox methods: time the step of task T (T task tokens, --classes split evenly over "
+                             "the T tasks; default: an incremental task of 4 old and 2 new classes)")
 
 
 def run(args: Args) -> None:
@@ -57,15 +62,33 @@ def run(args: Args) -> None:
     from ncil.learning.step_timing import bench_step
     if args.resume_state:
         return run_resume_state(p, args)
-    result = bench_step(p, p.method[args.method], args.batch_size or p.train.batch_size, args.steps)
+    method = p.method[args.method]
+    batch = args.batch_size or p.train.batch_size
+    if args.tasks:
+        if method.backbone != "dytox":
+            raise cli.UsageError(f"--tasks: only for a DyTox method (backbone dytox), {args.method} has {method.backbone}")
+        if not 2 <= args.tasks <= args.classes:
+            raise cli.UsageError(f"--tasks: expected 2 to --classes ({args.classes}) tasks, got {args.tasks}")
+        from ncil.learning.step_timing import bench_dytox_step
+        result = bench_dytox_step(p, method, batch, even_split(args.classes, args.tasks), args.steps)
+    else:
+        result = bench_step(p, method, batch, args.steps)
     static = " (static shapes)" if result.get("static_shapes") else ""
+    static += f" in task {result['tasks']}" if "tasks" in result else ""
     say(
-        f"{args.method}{static}: {result['rows']} rows/step ({result['parameters']:,} backbone parameters, "
+        f"{args.method}{static}: {result['rows']} rows/step ({result['parameters']:,} {'network' if 'tasks' in result else 'backbone'} parameters, "
         f"{result['threads']} thread(s), {p.runtime.numerics} numerics, {args.steps} alternating rounds): fastest step {result['step_ms']:.1f} ms, "
         f"fastest floor {result['floor_ms']:.1f} ms ({result['floor_passes']}), ratio {result['ratio']:.3f}; "
         f"medians {result['step_median_ms']:.1f} / {result['floor_median_ms']:.1f} ms, ratio {result['median_ratio']:.3f}; "
         f"{result['images_per_s']:.0f} images/s"
     )
+
+
+def even_split(classes: int, tasks: int) -> list[int]:
+    """``classes`` over ``tasks`` tasks as evenly as possible, the first tasks taking the remainder (pure):
+    100 over 10 -> 10 x 10; 100 over 20 -> 20 x 5; 10 over 4 -> [3, 3, 2, 2]."""
+    base, extra = divmod(classes, tasks)
+    return [base + (i < extra) for i in range(tasks)]
 
 
 def bench_state_save(p, method, classes: int, saves: int, folder, seed: int = 0) -> dict:
