@@ -122,6 +122,7 @@ def test_efc_composes_into_the_digits_efcil_grid_with_its_own_task_0():
     assert (pp.efc, pp.efc_old_classes, pp.efc_lambda, pp.efc_damping, pp.efc_sigma, pp.efc_rebalance_epochs) == \
         (True, "rebalance", 10.0, 0.1, 0.2, 50)
     assert (e.efc, e.efc_old_classes, e.efc_rebalance_epochs) == (True, "pr_ace", 50)
+    assert pp.efc_lr == e.efc_lr == 1e-4 and p.train.lr == 1e-3  # tasks t >= 1 at the released 1e-4, task 0 at train.lr
     assert (pp.backbone, pp.rotation, pp.classifier) == ("resnet18", True, "head")
     assert pp.base_recipe == e.base_recipe == "efc_resnet18" != p.method["pass_resnet18"].base_recipe
     committed = yaml.safe_load((ROOT / paths.grid_params("digits_efcil")).read_text())
@@ -142,6 +143,9 @@ def test_efc_composes_into_the_digits_efcil_grid_with_its_own_task_0():
                                        "rebalance) uses it: expected 50, got 5"),
     ("efc_pp", "efc_rebalance_epochs", 0, "method.efc_pp.efc_rebalance_epochs: expected a positive value, got 0"),
     ("efc_pp", "efc_lambda", -1.0, "method.efc_pp.efc_lambda: expected a weight >= 0, got -1.0"),
+    ("pass_resnet18", "efc_lr", 1e-4, "method.pass_resnet18.efc_lr: only EFC uses it: expected 0.0 without efc, got "
+                                      "0.0001"),
+    ("efc_pp", "efc_lr", -1.0, "method.efc_pp.efc_lr: expected a learning rate >= 0 (0 = train.lr), got -1.0"),
     ("efc_pp", "efc_sigma", 0.0, "method.efc_pp.efc_sigma: expected a positive value, got 0.0"),
     ("efc_pp", "feature_kd", 10.0, "method.efc_pp.feature_kd: EFC's step is cross-entropy + L_EFM (efc true): "
                                    "expected 0.0, got 10.0"),
@@ -228,6 +232,7 @@ def test_task_1_moves_the_old_prototypes_by_exactly_the_cores_drift(tiny):
     e = efc.empirical_feature_matrix(f_new.double(), net.head.weight.double(), net.head.bias.double())
     torch.testing.assert_close(payload1["efc"]["efm"].double(), e, rtol=1e-4, atol=1e-7)
     assert len(payload1["rebalance_history"]) == 3 and len(payload1["history"]) == 2
+    assert [h["lr"] for h in payload1["history"]] == [1e-4, 1e-4]  # efc_lr, not train.lr (1e-3)
 
 
 def test_efc_pp_keeps_the_old_heads_until_the_rebalancing_and_efc_trains_them(tiny, monkeypatch):

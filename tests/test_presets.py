@@ -108,7 +108,7 @@ FCS = {
     "classifier": "head", "fecam_tukey": 0.5, "fecam_shrink_times": 2,
     # EFC's options (efc true only), off
     "efc": False, "efc_old_classes": "rebalance", "efc_lambda": 10.0, "efc_damping": 0.1, "efc_sigma": 0.2,
-    "efc_rebalance_epochs": 50,
+    "efc_rebalance_epochs": 50, "efc_lr": 0.0,
 }
 OURS_OFFICIAL = {**FCS, "pks": 1.0, "pr": 1.0}
 

@@ -27,6 +27,7 @@ Features for steps 2-4 are the test transform's (normalisation only), computed o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -208,8 +209,11 @@ def _incremental_task(p: Params, job, train_split, previous: dict, previous_cent
     y_all = torch.from_numpy(labels).to(device)
     augment_spec = augment.spec_from_dataset(p.dataset)
 
-    # 3. Optimiser: the grid's recipe for tasks t >= 1, over the backbone and the new head (EFC++) or all heads (EFC).
+    # 3. Optimiser: the grid's recipe for tasks t >= 1 (efc_lr, constant, where set), over the backbone and the new
+    #    head (EFC++) or all heads (EFC).
     recipe = optim.task_recipe(p.train, job.task)
+    if method.efc_lr > 0:  # the released incremental tasks' Adam learning rate (1e-4), not the grid's train.lr
+        recipe = dataclasses.replace(recipe, lr=method.efc_lr, step=0, milestones=())
     trained_params = list(model.backbone.parameters()) + list(model.new_head.parameters())
     if pr_ace:
         trained_params += list(model.old_head.parameters())

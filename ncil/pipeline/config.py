@@ -147,6 +147,7 @@ class MethodConfig:
     efc_damping: float = 0.1  # eta, the damping (released --efc_damping 0.1)
     efc_sigma: float = 0.2  # kernel width of the EFM prototype drift (released --efc_protoupdate 0.2)
     efc_rebalance_epochs: int = 50  # EFC++'s re-balancing epochs (released --balanced_epochs 50)
+    efc_lr: float = 0.0  # Adam learning rate of tasks t >= 1 (released: 1e-4); 0 = train.lr
     # --- FeCAM (issue 25; docs/efcil.md): backbone resnet18, trained on task 0 only, frozen after ---
     classifier: str = "head"  # head (argmax of the head's logits) or fecam (Mahalanobis to per-class statistics)
     fecam_tukey: float = 0.5  # lambda of Tukey's ladder on the frozen features (FeCAM: 0.5; 0 = log)
@@ -791,7 +792,7 @@ def _validate_fecam_options(source: str, key: str, m: MethodConfig) -> None:
 # EFC / EFC++ (method efc true; ncil.learning.efc_training): its options with their defaults, refused without it;
 # the re-balancing epochs (EFC++ only) refused under PR-ACE; the terms its step does not have.
 EFC_ONLY = {"efc_old_classes": "rebalance", "efc_lambda": 10.0, "efc_damping": 0.1, "efc_sigma": 0.2,
-            "efc_rebalance_epochs": 50}
+            "efc_rebalance_epochs": 50, "efc_lr": 0.0}
 EFC_OLD_CLASSES = ("rebalance", "pr_ace")
 EFC_NOT_STEP = {"feature_kd": 0.0, "proto_aug": 0.0, "pks": 0.0, "pr": 0.0, "train_on": "current", "preset": "paper",
                 "mixup_rounds": 0, "contrastive": 0.0, "transfer": 0.0, "classifier": "head"}
@@ -810,6 +811,8 @@ def _validate_efc_options(source: str, key: str, m: MethodConfig) -> None:
         if getattr(m, option) < 0:
             raise _fail(source, f"{key}.{option}", f"expected a weight >= 0, got {getattr(m, option)}")
     _positive(source, f"{key}.efc_sigma", m.efc_sigma)
+    if m.efc_lr < 0:
+        raise _fail(source, f"{key}.efc_lr", f"expected a learning rate >= 0 (0 = train.lr), got {m.efc_lr}")
     if m.efc_old_classes == "rebalance":
         _positive(source, f"{key}.efc_rebalance_epochs", m.efc_rebalance_epochs)
     else:
