@@ -296,9 +296,9 @@ def test_task_1_reads_no_image_of_an_earlier_task(tiny):
 # --- a tiny run through the verbs --------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_a_tiny_efc_pp_run_through_train_and_evaluate_is_deterministic(tiny_prepared_template, tmp_path):
-    """Task 0 (efc_resnet18) and task 1 (efc_pp) with the grid's commands; task 1 twice gives the same bytes; the
-    checkpoint records its centers and evaluation predicts with the heads over the 6 seen classes."""
+def test_a_tiny_efc_pp_run_through_train_and_evaluate(tiny_prepared_template, tmp_path):
+    """Task 0 (efc_resnet18) and task 1 (efc_pp) with the grid's commands (a rerun's bytes are compared in process,
+    above); the checkpoint records its centers and evaluation predicts with the heads over the 6 seen classes."""
     project = _copy(tiny_prepared_template, tmp_path / "project")
     ncil(["params", *CLI_TINY], project)
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -307,11 +307,8 @@ def test_a_tiny_efc_pp_run_through_train_and_evaluate_is_deterministic(tiny_prep
             ncil(list(step.cmd), project)
     steps = {int(s.values("--task")[0]): s for s in workflow.steps(params) if s.kind == "train"}
     assert steps[0].values("--method") == ["efc_resnet18"] and set(steps[1].outs) == {"checkpoint", "centers"}
-    first = {}
-    for t in (0, 1, 1):
+    for t in (0, 1):
         ncil(list(steps[t].cmd), project)
-        outs = {name: (project / path).read_bytes() for name, path in steps[t].outs.items()}
-        assert first.setdefault(t, outs) == outs
     one = io.load_checkpoint(project / steps[1].outs["checkpoint"], project / steps[1].outs["centers"])
     assert one["config"]["method_config"]["efc"] is True and one["efc"]["covariance"].shape == (6, 512, 512)
     checkpoints = [steps[t].outs["checkpoint"] for t in (0, 1)]
