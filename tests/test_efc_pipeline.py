@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import re
 from io import BytesIO
-from pathlib import Path
 
 import numpy as np
 import pytest
