@@ -167,6 +167,18 @@ def test_a_method_sharing_efcs_task_0_must_have_efc():
         parse_params(data)
 
 
+def test_the_train_verb_gives_an_efc_task_no_exemplar_memory():
+    """EFC keeps no exemplars: --prev-memory / --memory are refused before any data loads."""
+    from ncil.stages import train
+
+    p = parse_params(compose(TINY))
+    args = train.Args(params="params.yaml", log=None, split="s.json", task=1, seed=1, method="efc_pp",
+                      prev_checkpoint="m0.pt", prev_centers="c0.parquet", checkpoint="m.pt", centers="c.parquet",
+                      prev_memory="memory.parquet")
+    with pytest.raises(train.cli.UsageError, match="^--prev-memory: --method efc_pp keeps no exemplars"):
+        train.check_memory_flags(args, p.method["efc_pp"], "params.yaml")
+
+
 def test_train_task_refuses_an_efc_task_after_the_first():
     p = parse_params(compose(TINY))
     with pytest.raises(ValueError, match="method efc_pp: EFC's tasks t >= 1 are ncil.learning.efc_training"):
@@ -242,8 +254,21 @@ def test_efc_pp_keeps_the_old_heads_until_the_rebalancing_and_efc_trains_them(ti
     assert not torch.equal(one[0]["model"]["head.weight"][:4], old_weight)  # the re-balancing moved them
     ace = efc_training.train_efc_task(p, _job(p, 1, "efc"), data, *zero, quiet())
     assert "rebalance_history" not in ace[0] and not torch.equal(ace[0]["model"]["head.weight"][:4], old_weight)
-    monkeypatch.setattr(efc_training, "rebalance_heads", lambda *args, **kwargs: [0.0])  # a re-balancing that does nothing
+    seen = {}
+
+    def record(head, features, labels, epochs, generator, **kwargs):  # a re-balancing that only records its input
+        seen.update(features=features, labels=labels, epochs=epochs)
+        return [0.0]
+
+    monkeypatch.setattr(efc_training, "rebalance_heads", record)
     kept = efc_training.train_efc_task(p, _job(p, 1), data, *zero, quiet())
+    # Every class had 10 training images: the 20 current features (classes 4, 5) then 10 Gaussian samples of each of
+    # the 4 old classes, around the moved prototypes (task 1's centers rows 0..3).
+    assert seen["epochs"] == 3 and seen["features"].shape == (60, 512)
+    assert seen["labels"].tolist() == [4] * 10 + [5] * 10 + [c for c in range(4) for _ in range(10)]
+    assert torch.bincount(seen["labels"]).tolist() == [10] * 6
+    f_new, _, _ = _features(p, 1, data, kept[0]["model"], 1)
+    assert torch.equal(seen["features"][:20], f_new)  # the current features, as computed from the checkpoint
     assert torch.equal(kept[0]["model"]["head.weight"][:4], old_weight)
     assert torch.equal(kept[0]["model"]["head.bias"][:4], old_bias)
     assert not torch.equal(kept[0]["model"]["head.weight"][4:], one[0]["model"]["head.weight"][4:])  # new rows differ
