@@ -342,3 +342,16 @@ def test_a_tiny_efc_pp_run_through_train_and_evaluate(tiny_prepared_template, tm
     predictions = io.read_predictions(project / evals[1], split["tasks"])
     assert set(np.unique(predictions["prediction"]).tolist()) <= set(range(6))
     assert len(np.unique(predictions["prediction"])) >= 2  # not one class for everything
+
+
+def test_efc_runs_on_the_vit_backbone_too():
+    """EFC is model-agnostic: on the tiny ViT (D = 16, no BatchNorm, no rotation) tasks 0 and 1 store E and the
+    covariances at its width, and the head grows from 4 to 6 plain rows."""
+    p = parse_params(compose([*TINY, "method=[efc_pp]", "method.efc_pp.backbone=vit", "method.efc_pp.rotation=false",
+                              "model=vit_digits_tiny"]))
+    zero = efc_training.train_efc_task(p, _job(p, 0), _split(), None, None, quiet())
+    one = efc_training.train_efc_task(p, _job(p, 1), _split(), *zero, quiet())
+    assert zero[0]["rotations"] == 1 and zero[0]["efc"]["covariance"].shape == (4, 16, 16)
+    assert one[0]["efc"]["efm"].shape == (16, 16) and one[0]["efc"]["covariance"].shape == (6, 16, 16)
+    assert one[0]["model"]["head.weight"].shape == (6, 16) and one[1]["center"].shape == (6, 16)
+    assert all(torch.isfinite(t).all() for t in one[0]["efc"].values())
