@@ -263,7 +263,7 @@ def test_plain_conf_reader_refuses_a_key_given_twice(tmp_path):
     ("model.foo.bar=1", "override 'model.foo.bar=1': no key model.foo in conf/ (keys of model: name, img_size,"),
     ("method=[finetune,jiont]", "override 'method=[finetune,jiont]': no option 'jiont' in conf/method/ "
                                 "(did you mean joint?)"),
-    ("method=[fooo]", "override 'method=[fooo]': no option 'fooo' in conf/method/ (options: baseline, dytox, dytox_pks, fcs,"),
+    ("method=[fooo]", "override 'method=[fooo]': no option 'fooo' in conf/method/ (options: baseline, dytox, dytox_pks, efc, efc_pp, fcs,"),
     ("dataset=cifar", "override 'dataset=cifar': no option 'cifar' in conf/dataset/ (did you mean cifar100?)"),
     ("+experiment=cifar", "override '+experiment=cifar': no option 'cifar' in conf/experiment/ (did you mean"),
     ("train.epochs==3", "override 'train.epochs==3': expected key=value in Hydra's override grammar (extraneous"),

@@ -106,6 +106,9 @@ FCS = {
     "dytox_optimizer": "adam", "warmup_epochs": 0, "warmup_lr": 0.0, "min_lr": 0.0,
     # FeCAM's options (classifier fecam only), off: the head classifies
     "classifier": "head", "fecam_tukey": 0.5, "fecam_shrink_times": 2,
+    # EFC's options (efc true only), off
+    "efc": False, "efc_old_classes": "rebalance", "efc_lambda": 10.0, "efc_damping": 0.1, "efc_sigma": 0.2,
+    "efc_rebalance_epochs": 50, "efc_lr": 0.0,
 }
 OURS_OFFICIAL = {**FCS, "pks": 1.0, "pr": 1.0}
 
@@ -143,7 +146,7 @@ def test_a_task_0_mismatch_between_official_methods_is_refused(key, value, diffe
         f"params.yaml: method.ours_official.base_recipe: 'official' is shared with method 'fcs', which differs in "
         f"{differ} for task 0 of base4 (methods of one base_recipe must agree on preset, backbone, rotation, "
         f"ce_temperature, mixup_rounds, contrastive, contrastive_temperature, train_images, exemplars_per_class, "
-        f"exemplar_rule, dytox_optimizer, warmup_epochs, warmup_lr, min_lr, classifier, fecam_tukey, fecam_shrink_times): give one of them "
+        f"exemplar_rule, dytox_optimizer, warmup_epochs, warmup_lr, min_lr, classifier, fecam_tukey, fecam_shrink_times, efc): give one of them "
         f"another base_recipe name")
 
 

@@ -155,6 +155,8 @@ def train_task(
     if job.method.classifier == "fecam" and job.task > 0:
         raise ValueError(f"method {job.method_name}: FeCAM trains nothing after task 0 (frozen backbone): task "
                          f"{job.task} is ncil.learning.fecam_training.frozen_task")
+    if job.method.efc and job.task > 0:
+        raise ValueError(f"method {job.method_name}: EFC's tasks t >= 1 are ncil.learning.efc_training.train_efc_task")
     if job.method.backbone == "dytox":
         from ncil.learning.dytox_training import train_dytox_task
 

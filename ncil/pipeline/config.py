@@ -140,6 +140,14 @@ class MethodConfig:
     warmup_epochs: int = 0  # epochs of linear warm-up from warmup_lr to train.lr at the start of every task
     warmup_lr: float = 0.0  # the learning rate of epoch 0 when warmup_epochs > 0
     min_lr: float = 0.0  # where the cosine ends (reached after train.epochs epochs)
+    # --- EFC / EFC++ (issue 25; docs/efcil.md "EFC++ in the pipeline"; ncil.learning.efc_training) ---
+    efc: bool = False  # elastic feature consolidation: L_EFM on tasks t >= 1; every task stores E, covariances
+    efc_old_classes: str = "rebalance"  # rebalance (EFC++: heads re-trained after each task) or pr_ace (EFC)
+    efc_lambda: float = 10.0  # lambda_EFM (released --efc_lamb 10)
+    efc_damping: float = 0.1  # eta, the damping (released --efc_damping 0.1)
+    efc_sigma: float = 0.2  # kernel width of the EFM prototype drift (released --efc_protoupdate 0.2)
+    efc_rebalance_epochs: int = 50  # EFC++'s re-balancing epochs (released --balanced_epochs 50)
+    efc_lr: float = 0.0  # Adam learning rate of tasks t >= 1 (released: 1e-4); 0 = train.lr
     # --- FeCAM (issue 25; docs/efcil.md): backbone resnet18, trained on task 0 only, frozen after ---
     classifier: str = "head"  # head (argmax of the head's logits) or fecam (Mahalanobis to per-class statistics)
     fecam_tukey: float = 0.5  # lambda of Tukey's ladder on the frozen features (FeCAM: 0.5; 0 = log)
@@ -219,7 +227,7 @@ CROP_FILLS = ("black", "mean")  # as ncil.data.augment.CROP_FILLS
 BASE_RECIPE_FIELDS = ("preset", "backbone", "rotation", "ce_temperature", "mixup_rounds", "contrastive",
                       "contrastive_temperature", "train_images", "exemplars_per_class", "exemplar_rule",
                       "dytox_optimizer", "warmup_epochs", "warmup_lr", "min_lr",
-                      "classifier", "fecam_tukey", "fecam_shrink_times")
+                      "classifier", "fecam_tukey", "fecam_shrink_times", "efc")
 # Names of scenarios, methods and base recipes become folder names and Snakemake wildcard values.
 NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -506,6 +514,7 @@ def _validate(p: Params, source: str) -> None:
         _validate_dytox_options(source, key, m)
         _validate_dytox_schedule(p, source, key, m)
         _validate_fecam_options(source, key, m)
+        _validate_efc_options(source, key, m)
     _validate_grid_preset(p, source)
     # Methods of one base recipe share task 0 of every base split: its fields must agree there, the
     # contrastive weight as each split resolves it (method_for_split).
@@ -778,6 +787,39 @@ def _validate_fecam_options(source: str, key: str, m: MethodConfig) -> None:
     _at_least_zero(source, f"{key}.fecam_shrink_times", m.fecam_shrink_times, "a number of shrinkages")
     _require_values(source, key, m, FECAM_FROZEN, "FeCAM trains nothing after task 0 (frozen backbone): expected "
                                                   "{off!r}, got {got!r}")
+
+
+# EFC / EFC++ (method efc true; ncil.learning.efc_training): its options with their defaults, refused without it;
+# the re-balancing epochs (EFC++ only) refused under PR-ACE; the terms its step does not have.
+EFC_ONLY = {"efc_old_classes": "rebalance", "efc_lambda": 10.0, "efc_damping": 0.1, "efc_sigma": 0.2,
+            "efc_rebalance_epochs": 50, "efc_lr": 0.0}
+EFC_OLD_CLASSES = ("rebalance", "pr_ace")
+EFC_NOT_STEP = {"feature_kd": 0.0, "proto_aug": 0.0, "pks": 0.0, "pr": 0.0, "train_on": "current", "preset": "paper",
+                "mixup_rounds": 0, "contrastive": 0.0, "transfer": 0.0, "classifier": "head"}
+
+
+def _validate_efc_options(source: str, key: str, m: MethodConfig) -> None:
+    """EFC (docs/efcil.md): its options only with efc true; on the resnet18 or vit backbone; none of the other
+    methods' terms (its step is CE + L_EFM, ncil.learning.efc_training)."""
+    if not m.efc:
+        _require_values(source, key, m, EFC_ONLY, f"only EFC uses it: expected {{off!r}} without efc, got {{got!r}} "
+                                                  f"(or set {key}.efc: true)")
+        return
+    _choice(source, f"{key}.efc_old_classes", m.efc_old_classes, EFC_OLD_CLASSES)
+    _choice(source, f"{key}.backbone", m.backbone, ("resnet18", "vit"))
+    for option in ("efc_lambda", "efc_damping"):
+        if getattr(m, option) < 0:
+            raise _fail(source, f"{key}.{option}", f"expected a weight >= 0, got {getattr(m, option)}")
+    _positive(source, f"{key}.efc_sigma", m.efc_sigma)
+    if m.efc_lr < 0:
+        raise _fail(source, f"{key}.efc_lr", f"expected a learning rate >= 0 (0 = train.lr), got {m.efc_lr}")
+    if m.efc_old_classes == "rebalance":
+        _positive(source, f"{key}.efc_rebalance_epochs", m.efc_rebalance_epochs)
+    else:
+        _require_values(source, key, m, {"efc_rebalance_epochs": 50}, "only EFC++'s re-balancing (efc_old_classes "
+                                                                     "rebalance) uses it: expected {off!r}, got {got!r}")
+    _require_values(source, key, m, EFC_NOT_STEP, "EFC's step is cross-entropy + L_EFM (efc true): expected {off!r}, "
+                                                   "got {got!r}")
 
 
 def resolve_precision(requested: str, device_type: str, preset: str) -> str:

@@ -211,7 +211,7 @@ EFCIL_SETTINGS = {
     "base10_inc10": ("10+10x9", "cold start"),
     "base5_inc5": ("5+5x19", "cold start"),
 }
-# Rows: (label, our method key). Only ``fecam`` is a pipeline method (conf/method/fecam.yaml); the others are
+# Rows: (label, our method key). ``fecam``, ``efc`` and ``efc_pp`` are pipeline methods (conf/method/); the others are
 # cores in ncil/methods/ (docs/efcil.md) and read "not run" under the key their conf/method file will have.
 EFCIL_ROWS = [
     ("FeCAM", "fecam"),
@@ -219,7 +219,7 @@ EFCIL_ROWS = [
     ("ADC", "adc"),
     ("LDC", "ldc"),
     ("EFC", "efc"),
-    ("EFC++", "efcpp"),
+    ("EFC++", "efc_pp"),
     ("AdaGauss", "adagauss"),
 ]
 # Convention of a quoted value: how its paper averages accuracy over the seen classes

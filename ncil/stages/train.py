@@ -314,6 +314,10 @@ def _train(args: Args, p, split: dict, method, job, log, flag) -> None:
             from ncil.learning.fecam_training import frozen_task
 
             payload, centers, statistics = frozen_task(p, job, train_data, previous, previous_centers, log)
+        elif method.efc:  # EFC / EFC++: E and the class covariances travel in the checkpoint (efc_training)
+            from ncil.learning.efc_training import train_efc_task
+
+            payload, centers = train_efc_task(p, job, train_data, previous, previous_centers, log, plan)
         elif method.exemplars_per_class:
             payload, centers, memory = train_task(p, job, train_data, previous, previous_centers, log, plan,
                                                   previous_memory=previous_memory)
