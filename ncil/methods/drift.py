@@ -188,3 +188,20 @@ def fit_projector_adam(old_features: torch.Tensor, new_features: torch.Tensor, *
 def apply_projector(projector: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """LDC's compensated prototypes: P mu_c for every row, (C, D)."""
     return prototypes @ projector.T
+
+
+# --- NCM: the classifier of the compensated prototypes --------------------------------------------------
+
+
+def ncm_distances(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances (N, C) of features (N, D) to prototypes (C, D)."""
+    return ((features[:, None, :] - prototypes[None, :, :]) ** 2).sum(-1)
+
+
+def ncm_predict(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Nearest class mean (N,): the row of ``prototypes`` nearest to each feature (Euclidean; a tie goes to the
+    lower row)."""
+    if features.ndim != 2 or prototypes.ndim != 2 or features.shape[1] != prototypes.shape[1]:
+        raise ValueError(f"expected features (N, D) and prototypes (C, D), got {tuple(features.shape)} and "
+                         f"{tuple(prototypes.shape)}")
+    return ncm_distances(features, prototypes).argmin(1)
