@@ -27,8 +27,9 @@ from ncil.pipeline.hydra_conf import compose
 from tests.conftest import ROOT, _copy, ncil
 
 # The three methods on the tiny grid's setting (4 + 2 x 3), seed 1, one epoch per task (the tiny project's train:
-# smoke), in the grid's own folder (grid: digits_efcil).
-DRIFT_TINY = ["+experiment=digits_efcil", "scenario=[base4_inc2]", "seeds=[1]", "method=[ldc,sdc,adc]"]
+# smoke), in the grid's own folder (grid: digits_efcil); ADC attacks 20 samples per old class instead of 100 (time).
+DRIFT_TINY = ["+experiment=digits_efcil", "scenario=[base4_inc2]", "seeds=[1]", "method=[ldc,sdc,adc]",
+              "method.adc.adc_samples=20"]
 METHODS = ("ldc", "sdc", "adc")
 FOLDER = "digits_efcil"
 SETTING_SPLIT = f"results/{FOLDER}/base4_inc2/split.json"
@@ -107,7 +108,7 @@ def test_ldc_moves_a_prototype_through_the_fitted_projector():
     # there given enough epochs (the released 20 would not: docs/efcil.md).
     old = t([[1, 0], [0, 1], [1, 1]])
     new = t([[2, 0], [1, 1], [3, 1]])
-    ldc = method(drift="ldc", ldc_epochs=3000, ldc_lr=0.01)
+    ldc = method(drift="ldc", ldc_epochs=600, ldc_lr=0.05)
     runs = [drift_training.compensate(ldc, t([[1, 2]]), old, new, generator=torch.Generator().manual_seed(5))
             for _ in range(2)]
     np.testing.assert_allclose(runs[0].numpy(), [[4, 2]], atol=1e-3)
@@ -277,6 +278,8 @@ def test_old_prototypes_move_by_the_cores_drift_and_new_ones_are_the_new_models_
     project, _, _, results = drift_run
     p, split, train = _loaded(project)
     m = p.method[name]
+    expected_options = {"sdc": (0.3, 0, 0), "adc": (0.0, 20, 0), "ldc": (0.0, 0, 20)}
+    assert (m.sdc_sigma, m.adc_samples, m.ldc_epochs) == expected_options[name]
     for task in (1, 2):
         (previous, previous_rows), (payload, rows) = results[name, task - 1], results[name, task]
         job = training.make_job(p, split, task, 1, name, m, SETTING_SPLIT)
@@ -295,7 +298,7 @@ def test_old_prototypes_move_by_the_cores_drift_and_new_ones_are_the_new_models_
             images = arrays.to_tensor(_task_split(train, split, task)[1], p.dataset.mean, p.dataset.std)
             with torch.no_grad():
                 expected = drift.adc_compensate(lambda z: nets[0].backbone(z)[0], lambda z: nets[1].backbone(z)[0],
-                                                images, old, alpha=25.0, steps=3, k=100, x_min=images.min().item(),
+                                                images, old, alpha=25.0, steps=3, k=20, x_min=images.min().item(),
                                                 x_max=images.max().item())
         n_old = len(old)
         assert n_old == 4 + 2 * (task - 1)

@@ -106,6 +106,9 @@ FCS = {
     "dytox_optimizer": "adam", "warmup_epochs": 0, "warmup_lr": 0.0, "min_lr": 0.0,
     # FeCAM's options (classifier fecam only), off: the head classifies
     "classifier": "head", "fecam_tukey": 0.5, "fecam_shrink_times": 2,
+    # drift compensation's options (classifier ncm only), off: no prototype is moved
+    "drift": "none", "sdc_sigma": 0.0, "adc_alpha": 0.0, "adc_steps": 0, "adc_samples": 0, "ldc_epochs": 0,
+    "ldc_lr": 0.0,
 }
 OURS_OFFICIAL = {**FCS, "pks": 1.0, "pr": 1.0}
 
