@@ -47,17 +47,28 @@ def t(values):
 
 
 # --- NCM, by hand ----------------------------------------------------------------------------------------------
-# Prototypes (0, 0), (4, 0), (0, 3). Squared distances:
-#   (1, 1): 2, 10, 5   -> class 0      (3, 1): 10, 2, 13  -> class 1
-#   (0, 2): 4, 20, 1   -> class 2      (2, 0): 4, 4, 13   -> a tie of 0 and 1: the lower row, class 0
-PROTOTYPES = [[0.0, 0.0], [4.0, 0.0], [0.0, 3.0]]
-FEATURES = [[1.0, 1.0], [3.0, 1.0], [0.0, 2.0], [2.0, 0.0]]
+# Prototypes (2, 0), (0, 3), (1, 1); L2-normalised (the released evaluation): (1, 0), (0, 1), (1, 1)/sqrt(2). On unit
+# vectors the squared distance is 2 - 2 cos:
+#   (3, 1):   cos 3/sqrt(10), 1/sqrt(10), 4/sqrt(20)  -> class 0 (raw squared distances 2, 13, 4: class 0 too)
+#   (5, 5):   cos 1/sqrt(2), 1/sqrt(2), 1             -> class 2 (raw: 34, 29, 32: class 1)
+#   (1, 4):   cos 1/sqrt(17), 4/sqrt(17), 5/sqrt(34)  -> class 1 (raw: 17, 2, 9: class 1)
+#   (0.5, 2): raw 6.25, 1.25, 1.25: a tie of 1 and 2, the lower row: class 1
+PROTOTYPES = [[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]]
+FEATURES = [[3.0, 1.0], [5.0, 5.0], [1.0, 4.0]]
+
+
+def _cosines(x, y):
+    n = math.hypot(x, y)
+    return [x / n, y / n, (x + y) / (n * math.sqrt(2))]
 
 
 def test_ncm_by_hand():
-    np.testing.assert_allclose(drift.ncm_distances(t(FEATURES), t(PROTOTYPES)).numpy(),
-                               [[2, 10, 5], [10, 2, 13], [4, 20, 1], [4, 4, 13]])
-    assert drift.ncm_predict(t(FEATURES), t(PROTOTYPES)).tolist() == [0, 1, 2, 0]
+    expected = [[2 - 2 * c for c in _cosines(*f)] for f in FEATURES]
+    np.testing.assert_allclose(drift.ncm_distances(t(FEATURES), t(PROTOTYPES)).numpy(), expected, atol=1e-8)  # eps 1e-8
+    assert drift.ncm_predict(t(FEATURES), t(PROTOTYPES)).tolist() == [0, 2, 1]
+    np.testing.assert_allclose(drift.ncm_distances(t(FEATURES), t(PROTOTYPES), normalize=False).numpy(),
+                               [[2, 13, 4], [34, 29, 32], [17, 2, 9]])
+    assert drift.ncm_predict(t([*FEATURES, [0.5, 2.0]]), t(PROTOTYPES), normalize=False).tolist() == [0, 1, 1, 1]
 
 
 class PixelsAsFeatures(torch.nn.Module):
@@ -68,15 +79,48 @@ class PixelsAsFeatures(torch.nn.Module):
         self.backbone = lambda x: (x.flatten(1), None)
 
 
-def test_evaluation_predicts_the_nearest_stored_prototype():
+def test_evaluation_predicts_the_nearest_normalised_prototype():
     # Images 1 x 2 pixels, one channel, pixel values = the features above: mean 0 and std 1/255 undo to_tensor's /255.
-    images = np.asarray(FEATURES, dtype=np.uint8).reshape(4, 1, 2, 1)  # (N, H, W, C)
-    predicted = prediction.predict_ncm(PixelsAsFeatures(), images, (0.0,), (1 / 255,), 3, torch.device("cpu"),
+    images = np.asarray(FEATURES, dtype=np.uint8).reshape(3, 1, 2, 1)  # (N, H, W, C)
+    predicted = prediction.predict_ncm(PixelsAsFeatures(), images, (0.0,), (1 / 255,), 2, torch.device("cpu"),
                                        torch.tensor(PROTOTYPES), n_classes=3)
-    assert predicted.tolist() == [0, 1, 2, 0]
+    assert predicted.tolist() == [0, 2, 1]  # (5, 5) goes to class 2: the raw nearest prototype would be class 1
     with pytest.raises(ValueError, match=r"prototypes: expected one row per seen class \(4\)"):
-        prediction.predict_ncm(PixelsAsFeatures(), images, (0.0,), (1 / 255,), 3, torch.device("cpu"),
+        prediction.predict_ncm(PixelsAsFeatures(), images, (0.0,), (1 / 255,), 2, torch.device("cpu"),
                                torch.tensor(PROTOTYPES), n_classes=4)
+
+
+def test_the_step_trains_only_the_new_classes_columns():
+    """Tasks t >= 1 of an ncm method: cross-entropy over the current task's head columns (targets y - K_old), as
+    the released LwF base learner, plus feature distillation; no other term."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from ncil.methods.baseline import feature_distillation
+    from ncil.methods.objective import OldKnowledge, step_loss
+    from ncil.models.network import build_network
+    from ncil.pipeline.config import ModelConfig
+
+    tiny = ModelConfig("vit", img_size=8, patch_size=2, embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0,
+                       drop_path=0.0)
+    torch.manual_seed(0)
+    net = build_network(tiny, 1, 4, "vit")
+    teacher = copy.deepcopy(net).eval().requires_grad_(False)
+    with torch.no_grad():  # the student moves away from the teacher, so the distillation is not 0
+        for param in net.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    old = OldKnowledge(teacher=teacher, centers=torch.zeros(2, 16), radius=0.0)
+    x, y = torch.randn(6, 1, 8, 8), torch.tensor([2, 3, 2, 3, 3, 2])
+    m = replace(method(drift="sdc", sdc_sigma=0.3), backbone="vit")
+    loss, terms, logits, targets = step_loss(net, x, y, m, old, None, torch.Generator().manual_seed(0))
+    assert set(terms) == {"ce", "fkd"} and torch.equal(targets, y)
+    assert terms["ce"].item() == pytest.approx(F.cross_entropy(logits[:, 2:], y - 2).item(), rel=1e-6)
+    assert abs(terms["ce"].item() - F.cross_entropy(logits, y).item()) > 1e-3  # the whole head would differ
+    with torch.no_grad():
+        fkd = 10.0 * feature_distillation(net.backbone(x)[0], teacher.backbone(x)[0])
+    assert terms["fkd"].item() == pytest.approx(fkd.item(), rel=1e-5) and fkd.item() > 0
+    assert loss.item() == pytest.approx(terms["ce"].item() + terms["fkd"].item(), rel=1e-6)
 
 
 # --- each drift mode's update, by hand (docs/efcil.md's worked examples, through drift_training.compensate) -----
@@ -155,6 +199,8 @@ def test_the_three_methods_compose_with_the_released_constants_and_share_task_0(
     ("ldc", "drift", "none", "method.ldc.ldc_epochs: only drift ldc uses it: expected 0 with drift none, got 20"),
     ("sdc", "sdc_sigma", 0.0, "method.sdc.sdc_sigma: drift sdc needs it: expected a value > 0, got 0.0"),
     ("adc", "adc_steps", 0, "method.adc.adc_steps: drift adc needs it: expected a value > 0, got 0"),
+    ("sdc", "proto_aug", 10.0, "method.sdc.proto_aug: classifier ncm trains the current classes' cross-entropy and "
+                               "feature distillation only: expected 0.0, got 10.0"),
     ("ldc", "classifier", "head", "method.ldc.drift: only the NCM classifier's prototypes are moved: expected "
                                   "'none' with classifier head, got 'ldc'"),
 ])

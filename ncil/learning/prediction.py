@@ -135,8 +135,9 @@ def uses_prototypes(checkpoint: dict) -> bool:
 @torch.no_grad()
 def predict_ncm(net: IncrementalNet, images: np.ndarray, mean, std, batch_size: int, device: torch.device,
                 prototypes: torch.Tensor, n_classes: int) -> np.ndarray:
-    """NCM's predictions (N,) (incremental labels) for uint8 images (N, H, W, C): the nearest (Euclidean) of the
-    checkpoint's ``prototypes`` (K_seen, D), row k the prototype of label k, compared in float64."""
+    """NCM's predictions (N,) (incremental labels) for uint8 images (N, H, W, C): the nearest of the checkpoint's
+    ``prototypes`` (K_seen, D), row k the prototype of label k, after L2-normalising features and prototypes (the
+    released ADC/LDC evaluation: ``drift.ncm_distances``), in float64."""
     if prototypes.ndim != 2 or prototypes.shape[0] != n_classes:
         raise ValueError(f"prototypes: expected one row per seen class ({n_classes}), got shape {tuple(prototypes.shape)}")
     protos = prototypes.double()  # (C, D)

@@ -794,6 +794,9 @@ def _validate_fecam_options(source: str, key: str, m: MethodConfig) -> None:
 
 # Each drift mode's constants (ncil.learning.drift_training), with their off values: set, and positive, with that mode
 # only (the values the papers' released configurations use are in conf/method/{sdc,adc,ldc}.yaml).
+# What classifier ncm's step has no place for: its cross-entropy reads the new classes' columns only
+# (ncil.methods.objective.step_loss), so no term may add old classes' rows to it.
+NCM_STEP = {"rotation": False, "proto_aug": 0.0, "pr": 0.0, "train_on": "current"}
 DRIFT_OPTIONS = {"sdc": {"sdc_sigma": 0.0}, "adc": {"adc_alpha": 0.0, "adc_steps": 0, "adc_samples": 0},
                  "ldc": {"ldc_epochs": 0, "ldc_lr": 0.0}}
 
@@ -813,6 +816,8 @@ def _validate_drift_options(source: str, key: str, m: MethodConfig) -> None:
         if m.backbone == "dytox":
             raise _fail(source, f"{key}.backbone", "classifier ncm runs in the NECIL loop: expected 'vit', "
                                                    "'resnet18' or 'hybrid', got 'dytox'")
+        _require_values(source, key, m, NCM_STEP, "classifier ncm trains the current classes' cross-entropy and "
+                                                  "feature distillation only: expected {off!r}, got {got!r}")
     for mode, options in DRIFT_OPTIONS.items():
         if mode != m.drift:
             _require_values(source, key, m, options, f"only drift {mode} uses it: expected {{off!r}} with drift "
