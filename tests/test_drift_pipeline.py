@@ -392,3 +392,36 @@ def test_the_chain_evaluates_with_the_nearest_moved_prototype(drift_run):
         predictions = io.read_predictions(project / path, split["tasks"])
         assert set(np.unique(predictions["prediction"]).tolist()) <= set(range(4 + 2 * t))
         assert (predictions["prediction"] == predictions["label"]).mean() > 0.4  # chance: 1 / (4 + 2t)
+
+
+# --- resume: a task stopped at every step boundary ends in the uninterrupted bytes, drift step included -----------
+
+@pytest.mark.parametrize("name", METHODS)
+def test_an_ncm_task_stopped_at_every_step_boundary_ends_in_the_uninterrupted_bytes(tmp_path, name):
+    """Task 1 (2 epochs of 2 steps on 20 synthetic images, the tiny ViT) resumed from its saved state after a stop at
+    each step boundary in turn writes the uninterrupted run's checkpoint (prototypes included) and centers."""
+    from ncil.learning import resume
+    from tests.test_resume import TASKS, StopAfter, _same_outputs, _split
+
+    overrides = ["+experiment=digits_efcil", "model=vit_digits_tiny", "train=smoke", "train.epochs=2",
+                 "train.batch_size=16", "runtime.device=cpu", f"method=[{name}]", f"method.{name}.backbone=vit"]
+    p = parse_params(compose([*overrides, *(["method.adc.adc_samples=5"] if name == "adc" else [])]))
+    data, log = _split(), quiet()
+    job0 = training.TaskJob(0, 1, list(range(10)), TASKS, "ncm_resnet18", p.method[name], {})
+    job1 = training.TaskJob(1, 1, list(range(10)), TASKS, name, p.method[name], {})
+    clean0 = drift_training.ncm_task(p, job0, data, None, None, log)
+    clean1 = drift_training.ncm_task(p, job1, data, *clean0, log)
+    assert not np.array_equal(clean1[1]["center"][:4], clean0[1]["center"])  # the drift step moved them
+    state_file, ident, state, positions = tmp_path / "t1.pt", {"task": 1}, None, []
+    while True:
+        plan = resume.Plan(path=state_file, state=state, save=lambda g: resume.save(state_file, ident, g), every=1,
+                           stop_requested=StopAfter(2))  # the first ask is before the first step
+        try:
+            resumed = drift_training.ncm_task(p, job1, data, *clean0, log, plan)
+        except resume.Preempted as stop:
+            positions.append((stop.epoch, stop.step))
+            state = resume.load(state_file, ident)
+            continue
+        break
+    assert positions == [(0, 1), (1, 0), (1, 1), (2, 0)]
+    assert _same_outputs(resumed, clean1)
