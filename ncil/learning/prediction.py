@@ -43,6 +43,8 @@ def evaluate_checkpoint(p: Params, checkpoint: dict, test_split: arrays.Split, t
 
     ``statistics``: FeCAM's (classifier fecam), those of tasks 0..t, read with ``ncil.pipeline.io.read_statistics``;
     the prediction is then the Mahalanobis classifier's (``predict_fecam``), not the head's.
+    A checkpoint of classifier ncm (drift compensation) predicts the nearest of its own ``prototypes``
+    (``predict_ncm``).
 
     Returns int columns: sample (row in the test split), label (incremental), original_label,
     label_task (the task that introduced the label) and prediction.
