@@ -14,7 +14,7 @@ from ncil.pipeline.config import ConfigError, MethodConfig, ModelConfig, parse_p
 from ncil.pipeline.hydra_conf import compose
 
 ALL_METHODS = ["finetune", "joint", "lwf", "baseline", "pks", "pr", "ours", "ours_w_uniform", "ours_w_direct",
-               "pass_resnet18"]
+               "pass_resnet18", "sdc", "adc", "ldc"]
 TINY = ModelConfig("vit", img_size=8, patch_size=2, embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0, drop_path=0.0)
 
 
@@ -48,6 +48,10 @@ def _setup(method: MethodConfig, n_old=2, n_new=2):
         ("ours_w_uniform", {"ce", "fkd", "proto", "pks", "pr"}),
         ("ours_w_direct", {"ce", "fkd", "proto", "pks", "pr"}),
         ("pass_resnet18", {"ce", "fkd", "proto"}),
+        # drift compensation: cross-entropy and feature distillation in the step; the prototypes move after the task
+        ("sdc", {"ce", "fkd"}),
+        ("adc", {"ce", "fkd"}),
+        ("ldc", {"ce", "fkd"}),
     ],
 )
 def test_each_method_uses_its_loss_terms(name, expected):

@@ -109,6 +109,9 @@ FCS = {
     # EFC's options (efc true only), off
     "efc": False, "efc_old_classes": "rebalance", "efc_lambda": 10.0, "efc_damping": 0.1, "efc_sigma": 0.2,
     "efc_rebalance_epochs": 50, "efc_lr": 0.0,
+    # drift compensation's options (classifier ncm only), off: no prototype is moved
+    "drift": "none", "sdc_sigma": 0.0, "adc_alpha": 0.0, "adc_steps": 0, "adc_samples": 0, "ldc_epochs": 0,
+    "ldc_lr": 0.0,
 }
 OURS_OFFICIAL = {**FCS, "pks": 1.0, "pr": 1.0}
 

@@ -8,7 +8,7 @@ import torch
 from ncil.data import arrays
 from ncil.data.scenario import remap_labels
 from ncil.learning import runtime
-from ncil.methods import fecam
+from ncil.methods import drift, fecam
 from ncil.models.network import IncrementalNet, load_network
 from ncil.pipeline.config import MethodConfig, ModelConfig, Params, parse_section, resolve_precision
 
@@ -43,6 +43,8 @@ def evaluate_checkpoint(p: Params, checkpoint: dict, test_split: arrays.Split, t
 
     ``statistics``: FeCAM's (classifier fecam), those of tasks 0..t, read with ``ncil.pipeline.io.read_statistics``;
     the prediction is then the Mahalanobis classifier's (``predict_fecam``), not the head's.
+    A checkpoint of classifier ncm (drift compensation) predicts the nearest of its own ``prototypes``
+    (``predict_ncm``).
 
     Returns int columns: sample (row in the test split), label (incremental), original_label,
     label_task (the task that introduced the label) and prediction.
@@ -59,7 +61,10 @@ def evaluate_checkpoint(p: Params, checkpoint: dict, test_split: arrays.Split, t
     backbone = checkpoint.get("backbone", "vit")
     net = load_network(model_cfg, p.dataset.channels, checkpoint["model"], backbone).to(device)
     precision = resolve_precision(p.runtime.precision, device.type, checkpoint["config"].get("preset", "paper"))
-    if statistics is not None:
+    if uses_prototypes(checkpoint):
+        prediction = predict_ncm(net, images, p.dataset.mean, p.dataset.std, p.train.eval_batch_size, device,
+                                 checkpoint["prototypes"], n_classes=len(seen))
+    elif statistics is not None:
         prediction = predict_fecam(net, images, p.dataset.mean, p.dataset.std, p.train.eval_batch_size, device,
                                    statistics, fecam_settings(checkpoint), n_classes=len(seen))
     else:
@@ -119,4 +124,29 @@ def predict_fecam(net: IncrementalNet, images: np.ndarray, mean, std, batch_size
         features, _ = net.backbone(x)  # (b, D)
         preds.append(fecam.fecam_predict(features.double().cpu(), prototypes, matrices, lam=settings.fecam_tukey,
                                          inverse=inverse))
+    return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
+
+
+# --- NCM over stored prototypes (classifier ncm: drift compensation, ncil.learning.drift_training) ---
+
+def uses_prototypes(checkpoint: dict) -> bool:
+    """Whether a checkpoint classifies by the nearest of its stored prototypes (its method's classifier is ncm)."""
+    return checkpoint["config"]["method_config"].get("classifier", "head") == "ncm"
+
+
+@torch.no_grad()
+def predict_ncm(net: IncrementalNet, images: np.ndarray, mean, std, batch_size: int, device: torch.device,
+                prototypes: torch.Tensor, n_classes: int) -> np.ndarray:
+    """NCM's predictions (N,) (incremental labels) for uint8 images (N, H, W, C): the nearest of the checkpoint's
+    ``prototypes`` (K_seen, D), row k the prototype of label k, after L2-normalising features and prototypes (the
+    released ADC/LDC evaluation: ``drift.ncm_distances``), in float64."""
+    if prototypes.ndim != 2 or prototypes.shape[0] != n_classes:
+        raise ValueError(f"prototypes: expected one row per seen class ({n_classes}), got shape {tuple(prototypes.shape)}")
+    protos = prototypes.double()  # (C, D)
+    net.eval()
+    preds = []
+    for start in range(0, len(images), batch_size):
+        x = arrays.to_tensor(images[start : start + batch_size], mean, std).to(device)  # (b, C, H, W)
+        features, _ = net.backbone(x)  # (b, D)
+        preds.append(drift.ncm_predict(features.double().cpu(), protos))
     return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)

@@ -44,6 +44,7 @@ LDC_EPOCHS = 20  # projector training epochs (released LDC)
 LDC_LR = 1e-3  # Adam learning rate (released LDC)
 LDC_BATCH = 128  # the task loader's batch size (released LDC)
 GRAD_NORMS = ("batch", "sample")
+NCM_EPS = 1e-8  # added to a feature's norm before the NCM normalisation (released EPSILON)
 
 
 def _check_pairs(old: torch.Tensor, new: torch.Tensor) -> None:
@@ -188,3 +189,25 @@ def fit_projector_adam(old_features: torch.Tensor, new_features: torch.Tensor, *
 def apply_projector(projector: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """LDC's compensated prototypes: P mu_c for every row, (C, D)."""
     return prototypes @ projector.T
+
+
+# --- NCM: the classifier of the compensated prototypes --------------------------------------------------
+
+
+def ncm_distances(features: torch.Tensor, prototypes: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """Squared Euclidean distances (N, C) of features (N, D) to prototypes (C, D); with ``normalize`` (the released
+    ADC/LDC evaluation, ``models/base.py`` ``_eval_ncm``) both are first L2-normalised (features / (||x|| + 1e-8),
+    prototypes by ``F.normalize``), so the distance is 2 - 2 cos."""
+    if normalize:
+        features = features / (torch.linalg.vector_norm(features, dim=1, keepdim=True) + NCM_EPS)
+        prototypes = torch.nn.functional.normalize(prototypes, p=2, dim=-1)
+    return ((features[:, None, :] - prototypes[None, :, :]) ** 2).sum(-1)
+
+
+def ncm_predict(features: torch.Tensor, prototypes: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """Nearest class mean (N,): the row of ``prototypes`` nearest to each feature (``ncm_distances``; a tie goes to
+    the lower row)."""
+    if features.ndim != 2 or prototypes.ndim != 2 or features.shape[1] != prototypes.shape[1]:
+        raise ValueError(f"expected features (N, D) and prototypes (C, D), got {tuple(features.shape)} and "
+                         f"{tuple(prototypes.shape)}")
+    return ncm_distances(features, prototypes, normalize).argmin(1)

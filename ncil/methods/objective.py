@@ -64,6 +64,10 @@ def step_loss(
     ce_logits, ce_targets = [logits], [y]
     terms: dict[str, torch.Tensor] = {}
     incremental = old is not None and old.n_old > 0
+    if incremental and method.classifier == "ncm":
+        # Drift compensation (docs/efcil.md): the head only trains the features; as the released LwF base learner,
+        # the cross-entropy reads the current task's columns alone (targets y - K_old), never an old class's.
+        ce_logits, ce_targets = [logits[:, rot * old.n_old:]], [y - rot * old.n_old]
 
     teacher_cls = teacher_patches = None
     if incremental and needs_teacher(method):

@@ -149,9 +149,19 @@ class MethodConfig:
     efc_rebalance_epochs: int = 50  # EFC++'s re-balancing epochs (released --balanced_epochs 50)
     efc_lr: float = 0.0  # Adam learning rate of tasks t >= 1 (released: 1e-4); 0 = train.lr
     # --- FeCAM (issue 25; docs/efcil.md): backbone resnet18, trained on task 0 only, frozen after ---
-    classifier: str = "head"  # head (argmax of the head's logits) or fecam (Mahalanobis to per-class statistics)
+    classifier: str = "head"  # head (argmax of the head's logits), fecam (Mahalanobis to per-class statistics) or ncm
     fecam_tukey: float = 0.5  # lambda of Tukey's ladder on the frozen features (FeCAM: 0.5; 0 = log)
     fecam_shrink_times: int = 2  # covariance shrinkages before the correlation normalisation (released: 2)
+    # --- drift compensation (issue 25; docs/efcil.md): classifier ncm (nearest class mean over stored prototypes),
+    # the old classes' prototypes moved after every task t >= 1 by the drift estimate (ncil.learning.drift_training).
+    # Each mode's constants are 0 (off) unless that mode is chosen, and must then be set (> 0): DRIFT_OPTIONS.
+    drift: str = "none"  # none (prototypes kept), sdc (Yu et al.), adc (Goswami et al.) or ldc (Gomez-Villa et al.)
+    sdc_sigma: float = 0.0  # sdc: width sigma of the Gaussian kernel (released 0.3)
+    adc_alpha: float = 0.0  # adc: step size of the adversarial attack (released 25)
+    adc_steps: int = 0  # adc: attack iterations (released 3)
+    adc_samples: int = 0  # adc: nearest current samples per old prototype (released 100)
+    ldc_epochs: int = 0  # ldc: epochs of the projector's Adam training (released 20)
+    ldc_lr: float = 0.0  # ldc: the projector's Adam learning rate (released 1e-3)
 
 
 # runtime.compile: false (eager), true (torch.compile), graphs (torch.compile mode reduce-overhead: CUDA graphs, CUDA only).
@@ -218,7 +228,8 @@ EXEMPLAR_RULES = ("icarl", "code")  # as ncil.methods.exemplars.RULES
 DYTOX_DISTILLATIONS = ("kd", "pks", "kd+pks")  # as ncil.methods.dytox.DISTILLATIONS
 DYTOX_OPTIMIZERS = ("adam", "adamw")  # method dytox_optimizer (ncil.learning.optim.dytox_recipe)
 CLS_PAIRINGS = ("same_token", "last")  # as ncil.methods.dytox.CLS_PAIRINGS
-CLASSIFIERS = ("head", "fecam")  # method classifier
+CLASSIFIERS = ("head", "fecam", "ncm")  # method classifier
+DRIFTS = ("none", "sdc", "adc", "ldc")  # method drift (classifier ncm)
 FORMS = ("paper", "official")  # method pks_form, pr_form, proto_aug_form
 TRAIN_IMAGES = ("train", "train_val")  # method train_images
 NUMERICS = ("native", "portable")  # runtime.numerics (ncil.learning.numerics)
@@ -515,6 +526,7 @@ def _validate(p: Params, source: str) -> None:
         _validate_dytox_schedule(p, source, key, m)
         _validate_fecam_options(source, key, m)
         _validate_efc_options(source, key, m)
+        _validate_drift_options(source, key, m)
     _validate_grid_preset(p, source)
     # Methods of one base recipe share task 0 of every base split: its fields must agree there, the
     # contrastive weight as each split resolves it (method_for_split).
@@ -820,6 +832,43 @@ def _validate_efc_options(source: str, key: str, m: MethodConfig) -> None:
                                                                      "rebalance) uses it: expected {off!r}, got {got!r}")
     _require_values(source, key, m, EFC_NOT_STEP, "EFC's step is cross-entropy + L_EFM (efc true): expected {off!r}, "
                                                    "got {got!r}")
+
+
+# Each drift mode's constants (ncil.learning.drift_training), with their off values: set, and positive, with that mode
+# only (the values the papers' released configurations use are in conf/method/{sdc,adc,ldc}.yaml).
+# What classifier ncm's step has no place for: its cross-entropy reads the new classes' columns only
+# (ncil.methods.objective.step_loss), so no term may add old classes' rows to it.
+NCM_STEP = {"rotation": False, "proto_aug": 0.0, "pr": 0.0, "train_on": "current"}
+DRIFT_OPTIONS = {"sdc": {"sdc_sigma": 0.0}, "adc": {"adc_alpha": 0.0, "adc_steps": 0, "adc_samples": 0},
+                 "ldc": {"ldc_epochs": 0, "ldc_lr": 0.0}}
+
+
+def _validate_drift_options(source: str, key: str, m: MethodConfig) -> None:
+    """Drift compensation (docs/efcil.md): ``drift`` moves the prototypes of the NCM classifier only (classifier
+    ncm, preset paper, not DyTox's loop); each mode's constants are set (> 0) under that mode and left off (0)
+    under every other."""
+    _choice(source, f"{key}.drift", m.drift, DRIFTS)
+    if m.classifier != "ncm":
+        _require_values(source, key, m, {"drift": "none"}, f"only the NCM classifier's prototypes are moved: expected "
+                                                           f"{{off!r}} with classifier {m.classifier}, got {{got!r}}")
+    else:
+        _require_values(source, key, m, {"preset": "paper"}, "classifier ncm keeps the paper step's class centers "
+                                                             "(the official step moves them through T): expected "
+                                                             "{off!r}, got {got!r}")
+        if m.backbone == "dytox":
+            raise _fail(source, f"{key}.backbone", "classifier ncm runs in the NECIL loop: expected 'vit', "
+                                                   "'resnet18' or 'hybrid', got 'dytox'")
+        _require_values(source, key, m, NCM_STEP, "classifier ncm trains the current classes' cross-entropy and "
+                                                  "feature distillation only: expected {off!r}, got {got!r}")
+    for mode, options in DRIFT_OPTIONS.items():
+        if mode != m.drift:
+            _require_values(source, key, m, options, f"only drift {mode} uses it: expected {{off!r}} with drift "
+                                                     f"{m.drift}, got {{got!r}}")
+            continue
+        for option in options:
+            if getattr(m, option) <= 0:
+                raise _fail(source, f"{key}.{option}", f"drift {mode} needs it: expected a value > 0, got "
+                                                       f"{getattr(m, option)!r}")
 
 
 def resolve_precision(requested: str, device_type: str, preset: str) -> str:

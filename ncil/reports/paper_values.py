@@ -211,8 +211,9 @@ EFCIL_SETTINGS = {
     "base10_inc10": ("10+10x9", "cold start"),
     "base5_inc5": ("5+5x19", "cold start"),
 }
-# Rows: (label, our method key). ``fecam``, ``efc`` and ``efc_pp`` are pipeline methods (conf/method/); the others are
-# cores in ncil/methods/ (docs/efcil.md) and read "not run" under the key their conf/method file will have.
+# Rows: (label, our method key). ``fecam``, ``sdc``, ``adc``, ``ldc``, ``efc`` and ``efc_pp`` are pipeline methods
+# (conf/method/*.yaml); the others are cores in ncil/methods/ (docs/efcil.md) and read "not run" under the key their
+# conf/method file will have. No CIFAR-100 grid runs any of them yet, so every "ours" cell reads "not run".
 EFCIL_ROWS = [
     ("FeCAM", "fecam"),
     ("SDC", "sdc"),

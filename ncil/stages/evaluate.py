@@ -100,6 +100,21 @@ def check_statistics_use(checkpoint: dict, statistics_given: bool, ckpt_file: st
                             f"{checkpoint['config']['method_config'].get('classifier', 'head')}")
 
 
+def check_prototypes(checkpoint: dict, ckpt_file: str) -> None:
+    """An NCM checkpoint (classifier ncm) holds its prototypes, one row per seen class (pure; names the file)."""
+    from ncil.learning.prediction import uses_prototypes
+    from ncil.pipeline.io import ArtifactError
+
+    if not uses_prototypes(checkpoint):
+        return
+    found = checkpoint.get("prototypes")
+    n_seen = len(checkpoint["seen_classes"])
+    if found is None or found.ndim != 2 or found.shape[0] != n_seen:
+        shape = None if found is None else tuple(found.shape)
+        raise ArtifactError(f"{ckpt_file}: prototypes: classifier ncm predicts with one prototype per seen class: "
+                            f"expected ({n_seen}, D), found {shape}")
+
+
 FECAM_FIELDS = ("fecam_tukey", "fecam_shrink_times")  # what the statistics and the classifier depend on
 
 
@@ -145,6 +160,7 @@ def run(args: Args) -> None:
         ckpt = io.load_checkpoint(ckpt_path, statistics_file=stats_path)
         check_checkpoint(ckpt, task, split, ckpt_path, args.split)
         check_statistics_use(ckpt, stats_path is not None, ckpt_path)
+        check_prototypes(ckpt, ckpt_path)
         if stats_path is not None:
             statistics.append(check_task_statistics(io.read_statistics(stats_path), task, split, stats_path))
             checkpoints.append({"config": ckpt["config"]})

@@ -318,6 +318,10 @@ def _train(args: Args, p, split: dict, method, job, log, flag) -> None:
             from ncil.learning.efc_training import train_efc_task
 
             payload, centers = train_efc_task(p, job, train_data, previous, previous_centers, log, plan)
+        elif method.classifier == "ncm":  # NCM over prototypes, moved after each task by the drift estimate
+            from ncil.learning.drift_training import ncm_task
+
+            payload, centers = ncm_task(p, job, train_data, previous, previous_centers, log, plan)
         elif method.exemplars_per_class:
             payload, centers, memory = train_task(p, job, train_data, previous, previous_centers, log, plan,
                                                   previous_memory=previous_memory)
