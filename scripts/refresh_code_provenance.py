@@ -6,7 +6,7 @@ the metrics.json files that record the old fingerprints. When the tests that com
 commit before show that the refactor keeps every artifact's bytes (tests/test_step_syncs.py,
 tests/test_official_step.py, CI's seed-1 rerun against dvc.lock), this records that fact once:
 
-1. each committed metrics.json gets the current ``provenance.code_fingerprints`` (nothing else changes);
+1. each committed metrics.json (dvc.lock's, and the Table 4 grids' that have run) gets the current ``provenance.code_fingerprints`` (nothing else changes);
 2. dvc.lock gets, for every stage, the current fingerprints under ``params: fingerprints.yaml``, the new
    md5 and size of fingerprints.yaml (check_params' dependency) and of every rewritten metrics.json,
    wherever dvc.lock lists it (the summarize stage's output, the table stages' inputs).
@@ -92,6 +92,15 @@ def expected_lock(old: dict, values: dict[str, str], files: dict[str, tuple[str,
     return new
 
 
+def table4_grid_metrics(root: Path) -> list[str]:
+    """The committed metrics.json files of the Table 4 grids that have run (extra grids: no dvc.lock of their own,
+    but the default grid's `verify` recomputes them, code fingerprints included): results/<grid>/**/metrics.json."""
+    from ncil.pipeline import paths
+
+    return sorted(str(path.relative_to(root)) for grid, _, _ in paths.table4_sources(str(root))
+                  for path in (root / "results" / grid).rglob("metrics.json"))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="rewrite nothing; exit 1 if anything is out of date")
@@ -103,8 +112,9 @@ def main(argv=None) -> int:
 
     lock_text = (ROOT / LOCK).read_text(encoding="utf-8")
     old_lock = yaml.load(lock_text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    metrics = sorted({entry["path"] for stage in old_lock["stages"].values() for entry in stage.get("outs", [])
-                      if entry["path"].endswith("metrics.json")})
+    locked = {entry["path"] for stage in old_lock["stages"].values() for entry in stage.get("outs", [])
+              if entry["path"].endswith("metrics.json")}
+    metrics = sorted(locked | set(table4_grid_metrics(ROOT)))
     rewrites, files = {}, {fingerprints.FILE: md5_and_size((ROOT / fingerprints.FILE).read_bytes())}
     for rel in metrics:
         before = (ROOT / rel).read_text(encoding="utf-8")
@@ -128,7 +138,7 @@ def main(argv=None) -> int:
     for rel, text in rewrites.items():
         io.write_text(ROOT / rel, text)
     print(f"{len(rewrites) - (LOCK in rewrites)} metrics.json files and {'dvc.lock' if LOCK in rewrites else 'no dvc.lock'} "
-          f"rewritten ({len(metrics)} metrics.json files in {LOCK})")
+          f"rewritten ({len(locked)} metrics.json files in {LOCK}, {len(metrics) - len(locked)} of the Table 4 grids)")
     return 0
 
 
