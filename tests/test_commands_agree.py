@@ -58,6 +58,9 @@ def path_of(entry) -> str:
 def default_grid(tmp_path_factory) -> tuple[list[dict], dict]:
     project = copy_project(tmp_path_factory.mktemp("agree") / "p", tiny=False)
     shutil.copytree(ROOT / "grids", project / "grids")  # as in a clone: the paper data sets' grids beside
+    for _, _, csv in paths.table4_sources(str(ROOT)):  # and the Table 4 grids' committed results tables
+        (project / csv).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / csv, project / csv)
     proc = run([sys.executable, "-m", "snakemake", "--dry-run", "--printshellcmds", "--forceall", "--cores", "2"],
                project)
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

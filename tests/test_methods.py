@@ -174,6 +174,7 @@ def test_bench_of_a_dytox_method_times_task_t_with_t_tokens(monkeypatch):
     """``bench --method dytox_pks --tasks T``: the step of task T, the network after T - 1 expansions (its parameter
     count is DyTox's, hand-worked in tests/test_dytox.py) and a teacher of T - 1 tokens; the step computes every
     term of loss_terms (clf, pks, div) on the student's and the teacher's outputs."""
+    import ncil.learning.dytox_training  # noqa: F401  (imported first: its module-level loss_terms stays the real one)
     from ncil.learning import step_timing
     from ncil.methods import dytox as dytox_losses
     from ncil.models.dytox import parameter_count

@@ -130,7 +130,10 @@ def test_with_static_shapes_no_step_of_either_preset_syncs(static, now, name):
     counted (how: the module doc) in any step of any method. The paper preset's steps are the same code
     either way (no mixup; these digits have no colour jitter), so its histories are the same numbers; the
     official ones train with the compacted step's values in other summation orders (tests/test_static_shapes.py),
-    so their per-epoch losses agree to float32 rounding grown over the 2 epochs (1e-4 relative, measured 1e-7)."""
+    so their per-epoch losses agree to float32 rounding grown over the 2 epochs: measured 1e-7 relative on the
+    AVX-512 types and 1.7e-4 on AMD EPYC family 25 model 1 (AVX2 kernels: the masked rows change the matmuls' blocking,
+    and training amplifies the first step's last-bit differences). 1e-3 bounds both (this test failed on 25/1 at
+    1e-4 before); a static step whose epoch loss differs by more than 0.1% still fails it."""
     counts = static[f"{name}:counts"]
     assert counts["steps_counted"] >= 2
     assert counts["syncs_by_site"] == {} and counts["syncs_per_step"] == 0
@@ -140,7 +143,7 @@ def test_with_static_shapes_no_step_of_either_preset_syncs(static, now, name):
     else:
         assert [h["epoch"] for h in history] == [h["epoch"] for h in compacted]
         for h, c in zip(history, compacted):
-            assert h["loss"] == pytest.approx(c["loss"], rel=1e-4)
+            assert h["loss"] == pytest.approx(c["loss"], rel=1e-3)
 
 
 def test_the_counter_counts_device_reads_and_not_host_values():

@@ -44,6 +44,7 @@ def after_digits(tmp_path, images) -> Path:
     than the tables (as `git checkout -- .` may leave them), then an image folder grid composed."""
     project = copy_project(tmp_path / "p")
     shutil.copytree(ROOT / paths.TABLES_DIR, project / paths.TABLES_DIR)
+    shutil.copytree(ROOT / "grids", project / "grids")  # the Table 4 grids' params files beside their results
     for section in paths.paper_sections("digits"):
         os.utime(project / section, None)
     for table in SHARED_TABLES:
