@@ -276,13 +276,7 @@ def test_efc_pp_keeps_the_old_heads_until_the_rebalancing_and_efc_trains_them(ti
 
 # --- resume, determinism, exemplar-free ------------------------------------------------------------------------
 
-class StopAfter:
-    def __init__(self, n: int):
-        self.n, self.asked = n, 0
-
-    def __call__(self) -> bool:
-        self.asked += 1
-        return self.asked == self.n
+from tests.test_resume import StopAfter  # noqa: E402  (the stop request at the n-th step boundary)
 
 
 @pytest.mark.parametrize("method", ["efc_pp", "efc"])

@@ -218,12 +218,8 @@ def train_dytox_task(p: Params, job, train_split: arrays.Split, previous: dict |
             history.append({**progress.end_epoch(epoch, optimizer.param_groups[0]["lr"]), "phase": phase})
             if scheduler is not None:
                 scheduler.step()
-            done, saved = epoch + 1, False
-            if plan.save is not None and plan.every and done % plan.every == 0 and done < recipe.epochs:
-                save(resume.Position(done, 0), generator.get_state(), None)
-                saved = True
-            if plan.stop_requested():  # after the training phase's last epoch too: the rerun starts at herding
-                stop(resume.Position(done, 0), generator.get_state(), None, saved=saved)
+            # A stop after the training phase's last epoch too: the rerun starts at herding.
+            resume.after_epoch(plan, save, stop, epoch + 1, recipe.epochs, generator)
         progress.close()
         return history
 

@@ -280,12 +280,7 @@ def _incremental_task(p: Params, job, train_split, previous: dict, previous_cent
         history.append(progress.end_epoch(epoch, optimizer.param_groups[0]["lr"]))
         if scheduler is not None:
             scheduler.step()
-        done, saved = epoch + 1, False
-        if plan.save is not None and plan.every and done % plan.every == 0 and done < recipe.epochs:
-            save(resume.Position(done, 0), generator.get_state(), None)
-            saved = True
-        if plan.stop_requested():
-            stop(resume.Position(done, 0), generator.get_state(), None, saved=saved)
+        resume.after_epoch(plan, save, stop, epoch + 1, recipe.epochs, generator)
     progress.close()
 
     # 4. After the task: features of the task's images under both models (test transform).

@@ -247,6 +247,18 @@ def stopper(plan: Plan, save: Callable, steps: int, task: int) -> Callable:
     return stop
 
 
+def after_epoch(plan: Plan, save: Callable, stop: Callable, done: int, epochs: int, generator) -> None:
+    """The end of epoch ``done`` (1-based) of ``epochs`` in a training loop: save the state every ``plan.every``
+    epochs (not after the last: the task's outputs follow), then honour a stop request at this boundary with
+    ``stop`` (``stopper``'s), which does not save again what was just saved."""
+    saved = False
+    if plan.save is not None and plan.every and done % plan.every == 0 and done < epochs:
+        save(Position(done, 0), generator.get_state(), None)
+        saved = True
+    if plan.stop_requested():
+        stop(Position(done, 0), generator.get_state(), None, saved=saved)
+
+
 def interned_history(history: list[dict]) -> list[dict]:
     """A loaded state's epoch history with its keys and text values interned as the code's own literals (pure):
     pickle writes a string once per object, so strings unpickled from the state would add bytes to the

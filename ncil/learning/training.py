@@ -289,12 +289,7 @@ def train_task(
         history.append(progress.end_epoch(epoch, optimizer.param_groups[0]["lr"]))
         if scheduler is not None:
             scheduler.step()
-        done, saved = epoch + 1, False
-        if plan.save is not None and plan.every and done % plan.every == 0 and done < recipe.epochs:
-            save(resume.Position(done, 0), generator.get_state(), None)
-            saved = True
-        if plan.stop_requested():
-            stop(resume.Position(done, 0), generator.get_state(), None, saved=saved)
+        resume.after_epoch(plan, save, stop, epoch + 1, recipe.epochs, generator)
     progress.close()
 
     # 5. Class centers and spreads of the new classes (eval mode, no augmentation), after task t-1's rows.
