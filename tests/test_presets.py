@@ -112,6 +112,9 @@ FCS = {
     # drift compensation's options (classifier ncm only), off: no prototype is moved
     "drift": "none", "sdc_sigma": 0.0, "adc_alpha": 0.0, "adc_steps": 0, "adc_samples": 0, "ldc_epochs": 0,
     "ldc_lr": 0.0,
+    # AdaGauss's options (adagauss true only), off: their released defaults, unread
+    "adagauss": False, "adagauss_latent": 64, "adagauss_lambda": 10.0, "adagauss_alpha": 1.0, "adagauss_beta": 1.0,
+    "adagauss_samples": 10000, "adagauss_adapter_lr": 0.01,
 }
 OURS_OFFICIAL = {**FCS, "pks": 1.0, "pr": 1.0}
 

@@ -8,7 +8,7 @@ import torch
 from ncil.data import arrays
 from ncil.data.scenario import remap_labels
 from ncil.learning import runtime
-from ncil.methods import drift, fecam
+from ncil.methods import adagauss, drift, fecam
 from ncil.models.network import IncrementalNet, load_network
 from ncil.pipeline.config import MethodConfig, ModelConfig, Params, parse_section, resolve_precision
 
@@ -44,7 +44,7 @@ def evaluate_checkpoint(p: Params, checkpoint: dict, test_split: arrays.Split, t
     ``statistics``: FeCAM's (classifier fecam), those of tasks 0..t, read with ``ncil.pipeline.io.read_statistics``;
     the prediction is then the Mahalanobis classifier's (``predict_fecam``), not the head's.
     A checkpoint of classifier ncm (drift compensation) predicts the nearest of its own ``prototypes``
-    (``predict_ncm``).
+    (``predict_ncm``); one of classifier bayes (AdaGauss) the nearest of its own Gaussians (``predict_bayes``).
 
     Returns int columns: sample (row in the test split), label (incremental), original_label,
     label_task (the task that introduced the label) and prediction.
@@ -61,7 +61,10 @@ def evaluate_checkpoint(p: Params, checkpoint: dict, test_split: arrays.Split, t
     backbone = checkpoint.get("backbone", "vit")
     net = load_network(model_cfg, p.dataset.channels, checkpoint["model"], backbone).to(device)
     precision = resolve_precision(p.runtime.precision, device.type, checkpoint["config"].get("preset", "paper"))
-    if uses_prototypes(checkpoint):
+    if uses_gaussians(checkpoint):
+        prediction = predict_bayes(net, images, p.dataset.mean, p.dataset.std, p.train.eval_batch_size, device,
+                                   checkpoint["adagauss"], n_classes=len(seen))
+    elif uses_prototypes(checkpoint):
         prediction = predict_ncm(net, images, p.dataset.mean, p.dataset.std, p.train.eval_batch_size, device,
                                  checkpoint["prototypes"], n_classes=len(seen))
     elif statistics is not None:
@@ -149,4 +152,32 @@ def predict_ncm(net: IncrementalNet, images: np.ndarray, mean, std, batch_size: 
         x = arrays.to_tensor(images[start : start + batch_size], mean, std).to(device)  # (b, C, H, W)
         features, _ = net.backbone(x)  # (b, D)
         preds.append(drift.ncm_predict(features.double().cpu(), protos))
+    return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
+
+
+# --- Bayes over stored Gaussians (classifier bayes: AdaGauss, ncil.learning.adagauss_training) ---
+
+def uses_gaussians(checkpoint: dict) -> bool:
+    """Whether a checkpoint classifies with its stored Gaussians (its method's classifier is bayes)."""
+    return checkpoint["config"]["method_config"].get("classifier", "head") == "bayes"
+
+
+@torch.no_grad()
+def predict_bayes(net: IncrementalNet, images: np.ndarray, mean, std, batch_size: int, device: torch.device,
+                  gaussians: dict, n_classes: int) -> np.ndarray:
+    """AdaGauss's predictions (N,) (incremental labels) for uint8 images (N, H, W, C): the smallest Mahalanobis
+    distance (``adagauss.bayes_distances``: covariances shrunk by 3 mean(diag) I and correlation-normalised, latent
+    vectors and means L2-normalised, as the released CIFAR-100 runs) from the latent vector ``net(x)["logits"]``
+    to every seen class's Gaussian (``gaussians``: the checkpoint's ``mean`` (K, S), ``covariance`` (K, S, S)),
+    in float64."""
+    means, covs = gaussians["mean"].double(), gaussians["covariance"].double()
+    if means.ndim != 2 or means.shape[0] != n_classes or covs.shape != (n_classes, means.shape[1], means.shape[1]):
+        raise ValueError(f"adagauss: expected one mean and covariance per seen class ({n_classes}), got shapes "
+                         f"{tuple(means.shape)} and {tuple(covs.shape)}")
+    net.eval()
+    preds = []
+    for start in range(0, len(images), batch_size):
+        x = arrays.to_tensor(images[start : start + batch_size], mean, std).to(device)  # (b, C, H, W)
+        latent = net(x)["logits"].double().cpu()  # (b, S)
+        preds.append(adagauss.bayes_distances(latent, means, covs).argmin(1))
     return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)

@@ -157,6 +157,9 @@ def train_task(
                          f"{job.task} is ncil.learning.fecam_training.frozen_task")
     if job.method.efc and job.task > 0:
         raise ValueError(f"method {job.method_name}: EFC's tasks t >= 1 are ncil.learning.efc_training.train_efc_task")
+    if job.method.adagauss:
+        raise ValueError(f"method {job.method_name}: AdaGauss's tasks are "
+                         f"ncil.learning.adagauss_training.train_adagauss_task")
     if job.method.backbone == "dytox":
         from ncil.learning.dytox_training import train_dytox_task
 

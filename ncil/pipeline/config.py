@@ -162,6 +162,15 @@ class MethodConfig:
     adc_samples: int = 0  # adc: nearest current samples per old prototype (released 100)
     ldc_epochs: int = 0  # ldc: epochs of the projector's Adam training (released 20)
     ldc_lr: float = 0.0  # ldc: the projector's Adam learning rate (released 1e-3)
+    # --- AdaGauss (issue 25; docs/efcil.md "AdaGauss in the pipeline"; ncil.learning.adagauss_training): classifier
+    # bayes over per-class Gaussians in a latent space, adapted to every new task. Its options only with adagauss true.
+    adagauss: bool = False  # CE + projected distillation + anti-collapse; Gaussians adapted after every task
+    adagauss_latent: int = 64  # S, the bottleneck's width (released --S 64); train.batch_size must exceed it
+    adagauss_lambda: float = 10.0  # weight of the projected distillation (released --lamb 10)
+    adagauss_alpha: float = 1.0  # weight of the anti-collapse loss (released --alpha 1)
+    adagauss_beta: float = 1.0  # clamp of the Cholesky diagonal in the anti-collapse loss (released --beta 1)
+    adagauss_samples: int = 10000  # samples per old class carried through the adapter (released --N 10000)
+    adagauss_adapter_lr: float = 0.01  # the adapter's SGD learning rate (released --lr-adapter 0.01)
 
 
 # runtime.compile: false (eager), true (torch.compile), graphs (torch.compile mode reduce-overhead: CUDA graphs, CUDA only).
@@ -228,7 +237,7 @@ EXEMPLAR_RULES = ("icarl", "code")  # as ncil.methods.exemplars.RULES
 DYTOX_DISTILLATIONS = ("kd", "pks", "kd+pks")  # as ncil.methods.dytox.DISTILLATIONS
 DYTOX_OPTIMIZERS = ("adam", "adamw")  # method dytox_optimizer (ncil.learning.optim.dytox_recipe)
 CLS_PAIRINGS = ("same_token", "last")  # as ncil.methods.dytox.CLS_PAIRINGS
-CLASSIFIERS = ("head", "fecam", "ncm")  # method classifier
+CLASSIFIERS = ("head", "fecam", "ncm", "bayes")  # method classifier (bayes: AdaGauss only)
 DRIFTS = ("none", "sdc", "adc", "ldc")  # method drift (classifier ncm)
 FORMS = ("paper", "official")  # method pks_form, pr_form, proto_aug_form
 TRAIN_IMAGES = ("train", "train_val")  # method train_images
@@ -238,7 +247,8 @@ CROP_FILLS = ("black", "mean")  # as ncil.data.augment.CROP_FILLS
 BASE_RECIPE_FIELDS = ("preset", "backbone", "rotation", "ce_temperature", "mixup_rounds", "contrastive",
                       "contrastive_temperature", "train_images", "exemplars_per_class", "exemplar_rule",
                       "dytox_optimizer", "warmup_epochs", "warmup_lr", "min_lr",
-                      "classifier", "fecam_tukey", "fecam_shrink_times", "efc")
+                      "classifier", "fecam_tukey", "fecam_shrink_times", "efc", "adagauss", "adagauss_latent",
+                      "adagauss_alpha", "adagauss_beta")
 # Names of scenarios, methods and base recipes become folder names and Snakemake wildcard values.
 NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -527,6 +537,7 @@ def _validate(p: Params, source: str) -> None:
         _validate_fecam_options(source, key, m)
         _validate_efc_options(source, key, m)
         _validate_drift_options(source, key, m)
+        _validate_adagauss_options(p, source, key, m)
     _validate_grid_preset(p, source)
     # Methods of one base recipe share task 0 of every base split: its fields must agree there, the
     # contrastive weight as each split resolves it (method_for_split).
@@ -869,6 +880,46 @@ def _validate_drift_options(source: str, key: str, m: MethodConfig) -> None:
             if getattr(m, option) <= 0:
                 raise _fail(source, f"{key}.{option}", f"drift {mode} needs it: expected a value > 0, got "
                                                        f"{getattr(m, option)!r}")
+
+
+# AdaGauss (method adagauss true; ncil.learning.adagauss_training): its options with their defaults, refused without
+# it; the terms of the other methods' steps, which its step does not have.
+ADAGAUSS_ONLY = {"adagauss_latent": 64, "adagauss_lambda": 10.0, "adagauss_alpha": 1.0, "adagauss_beta": 1.0,
+                 "adagauss_samples": 10000, "adagauss_adapter_lr": 0.01}
+ADAGAUSS_NOT_STEP = {"feature_kd": 0.0, "proto_aug": 0.0, "pks": 0.0, "pr": 0.0, "rotation": False,
+                     "train_on": "current", "preset": "paper", "mixup_rounds": 0, "contrastive": 0.0, "transfer": 0.0,
+                     "efc": False}
+
+
+def _validate_adagauss_options(p: Params, source: str, key: str, m: MethodConfig) -> None:
+    """AdaGauss (docs/efcil.md): adagauss true exactly with classifier bayes; its options only then; its step is
+    CE + projected distillation + anti-collapse (no other method's term); the batch must exceed the latent width
+    (the anti-collapse loss takes the Cholesky factor of the batch covariance)."""
+    if m.classifier == "bayes" and not m.adagauss:
+        raise _fail(source, f"{key}.classifier", "the Bayes classifier reads AdaGauss's Gaussians: expected another "
+                                                 f"classifier without adagauss, got 'bayes' (or set {key}.adagauss: true)")
+    if not m.adagauss:
+        _require_values(source, key, m, ADAGAUSS_ONLY, f"only AdaGauss uses it: expected {{off!r}} without adagauss, "
+                                                       f"got {{got!r}} (or set {key}.adagauss: true)")
+        return
+    _require_values(source, key, m, {"classifier": "bayes"}, "AdaGauss classifies with its Gaussians: expected "
+                                                             "{off!r}, got {got!r}")
+    _choice(source, f"{key}.backbone", m.backbone, ("resnet18", "vit"))
+    _positive(source, f"{key}.adagauss_latent", m.adagauss_latent)
+    for option in ("adagauss_lambda", "adagauss_alpha"):
+        if getattr(m, option) < 0:
+            raise _fail(source, f"{key}.{option}", f"expected a weight >= 0, got {getattr(m, option)}")
+    for option in ("adagauss_beta", "adagauss_samples", "adagauss_adapter_lr"):
+        _positive(source, f"{key}.{option}", getattr(m, option))
+    if m.adagauss_samples < 2:
+        raise _fail(source, f"{key}.adagauss_samples", f"expected at least 2 (a covariance of the adapted samples), "
+                                                       f"got {m.adagauss_samples}")
+    if p.train.batch_size <= m.adagauss_latent:
+        raise _fail(source, f"{key}.adagauss_latent", f"the anti-collapse loss needs a batch larger than the latent "
+                                                      f"space: expected less than train.batch_size "
+                                                      f"({p.train.batch_size}), got {m.adagauss_latent}")
+    _require_values(source, key, m, ADAGAUSS_NOT_STEP, "AdaGauss's step is cross-entropy + projected distillation + "
+                                                       "anti-collapse (adagauss true): expected {off!r}, got {got!r}")
 
 
 def resolve_precision(requested: str, device_type: str, preset: str) -> str:

@@ -211,9 +211,8 @@ EFCIL_SETTINGS = {
     "base10_inc10": ("10+10x9", "cold start"),
     "base5_inc5": ("5+5x19", "cold start"),
 }
-# Rows: (label, our method key). ``fecam``, ``sdc``, ``adc``, ``ldc``, ``efc`` and ``efc_pp`` are pipeline methods
-# (conf/method/*.yaml); the others are cores in ncil/methods/ (docs/efcil.md) and read "not run" under the key their
-# conf/method file will have. No CIFAR-100 grid runs any of them yet, so every "ours" cell reads "not run".
+# Rows: (label, our method key), every one a pipeline method (conf/method/*.yaml; docs/efcil.md). No CIFAR-100 grid
+# runs any of them yet, so every "ours" cell reads "not run".
 EFCIL_ROWS = [
     ("FeCAM", "fecam"),
     ("SDC", "sdc"),

@@ -547,8 +547,8 @@ def efcil_texts(metrics: list[dict]) -> tuple[str, str]:
              "task-averaged (the unweighted mean of the per-task accuracies; metrics.json "
              "`variants.task_averaged_avg_accuracy` / `_last_accuracy`). Paper: the value quoted, [n] naming "
              "its source and convention; \"-\": no value quoted here yet; \"not run\": no result of that method "
-             "and setting yet (FeCAM, SDC, ADC, LDC, EFC and EFC++ are pipeline methods, no CIFAR-100 grid runs them yet; "
-             "the others' keys are the names their conf/method files will have). Accuracies in %.", ""]
+             "and setting yet (every row is a pipeline method, conf/method/<key>.yaml; no CIFAR-100 grid runs them "
+             "yet; the digits grid digits_efcil does: results/tables/digits_efcil_results.md). Accuracies in %.", ""]
     for setting, (setting_label, start) in paper_values.EFCIL_SETTINGS.items():
         part = [c for c in cells if c["setting"] == setting]
         header = ["method"]

@@ -314,6 +314,10 @@ def _train(args: Args, p, split: dict, method, job, log, flag) -> None:
             from ncil.learning.fecam_training import frozen_task
 
             payload, centers, statistics = frozen_task(p, job, train_data, previous, previous_centers, log)
+        elif method.adagauss:  # AdaGauss: every task its own loop; the Gaussians travel in the checkpoint
+            from ncil.learning.adagauss_training import train_adagauss_task
+
+            payload, centers = train_adagauss_task(p, job, train_data, previous, previous_centers, log, plan)
         elif method.efc:  # EFC / EFC++: E and the class covariances travel in the checkpoint (efc_training)
             from ncil.learning.efc_training import train_efc_task
 
