@@ -28,7 +28,7 @@ from tests.test_resume import StopAfter
 # batch 16 (task 0: 40 images, 2 full steps; task 1: 20 images, 1 full step: the last, smaller batch is dropped),
 # latent space of 8 dimensions, 500 samples per adapted class.
 TINY = ["+experiment=digits_efcil", "train=smoke", "train.epochs=2", "train.batch_size=16", "runtime.device=cpu",
-        "scenario=[base4_inc2]", "seeds=[1]", "method=[adagauss]", "method.adagauss.adagauss_samples=500"]
+        "scenario=[base4_inc2]", "seeds=[1]", "method=[adagauss_digits]", "method.adagauss.adagauss_samples=500"]
 TASKS = [[0, 1, 2, 3], [4, 5]]
 LATENT = 8
 
@@ -83,6 +83,12 @@ def test_adagauss_composes_into_the_digits_efcil_grid_with_its_own_task_0():
     committed = yaml.safe_load((ROOT / paths.grid_params("digits_efcil")).read_text())
     assert committed == compose(["+experiment=digits_efcil"]) and "adagauss" in committed["method"]
     assert not any(m.adagauss for m in parse_params(compose([])).method.values())  # not in the default grid
+    # The digits' S lives in conf/method/adagauss_digits.yaml, not in the experiment: a subset of the grid's methods
+    # (bench, tests: method=[...]) composes without a partial adagauss entry; AdaGauss alone at 64 is refused.
+    assert list(parse_params(compose(["+experiment=digits_efcil", "method=[fecam]"])).method) == ["fecam"]
+    with pytest.raises(ConfigError, match=r"method.adagauss.adagauss_latent: .* expected less than train.batch_size "
+                                          r"\(16\), got 64"):
+        parse_params(compose(["+experiment=digits_efcil", "method=[adagauss]"]))
 
 
 @pytest.mark.parametrize(("method", "key", "value", "message"), [

@@ -98,7 +98,7 @@ BAD_EDITS = [
     ({"train.epochs": DELETE}, "train.epochs: missing required key"),
     ({"method.joint.train_on": "all"}, "method.joint.train_on: expected one of ['current', 'seen'], got 'all'"),
     ({"method.finetune.train_on": "al"}, "method.finetune.train_on: expected one of"),
-    ({"method.finetune->jiont": None}, "method.jiont: unknown method (expected one of the methods of conf/method/: adc, baseline,"),  # new
+    ({"method.finetune->jiont": None}, "method.jiont: unknown method (expected one of the methods of conf/method/: adagauss, adagauss_digits, adc, baseline,"),  # new
     ({"method": {}}, "method: expected a non-empty mapping of named methods"),
     # names that become folders and wildcards
     ({"method.finetune->fine tune": None}, "method.fine tune: expected a name of letters, digits, _ and -"),  # new
@@ -263,7 +263,7 @@ def test_plain_conf_reader_refuses_a_key_given_twice(tmp_path):
     ("model.foo.bar=1", "override 'model.foo.bar=1': no key model.foo in conf/ (keys of model: name, img_size,"),
     ("method=[finetune,jiont]", "override 'method=[finetune,jiont]': no option 'jiont' in conf/method/ "
                                 "(did you mean joint?)"),
-    ("method=[fooo]", "override 'method=[fooo]': no option 'fooo' in conf/method/ (options: adc, baseline, dytox, dytox_pks, efc, efc_pp, fcs,"),
+    ("method=[fooo]", "override 'method=[fooo]': no option 'fooo' in conf/method/ (options: adagauss, adagauss_digits, adc, baseline, dytox, dytox_pks, efc, efc_pp, fcs,"),
     ("dataset=cifar", "override 'dataset=cifar': no option 'cifar' in conf/dataset/ (did you mean cifar100?)"),
     ("+experiment=cifar", "override '+experiment=cifar': no option 'cifar' in conf/experiment/ (did you mean"),
     ("train.epochs==3", "override 'train.epochs==3': expected key=value in Hydra's override grammar (extraneous"),

@@ -204,6 +204,40 @@ def test_bench_of_a_dytox_method_times_task_t_with_t_tokens(monkeypatch):
         step_timing.bench_dytox_step(p, p.method["dytox_pks"], batch_size=4, classes_per_task=[10], steps=1)
 
 
+@pytest.mark.parametrize(("method", "term_module", "term"), [
+    ("efc_pp", "ncil.methods.efc", "efm_penalty"), ("adagauss", "ncil.methods.adagauss", "training_loss")])
+def test_bench_of_an_efcil_method_times_its_own_step(method, term_module, term, monkeypatch):
+    """``bench --method efc_pp|adagauss``: the step of a task t >= 1 as their loops take it (each timed round calls
+    the method's own loss on the student's features of the batch and the frozen old model's; AdaGauss's on the
+    latent vectors, S wide), against the floor of the plain forward/backward and the old model's forward; FeCAM,
+    which trains nothing after task 0, times task 0's step and says so."""
+    import importlib
+
+    from ncil.learning import step_timing
+
+    p = parse_params(compose(["+experiment=digits_efcil", "train.batch_size=12",
+                              f"method=[{'adagauss_digits' if method == 'adagauss' else method},fecam]"]))
+    module = importlib.import_module(term_module)
+    real, shapes = getattr(module, term), []
+
+    def recording(*args, **kwargs):
+        shapes.append(tuple(a.shape for a in args if isinstance(a, torch.Tensor))[:3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, term, recording)
+    result = step_timing.bench_step(p, p.method["adagauss" if method == "adagauss" else method], batch_size=12,
+                                    steps=2, warmup=0)
+    assert result["rows"] == 12 and result["floor_passes"] == "student fwd+bwd + old-model fwd"
+    assert result["ratio"] == pytest.approx(result["step_ms"] / result["floor_ms"])
+    if method == "efc_pp":  # features (12, 512) of the student and of the old model, E (512, 512)
+        assert shapes == [((12, 512), (12, 512), (512, 512))] * 2
+    else:  # CE (a 0-dim tensor), latent vectors (12, 8) of the student and of the old model
+        assert shapes == [((), (12, 8), (12, 8))] * 2
+    fecam = step_timing.bench_step(p, p.method["fecam"], batch_size=12, steps=1, warmup=0)
+    assert fecam["task"] == "task 0: FeCAM trains nothing after it" and fecam["rows"] == 12
+    assert fecam["floor_passes"] == "student fwd+bwd, no old model"
+
+
 def test_bench_of_an_official_method_times_its_step_against_the_floor_over_x_prime(monkeypatch):
     """The official step trains on X' = 4B rotated views + the mixup images (method-spec 2.4): the floor
     runs over one such X', the very rows of the step's first draw (the same seed), and the old model too."""

@@ -152,8 +152,8 @@ def test_a_task_0_mismatch_between_official_methods_is_refused(key, value, diffe
         f"params.yaml: method.ours_official.base_recipe: 'official' is shared with method 'fcs', which differs in "
         f"{differ} for task 0 of base4 (methods of one base_recipe must agree on preset, backbone, rotation, "
         f"ce_temperature, mixup_rounds, contrastive, contrastive_temperature, train_images, exemplars_per_class, "
-        f"exemplar_rule, dytox_optimizer, warmup_epochs, warmup_lr, min_lr, classifier, fecam_tukey, fecam_shrink_times, efc): give one of them "
-        f"another base_recipe name")
+        f"exemplar_rule, dytox_optimizer, warmup_epochs, warmup_lr, min_lr, classifier, fecam_tukey, fecam_shrink_times, efc, "
+        f"adagauss, adagauss_latent, adagauss_alpha, adagauss_beta): give one of them another base_recipe name")
 
 
 def test_the_shared_values_live_in_one_file():

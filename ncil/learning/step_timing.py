@@ -5,7 +5,8 @@ backward pass plus the old model's forward pass (method-spec 5.3: one old-model 
 Everything a method adds on top (rotation, PKS, PR, prototype augmentation, the optimiser step)
 shows up as the ratio step / floor.
 
-An `official` method (ncil.methods.official_step) is timed the same way; its rows are the 4B rotated
+FeCAM (no step after task 0: its task-0 step), EFC and AdaGauss (their own steps of a task t >= 1) are timed
+against the same kind of floor. An `official` method (ncil.methods.official_step) is timed the same way; its rows are the 4B rotated
 views plus the mixup images, its floor the student's and the old model's passes over those rows plus the
 key encoder's pass over the rotated strong views (the third backbone pass the method needs, 5.3), so the
 ratio shows the contrastive, transfer, protoAug, PKS and PR terms and the optimiser step. Under
@@ -61,6 +62,12 @@ def bench_step(p: Params, method: MethodConfig, batch_size: int, steps: int = 20
         return _bench_official_step(p, method, batch_size, steps, warmup, n_old, n_new, seed)
     if method.backbone == "dytox":
         return bench_dytox_step(p, method, batch_size, [n_old, n_new], steps, warmup, seed)
+    if method.classifier == "fecam":
+        return _bench_fecam_step(p, method, batch_size, steps, warmup, n_old)
+    if method.efc:
+        return _bench_efc_step(p, method, batch_size, steps, warmup, n_old, n_new, seed)
+    if method.adagauss:
+        return _bench_adagauss_step(p, method, batch_size, steps, warmup, n_old, n_new, seed)
     task = _synthetic_task(p, method, rotations(method) * (n_old + n_new), batch_size, n_old, n_new, seed)
     net, x, y = task.net, task.x, task.y
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
@@ -124,6 +131,107 @@ def _backbone_floor(net, teacher, rows: torch.Tensor, labels: torch.Tensor, extr
         if extra is not None:
             extra()
     return floor
+
+
+def _bench_fecam_step(p: Params, method: MethodConfig, batch_size: int, steps: int, warmup: int,
+                      n_classes: int) -> dict:
+    """FeCAM trains no step after task 0 (frozen backbone): its one training step is task 0's plain cross-entropy
+    over ``n_classes`` classes, timed against the floor of the same forward and backward with no old model (the
+    ratio shows the optimiser step)."""
+    net = build_network(p.model, p.dataset.channels, n_classes, method.backbone).train()
+    x = torch.randn(batch_size, p.dataset.channels, p.dataset.image_size, p.dataset.image_size)
+    y = torch.randint(0, n_classes, (batch_size,))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    full_step = _train_step(lambda: F.cross_entropy(net(x)["logits"], y), optimizer)
+
+    def floor():
+        net.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x)["logits"], y).backward()
+
+    return {**_timed(full_step, floor, steps, warmup, batch_size, batch_size, p.runtime.threads, net,
+                     "student fwd+bwd, no old model"), "task": "task 0: FeCAM trains nothing after it"}
+
+
+def _bench_efc_step(p: Params, method: MethodConfig, batch_size: int, steps: int, warmup: int, n_old: int,
+                    n_new: int, seed: int) -> dict:
+    """EFC's step of a task t >= 1 (``ncil.learning.efc_training``): the backbone and the new head (EFC++; with
+    PR-ACE also the old head's replay) on CE(new head) + L_EFM against the frozen old model's features, with a
+    random positive semi-definite E; floor: the student's forward and backward with the new head's CE and the old
+    model's forward."""
+    from ncil.learning import efc_training
+    from ncil.methods import efc
+
+    net = build_network(p.model, p.dataset.channels, n_old, method.backbone)
+    teacher = copy.deepcopy(net).eval().requires_grad_(False)
+    model = efc_training.EfcModel(net, n_old, n_new).train()
+    efc_training.freeze_batch_norm(model.backbone)
+    a = torch.randn(net.feature_dim, net.feature_dim) / net.feature_dim
+    efm = a @ a.T  # (D, D) positive semi-definite
+    x = torch.randn(batch_size, p.dataset.channels, p.dataset.image_size, p.dataset.image_size)
+    y = torch.randint(0, n_new, (batch_size,))
+    optimizer = torch.optim.Adam([*model.backbone.parameters(), *model.new_head.parameters()], lr=1e-4)
+
+    def loss():
+        features, _ = model.backbone(x)
+        with torch.no_grad():
+            old_features, _ = teacher.backbone(x)
+        return F.cross_entropy(model.new_head(features), y) + efc.efm_penalty(features, old_features, efm,
+                                                                               method.efc_lambda, method.efc_damping)
+
+    full_step = _train_step(loss, optimizer)
+
+    def floor():
+        features, _ = model.backbone(x)
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model.new_head(features), y).backward()
+        with torch.no_grad():
+            teacher.backbone(x)
+
+    return _timed(full_step, floor, steps, warmup, batch_size, batch_size, p.runtime.threads, model,
+                  "student fwd+bwd + old-model fwd")
+
+
+def _bench_adagauss_step(p: Params, method: MethodConfig, batch_size: int, steps: int, warmup: int, n_old: int,
+                         n_new: int, seed: int) -> dict:
+    """AdaGauss's step of a task t >= 1 (``ncil.learning.adagauss_training``): backbone + bottleneck, the task head
+    and the distiller on CE + projected distillation + anti-collapse, gradients clipped to norm 1; floor: the
+    student's forward and backward with the task head's CE and the old model's forward (no distiller, no
+    Cholesky). The adapter's training after the task is not in the step."""
+    from ncil.learning import adagauss_training
+    from ncil.methods import adagauss
+
+    latent = method.adagauss_latent
+    if batch_size <= latent:
+        raise ValueError(f"adagauss: the batch ({batch_size}) must exceed the latent width ({latent})")
+    net = build_network(p.model, p.dataset.channels, latent, method.backbone)
+    teacher = copy.deepcopy(net).eval().requires_grad_(False)
+    model = adagauss_training.AdaGaussModel(net, n_new, latent, distiller=True).train()
+    x = torch.randn(batch_size, p.dataset.channels, p.dataset.image_size, p.dataset.image_size)
+    y = torch.randint(0, n_new, (batch_size,))
+    trained = list(model.parameters())
+    optimizer = torch.optim.Adam(trained, lr=1e-4)
+
+    def full_step():
+        features = model.latent(x)
+        with torch.no_grad():
+            old = teacher(x)["logits"]
+        loss = adagauss.training_loss(F.cross_entropy(model.task_head(features), y), features, old, model.distiller,
+                                      lamb=method.adagauss_lambda, alpha=method.adagauss_alpha,
+                                      beta=method.adagauss_beta)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, adagauss_training.CLIP_NORM)
+        optimizer.step()
+
+    def floor():
+        features = model.latent(x)
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model.task_head(features), y).backward()
+        with torch.no_grad():
+            teacher(x)
+
+    return _timed(full_step, floor, steps, warmup, batch_size, batch_size, p.runtime.threads, model.net,
+                  "student fwd+bwd + old-model fwd")
 
 
 def _bench_official_step(p: Params, method: MethodConfig, batch_size: int, steps: int, warmup: int,

@@ -75,6 +75,7 @@ def run(args: Args) -> None:
         result = bench_step(p, method, batch, args.steps)
     static = " (static shapes)" if result.get("static_shapes") else ""
     static += f" in task {result['tasks']}" if "tasks" in result else ""
+    static += f" ({result['task']})" if "task" in result else ""
     say(
         f"{args.method}{static}: {result['rows']} rows/step ({result['parameters']:,} {'network' if 'tasks' in result else 'backbone'} parameters, "
         f"{result['threads']} thread(s), {p.runtime.numerics} numerics, {args.steps} alternating rounds): fastest step {result['step_ms']:.1f} ms, "
