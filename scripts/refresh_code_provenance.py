@@ -92,12 +92,13 @@ def expected_lock(old: dict, values: dict[str, str], files: dict[str, tuple[str,
     return new
 
 
-def table4_grid_metrics(root: Path) -> list[str]:
-    """The committed metrics.json files of the Table 4 grids that have run (extra grids: no dvc.lock of their own,
-    but the default grid's `verify` recomputes them, code fingerprints included): results/<grid>/**/metrics.json."""
+def extra_grid_metrics(root: Path) -> list[str]:
+    """The committed metrics.json files of the verified extra grids that have run (Table 4's, the digits' EFCIL
+    benchmark: no dvc.lock of their own, but the default grid's `verify` recomputes them, code fingerprints
+    included): results/<grid>/**/metrics.json."""
     from ncil.pipeline import paths
 
-    return sorted(str(path.relative_to(root)) for grid, _, _ in paths.table4_sources(str(root))
+    return sorted(str(path.relative_to(root)) for grid, _, _ in paths.committed_grid_sources(str(root))
                   for path in (root / "results" / grid).rglob("metrics.json"))
 
 
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
     old_lock = yaml.load(lock_text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     locked = {entry["path"] for stage in old_lock["stages"].values() for entry in stage.get("outs", [])
               if entry["path"].endswith("metrics.json")}
-    metrics = sorted(locked | set(table4_grid_metrics(ROOT)))
+    metrics = sorted(locked | set(extra_grid_metrics(ROOT)))
     rewrites, files = {}, {fingerprints.FILE: md5_and_size((ROOT / fingerprints.FILE).read_bytes())}
     for rel in metrics:
         before = (ROOT / rel).read_text(encoding="utf-8")
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
     for rel, text in rewrites.items():
         io.write_text(ROOT / rel, text)
     print(f"{len(rewrites) - (LOCK in rewrites)} metrics.json files and {'dvc.lock' if LOCK in rewrites else 'no dvc.lock'} "
-          f"rewritten ({len(locked)} metrics.json files in {LOCK}, {len(metrics) - len(locked)} of the Table 4 grids)")
+          f"rewritten ({len(locked)} metrics.json files in {LOCK}, {len(metrics) - len(locked)} of the verified extra grids)")
     return 0
 
 

@@ -277,3 +277,22 @@ def test_task_1_reads_no_image_of_an_earlier_task(tiny):
     noise[old] = np.random.default_rng(1).integers(0, 256, noise[old].shape, dtype=np.uint8)
     for other in (arrays.Split(data.images[~old], data.labels[~old]), arrays.Split(noise, data.labels)):
         assert _same(adagauss_training.train_adagauss_task(p, _job(p, 1), other, *zero, quiet()), one)
+
+
+def test_adagauss_runs_on_the_vit_backbone_too():
+    """On the tiny ViT (D = 16, no BatchNorm) the bottleneck maps 16 -> 8 and tasks 0 and 1 store the Gaussians at
+    S = 8; the released ViT option (a DINO ViT-S/16 with the last block trained) is not this, docs/efcil.md."""
+    p = parse_params(compose([*TINY, "method.adagauss.backbone=vit", "model=vit_digits_tiny"]))
+    zero = adagauss_training.train_adagauss_task(p, _job(p, 0), _split(), None, None, quiet())
+    one = adagauss_training.train_adagauss_task(p, _job(p, 1), _split(), *zero, quiet())
+    assert zero[0]["model"]["head.weight"].shape == (LATENT, 16) and zero[0]["adagauss"]["covariance"].shape == (4, 8, 8)
+    assert one[0]["adagauss"]["mean"].shape == (6, 8) and one[1]["center"].shape == (6, 8)
+    assert all(torch.isfinite(t).all() for t in one[0]["adagauss"].values())
+
+
+def test_the_anti_collapse_loss_refuses_a_batch_no_wider_than_the_latent_space_on_the_cpu():
+    """4 latent vectors of 8 dimensions have a covariance of rank 3: no Cholesky factor (the config refuses such a
+    batch before training; this is the loss's own guard, which a GPU run skips to stay free of host syncs)."""
+    with pytest.raises(ValueError, match=r"anti-collapse loss: the batch covariance of \(4, 8\) latent vectors is not "
+                                         r"positive definite"):
+        adagauss.anti_collapse_loss(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)))

@@ -54,11 +54,17 @@ def mlp(latent: int = LATENT, multiplier: int = MLP_MULTIPLIER) -> nn.Module:
 def anti_collapse_loss(features: torch.Tensor, beta: float = AC_BETA) -> torch.Tensor:
     """L_AC = -mean_i min(L_ii, beta), L the Cholesky factor of the batch's unbiased covariance; features (B, S).
 
-    The covariance must be positive definite (B > S and features not collapsed), as in the released code.
+    The covariance must be positive definite (B > S and features not collapsed), as in the released code. On the
+    CPU a covariance that is not is refused; on a GPU it is not checked (the check would be a host sync every step):
+    the factor, and so the loss, is then NaN, which the task's logged loss shows.
     """
     if features.ndim != 2:
         raise ValueError(f"expected features (B, S), got {tuple(features.shape)}")
-    chol = torch.linalg.cholesky(torch.cov(features.T))
+    chol, info = torch.linalg.cholesky_ex(torch.cov(features.T))  # the same factorisation as cholesky, unchecked
+    if features.device.type == "cpu" and int(info) != 0:
+        raise ValueError(f"anti-collapse loss: the batch covariance of {tuple(features.shape)} latent vectors is not "
+                         f"positive definite (order {int(info)} minor): the batch must exceed the latent width and "
+                         f"the features must not collapse")
     return -torch.clamp(torch.diagonal(chol), max=beta).mean()
 
 

@@ -39,7 +39,7 @@ GRID_NAMES = ("cifar100", "tinyimagenet", "imagenet_subset")
 # (`python -m ncil params +experiment=<name>`). Each has its own folder (top-level `grid: <name>`: runs/<name>/,
 # results/<name>/, its own results table, figures and costs) and shares the data set's data/<dataset>/; no dvc.yaml
 # or Snakemake target of its own.
-EXTRA_GRID_NAMES = ("digits_dytox", "digits_efcil", "cifar100_dytox")
+EXTRA_GRID_NAMES = ("digits_dytox", "digits_efcil", "cifar100_dytox", "cifar100_efcil")
 
 CHECKPOINT_NAME = "model.pt"
 CENTERS_NAME = "centers.parquet"
@@ -148,15 +148,23 @@ UNSECTIONED_TABLES = ("table4", "efcil_benchmark")
 # Grids (conf/experiment/<name>.yaml, each in a folder of its own) whose results fill Table 4: the paper-tables
 # step reads each one's committed params file and results table CSV where that CSV exists (``table4_sources``).
 TABLE4_GRIDS = ("digits_dytox", "cifar100_dytox")
+# Grids in folders of their own whose committed results `verify` recomputes from their evaluations, code fingerprints
+# included (``committed_grid_sources``): Table 4's and issue 25's exemplar-free benchmark grids.
+VERIFIED_GRIDS = (*TABLE4_GRIDS, "digits_efcil", "cifar100_efcil")
 
 
 def table4_sources(root: str = ".") -> list[tuple[str, str, str]]:
     """(grid, params file, results table CSV) of every Table 4 grid whose results CSV is under ``root``: the
     files Table 4 is made from besides the paper's values (a grid that has not run adds none)."""
+    return committed_grid_sources(root, TABLE4_GRIDS)
+
+
+def committed_grid_sources(root: str = ".", names: tuple[str, ...] = VERIFIED_GRIDS) -> list[tuple[str, str, str]]:
+    """(grid, params file, results table CSV) of every grid of ``names`` whose results CSV is under ``root``."""
     import os
 
     out = []
-    for name in TABLE4_GRIDS:
+    for name in names:
         csv = table_files(name)[1]
         if os.path.isfile(os.path.join(root, csv)):
             out.append((name, grid_params(name), csv))

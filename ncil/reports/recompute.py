@@ -285,11 +285,12 @@ def verify(root: str | Path, params: dict, log=print, params_file: str = "params
 
     checked["figure4"] = check_figure4(root, params, log)
 
-    if not extra_grid:  # Table 4's cells come from these grids' results tables: recompute those from their runs
-        for grid, grid_params_file, _ in paths.table4_sources(str(root)):
-            log(f"verify: Table 4 grid {grid} ({grid_params_file}):")
+    if not extra_grid:  # Table 4's cells and the digits' EFCIL benchmark come from these grids: recompute them
+        table4 = {grid for grid, _, _ in paths.table4_sources(str(root))}
+        for grid, grid_params_file, _ in paths.committed_grid_sources(str(root)):
+            log(f"verify: {'Table 4 grid' if grid in table4 else 'grid'} {grid} ({grid_params_file}):")
             verify(root, io.read_yaml(root / grid_params_file), log, grid_params_file)
-            checked.setdefault("table4 grids", []).append(grid)
+            checked.setdefault("table4 grids" if grid in table4 else "extra grids", []).append(grid)
 
     readme = root / "README.md"
     if readme.is_file() and not extra_grid:  # the README copies the paper tables' sections
