@@ -162,3 +162,69 @@ def test_the_counter_counts_device_reads_and_not_host_values():
         y = net(x).detach()
         float(y.sum()), y[y > 0], y.tolist(), torch.unique(y)
     assert dict(counter.syncs) == {"_local_scalar_dense": 1, "index[bool mask]": 1, "tolist()": 1, "_unique2": 1}
+
+
+# --- the loops of their own: DyTox (issue 24 item 6), EFC / EFC++ and AdaGauss (issue 25 item 7) -----------------
+
+def _own_loop_counts(experiment: list[str], name: str) -> dict:
+    """Task 1's step counts (ncil.learning.opcount) of method ``name``'s own loop, after its task 0, on 20 random 8x8
+    images per class of 6 classes, batch 12 (several steps per epoch), 2 epochs."""
+    import logging
+
+    import numpy as np
+
+    from ncil.data import arrays
+    from ncil.learning import adagauss_training, efc_training, opcount, training
+    from ncil.pipeline.config import parse_params
+    from ncil.pipeline.hydra_conf import compose
+
+    rng = np.random.RandomState(0)
+    data = arrays.Split(rng.randint(0, 256, (120, 8, 8, 1)).astype(np.uint8), np.repeat(np.arange(6), 20))
+    log = logging.getLogger("test_step_syncs")
+    log.addHandler(logging.NullHandler())
+    log.propagate = False
+    p = parse_params(compose([*experiment, "train=smoke", "train.epochs=2", "train.batch_size=12", "runtime.device=cpu",
+                              "scenario=[base4_inc2]", "seeds=[1]"]))
+    m = p.method[name]
+    loop = (adagauss_training.train_adagauss_task if m.adagauss else efc_training.train_efc_task if m.efc
+            else training.train_task)
+    job = lambda t: training.TaskJob(t, 1, list(range(10)), [[0, 1, 2, 3], [4, 5]], m.base_recipe if t == 0 else name,
+                                     m, {})
+    zero = loop(p, job(0), data, None, None, log)
+    extra = {"previous_memory": zero[2]} if m.exemplars_per_class else {}
+    _, counts = opcount.count_training_steps(loop, p, job(1), data, zero[0], zero[1], log, **extra)
+    return counts.summary()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("experiment", "name"), [
+    (["+experiment=digits_dytox", "model=vit_digits_tiny", "method.dytox.finetune_epochs=1"], "dytox"),
+    (["+experiment=digits_dytox", "model=vit_digits_tiny", "method.dytox_pks.finetune_epochs=1"], "dytox_pks"),
+    (["+experiment=digits_efcil", "method=[efc_pp]", "method.efc_pp.efc_rebalance_epochs=1"], "efc_pp"),
+    (["+experiment=digits_efcil", "method=[efc]"], "efc"),
+])
+def test_the_dytox_and_efc_steps_have_no_host_sync(experiment, name):
+    """Every counted step of task 1 (DyTox: its training and its balanced fine-tuning; EFC: CE + L_EFM, and PR-ACE's
+    Gaussian replay drawn on the task's device) reads no device value and has no data-dependent shape."""
+    counts = _own_loop_counts(experiment, name)
+    assert counts["steps_counted"] >= 4
+    assert counts["syncs_by_site"] == {} and counts["syncs_per_step"] == 0
+
+
+@pytest.mark.slow
+def test_adagauss_steps_read_only_the_cpu_guard_of_the_cholesky():
+    """AdaGauss's step (CE + projected distillation + anti-collapse, clipped): its one read per step is the
+    anti-collapse loss's check of the Cholesky factorisation, which runs on the CPU only (a GPU step skips it, so a
+    GPU step has none); torch.cov's own check is avoided (``adagauss.batch_covariance``, bit-equal)."""
+    counts = _own_loop_counts(["+experiment=digits_efcil", "method=[adagauss_digits]",
+                               "method.adagauss.adagauss_samples=100"], "adagauss")
+    assert counts["steps_counted"] >= 4 and counts["syncs_per_step"] == 1
+    (site,) = counts["syncs_by_site"]
+    assert site.startswith("_local_scalar_dense at ncil/methods/adagauss.py:")
+    import inspect
+
+    from ncil.methods import adagauss
+
+    lines, first = inspect.getsourcelines(adagauss.anti_collapse_loss)
+    guard = first + next(i for i, line in enumerate(lines) if 'device.type == "cpu"' in line)
+    assert site == f"_local_scalar_dense at ncil/methods/adagauss.py:{guard}"

@@ -198,9 +198,9 @@ def _incremental_task(p: Params, job, train_split, previous: dict, previous_cent
     efm_prev = efm_prev.to(device)
     pr_ace = method.efc_old_classes == "pr_ace"
     if pr_ace:  # PR-ACE's Gaussian prototypes of the old classes (stored means and covariances)
-        means_prev = torch.from_numpy(previous_centers["center"]).double()
+        means_prev = torch.from_numpy(previous_centers["center"]).double().to(device)
         chol = torch.linalg.cholesky(covs_prev.double() + efc.GAUSSIAN_JITTER * torch.eye(net.feature_dim,
-                                                                                          dtype=torch.float64))
+                                                                                          dtype=torch.float64)).to(device)
 
     # 2. The task's images (uint8 on the device); labels shifted to the new head's columns in the step.
     _, images, labels = arrays.select_classes(train_split, list(job.tasks[job.task]), label_map)
@@ -334,11 +334,12 @@ def _incremental_task(p: Params, job, train_split, previous: dict, previous_cent
 def _pr_ace_replay(model: EfcModel, replay, means: torch.Tensor, chol: torch.Tensor, generator: torch.Generator,
                    device, eye) -> torch.Tensor:
     """EFC's PR-ACE replay term: CE over all heads of PROTO_BATCH Gaussian samples of old classes (classes drawn
-    uniformly) and of the previous step's current features (none on the task's first step)."""
+    uniformly) and of the previous step's current features (none on the task's first step). ``means`` and ``chol``
+    are on the data generator's device (the task's), so the draws are used where they are made: no host copy."""
     n_old, d = means.shape
-    classes = torch.randint(0, n_old, (efc.PROTO_BATCH,), generator=generator, device=generator.device).cpu()
-    z = torch.randn(efc.PROTO_BATCH, d, generator=generator, device=generator.device).cpu().double()
-    samples = means[classes] + torch.einsum("bde,be->bd", chol[classes], z)  # (P, D) float64
+    classes = torch.randint(0, n_old, (efc.PROTO_BATCH,), generator=generator, device=generator.device)
+    z = torch.randn(efc.PROTO_BATCH, d, generator=generator, device=generator.device).double()
+    samples = means[classes] + torch.einsum("bde,be->bd", chol[classes], z)  # (P, D) float64, on the device
     rows, targets = samples.float().to(device), classes.to(device)
     if replay is not None:
         rows, targets = torch.cat([rows, replay[0]]), torch.cat([targets, replay[1]])

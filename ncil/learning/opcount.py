@@ -179,14 +179,17 @@ class StepCounts:
 
 
 def count_training_steps(train_fn, *args, **kwargs):
-    """Run ``train_fn(*args, **kwargs)`` (it must build ``ncil.learning.training.EpochProgress`` through ``ncil.learning.training``)
-    under a ``StepCounter``; return (its result, ``StepCounts``) of the steps after each epoch's first."""
-    from ncil.learning import training
+    """Run ``train_fn(*args, **kwargs)`` (a training loop that builds ``EpochProgress`` through the name its module
+    imported: ``ncil.learning.training``'s, or the EFC, AdaGauss, DyTox loops') under a ``StepCounter``; return (its
+    result, ``StepCounts``) of the steps after each epoch's first."""
+    import sys
+
+    from ncil.pipeline.progress import EpochProgress
 
     counter = StepCounter(active=False)
     steps = [0]
 
-    class Counted(training.EpochProgress):
+    class Counted(EpochProgress):
         def start_epoch(self):
             counter.active = False
             return super().start_epoch()
@@ -200,11 +203,14 @@ def count_training_steps(train_fn, *args, **kwargs):
             counter.active = False
             return super().end_epoch(epoch, lr)
 
-    saved = training.EpochProgress
-    training.EpochProgress = Counted
+    loops = [m for name, m in list(sys.modules.items())
+             if name.startswith("ncil.") and getattr(m, "EpochProgress", None) is EpochProgress]
+    for module in loops:
+        module.EpochProgress = Counted
     try:
         with counter.counting():
             result = train_fn(*args, **kwargs)
     finally:
-        training.EpochProgress = saved
+        for module in loops:
+            module.EpochProgress = EpochProgress
     return result, StepCounts(steps[0], counter.ops, counter.syncs, counter.sites)

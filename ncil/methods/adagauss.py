@@ -60,12 +60,21 @@ def anti_collapse_loss(features: torch.Tensor, beta: float = AC_BETA) -> torch.T
     """
     if features.ndim != 2:
         raise ValueError(f"expected features (B, S), got {tuple(features.shape)}")
-    chol, info = torch.linalg.cholesky_ex(torch.cov(features.T))  # the same factorisation as cholesky, unchecked
+    chol, info = torch.linalg.cholesky_ex(batch_covariance(features))  # cholesky's factorisation, unchecked
     if features.device.type == "cpu" and int(info) != 0:
         raise ValueError(f"anti-collapse loss: the batch covariance of {tuple(features.shape)} latent vectors is not "
                          f"positive definite (order {int(info)} minor): the batch must exceed the latent width and "
                          f"the features must not collapse")
     return -torch.clamp(torch.diagonal(chol), max=beta).mean()
+
+
+def batch_covariance(features: torch.Tensor) -> torch.Tensor:
+    """torch.cov(features.T) (S, S), unbiased, computed by torch.cov's own steps (sum / B, centre, X Xᵀ, / (B - 1)) so
+    the bits are its, without its check that B - 1 > 0 on the device (a host sync on a GPU); B > 1 is the caller's."""
+    x = features.T  # (S, B): variables in rows, as torch.cov takes them
+    n = x.shape[1]
+    centred = x - (x.sum(1) / n).unsqueeze(1)
+    return torch.mm(centred, centred.t()) / (n - 1)
 
 
 def distill_projected(distiller, features: torch.Tensor, old_features: torch.Tensor) -> torch.Tensor:
