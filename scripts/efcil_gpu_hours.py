@@ -1,7 +1,7 @@
 """Estimated GPU-hours of the CIFAR-100 exemplar-free benchmark grid (grids/cifar100_efcil/params.yaml; issue 25).
 
 No ResNet-18 method of that grid has run on a GPU here. The one measured ResNet-18 rate is `pass_resnet18`'s
-training step in ../shared/docs/gpu-baseline.md (one H200, eager, 32x32): 31.0 ms per step of batch 64 with 4
+training step in docs/gpu-baseline.md (one H200, eager, 32x32): 31.0 ms per step of batch 64 with 4
 rotations, i.e. 256 rows through the student's forward and backward and the old model's forward. Two readings:
 
 * row-proportional: 31.0 / 256 ms per row;

@@ -188,7 +188,7 @@ def test_fecam_composes_and_stays_out_of_the_default_grid():
     ("backbone", "vit", "method.fecam.backbone: classifier fecam needs non-negative (ReLU) features"),
     ("feature_kd", 10.0, "method.fecam.feature_kd: FeCAM trains nothing after task 0"),
     ("fecam_tukey", -1.0, "method.fecam.fecam_tukey: expected a Tukey lambda >= 0"),
-    ("classifier", "knn", "method.fecam.classifier: expected one of ['head', 'fecam', 'ncm']"),
+    ("classifier", "knn", "method.fecam.classifier: expected one of ['head', 'fecam', 'ncm', 'bayes']"),
 ])
 def test_fecam_options_are_checked(key, value, message):
     data = compose(FECAM_TINY)
