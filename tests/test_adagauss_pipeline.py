@@ -5,9 +5,7 @@ inside a task to the same bytes, no earlier task's image read, and the Bayes cla
 
 from __future__ import annotations
 
-import logging
 import re
-from io import BytesIO
 
 import numpy as np
 import pytest
@@ -18,10 +16,11 @@ from ncil.data import arrays
 from ncil.learning import adagauss_training, prediction, resume, training
 from ncil.methods import adagauss
 from ncil.models.network import load_network
-from ncil.pipeline import io, paths
+from ncil.pipeline import paths
 from ncil.pipeline.config import ConfigError, parse_params
 from ncil.pipeline.hydra_conf import compose
 from tests.conftest import ROOT
+from tests.test_efc_pipeline import _same, _split, quiet  # the same tiny split, byte comparison and logger
 from tests.test_resume import StopAfter
 
 # In-process runs: ResNet-18 on a random 8x8 split of 6 classes x 10 images, tasks [0..3] and [4, 5]; 2 epochs of
@@ -33,32 +32,9 @@ TASKS = [[0, 1, 2, 3], [4, 5]]
 LATENT = 8
 
 
-def quiet() -> logging.Logger:
-    log = logging.getLogger("test_adagauss_pipeline")
-    log.addHandler(logging.NullHandler())
-    log.propagate = False
-    return log
-
-
-def _split() -> arrays.Split:
-    rng = np.random.RandomState(0)
-    return arrays.Split(rng.randint(0, 256, (60, 8, 8, 1)).astype(np.uint8), np.repeat(np.arange(6), 10))
-
-
 def _job(p, task: int) -> training.TaskJob:
     return training.TaskJob(task, 1, list(range(10)), TASKS, "adagauss_resnet18" if task == 0 else "adagauss",
                             p.method["adagauss"], {"task": task})
-
-
-def _bytes(payload: dict) -> bytes:
-    buffer = BytesIO()
-    torch.save({"format_version": io.CHECKPOINT_FORMAT, **payload}, buffer)
-    return buffer.getvalue()
-
-
-def _same(a: tuple[dict, dict], b: tuple[dict, dict]) -> bool:
-    return _bytes(a[0]) == _bytes(b[0]) and all(
-        a[1][k].dtype == b[1][k].dtype and np.array_equal(a[1][k], b[1][k]) for k in a[1])
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ from torch import nn
 
 from ncil.data import arrays, augment
 from ncil.data.scenario import remap_labels
-from ncil.learning import resume, runtime
+from ncil.learning import optim, resume, runtime
 from ncil.methods import adagauss
 from ncil.methods.fecam import class_statistics
 from ncil.models.network import IncrementalNet, build_network, load_network
@@ -157,7 +157,8 @@ def train_adagauss_task(p: Params, job, train_split: arrays.Split, previous: dic
                         previous_centers: dict | None, logger: logging.Logger,
                         plan: resume.Plan | None = None) -> tuple[dict, dict]:
     """One task of AdaGauss; returns (checkpoint payload, centers rows) as ``training.train_task``."""
-    from ncil.learning.training import append_centers, example_image, history_without_timing, run_config_snapshot
+    from ncil.learning.training import (append_centers, empty_centers, example_image, history_without_timing,
+                                        run_config_snapshot)
 
     method = job.method
     plan = plan or resume.Plan()
@@ -198,8 +199,6 @@ def train_adagauss_task(p: Params, job, train_split: arrays.Split, previous: dic
     spec = augment.spec_from_dataset(p.dataset)
 
     # 3. The grid's recipe for this task over everything trained (network, task head, distiller).
-    from ncil.learning import optim
-
     recipe = optim.task_recipe(p.train, job.task)
     trained = list(model.parameters())
     optimizer, scheduler = optim.build_optimizer(trained, recipe)
@@ -291,13 +290,8 @@ def train_adagauss_task(p: Params, job, train_split: arrays.Split, previous: dic
                                      flip=True)
         flip_labels = torch.cat([new_labels, new_labels])
     new_means, new_covs = gaussians(with_flips, flip_labels, class_ids.tolist())
-    old_rows = previous_centers if previous_centers is not None else None
-    if old_rows is None:
-        from ncil.learning.training import empty_centers
-
-        old_rows = empty_centers(latent)
-    else:
-        old_rows = {**old_rows, "center": old_means.float().numpy()}
+    old_rows = (empty_centers(latent) if previous_centers is None
+                else {**previous_centers, "center": old_means.float().numpy()})  # old rows: the adapted means
     rows = append_centers(old_rows, features, labels, class_ids, new_means.float(), label_map, n_seen, job.task)
     covs = torch.cat([old_covs.reshape(-1, latent, latent).double(), new_covs])  # (K, S, S)
 
