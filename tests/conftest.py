@@ -69,6 +69,22 @@ def archived_tree(commit: str, dest: Path) -> Path:
     return dest
 
 
+# Prepended to a script run on an archived tree: the editable install (`pip install --editable .`, the Makefile)
+# puts a finder on sys.meta_path that maps every `ncil.*` name to THIS tree; an old tree lacking a module (the
+# flat layout has no ncil/learning) would silently import it from here, mixing two commits' code. Without the
+# finder a missing module raises ImportError, as in a clone of that commit.
+_WITHOUT_EDITABLE_FINDER = """\
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if not f.__module__.startswith("__editable__")]
+"""
+
+
+def python_in(tree: Path, script: str, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """Run ``script`` with this interpreter on the ``ncil`` of ``tree`` (this one or an ``archived_tree``) only."""
+    return subprocess.run([sys.executable, "-c", _WITHOUT_EDITABLE_FINDER + script, *args], cwd=tree,
+                          env={**env(), "PYTHONPATH": str(tree)}, capture_output=True, text=True, timeout=timeout)
+
+
 def copy_project(dest: Path, tiny: bool = True) -> Path:
     """Copy the project's code and configuration to ``dest`` and compose params.yaml there.
 

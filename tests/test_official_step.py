@@ -4,13 +4,11 @@ and the proof that the paper preset's outputs kept their bytes (issue 12 item 1)
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from io import BytesIO
 
 import pytest
 
-from conftest import ROOT, archived_tree, env
+from conftest import ROOT, archived_tree, python_in
 
 # --- The paper preset's bytes are those of commit b2c8f1c ---------------------------------------------------
 
@@ -60,8 +58,7 @@ RECORDED_AT_B2C8F1C = "ours:0:83711dc4d890ed42 ours:1:9d07a8dc7bebb27c baseline:
 
 
 def _digests(tree) -> str:
-    proc = subprocess.run([sys.executable, "-c", DIGEST_SCRIPT], cwd=tree, env={**env(), "PYTHONPATH": str(tree)},
-                          capture_output=True, text=True, timeout=1200)
+    proc = python_in(tree, DIGEST_SCRIPT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout.strip()
 

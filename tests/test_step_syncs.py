@@ -12,13 +12,11 @@ is the window between two ``EpochProgress.step`` calls (each epoch's first step 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, archived_tree, env
+from conftest import ROOT, archived_tree, python_in
 
 BEFORE = "a14f38e"  # the last commit whose steps read every loss term (8 syncs per step, 33 in ours_official)
 
@@ -74,8 +72,7 @@ print(json.dumps(out))
 
 
 def _run(tree, *args) -> dict:
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, *args], cwd=tree, env={**env(), "PYTHONPATH": str(tree)},
-                          capture_output=True, text=True, timeout=1200)
+    proc = python_in(tree, SCRIPT, *args)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout)
 
