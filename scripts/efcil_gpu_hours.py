@@ -1,18 +1,20 @@
-"""Estimated GPU-hours of the CIFAR-100 exemplar-free benchmark grid (grids/cifar100_efcil/params.yaml; issue 25).
+"""Estimated GPU-hours of the exemplar-free benchmark grids (grids/<name>/params.yaml; issue 25).
 
-No ResNet-18 method of that grid has run on a GPU here. The one measured ResNet-18 rate is `pass_resnet18`'s
+No ResNet-18 method of these grids has run on a GPU here. The one measured ResNet-18 rate is `pass_resnet18`'s
 training step in docs/gpu-baseline.md (one H200, eager, 32x32): 31.0 ms per step of batch 64 with 4
 rotations, i.e. 256 rows through the student's forward and backward and the old model's forward. Two readings:
 
-* row-proportional: 31.0 / 256 ms per row;
-* step-bound (launch-bound, as the ViT step was): 31.0 ms per step whatever its rows.
+* row-proportional: 31.0 / 256 ms per row of 32x32, a row of another size scaled by the ResNet-18's forward FLOP
+  (``resources.forward_flop``: 4x at TinyImageNet's 64 pixels, ~3x at ImageNet-Subset's 224 with its ImageNet stem);
+* step-bound (launch-bound, as the ViT step was): 31.0 ms per step whatever its rows (a lower bound off CIFAR-100).
 
 Rows counted: task 0 once per base recipe, base split and seed (base_epochs x images, x 4 with rotations); every
 task t >= 1 epochs x images (x 4 for PASS's rotations); FeCAM's tasks t >= 1 one forward pass (a third of a row);
-AdaGauss's adapter epochs // 2 over the task's images through two frozen networks (two thirds of a row). Left out:
-evaluation, EFC++'s re-balancing and ADC's attacks (features or a few samples per class), data loading.
+AdaGauss's adapter epochs // 2 over the task's images through two frozen networks (two thirds of a row). Images per
+class: ``resources.IMAGES_PER_CLASS``. Left out: evaluation, EFC++'s re-balancing and ADC's attacks (features or a
+few samples per class), data loading.
 
-    python scripts/efcil_gpu_hours.py
+    python scripts/efcil_gpu_hours.py [cifar100_efcil | tinyimagenet_efcil | imagenet_subset_efcil ...]
 """
 
 from __future__ import annotations
@@ -25,15 +27,25 @@ sys.path.insert(0, str(ROOT))
 
 MS_PER_STEP = 31.0  # pass_resnet18, H200, eager, batch 64 x 4 rotations (gpu-baseline.md)
 ROWS_PER_STEP = 256
-IMAGES_PER_CLASS = 500  # CIFAR-100's training images per class
+GRIDS = ("cifar100_efcil", "tinyimagenet_efcil", "imagenet_subset_efcil")
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    for grid in argv or GRIDS:
+        if grid not in GRIDS:
+            print(f"efcil_gpu_hours: unknown grid {grid!r}; expected one of {', '.join(GRIDS)}", file=sys.stderr)
+            return 2
+        estimate(grid)
+    return 0
+
+
+def estimate(grid: str) -> None:
     from ncil.data.scenario import task_sizes
-    from ncil.pipeline import io
+    from ncil.pipeline import io, resources
     from ncil.pipeline.config import parse_params
 
-    p = parse_params(io.read_yaml(ROOT / "grids/cifar100_efcil/params.yaml"))
+    p = parse_params(io.read_yaml(ROOT / "grids" / grid / "params.yaml"))
+    per_class = resources.IMAGES_PER_CLASS[p.dataset.name]
     train, seen_base, by_method = p.train, set(), {}
     rows_total = steps_total = 0.0
     for sc in p.scenario.values():
@@ -44,10 +56,10 @@ def main() -> int:
                 if (m.base_recipe, sc.initial_increment, seed) not in seen_base:
                     seen_base.add((m.base_recipe, sc.initial_increment, seed))
                     rot = 4 if m.rotation else 1
-                    rows += train.base_epochs * sizes[0] * IMAGES_PER_CLASS * rot
-                    steps += train.base_epochs * -(-sizes[0] * IMAGES_PER_CLASS // train.batch_size)
+                    rows += train.base_epochs * sizes[0] * per_class * rot
+                    steps += train.base_epochs * -(-sizes[0] * per_class // train.batch_size)
                 for classes in sizes[1:]:
-                    images = classes * IMAGES_PER_CLASS
+                    images = classes * per_class
                     if m.classifier == "fecam":
                         rows += images / 3
                         continue
@@ -57,16 +69,16 @@ def main() -> int:
                     if m.adagauss:
                         rows += (train.epochs // 2) * images * 2 / 3
                         steps += (train.epochs // 2) * (images // train.batch_size)
+                rows *= resources.forward_flop(p, m) / resources.RESNET18_FLOP_32  # a 32x32 row's cost = 1
                 by_method[name] = by_method.get(name, 0.0) + rows
                 rows_total += rows
                 steps_total += steps
     hours = lambda rows: rows * MS_PER_STEP / ROWS_PER_STEP / 1e3 / 3600
     for name, rows in by_method.items():
         print(f"{name:14s} {hours(rows):6.1f} GPU-hours (row-proportional; a shared task 0 counts for its first method)")
-    print(f"cifar100_efcil: {len(p.scenario)} settings x {len(p.method)} methods x {len(p.seeds)} seeds: "
+    print(f"{grid}: {len(p.scenario)} settings x {len(p.method)} methods x {len(p.seeds)} seeds: "
           f"{hours(rows_total):.1f} GPU-hours row-proportional, {steps_total * MS_PER_STEP / 1e3 / 3600:.1f} step-bound")
-    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

@@ -27,7 +27,9 @@ RUNS = [_metrics("fecam", "base50_inc10", 2, 72.0, 64.0, 79.0, 66.0),
 
 
 def _cells(metrics):
-    return {(c["method"], c["setting"], c["metric"], c["convention"]): c for c in results_table.efcil_cells(metrics)}
+    """The CIFAR-100 cells by (method, setting, metric, convention)."""
+    return {(c["method"], c["setting"], c["metric"], c["convention"]): c for c in results_table.efcil_cells(metrics)
+            if c["dataset"] == "cifar100"}
 
 
 def test_a_fecam_run_fills_its_cells_with_mean_and_std_in_both_conventions():
@@ -52,24 +54,62 @@ def test_absent_methods_and_settings_read_not_run_and_unquoted_values_read_dash(
     md, _ = results_table.efcil_texts(RUNS)
     for label, method in paper_values.EFCIL_ROWS[1:]:
         assert f"| {label} (`{method}`) | - | not run | not run | - | not run | not run |" in md
-    assert all(c["status"] == "not run" and c["mean"] is None
-               for c in results_table.efcil_cells(RUNS) if c["method"] != "fecam" or c["setting"] != "base50_inc10")
-    assert [s for s in paper_values.EFCIL_SETTINGS] == ["base50_inc10", "base50_inc5", "base40_inc3", "base10_inc10",
-                                                        "base5_inc5"]
-    assert all((ROOT / "conf/scenario" / f"{s}.yaml").is_file() for s in paper_values.EFCIL_SETTINGS)
+    assert all(c["status"] == "not run" and c["mean"] is None for c in results_table.efcil_cells(RUNS)
+               if (c["dataset"], c["method"], c["setting"]) != ("cifar100", "fecam", "base50_inc10"))
+    settings = paper_values.EFCIL_SETTINGS
+    assert list(settings["cifar100"]) == ["base50_inc10", "base50_inc5", "base40_inc3", "base10_inc10", "base5_inc5"]
+    assert all((ROOT / "conf/scenario" / f"{s}.yaml").is_file() for d in settings.values() for s in d)
 
 
-def test_the_quoted_fecam_values_carry_their_source_and_convention():
-    (v,) = paper_values.efcil_reported()
-    assert (v["method"], v["setting"], v["label"], v["avg_accuracy"], v["last_accuracy"]) == \
-        ("fecam", "base50_inc10", "50+10x5", 70.9, 62.1)
-    assert "FeCAM, NeurIPS 2023" in v["source"] and "issue 25" in v["source"]
-    assert v["convention"] == paper_values.CONVENTION_NOT_CHECKED
-    quoted = [c for c in results_table.efcil_cells([]) if c["paper"] is not None]
-    assert {(c["method"], c["setting"]) for c in quoted} == {("fecam", "base50_inc10")}
-    assert all(c["paper_source"] == v["source"] for c in quoted)
+def test_a_setting_label_is_the_split_of_its_data_set():
+    """F + C x T with T = (classes - F) / C of that data set: 10+10x9 on CIFAR-100's 100 classes, 10+10x19 on
+    TinyImageNet's 200; cold start is F = C, warm start F > C."""
+    from ncil.data.scenario import task_sizes
+    from ncil.pipeline.hydra_conf import compose
+
+    for dataset, settings in paper_values.EFCIL_SETTINGS.items():
+        n_classes = compose([f"dataset={dataset}"])["dataset"]["n_classes"]
+        scenarios = compose([f"dataset={dataset}", f"scenario=[{','.join(settings)}]"])["scenario"]
+        for setting, (label, start) in settings.items():
+            sizes = task_sizes(n_classes, scenarios[setting]["initial_increment"], scenarios[setting]["increment"])
+            assert label == f"{sizes[0]}+{sizes[1]}x{len(sizes) - 1}", (dataset, setting)
+            assert start == ("cold start" if sizes[0] == sizes[1] else "warm start"), (dataset, setting)
+    assert paper_values.EFCIL_SETTINGS["tinyimagenet"]["base10_inc10"][0] == "10+10x19"
+
+
+def test_every_quoted_value_carries_its_source_and_convention():
+    quoted = {(v["method"], v["dataset"], v["setting"]): v for v in paper_values.efcil_reported()}
+    fecam = quoted[("fecam", "cifar100", "base50_inc10")]
+    assert (fecam["label"], fecam["avg_accuracy"], fecam["last_accuracy"]) == ("50+10x5", 70.9, 62.1)
+    assert "FeCAM, NeurIPS 2023" in fecam["source"] and "issue 25" in fecam["source"]
+    assert fecam["convention"] == paper_values.CONVENTION_NOT_CHECKED
+    # AdaGauss's Table 1 (own) and EFC's values as AdaGauss quotes them: cold start, T = 10 and 20 equal tasks.
+    ada = quoted[("adagauss", "tinyimagenet", "base20_inc20")]
+    assert (ada["label"], ada["avg_accuracy"], ada["last_accuracy"]) == ("20+20x9", 50.6, 36.5)
+    assert "AdaGauss, NeurIPS 2024, Table 1" in ada["source"]
+    efc = quoted[("efc", "imagenet_subset", "base5_inc5")]
+    assert (efc["label"], efc["avg_accuracy"], efc["last_accuracy"]) == ("5+5x19", 49.9, 35.8)
+    assert "EFC, ICLR 2024, Table 1" in efc["source"] and "AdaGauss" in efc["source"]
+    assert {k[0] for k in quoted} == {"fecam", "adagauss", "efc"} and len(quoted) == 13
+    assert all(v["avg_accuracy"] > v["last_accuracy"] for v in quoted.values())  # Avg averages the earlier steps in
+    cells = [c for c in results_table.efcil_cells([]) if c["paper"] is not None]
+    assert {(c["method"], c["dataset"], c["setting"]) for c in cells} == set(quoted)
+    assert all(c["paper_source"] == quoted[(c["method"], c["dataset"], c["setting"])]["source"] for c in cells)
     md, _ = results_table.efcil_texts([])
-    assert f"1. {v['source']} (accuracy convention: not checked)." in md
+    assert f"1. {fecam['source']} (accuracy convention: not checked)." in md
+    assert "## TinyImageNet 20+20x9 (`base20_inc20`, cold start)" in md
+    assert "| AdaGauss (`adagauss`) | 50.60 [3] | not run | not run | 36.50 [3] | not run | not run |" in md
+
+
+def test_a_run_fills_the_cells_of_its_own_data_set_only():
+    """The same scenario id on two data sets (10+10x9 and 10+10x19) are two settings."""
+    runs = [_metrics("adagauss", "base10_inc10", 1, 40.0, 30.0, 41.0, 31.0, dataset="tinyimagenet")]
+    cells = {(c["dataset"], c["setting"], c["method"], c["metric"], c["convention"]): c
+             for c in results_table.efcil_cells(runs)}
+    sw = paper_values.SAMPLE_WEIGHTED
+    assert cells[("tinyimagenet", "base10_inc10", "adagauss", "avg_accuracy", sw)]["mean"] == 40.0
+    assert cells[("cifar100", "base10_inc10", "adagauss", "avg_accuracy", sw)]["status"] == "not run"
+    assert cells[("imagenet_subset", "base10_inc10", "adagauss", "avg_accuracy", sw)]["status"] == "not run"
 
 
 def test_metrics_without_the_task_averaged_variant_are_refused_by_name():

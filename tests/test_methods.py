@@ -141,6 +141,26 @@ def test_resnet18_backbone_contract():
     assert torch.allclose(out["cls"], out["patches"].mean(1))
 
 
+@pytest.mark.parametrize("img_size, side", [(32, 4), (64, 8), (224, 7)])
+def test_resnet18_backbone_stem_follows_the_image_size(img_size, side):
+    """CIFAR stem below 128 pixels (3x3/1, no pool: 32 -> 4x4 and TinyImageNet's 64 -> 8x8 at stage 4), the ImageNet
+    stem from 128 (7x7/2 + 3x3/2 max-pool: 224 -> 7x7): 11,176,512 parameters either way but conv1's 3 x 64 x (49 - 9)
+    = 7,680 more for 7x7 (torchvision's 11,689,512 less its 512 x 1000 + 1000 fc). The CIFAR stem's state-dict keys
+    are those of every checkpoint written before the ImageNet stem existed (body.3 = layer1)."""
+    from ncil.models.resnet import ResNet18
+
+    torch.manual_seed(0)
+    net = ResNet18(3, img_size).eval()
+    with torch.no_grad():
+        pooled, patches = net(torch.randn(1, 3, img_size, img_size))
+    assert patches.shape == (1, side * side, 512) and pooled.shape == (1, 512)
+    imagenet = img_size == 224
+    assert sum(t.numel() for t in net.parameters()) == 11_689_512 - 513_000 - (0 if imagenet else 7_680)
+    assert net.body[0].kernel_size == ((7, 7) if imagenet else (3, 3))
+    first_block = "body.4.0.conv1.weight" if imagenet else "body.3.0.conv1.weight"
+    assert first_block in net.state_dict() and net.state_dict()[first_block].shape == (64, 64, 3, 3)
+
+
 def test_methods_sharing_a_base_recipe_must_agree_on_it():
     data = compose(["method=[baseline,ours]"])
     data["method"]["ours"]["ce_temperature"] = 1.0

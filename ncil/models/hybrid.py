@@ -12,7 +12,7 @@ convolution, and added at a fixed scale::
 with w = ``cfg.resnet_width`` (64 in the released code: 8w = 512). ``forward`` returns
 (features, featuremaps), the tuple contract of ``ncil.models.vit.ViT.forward``.
 
-Stem rule (``uses_imagenet_stem``): inputs of at least IMAGENET_STEM_MIN_SIZE = 128 pixels get the
+Stem rule (``ncil.models.resnet.uses_imagenet_stem``): inputs of at least 128 pixels get the
 ImageNet stem (7x7/2 conv + BN + ReLU + 3x3/2 max-pool: 224 -> 7x7 at stage 4); smaller ones get the
 CIFAR stem (3x3 stride-1 conv + BN + ReLU, no pool: 32 -> 4x4, TinyImageNet's 64 -> 8x8, digits'
 8 -> 1x1). The released code picks the stem by data-set name; this rule gives the same choice for
@@ -55,21 +55,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ncil.models.resnet import masked_forward
+from ncil.models.resnet import masked_forward, uses_imagenet_stem
 from ncil.models.vit import ViT, _init_linear_and_norm, gpsa_blocks, import_timm_blocks
 from ncil.pipeline.config import ModelConfig
 
 FUSION_SCALE = 0.1  # weight of the ConViT branch in M = R + 0.1 * adapt(nearest(P)) (released code's constant)
-IMAGENET_STEM_MIN_SIZE = 128  # inputs at least this side get the 7x7/2 + max-pool stem
 STAGE_BLOCKS = (2, 2, 2, 2)  # ResNet-18: BasicBlocks per stage
 STAGE_STRIDES = (1, 2, 2, 2)
 CBAM_REDUCTION = 16  # released CBAM channel attention: C -> C // 16 -> C, 1x1 convs without bias
 CBAM_SPATIAL_KERNEL = 7  # released CBAM spatial attention: Conv(2 -> 1, 7x7, no bias)
-
-
-def uses_imagenet_stem(img_size: int) -> bool:
-    """The 7x7/2 conv + 3x3/2 max-pool stem for inputs of at least 128 pixels, else the CIFAR stem."""
-    return img_size >= IMAGENET_STEM_MIN_SIZE
 
 
 def stage_widths(width: int) -> tuple[int, ...]:

@@ -37,14 +37,15 @@ class IncrementalNet(nn.Module):
 
 
 def build_backbone(cfg: ModelConfig, in_chans: int, backbone: str = "vit") -> nn.Module:
-    """``vit``: the paper's ViT sized by ``cfg``; ``resnet18``: PASS's CIFAR-stem ResNet-18; ``hybrid``: the
-    released code's ResNet-18 + 0.1 x ConViT (method-spec 3.1), sized by ``cfg`` and ``cfg.resnet_width``."""
+    """``vit``: the paper's ViT sized by ``cfg``; ``resnet18``: PASS's CIFAR-stem ResNet-18 (the ImageNet stem
+    from 128 pixels); ``hybrid``: the released code's ResNet-18 + 0.1 x ConViT (method-spec 3.1), sized by ``cfg``
+    and ``cfg.resnet_width``."""
     if backbone == "vit":
         return ViT(cfg, in_chans)
     if backbone == "resnet18":
         from ncil.models.resnet import ResNet18
 
-        return ResNet18(in_chans)
+        return ResNet18(in_chans, cfg.img_size)
     if backbone == "hybrid":
         from ncil.models.hybrid import HybridBackbone
 

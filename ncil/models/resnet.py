@@ -1,6 +1,9 @@
 """ResNet-18 with the CIFAR stem (PASS's backbone; Table 3's first row), from torchvision parts.
 
-The stem is a 3x3 stride-1 convolution without max-pooling (method-spec 3.1, item 1). ``forward``
+The stem is a 3x3 stride-1 convolution without max-pooling (method-spec 3.1, item 1); for inputs of at least
+``IMAGENET_STEM_MIN_SIZE`` pixels (ImageNet-Subset's 224) torchvision's ImageNet stem, a 7x7 stride-2 convolution
+and a 3x3 stride-2 max-pool, as the exemplar-free papers' ImageNet-Subset ResNet-18 and the released hybrid's
+ResNet (``ncil.models.hybrid``) use. ``forward``
 returns the globally pooled feature (B, 512) as the prototype space and the stage-4 positions
 (B, h*w, 512) as "patches", the same contract as the ViT.
 
@@ -81,16 +84,27 @@ def masked_forward(module: nn.Module, x: torch.Tensor, row_mask: torch.Tensor) -
     raise TypeError(f"masked_forward: no masked form for {type(module).__name__}, which holds a BatchNorm")
 
 
+IMAGENET_STEM_MIN_SIZE = 128  # inputs at least this side get the 7x7/2 + max-pool stem (also the hybrid's rule)
+
+
+def uses_imagenet_stem(img_size: int) -> bool:
+    """The 7x7/2 conv + 3x3/2 max-pool stem for inputs of at least 128 pixels, else the CIFAR stem."""
+    return img_size >= IMAGENET_STEM_MIN_SIZE
+
+
 class ResNet18(nn.Module):
-    def __init__(self, in_chans: int):
+    def __init__(self, in_chans: int, img_size: int = 32):
         super().__init__()
         from torchvision.models import resnet18
 
         net = resnet18(weights=None)
-        net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        imagenet = uses_imagenet_stem(img_size)
+        net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7 if imagenet else 3, stride=2 if imagenet else 1,
+                              padding=3 if imagenet else 1, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
-        net.maxpool = nn.Identity()
-        self.body = nn.Sequential(net.conv1, net.bn1, net.relu, net.layer1, net.layer2, net.layer3, net.layer4)
+        # The CIFAR stem has no pooling layer at all, so its state-dict keys (body.3 = layer1, ...) stay as they were.
+        stem = (net.conv1, net.bn1, net.relu, net.maxpool) if imagenet else (net.conv1, net.bn1, net.relu)
+        self.body = nn.Sequential(*stem, net.layer1, net.layer2, net.layer3, net.layer4)
 
     @property
     def feature_dim(self) -> int:

@@ -39,7 +39,8 @@ GRID_NAMES = ("cifar100", "tinyimagenet", "imagenet_subset")
 # (`python -m ncil params +experiment=<name>`). Each has its own folder (top-level `grid: <name>`: runs/<name>/,
 # results/<name>/, its own results table, figures and costs) and shares the data set's data/<dataset>/; no dvc.yaml
 # or Snakemake target of its own.
-EXTRA_GRID_NAMES = ("digits_dytox", "digits_efcil", "cifar100_dytox", "cifar100_efcil")
+EXTRA_GRID_NAMES = ("digits_dytox", "digits_efcil", "cifar100_dytox", "cifar100_efcil", "tinyimagenet_efcil",
+                    "imagenet_subset_efcil")
 
 CHECKPOINT_NAME = "model.pt"
 CENTERS_NAME = "centers.parquet"
@@ -150,7 +151,7 @@ UNSECTIONED_TABLES = ("table4", "efcil_benchmark")
 TABLE4_GRIDS = ("digits_dytox", "cifar100_dytox")
 # Grids in folders of their own whose committed results `verify` recomputes from their evaluations, code fingerprints
 # included (``committed_grid_sources``): Table 4's and issue 25's exemplar-free benchmark grids.
-VERIFIED_GRIDS = (*TABLE4_GRIDS, "digits_efcil", "cifar100_efcil")
+VERIFIED_GRIDS = (*TABLE4_GRIDS, "digits_efcil", "cifar100_efcil", "tinyimagenet_efcil", "imagenet_subset_efcil")
 
 
 def table4_sources(root: str = ".") -> list[tuple[str, str, str]]:

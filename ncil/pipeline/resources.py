@@ -109,17 +109,17 @@ def dataset_mb(p: Params) -> float:
 def forward_flop(p: Params, method: MethodConfig | None = None) -> float:
     """FLOP of one image's forward pass (a multiply-add counts 2): the ViT's depth blocks plus its
     class-attention block, each 12 d^2 per token (attention and a 4x MLP) and 4 n^2 d of attention;
-    ResNet-18 (``backbone: resnet18``) from its 32x32 cost, scaled by the pixels; the hybrid
-    (``backbone: hybrid``) as a ResNet-18 of ``model.resnet_width`` (convolutions scale with the width
-    squared; the 7x7 stem of 224-pixel images divides the pixels the blocks see by 16) plus the GPSA
-    encoder on the patch tokens (no class-attention block: it is not built)."""
-    if method is not None and method.backbone == "resnet18":
-        return RESNET18_FLOP_32 * (p.dataset.image_size / 32) ** 2
-    m = p.model
-    if method is not None and method.backbone == "hybrid":
-        from ncil.models.hybrid import uses_imagenet_stem
+    ResNet-18 (``backbone: resnet18``) from its 32x32 cost, scaled by the pixels its blocks see (the 7x7 stem
+    and max-pool of 224-pixel images divide them by 16); the hybrid (``backbone: hybrid``) as a ResNet-18 of
+    ``model.resnet_width`` (convolutions scale with the width squared) plus the GPSA encoder on the patch
+    tokens (no class-attention block: it is not built)."""
+    from ncil.models.resnet import uses_imagenet_stem
 
-        side = m.img_size / 4 if uses_imagenet_stem(m.img_size) else m.img_size
+    m = p.model
+    side = m.img_size / 4 if uses_imagenet_stem(m.img_size) else m.img_size  # the side layer1 sees
+    if method is not None and method.backbone == "resnet18":
+        return RESNET18_FLOP_32 * (side / 32) ** 2
+    if method is not None and method.backbone == "hybrid":
         resnet = RESNET18_FLOP_32 * (side / 32) ** 2 * (m.resnet_width / 64) ** 2
         return resnet + m.depth * _block_flop(m, (m.img_size // m.patch_size) ** 2)
     return (m.depth + 1) * _block_flop(m, (m.img_size // m.patch_size) ** 2 + 1)

@@ -35,7 +35,8 @@ TABLE_TITLES = {
     "table3": "Table 3: ablation, Last top-1 accuracy",
     "table5": "Table 5: choice of W_i in PKS, Last top-1 accuracy",
     "table4": "Table 4: DyTox and DyTox + PKS (exemplar-based), Avg, Last and forgetting",
-    "efcil_benchmark": "Exemplar-free (EFCIL) benchmark: Avg and Last top-1 accuracy on CIFAR-100, both conventions",
+    "efcil_benchmark": "Exemplar-free (EFCIL) benchmark: Avg and Last top-1 accuracy on CIFAR-100, TinyImageNet and "
+                       "ImageNet-Subset, both conventions",
 }
 TABLE_METRICS = {"table1": ("avg_accuracy", "last_accuracy"), "table2": ("avg_forgetting",),
                  "table3": ("last_accuracy",), "table5": ("last_accuracy",),
@@ -487,37 +488,38 @@ def _efcil_value(m: dict, metric: str, convention: str, source: str) -> float:
 
 
 def efcil_cells(metrics: list[dict]) -> list[dict]:
-    """Every cell of the EFCIL benchmark table: per method row (``paper_values.EFCIL_ROWS``), CIFAR-100 setting
-    (``EFCIL_SETTINGS``), metric (Avg, Last) and our convention (sample-weighted, task-averaged), the
-    paper's value with its convention and source (``paper_values.efcil_reported``; ``None`` where none is quoted)
-    and ours: mean ± std (ddof=1) over the seeds of ``metrics`` (metrics.json contents) of that method and
-    setting on CIFAR-100, status "not run" where there are none. Other data sets, settings and methods
-    in ``metrics`` are ignored."""
-    quoted = {(v["method"], v["setting"]): v for v in paper_values.efcil_reported()}
-    runs: dict[tuple[str, str], list[dict]] = {}
+    """Every cell of the EFCIL benchmark table: per method row (``paper_values.EFCIL_ROWS``), data set and setting
+    (``EFCIL_SETTINGS``), metric (Avg, Last) and our convention (sample-weighted, task-averaged), the paper's value
+    with its convention and source (``paper_values.efcil_reported``; ``None`` where none is quoted) and ours: mean ±
+    std (ddof=1) over the seeds of ``metrics`` (metrics.json contents) of that method, data set and setting, status
+    "not run" where there are none. Other data sets (digits), settings and methods in ``metrics`` are ignored."""
+    quoted = {(v["method"], v["dataset"], v["setting"]): v for v in paper_values.efcil_reported()}
+    runs: dict[tuple[str, str, str], list[dict]] = {}
     for m in metrics:
         run = m["run"]
-        if paper_values.canonical_dataset(run.get("dataset", "")) == "cifar100":
-            runs.setdefault((run["method"], run["setting"]), []).append(m)
+        runs.setdefault((run["method"], paper_values.canonical_dataset(run.get("dataset", "")), run["setting"]),
+                        []).append(m)
     cells = []
-    for label, method in paper_values.EFCIL_ROWS:
-        for setting, (setting_label, _) in paper_values.EFCIL_SETTINGS.items():
-            members = sorted(runs.get((method, setting), []), key=lambda m: m["run"]["seed"])
-            seeds = [m["run"]["seed"] for m in members]
-            if len(set(seeds)) != len(seeds):
-                raise ValueError(f"cifar100/{setting}/{method}: seed listed twice in {seeds}")
-            v = quoted.get((method, setting), {})
-            for metric in EFCIL_METRICS:
-                for convention in EFCIL_CONVENTIONS:
-                    rec = {"table": EFCIL, "dataset": "cifar100", "setting": setting, "label": setting_label,
-                           "row": label, "method": method, "metric": metric, "convention": convention,
-                           "paper": v.get(metric), "paper_convention": v.get("convention", ""),
-                           "paper_source": v.get("source", ""), "mean": None, "std": None, "n": len(members),
-                           "seeds": " ".join(map(str, seeds)), "status": "ok" if members else "not run"}
-                    if members:
-                        rec["mean"], rec["std"] = mean_std(
-                            [_efcil_value(m, metric, convention, f"cifar100/{setting}/{method}") for m in members])
-                    cells.append(rec)
+    for dataset, settings in paper_values.EFCIL_SETTINGS.items():
+        for label, method in paper_values.EFCIL_ROWS:
+            for setting, (setting_label, _) in settings.items():
+                members = sorted(runs.get((method, dataset, setting), []), key=lambda m: m["run"]["seed"])
+                seeds = [m["run"]["seed"] for m in members]
+                if len(set(seeds)) != len(seeds):
+                    raise ValueError(f"{dataset}/{setting}/{method}: seed listed twice in {seeds}")
+                v = quoted.get((method, dataset, setting), {})
+                for metric in EFCIL_METRICS:
+                    for convention in EFCIL_CONVENTIONS:
+                        rec = {"table": EFCIL, "dataset": dataset, "setting": setting, "label": setting_label,
+                               "row": label, "method": method, "metric": metric, "convention": convention,
+                               "paper": v.get(metric), "paper_convention": v.get("convention", ""),
+                               "paper_source": v.get("source", ""), "mean": None, "std": None, "n": len(members),
+                               "seeds": " ".join(map(str, seeds)), "status": "ok" if members else "not run"}
+                        if members:
+                            rec["mean"], rec["std"] = mean_std(
+                                [_efcil_value(m, metric, convention, f"{dataset}/{setting}/{method}")
+                                 for m in members])
+                        cells.append(rec)
     return cells
 
 
@@ -547,14 +549,16 @@ def efcil_texts(metrics: list[dict]) -> tuple[str, str]:
              "task-averaged (the unweighted mean of the per-task accuracies; metrics.json "
              "`variants.task_averaged_avg_accuracy` / `_last_accuracy`). Paper: the value quoted, [n] naming "
              "its source and convention; \"-\": no value quoted here yet; \"not run\": no result of that method "
-             "and setting yet (every row is a pipeline method, conf/method/<key>.yaml; no CIFAR-100 grid runs them "
-             "yet; the digits grid digits_efcil does: results/tables/digits_efcil_results.md). Accuracies in %.", ""]
-    for setting, (setting_label, start) in paper_values.EFCIL_SETTINGS.items():
-        part = [c for c in cells if c["setting"] == setting]
+             "and setting yet (every row is a pipeline method, conf/method/<key>.yaml; the grids cifar100_efcil, "
+             "tinyimagenet_efcil and imagenet_subset_efcil run them and need a GPU; the digits grid digits_efcil "
+             "has run: results/tables/digits_efcil_results.md). Accuracies in %.", ""]
+    for dataset, setting, (setting_label, start) in ((d, s, v) for d, settings in paper_values.EFCIL_SETTINGS.items()
+                                                     for s, v in settings.items()):
+        part = [c for c in cells if c["dataset"] == dataset and c["setting"] == setting]
         header = ["method"]
         for metric in EFCIL_METRICS:
             header += [f"{HEADERS[metric]} paper"] + [f"{HEADERS[metric]} ours, {conv}" for conv in convs]
-        lines += [f"## CIFAR-100 {setting_label} (`{setting}`, {start})", "",
+        lines += [f"## {paper_values.DATASETS[dataset][0]} {setting_label} (`{setting}`, {start})", "",
                   "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for label, method in paper_values.EFCIL_ROWS:
             by = {(c["metric"], c["convention"]): c for c in part if c["method"] == method}
