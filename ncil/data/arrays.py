@@ -63,6 +63,32 @@ def to_uint8_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
 
 
+# DeiT's repeated-augmentation sampler (RASampler; DyTox's --repeated-aug, docs/dytox.md section 5): every image
+# drawn RA_COPIES times in a row, and an epoch of floor(n / RA_ROUND) * RA_ROUND of those entries.
+RA_COPIES = 3
+RA_ROUND = 256
+
+
+def repeated_augmentation_size(n: int, batch_size: int) -> tuple[int, int]:
+    """(rows, steps) of a repeated-augmentation epoch over ``n`` images: floor(n / 256) * 256 rows in batches of
+    ``batch_size``, the last partial batch dropped when there is more than one batch (the released loader's
+    ``drop_last=len(sampler) > batch_size``). n < 256 gives (0, 0): the released sampler yields nothing."""
+    rows = n // RA_ROUND * RA_ROUND
+    if rows > batch_size:
+        rows = rows // batch_size * batch_size
+    return rows, -(-rows // batch_size)
+
+
+def repeated_augmentation_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """The index batches of one repeated-augmentation epoch (``repeated_augmentation_size``): a permutation of the
+    ``n`` images drawn with ``generator``, each index repeated RA_COPIES times in a row (i i i j j j ...), cut to
+    the epoch's rows. The copies are augmented independently by the step; on one device at a global batch of 256
+    the batches hold exactly the rows of the released two-process loader's global batches."""
+    rows, _ = repeated_augmentation_size(n, batch_size)
+    order = torch.randperm(n, generator=generator).repeat_interleave(RA_COPIES)[:rows]
+    return list(order.split(batch_size)) if rows else []
+
+
 def batches(n: int, batch_size: int, generator: torch.Generator | None):
     """Index batches over ``n`` rows: shuffled with ``generator`` (None = in order), last batch kept."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)

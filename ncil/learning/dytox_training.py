@@ -149,6 +149,10 @@ def train_dytox_task(p: Params, job, train_split: arrays.Split, previous: dict |
     x_all = arrays.to_uint8_tensor(images).to(device)  # (N, C, H, W)
     y_all = torch.from_numpy(labels).to(device)
     x_new = x_all[: len(new_labels)]
+    if method.repeated_aug and arrays.repeated_augmentation_size(len(y_all), p.train.batch_size)[1] == 0:
+        raise ValueError(f"method.{job.method_name}.repeated_aug: DeiT's repeated-augmentation sampler keeps "
+                         f"floor(n / 256) * 256 images per epoch; task {job.task} trains on n = {len(y_all)}, "
+                         f"which keeps none (expected at least 256 images, or repeated_aug: false)")
     spec = augment.spec_from_dataset(p.dataset)
     cfg = loss_config(method)
 
@@ -158,12 +162,17 @@ def train_dytox_task(p: Params, job, train_split: arrays.Split, previous: dict |
         the task's history so far (``earlier``, or the state's) with this phase's epochs after it. ``state``: a
         state of this phase to resume from (ncil.learning.training.train_task's loop, with the phase and, in the
         fine-tuning, the ``memory`` it trains on saved beside)."""
+        steps = (arrays.repeated_augmentation_size(len(y), p.train.batch_size)[1] if method.repeated_aug
+                 else -(-len(y) // p.train.batch_size))
+        if steps == 0:  # repeated_aug on fewer than 256 rows (checked for the training phase at the task's start)
+            logger.warning("task %d: %s skipped: repeated_aug keeps floor(%d / 256) * 256 = 0 rows per epoch, as the "
+                           "released sampler, which trains no step then", job.task, phase, len(y))
+            return list(earlier)
         apply_phase(net, phase)
         trainable = [(name, q) for name, q in net.named_parameters() if q.requires_grad]
         groups = (optim.decay_groups(trainable, weight_decayed, recipe.weight_decay) if recipe.optimizer == "adamw"
                   else [q for _, q in trainable])  # adamw: no decay on biases, norms, tokens, positional embedding
         optimizer, scheduler = optim.build_optimizer(groups, recipe)
-        steps = -(-len(y) // p.train.batch_size)
         progress = EpochProgress(logger, f"task {job.task} {phase}", recipe.epochs, steps)
         history, start = list(earlier), resume.Position(0, 0)
         if state is not None:
@@ -190,7 +199,8 @@ def train_dytox_task(p: Params, job, train_split: arrays.Split, previous: dict |
             if inside:
                 generator.set_state(state["random"]["data_epoch_start"])
             epoch_generator = generator.get_state()  # before the epoch's data order is drawn
-            order = epoch_order(len(y), p.train.batch_size, torch_cpu_generator(generator), device)
+            order = epoch_order(len(y), p.train.batch_size, torch_cpu_generator(generator), device,
+                                repeated=method.repeated_aug)
             first = 0
             if inside:
                 generator.set_state(state["random"]["data"])

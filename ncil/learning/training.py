@@ -340,9 +340,12 @@ def mapped_centers(transfer: torch.nn.Module, centers: np.ndarray, device: torch
     return mapped.float().cpu().numpy()
 
 
-def epoch_order(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
-    """The epoch's index batches (``arrays.batches``), moved to ``device`` in one copy: views of one tensor."""
-    order = list(arrays.batches(n, batch_size, generator))
+def epoch_order(n: int, batch_size: int, generator: torch.Generator, device: torch.device,
+                repeated: bool = False) -> list[torch.Tensor]:
+    """The epoch's index batches (``arrays.batches``; ``repeated``: ``arrays.repeated_augmentation_batches``), moved
+    to ``device`` in one copy: views of one tensor."""
+    order = (arrays.repeated_augmentation_batches(n, batch_size, generator) if repeated
+             else list(arrays.batches(n, batch_size, generator)))
     if not order or device.type == "cpu":
         return order
     return list(torch.cat(order).to(device).split([len(b) for b in order]))

@@ -140,6 +140,9 @@ class MethodConfig:
     warmup_epochs: int = 0  # epochs of linear warm-up from warmup_lr to train.lr at the start of every task
     warmup_lr: float = 0.0  # the learning rate of epoch 0 when warmup_epochs > 0
     min_lr: float = 0.0  # where the cosine ends (reached after train.epochs epochs)
+    # DeiT's repeated-augmentation sampler in both phases (released --repeated-aug; ncil.data.arrays, docs/dytox.md 5):
+    # an epoch of floor(n / 256) * 256 rows, each drawn image 3 times in a row; off: every image once per epoch.
+    repeated_aug: bool = False
     # --- EFC / EFC++ (issue 25; docs/efcil.md "EFC++ in the pipeline"; ncil.learning.efc_training) ---
     efc: bool = False  # elastic feature consolidation: L_EFM on tasks t >= 1; every task stores E, covariances
     efc_old_classes: str = "rebalance"  # rebalance (EFC++: heads re-trained after each task) or pr_ace (EFC)
@@ -246,7 +249,7 @@ CROP_FILLS = ("black", "mean")  # as ncil.data.augment.CROP_FILLS
 # Method fields that shape task 0: methods sharing a base recipe must agree on them.
 BASE_RECIPE_FIELDS = ("preset", "backbone", "rotation", "ce_temperature", "mixup_rounds", "contrastive",
                       "contrastive_temperature", "train_images", "exemplars_per_class", "exemplar_rule",
-                      "dytox_optimizer", "warmup_epochs", "warmup_lr", "min_lr",
+                      "dytox_optimizer", "warmup_epochs", "warmup_lr", "min_lr", "repeated_aug",
                       "classifier", "fecam_tukey", "fecam_shrink_times", "efc", "adagauss", "adagauss_latent",
                       "adagauss_alpha", "adagauss_beta")
 # Names of scenarios, methods and base recipes become folder names and Snakemake wildcard values.
@@ -723,7 +726,7 @@ def _validate_preset_options(source: str, key: str, m: MethodConfig) -> None:
 # another backbone they would be silently ignored, so they are refused; they never appear in its checkpoints.
 DYTOX_ONLY = {"exemplars_per_class": 0, "exemplar_rule": "icarl", "dytox_distillation": "kd",
               "pks_cls_pairing": "same_token", "divergence": 0.0, "finetune_epochs": 0, "finetune_lr": 0.0,
-              "dytox_optimizer": "adam", "warmup_epochs": 0, "warmup_lr": 0.0, "min_lr": 0.0}
+              "dytox_optimizer": "adam", "warmup_epochs": 0, "warmup_lr": 0.0, "min_lr": 0.0, "repeated_aug": False}
 # The schedule keys only dytox_optimizer adamw reads, with their off values.
 ADAMW_ONLY = {"warmup_epochs": 0, "warmup_lr": 0.0, "min_lr": 0.0}
 # Options of the NECIL methods' step that DyTox's loop does not read, with their off values.
