@@ -454,5 +454,7 @@ def test_the_cifar100_dytox_grid_is_table_4s_protocol():
         m = p.method[name]
         assert (m.dytox_optimizer, m.warmup_epochs, m.warmup_lr, m.min_lr) == ("adamw", 5, 1e-6, 1e-5)
         assert (m.exemplars_per_class, m.finetune_epochs, m.finetune_lr) == (20, 20, 2.5e-5)
+        assert m.repeated_aug  # DeiT's sampler, main.py's default --repeated-aug
+    assert p.runtime.precision == "fp32"  # the released no_amp: true
     assert p.method["dytox"].dytox_distillation == "kd" and p.method["dytox_pks"].dytox_distillation == "pks"
     assert io.read_yaml(ROOT / "grids/cifar100_dytox/params.yaml") == data  # the committed grid is the composition
