@@ -174,19 +174,25 @@ def test_the_installed_package_imports_from_any_folder(tmp_path):
         shutil.copy(ROOT / name, src / name)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    # --ignore-installed: without it pip first uninstalls the ncil of the environment running the tests (the
+    # Makefile's editable install), whatever --prefix says.
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--prefix", str(venv), "--editable", str(src)], check=True, env=env())
+                    "--ignore-installed", "--prefix", str(venv), "--editable", str(src)], check=True, env=env())
     code = ("import numpy as np, ncil, ncil.reports.metrics\n"
             "from ncil.methods.pks import pks_loss\n"
             "from ncil.methods.prototypes import offset_loss, restore_prototypes\n"
             "from ncil.pipeline.hydra_conf import compose\n"
             "s = ncil.reports.metrics.summarize(np.array([[90.0, np.nan], [70.0, 80.0]]), [10, 10])\n"
             "print(ncil.__file__, s['avg_accuracy'], compose([])['dataset']['name'])\n")
-    deps = next(p for p in sys.path if p.endswith("site-packages"))  # numpy, torch, hydra of this environment
+    # numpy, torch, hydra of this environment, after the new venv's own site-packages: a path line in a .pth file
+    # (on PYTHONPATH, this environment's own editable ncil finder, same module name, would shadow the new venv's).
+    deps = next(p for p in sys.path if p.endswith("site-packages"))
+    (venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages" / "zz_deps.pth").write_text(
+        deps + "\n")
     elsewhere = tmp_path / "notebook"
     elsewhere.mkdir()
     proc = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=elsewhere, capture_output=True, text=True,
-                          env={**env(), "PYTHONPATH": deps})
+                          env={k: v for k, v in env().items() if k != "PYTHONPATH"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(src / "ncil" / "__init__.py"), "82.5", "digits"]
 
