@@ -103,7 +103,7 @@ FCS = {
     # DyTox's options (backbone dytox only), off: no exemplar memory, no divergence head, no fine-tuning
     "exemplars_per_class": 0, "exemplar_rule": "icarl", "dytox_distillation": "kd", "pks_cls_pairing": "same_token",
     "divergence": 0.0, "finetune_epochs": 0, "finetune_lr": 0.0,
-    "dytox_optimizer": "adam", "warmup_epochs": 0, "warmup_lr": 0.0, "min_lr": 0.0,
+    "dytox_optimizer": "adam", "warmup_epochs": 0, "warmup_lr": 0.0, "min_lr": 0.0, "repeated_aug": False,
     # FeCAM's options (classifier fecam only), off: the head classifies
     "classifier": "head", "fecam_tukey": 0.5, "fecam_shrink_times": 2,
     # EFC's options (efc true only), off
@@ -152,8 +152,9 @@ def test_a_task_0_mismatch_between_official_methods_is_refused(key, value, diffe
         f"params.yaml: method.ours_official.base_recipe: 'official' is shared with method 'fcs', which differs in "
         f"{differ} for task 0 of base4 (methods of one base_recipe must agree on preset, backbone, rotation, "
         f"ce_temperature, mixup_rounds, contrastive, contrastive_temperature, train_images, exemplars_per_class, "
-        f"exemplar_rule, dytox_optimizer, warmup_epochs, warmup_lr, min_lr, classifier, fecam_tukey, fecam_shrink_times, efc, "
-        f"adagauss, adagauss_latent, adagauss_alpha, adagauss_beta): give one of them another base_recipe name")
+        f"exemplar_rule, dytox_optimizer, warmup_epochs, warmup_lr, min_lr, repeated_aug, classifier, fecam_tukey, "
+        f"fecam_shrink_times, efc, adagauss, adagauss_latent, adagauss_alpha, adagauss_beta): give one of them another "
+        f"base_recipe name")
 
 
 def test_the_shared_values_live_in_one_file():
