@@ -204,14 +204,15 @@ def fcs_published() -> list[dict]:
 # Settings the exemplar-free papers report, per data set: our scenario id (conf/scenario/<id>.yaml) -> (label
 # F+CxT, warm or cold start). Warm start: a large base task (FeCAM's protocol); cold start: equal tasks from the
 # first (EFC's, LDC's and AdaGauss's protocol: "10 and 20 equal tasks", AdaGauss Sec. 4).
+_HUNDRED_CLASS_SETTINGS = {  # CIFAR-100 and ImageNet-Subset: the same splits of 100 classes
+    "base50_inc10": ("50+10x5", "warm start"),
+    "base50_inc5": ("50+5x10", "warm start"),
+    "base40_inc3": ("40+3x20", "warm start"),
+    "base10_inc10": ("10+10x9", "cold start"),
+    "base5_inc5": ("5+5x19", "cold start"),
+}
 EFCIL_SETTINGS = {
-    "cifar100": {
-        "base50_inc10": ("50+10x5", "warm start"),
-        "base50_inc5": ("50+5x10", "warm start"),
-        "base40_inc3": ("40+3x20", "warm start"),
-        "base10_inc10": ("10+10x9", "cold start"),
-        "base5_inc5": ("5+5x19", "cold start"),
-    },
+    "cifar100": _HUNDRED_CLASS_SETTINGS,
     "tinyimagenet": {
         "base100_inc20": ("100+20x5", "warm start"),
         "base100_inc10": ("100+10x10", "warm start"),
@@ -219,13 +220,7 @@ EFCIL_SETTINGS = {
         "base20_inc20": ("20+20x9", "cold start"),
         "base10_inc10": ("10+10x19", "cold start"),
     },
-    "imagenet_subset": {
-        "base50_inc10": ("50+10x5", "warm start"),
-        "base50_inc5": ("50+5x10", "warm start"),
-        "base40_inc3": ("40+3x20", "warm start"),
-        "base10_inc10": ("10+10x9", "cold start"),
-        "base5_inc5": ("5+5x19", "cold start"),
-    },
+    "imagenet_subset": _HUNDRED_CLASS_SETTINGS,
 }
 # Rows: (label, our method key), every one a pipeline method (conf/method/*.yaml; docs/efcil.md).
 EFCIL_ROWS = [
